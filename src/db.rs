@@ -1,0 +1,120 @@
+//! Connecting to PostgreSQL and applying migrations.
+//!
+//! Workers must outlive database restarts, so [`connect_with_retry`] keeps trying with
+//! capped exponential backoff until the caller's cancellation token fires.
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The embedded migrations under `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("gave up connecting to PostgreSQL: shutdown requested")]
+    Cancelled,
+}
+
+/// Pool options shared by every binary: short acquire timeout so a database outage
+/// surfaces as an error the caller can back off from instead of a hang.
+#[must_use]
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(true)
+}
+
+/// Connect once.
+///
+/// # Errors
+/// [`DbError::Connect`] when the server cannot be reached or refuses the login.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    pool_options(max_connections)
+        .connect(url)
+        .await
+        .map_err(|source| DbError::Connect {
+            url: redact(url),
+            source,
+        })
+}
+
+/// Connect, retrying with capped backoff until it works or `cancel` fires.
+///
+/// # Errors
+/// [`DbError::Cancelled`] when cancelled before a connection was made.
+pub async fn connect_with_retry(
+    url: &str,
+    max_connections: u32,
+    cancel: &CancellationToken,
+) -> Result<PgPool, DbError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match connect(url, max_connections).await {
+            Ok(pool) => return Ok(pool),
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis(), "database not reachable");
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Err(DbError::Cancelled),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Apply pending migrations. Safe to run from several processes at once (sqlx takes an
+/// advisory lock).
+///
+/// # Errors
+/// [`DbError::Migrate`] when a migration fails or the history does not match.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// A database URL without its password, for logs and error messages.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_password_only() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres:///db"), "postgres:///db");
+    }
+}

@@ -1,0 +1,130 @@
+//! Claiming jobs, keeping leases alive, and rescuing the leases of lost workers.
+
+use super::{ClaimedJob, Lease, QueueError};
+use crate::ids::{JobId, WorkerId};
+use sqlx::PgConnection;
+use std::time::Duration;
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Claim up to `limit` ready jobs from `queue` for `worker`, each under a lease of
+/// `lease` length. Paused queues (or a fleet-wide pause, queue `*`) yield nothing.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure; nothing is claimed then.
+pub async fn claim(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    queue: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    let jobs = sqlx::query_as::<_, ClaimedJob>(
+        "WITH next AS (
+             SELECT id FROM jobs
+             WHERE state = 'ready' AND queue = $1 AND run_at <= now()
+               AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN ($1, '*'))
+             ORDER BY priority DESC, run_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE jobs j
+            SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
+                lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4::float8 / 1000),
+                started_at = now()
+           FROM next WHERE j.id = next.id
+         RETURNING j.id, j.queue, j.kind, j.payload, j.attempts, j.max_attempts, j.rescues,
+                   j.run_id, j.lease_token, j.created_at, j.run_at",
+    )
+    .bind(queue)
+    .bind(limit)
+    .bind(worker)
+    .bind(millis(lease))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(jobs)
+}
+
+/// What a heartbeat found out about the leases it extended.
+#[derive(Debug, Default, Clone)]
+pub struct HeartbeatReport {
+    /// Leases that are no longer ours: stop working on these, apply nothing.
+    pub lost: Vec<JobId>,
+    /// Jobs someone asked to cancel: interrupt them.
+    pub cancel_requested: Vec<JobId>,
+}
+
+/// Extend every lease in `leases` by `lease` from now, in one statement.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn heartbeat(
+    conn: &mut PgConnection,
+    leases: &[Lease],
+    lease: Duration,
+) -> Result<HeartbeatReport, QueueError> {
+    if leases.is_empty() {
+        return Ok(HeartbeatReport::default());
+    }
+    let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
+    let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+    let held: Vec<(JobId, bool)> = sqlx::query_as(
+        "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000)
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, token)
+          WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+         RETURNING j.id, j.cancel_requested",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(millis(lease))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut report = HeartbeatReport::default();
+    for l in leases {
+        match held.iter().find(|(id, _)| *id == l.job_id) {
+            None => report.lost.push(l.job_id),
+            Some((_, true)) => report.cancel_requested.push(l.job_id),
+            Some((_, false)) => {}
+        }
+    }
+    Ok(report)
+}
+
+/// A job taken back from a lost worker.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Rescued {
+    pub id: JobId,
+    /// True when the job had no attempts left and went to the dead-letter state.
+    pub dead: bool,
+}
+
+/// Take back up to `limit` jobs whose lease expired. A rescue counts as a spent
+/// attempt: a job that kills every worker that touches it dead-letters instead of
+/// looping forever. Any worker may run this; `SKIP LOCKED` keeps them from colliding.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn rescue_expired(conn: &mut PgConnection, limit: i64) -> Result<Vec<Rescued>, QueueError> {
+    let rescued = sqlx::query_as::<_, Rescued>(
+        "WITH expired AS (
+             SELECT id FROM jobs
+             WHERE state = 'running' AND lease_expires_at < now()
+             ORDER BY lease_expires_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE jobs j
+            SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead'::job_state ELSE 'ready'::job_state END,
+                rescues = j.rescues + 1, run_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+                finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                last_error = 'lease expired: worker lost while running attempt ' || j.attempts
+           FROM expired WHERE j.id = expired.id
+         RETURNING j.id, (j.state = 'dead') AS dead",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rescued)
+}

@@ -1,0 +1,294 @@
+//! Operating the queue: pause, cancel, requeue, prune, inspect.
+
+use super::{JobState, QueueError};
+use crate::ids::{JobId, RunId, WorkerId};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use std::time::Duration;
+
+/// Pause claiming on `queue` (`*` pauses every queue, fleet-wide). Running jobs finish.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn pause(conn: &mut PgConnection, queue: &str, reason: Option<&str>) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO queue_pauses (queue, reason) VALUES ($1, $2)
+         ON CONFLICT (queue) DO UPDATE SET reason = EXCLUDED.reason",
+    )
+    .bind(queue)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Undo [`pause`]. Returns whether the queue was paused. Wakes idle workers.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn resume(conn: &mut PgConnection, queue: &str) -> Result<bool, QueueError> {
+    let r = sqlx::query("DELETE FROM queue_pauses WHERE queue = $1")
+        .bind(queue)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify('phasefleet_jobs', $1)")
+        .bind(queue)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Whether `queue` (or the whole fleet) is paused.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn is_paused(conn: &mut PgConnection, queue: &str) -> Result<bool, QueueError> {
+    let (paused,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM queue_pauses WHERE queue IN ($1, '*'))")
+            .bind(queue)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(paused)
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It was waiting; it is cancelled now.
+    Cancelled,
+    /// It is running; its worker will interrupt it at the next heartbeat.
+    Requested,
+    /// It had already finished; nothing changed.
+    AlreadyFinished(JobState),
+}
+
+/// Cancel a job: at once if it waits, through its worker if it runs.
+///
+/// # Errors
+/// [`QueueError::NotFound`]; [`QueueError::Db`].
+pub async fn cancel(conn: &mut PgConnection, id: JobId) -> Result<CancelOutcome, QueueError> {
+    let row: Option<(JobState,)> =
+        sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((state,)) = row else {
+        return Err(QueueError::NotFound(id));
+    };
+    match state {
+        JobState::Ready => {
+            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        JobState::Running => {
+            sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(CancelOutcome::Requested)
+        }
+        done => Ok(CancelOutcome::AlreadyFinished(done)),
+    }
+}
+
+/// Delete finished jobs (completed and cancelled; dead too when `include_dead`) that
+/// finished more than `older_than` ago, at most `batch` rows per call so a large prune
+/// never holds long locks. Returns how many rows went.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn prune(
+    conn: &mut PgConnection,
+    older_than: Duration,
+    include_dead: bool,
+    batch: i64,
+) -> Result<u64, QueueError> {
+    let secs = older_than.as_secs_f64();
+    let r = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs
+             WHERE (state IN ('completed', 'cancelled') OR ($2 AND state = 'dead'))
+               AND finished_at < now() - make_interval(secs => $1)
+             LIMIT $3 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(secs)
+    .bind(include_dead)
+    .bind(batch)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Put a dead, cancelled or ready job back to ready now with a fresh attempt budget.
+/// A running job is refused: its worker still holds the lease.
+///
+/// # Errors
+/// [`QueueError::NotFound`]; [`QueueError::Conflict`] for running or completed jobs.
+pub async fn requeue(conn: &mut PgConnection, id: JobId) -> Result<(), QueueError> {
+    let row: Option<(JobState,)> =
+        sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match row {
+        None => Err(QueueError::NotFound(id)),
+        Some((JobState::Running,)) => Err(QueueError::Conflict {
+            job_id: id,
+            state: "running",
+            what: "a running job cannot be requeued; cancel it or wait for its lease to expire",
+        }),
+        Some((JobState::Completed,)) => Err(QueueError::Conflict {
+            job_id: id,
+            state: "completed",
+            what: "a completed job is not requeued; enqueue a new one",
+        }),
+        Some(_) => {
+            sqlx::query(
+                "UPDATE jobs SET state = 'ready', run_at = now(), attempts = 0, cancel_requested = false,
+                        finished_at = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Requeue every dead job of `queue` (or list them, with `dry_run`).
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn requeue_dead(conn: &mut PgConnection, queue: &str, dry_run: bool) -> Result<Vec<JobId>, QueueError> {
+    let sql = if dry_run {
+        "SELECT id FROM jobs WHERE state = 'dead' AND queue = $1 ORDER BY id"
+    } else {
+        "UPDATE jobs SET state = 'ready', run_at = now(), attempts = 0, finished_at = NULL
+          WHERE state = 'dead' AND queue = $1 RETURNING id"
+    };
+    let ids: Vec<(JobId,)> = sqlx::query_as(sql).bind(queue).fetch_all(&mut *conn).await?;
+    Ok(ids.into_iter().map(|(id,)| id).collect())
+}
+
+/// One job, as operators see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub state: JobState,
+    pub priority: i16,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub rescues: i32,
+    pub run_id: Option<RunId>,
+    pub unique_key: Option<String>,
+    pub lease_owner: Option<WorkerId>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub finished_by: Option<WorkerId>,
+    pub last_error: Option<String>,
+    pub payload: serde_json::Value,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const JOB_COLUMNS: &str = "id, queue, kind, state, priority, attempts, max_attempts, rescues, run_id,
+    unique_key, lease_owner, lease_expires_at, finished_by, last_error, payload, run_at, created_at,
+    started_at, finished_at";
+
+/// One job by id.
+///
+/// # Errors
+/// [`QueueError::NotFound`]; [`QueueError::Db`].
+pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<JobRow, QueueError> {
+    sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+    )))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(QueueError::NotFound(id))
+}
+
+/// Jobs filtered by state and queue, newest first.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn list(
+    conn: &mut PgConnection,
+    state: Option<JobState>,
+    queue: Option<&str>,
+    run_id: Option<RunId>,
+    limit: i64,
+) -> Result<Vec<JobRow>, QueueError> {
+    let rows = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs
+          WHERE ($1::job_state IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
+            AND ($3::uuid IS NULL OR run_id = $3)
+          ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(state)
+    .bind(queue)
+    .bind(run_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StateCount {
+    pub queue: String,
+    pub state: JobState,
+    pub count: i64,
+}
+
+/// Queue depth and health, cheap enough to poll for autoscaling.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    pub by_state: Vec<StateCount>,
+    /// Ready jobs whose `run_at` has passed (the autoscaling signal).
+    pub ready_now: i64,
+    pub oldest_ready_age_secs: Option<f64>,
+    pub completed_last_minute: i64,
+    pub running_with_expired_lease: i64,
+}
+
+/// Snapshot of the queue.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
+    // Unfinished states are served by partial indexes; finished ones are counted from
+    // the planner's view of the last minute only, so the cost stays flat with history.
+    let by_state = sqlx::query_as::<_, StateCount>(
+        "SELECT queue, state, count(*) AS count FROM jobs
+          WHERE state IN ('ready', 'running') OR finished_at > now() - interval '1 hour'
+          GROUP BY queue, state ORDER BY queue, state",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (ready_now, oldest, completed_last_minute, expired): (i64, Option<f64>, i64, i64) = sqlx::query_as(
+        "SELECT
+           (SELECT count(*) FROM jobs WHERE state = 'ready' AND run_at <= now()),
+           (SELECT EXTRACT(EPOCH FROM now() - min(run_at))::float8 FROM jobs WHERE state = 'ready' AND run_at <= now()),
+           (SELECT count(*) FROM jobs WHERE state = 'completed' AND finished_at > now() - interval '1 minute'),
+           (SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < now())",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(QueueStats {
+        by_state,
+        ready_now,
+        oldest_ready_age_secs: oldest,
+        completed_last_minute,
+        running_with_expired_lease: expired,
+    })
+}

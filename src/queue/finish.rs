@@ -1,0 +1,177 @@
+//! Ending a delivery: complete, retry, dead-letter or hand back. Every function here is
+//! fenced by the lease token and takes the caller's connection or transaction.
+
+use super::{Backoff, Lease, QueueError};
+use crate::ids::{JobId, WorkerId};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use std::time::Duration;
+
+/// Proof that a job was completed under its lease. Only [`complete`] makes one, so a
+/// handler that returns `Completed` has provably committed (or will commit, with its
+/// transaction) the job's completion.
+#[derive(Debug)]
+#[must_use]
+pub struct Completed {
+    _proof: (),
+}
+
+fn lost(lease: &Lease) -> QueueError {
+    QueueError::LeaseLost {
+        job_id: lease.job_id,
+        token: lease.token,
+    }
+}
+
+/// Mark the job completed, if `lease` still holds it. Run it in the same transaction as
+/// the job's effects: if the lease was lost, the error makes the caller roll back.
+///
+/// # Errors
+/// [`QueueError::LeaseLost`] when the lease is stale; [`QueueError::Db`] otherwise.
+pub async fn complete(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    worker: WorkerId,
+) -> Result<Completed, QueueError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'completed', finished_at = now(), finished_by = $3,
+                lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(worker)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(Completed { _proof: () })
+    } else {
+        Err(lost(lease))
+    }
+}
+
+/// Complete many jobs in one statement; returns the ids that were still held (the
+/// others' leases were lost and they were left alone).
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    leases: &[Lease],
+    worker: WorkerId,
+) -> Result<Vec<JobId>, QueueError> {
+    let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
+    let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+    let done: Vec<(JobId,)> = sqlx::query_as(
+        "UPDATE jobs j SET state = 'completed', finished_at = now(), finished_by = $3,
+                lease_owner = NULL, lease_expires_at = NULL
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, token)
+          WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+         RETURNING j.id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(worker)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(done.into_iter().map(|(id,)| id).collect())
+}
+
+/// What [`retry`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Ready again at this time.
+    Scheduled(DateTime<Utc>),
+    /// No attempts left: dead-lettered.
+    Dead,
+}
+
+/// Give the job back for another delivery after a backoff (or `after`, e.g. a
+/// Retry-After the handler learned), or dead-letter it when its attempts are spent.
+///
+/// # Errors
+/// [`QueueError::LeaseLost`] when the lease is stale; [`QueueError::Db`] otherwise.
+pub async fn retry(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    error: &str,
+    backoff: &Backoff,
+    after: Option<Duration>,
+) -> Result<RetryOutcome, QueueError> {
+    let row: Option<(i32, i32)> = sqlx::query_as(
+        "SELECT attempts, max_attempts FROM jobs
+          WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR UPDATE",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((attempts, max_attempts)) = row else {
+        return Err(lost(lease));
+    };
+    if attempts >= max_attempts {
+        fail(conn, lease, error).await?;
+        return Ok(RetryOutcome::Dead);
+    }
+    let delay = after.unwrap_or_else(|| backoff.delay(attempts));
+    let ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    let (run_at,): (DateTime<Utc>,) = sqlx::query_as(
+        "UPDATE jobs SET state = 'ready', run_at = now() + make_interval(secs => $3::float8 / 1000),
+                last_error = $4, lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2
+         RETURNING run_at",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(ms)
+    .bind(error)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(RetryOutcome::Scheduled(run_at))
+}
+
+/// Dead-letter the job now (a permanent failure), whatever attempts remain.
+///
+/// # Errors
+/// [`QueueError::LeaseLost`] when the lease is stale; [`QueueError::Db`] otherwise.
+pub async fn fail(conn: &mut PgConnection, lease: &Lease, error: &str) -> Result<(), QueueError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'dead', finished_at = now(), last_error = $3,
+                lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(lost(lease))
+    }
+}
+
+/// Return an unfinished job on shutdown without spending an attempt: the delivery is
+/// uncounted and the job is ready at once for another worker.
+///
+/// # Errors
+/// [`QueueError::LeaseLost`] when the lease is stale; [`QueueError::Db`] otherwise.
+pub async fn hand_back(conn: &mut PgConnection, lease: &Lease) -> Result<(), QueueError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled'::job_state ELSE 'ready'::job_state END,
+                finished_at = CASE WHEN cancel_requested THEN now() END,
+                attempts = GREATEST(attempts - 1, 0), run_at = now(),
+                lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(lost(lease))
+    }
+}

@@ -1,0 +1,164 @@
+//! The job queue: one PostgreSQL row per job, claimed with `FOR UPDATE SKIP LOCKED`.
+//!
+//! Invariants this module keeps (see docs/adr/0001-own-queue-on-sqlx.md):
+//! - a job in state `running` has exactly one lease (owner, expiry, fencing token);
+//! - every claim bumps the fencing token, and every state change a worker makes after
+//!   a claim (`complete`, `retry`, `hand_back`, …) presents that token, so a worker
+//!   whose lease was rescued (a "zombie") can change nothing;
+//! - completion and enqueue take a `&mut PgConnection`, so callers make them part of
+//!   their own transaction: a job's effects and its completion commit together.
+
+mod backoff;
+mod claim;
+mod control;
+mod enqueue;
+mod finish;
+pub mod notify;
+
+pub use backoff::Backoff;
+pub use claim::{HeartbeatReport, Rescued, claim, heartbeat, rescue_expired};
+pub use control::{
+    CancelOutcome, JobRow, QueueStats, StateCount, cancel, get, is_paused, list, pause, prune,
+    requeue, requeue_dead, resume, stats,
+};
+pub use enqueue::{Enqueued, NewJob, enqueue};
+pub use finish::{Completed, RetryOutcome, complete, complete_many, fail, hand_back, retry};
+
+use crate::ids::{JobId, RunId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "job_state", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for `run_at` and a free worker.
+    Ready,
+    /// Claimed under a live lease.
+    Running,
+    Completed,
+    /// Dead-lettered: out of attempts or failed permanently. `requeue` revives it.
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    #[must_use]
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Dead | Self::Cancelled)
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = QueueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "ready" => Self::Ready,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "dead" => Self::Dead,
+            "cancelled" => Self::Cancelled,
+            other => {
+                return Err(QueueError::InvalidArgument(format!(
+                    "unknown job state {other:?}: expected ready, running, completed, dead or cancelled"
+                )));
+            }
+        })
+    }
+}
+
+/// Proof of a claim: the job and the fencing token the claim received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub token: i64,
+}
+
+/// A job handed to a worker by [`claim`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// Deliveries so far, including this one (1 on the first claim).
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub rescues: i32,
+    pub run_id: Option<RunId>,
+    pub lease_token: i64,
+    pub created_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+}
+
+impl ClaimedJob {
+    #[must_use]
+    pub fn lease(&self) -> Lease {
+        Lease {
+            job_id: self.id,
+            token: self.lease_token,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The job is no longer held under this lease: it was rescued, finished or
+    /// cancelled by someone else. The caller must not apply its effects.
+    #[error("lease lost on job {job_id} (token {token}): the job was rescued, finished or cancelled elsewhere")]
+    LeaseLost { job_id: JobId, token: i64 },
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("job {job_id} is {state}: {what}")]
+    Conflict {
+        job_id: JobId,
+        state: &'static str,
+        what: &'static str,
+    },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl QueueError {
+    /// True for errors a retry may cure (connection loss, server restart).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Db(e) if is_transient_db(e))
+    }
+}
+
+/// Connection-level failures, as opposed to constraint violations or bad SQL.
+#[must_use]
+pub fn is_transient_db(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
+            // 08xxx connection exceptions, 40001 serialization, 40P01 deadlock
+            c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+/// The default queue name.
+pub const DEFAULT_QUEUE: &str = "default";

@@ -1,0 +1,178 @@
+//! Shared fixtures for the integration tests. Every test uses ONE shared, long-lived
+//! database (`phasefleet_test` by default) that keeps everything earlier tests and runs
+//! left behind, so "the second run on a populated database" is every run here. Tests
+//! isolate themselves by queue name, not by database.
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use phasefleet::queue::{self, JobRow, JobState, NewJob};
+use phasefleet::JobId;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// The admin URL of the PostgreSQL server the tests use.
+pub fn server_url() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn test_db_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| format!("{}/phasefleet_test", server_url()))
+}
+
+static MIGRATED: OnceCell<()> = OnceCell::const_new();
+
+/// A pool on the shared, migrated test database (created on first use).
+pub async fn pool() -> PgPool {
+    MIGRATED
+        .get_or_init(|| async {
+            ensure_database(&server_url(), "phasefleet_test").await;
+            let pool = phasefleet::db::connect(&test_db_url(), 2).await.unwrap();
+            phasefleet::db::migrate(&pool).await.unwrap();
+            pool.close().await;
+        })
+        .await;
+    phasefleet::db::pool_options(20).connect(&test_db_url()).await.unwrap()
+}
+
+/// Create `name` on the server at `server` unless it exists (racing test processes
+/// may both try; the loser's error is ignored).
+pub async fn ensure_database(server: &str, name: &str) {
+    let admin = phasefleet::db::connect(&format!("{server}/postgres"), 1).await.unwrap();
+    let exists: (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    if !exists.0 {
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&admin).await;
+        if let Err(e) = r {
+            let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+            assert!(
+                matches!(code.as_deref(), Some("42P04" | "23505")),
+                "create database {name}: {e}"
+            );
+        }
+    }
+    admin.close().await;
+}
+
+/// A queue name no other test uses.
+pub fn unique_queue(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn enqueue(pool: &PgPool, job: NewJob) -> JobId {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, &job).await.unwrap().id()
+}
+
+pub async fn job(pool: &PgPool, id: JobId) -> JobRow {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::get(&mut conn, id).await.unwrap()
+}
+
+pub async fn count_in_state(pool: &PgPool, queue: &str, state: JobState) -> i64 {
+    sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM jobs WHERE queue = $1 AND state = $2")
+        .bind(queue)
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Poll `check` until it returns `Some` or `deadline` passes (then panic with `what`).
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < end, "timed out after {deadline:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of a workspace binary, building it first if this test build did not.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let path = dir.join(name);
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let package = match name {
+            "phasefleet" => "phasefleet-cli",
+            other => other,
+        };
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "building {name} failed");
+        built.push(name.to_owned());
+    }
+    path
+}
+
+/// A `phasefleet-worker` child process, killed when dropped.
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(db_url: &str, queue: &str, extra: &[&str]) -> Self {
+        let child = tokio::process::Command::new(workspace_bin("phasefleet-worker"))
+            .args(["--database-url", db_url, "--queue", queue])
+            .args(extra)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_WORKER_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id().unwrap()).unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// The worker id a worker process registered under, found by its pid.
+pub async fn worker_id_of(pool: &PgPool, pid: i32) -> phasefleet::WorkerId {
+    eventually(Duration::from_secs(30), "worker registers", || async {
+        sqlx::query_as::<_, (phasefleet::WorkerId,)>(
+            "SELECT id FROM workers WHERE pid = $1 AND state <> 'stopped' ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(pid)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|r| r.0)
+    })
+    .await
+}

@@ -1,0 +1,68 @@
+//! What a job handler sees and returns.
+
+use phasefleet::WorkerId;
+use phasefleet::queue::{ClaimedJob, Completed, QueueError};
+use sqlx::PgPool;
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a handler needs for one delivery.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job: ClaimedJob,
+    pub pool: PgPool,
+    pub worker_id: WorkerId,
+    /// Fires when the handler must stop: the job was cancelled, its lease was lost, or
+    /// the worker is shutting down past its grace period. Whatever the handler returns
+    /// after this fires, the runtime records the right outcome.
+    pub cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// Complete the job inside the caller's transaction (fenced by the lease).
+    ///
+    /// # Errors
+    /// [`QueueError::LeaseLost`] when another worker owns the job now.
+    pub async fn complete(&self, conn: &mut sqlx::PgConnection) -> Result<Completed, QueueError> {
+        phasefleet::queue::complete(conn, &self.job.lease(), self.worker_id).await
+    }
+}
+
+/// Why a delivery did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Try again later (after `after`, or the queue's backoff).
+    #[error("{message}")]
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// Do not try again: dead-letter the job.
+    #[error("{0}")]
+    Permanent(String),
+    /// The handler stopped because `cancel` fired.
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl JobError {
+    #[must_use]
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry {
+            message: message.into(),
+            after: None,
+        }
+    }
+}
+
+/// Runs one kind (or several kinds) of job. The handler completes the job itself with
+/// [`JobContext::complete`] in the transaction that applies its effects, and returns
+/// the proof.
+pub trait JobHandler: Send + Sync + 'static {
+    fn handle(&self, ctx: JobContext) -> impl Future<Output = Result<Completed, JobError>> + Send;
+}

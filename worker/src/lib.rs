@@ -1,0 +1,17 @@
+//! The worker runtime: claims jobs from the queue, runs them under a heartbeated lease,
+//! takes back expired leases of lost workers, drains on request and shuts down
+//! gracefully. Stateless: everything it knows lives in PostgreSQL.
+
+mod builtin;
+mod config;
+mod handler;
+mod inflight;
+mod registry;
+mod runtime;
+pub mod shutdown;
+
+pub use builtin::Builtins;
+pub use config::WorkerConfig;
+pub use handler::{JobContext, JobError, JobHandler};
+pub use registry::{WorkerRow, drain, list_workers, undrain};
+pub use runtime::{Worker, WorkerError};

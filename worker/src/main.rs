@@ -1,0 +1,72 @@
+//! `phasefleet-worker`: one worker process. Configure with flags or env vars.
+
+use anyhow::Context;
+use clap::Parser;
+use phasefleet_worker::{Builtins, Worker, WorkerConfig, shutdown};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Run a phasefleet worker: claims phase jobs and runs them")]
+struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Queue to claim from.
+    #[arg(long, env = "PHASEFLEET_QUEUE", default_value = "default")]
+    queue: String,
+    /// Jobs in flight at once.
+    #[arg(long, env = "PHASEFLEET_CONCURRENCY", default_value_t = 16)]
+    concurrency: usize,
+    /// Lease length in milliseconds (heartbeat every third of it).
+    #[arg(long, env = "PHASEFLEET_LEASE_MS", default_value_t = 15_000)]
+    lease_ms: u64,
+    /// Grace period for in-flight jobs on shutdown, in milliseconds.
+    #[arg(long, env = "PHASEFLEET_SHUTDOWN_GRACE_MS", default_value_t = 25_000)]
+    shutdown_grace_ms: u64,
+    /// Fallback poll interval in milliseconds.
+    #[arg(long, env = "PHASEFLEET_POLL_MS", default_value_t = 1_000)]
+    poll_ms: u64,
+    /// Worker name shown by `phasefleet admin workers` (default host:pid).
+    #[arg(long, env = "PHASEFLEET_WORKER_NAME")]
+    name: Option<String>,
+    /// Apply migrations before starting.
+    #[arg(long)]
+    migrate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let signals = shutdown::install().context("installing signal handlers")?;
+    let pool = phasefleet::db::connect_with_retry(
+        &args.database_url,
+        u32::try_from(args.concurrency + 4).unwrap_or(64),
+        &signals.graceful,
+    )
+    .await?;
+    if args.migrate {
+        phasefleet::db::migrate(&pool).await?;
+    }
+    let mut cfg = WorkerConfig {
+        queue: args.queue,
+        concurrency: args.concurrency,
+        lease: Duration::from_millis(args.lease_ms),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        poll_interval: Duration::from_millis(args.poll_ms),
+        ..WorkerConfig::default()
+    };
+    if let Some(name) = args.name {
+        cfg.name = name;
+    }
+    Worker::new(pool, cfg, Builtins)
+        .with_force(signals.force.clone())
+        .run(signals.graceful)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The `workers` table: who is alive, what they hold, and drain requests. Drain works
+//! across hosts because it is a row, not a signal.
+
+use crate::config::{WorkerConfig, hostname};
+use chrono::{DateTime, Utc};
+use phasefleet::WorkerId;
+use serde::Serialize;
+use sqlx::PgPool;
+
+pub(crate) async fn register(pool: &PgPool, id: WorkerId, cfg: &WorkerConfig) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO workers (id, name, host, pid, queues, concurrency)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(&cfg.name)
+    .bind(hostname())
+    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+    .bind(vec![cfg.queue.clone()])
+    .bind(i32::try_from(cfg.concurrency).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Record liveness and load; returns whether a drain is requested.
+pub(crate) async fn heartbeat(pool: &PgPool, id: WorkerId, in_flight: usize, state: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<(bool,)> = sqlx::query_as(
+        "UPDATE workers SET heartbeat_at = now(), in_flight = $2, state = $3
+          WHERE id = $1 RETURNING drain_requested",
+    )
+    .bind(id)
+    .bind(i32::try_from(in_flight).unwrap_or(i32::MAX))
+    .bind(state)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some_and(|(d,)| d))
+}
+
+pub(crate) async fn mark_stopped(pool: &PgPool, id: WorkerId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE workers SET state = 'stopped', in_flight = 0, stopped_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Ask one worker (or every live worker, with `None`) to stop claiming and finish its
+/// in-flight jobs. Returns the workers asked.
+///
+/// # Errors
+/// Database errors.
+pub async fn drain(pool: &PgPool, worker: Option<WorkerId>) -> Result<Vec<WorkerId>, sqlx::Error> {
+    set_drain(pool, worker, true).await
+}
+
+/// Undo [`drain`].
+///
+/// # Errors
+/// Database errors.
+pub async fn undrain(pool: &PgPool, worker: Option<WorkerId>) -> Result<Vec<WorkerId>, sqlx::Error> {
+    set_drain(pool, worker, false).await
+}
+
+async fn set_drain(pool: &PgPool, worker: Option<WorkerId>, on: bool) -> Result<Vec<WorkerId>, sqlx::Error> {
+    let ids: Vec<(WorkerId,)> = sqlx::query_as(
+        "UPDATE workers SET drain_requested = $2
+          WHERE state <> 'stopped' AND ($1::uuid IS NULL OR id = $1) RETURNING id",
+    )
+    .bind(worker)
+    .bind(on)
+    .fetch_all(pool)
+    .await?;
+    Ok(ids.into_iter().map(|(id,)| id).collect())
+}
+
+/// A worker as operators see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorkerRow {
+    pub id: WorkerId,
+    pub name: String,
+    pub host: String,
+    pub pid: i32,
+    pub queues: Vec<String>,
+    pub concurrency: i32,
+    pub state: String,
+    pub drain_requested: bool,
+    pub in_flight: i32,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub heartbeat_age_secs: f64,
+}
+
+/// Workers, live ones first. `include_stopped` adds the stopped ones.
+///
+/// # Errors
+/// Database errors.
+pub async fn list_workers(pool: &PgPool, include_stopped: bool) -> Result<Vec<WorkerRow>, sqlx::Error> {
+    sqlx::query_as::<_, WorkerRow>(
+        "SELECT id, name, host, pid, queues, concurrency, state, drain_requested, in_flight,
+                started_at, heartbeat_at,
+                EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 AS heartbeat_age_secs
+           FROM workers WHERE $1 OR state <> 'stopped'
+          ORDER BY state = 'stopped', started_at DESC",
+    )
+    .bind(include_stopped)
+    .fetch_all(pool)
+    .await
+}

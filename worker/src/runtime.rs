@@ -1,0 +1,402 @@
+//! The claim loop and its companions (heartbeats, rescue, wake-ups), and graceful
+//! shutdown. Every task is owned by a `JoinSet`; shutdown flows from one token.
+
+use crate::config::WorkerConfig;
+use crate::handler::{JobContext, JobError, JobHandler};
+use crate::inflight::{InFlight, StopReason};
+use crate::registry;
+use phasefleet::WorkerId;
+use phasefleet::queue::{self, ClaimedJob, Lease, QueueError, notify};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+}
+
+/// One worker process's runtime. Cheap to build; [`Worker::run`] does the work.
+pub struct Worker<H> {
+    id: WorkerId,
+    pool: PgPool,
+    cfg: WorkerConfig,
+    handler: Arc<H>,
+    force: CancellationToken,
+}
+
+/// State shared by the loop and its companion tasks.
+struct Shared {
+    id: WorkerId,
+    pool: PgPool,
+    cfg: WorkerConfig,
+    inflight: InFlight,
+    wake: Arc<Notify>,
+    draining: AtomicBool,
+}
+
+impl<H: JobHandler> Worker<H> {
+    #[must_use]
+    pub fn new(pool: PgPool, cfg: WorkerConfig, handler: H) -> Self {
+        Self {
+            id: WorkerId::new(),
+            pool,
+            cfg,
+            handler: Arc::new(handler),
+            force: CancellationToken::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// A token that, once `shutdown` has fired, skips the rest of the grace period
+    /// (a second Ctrl-C).
+    #[must_use]
+    pub fn with_force(mut self, force: CancellationToken) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Run until `shutdown` fires, then stop claiming, let in-flight jobs finish within
+    /// the grace period, hand the rest back without spending an attempt, and mark this
+    /// worker stopped. Database outages are waited out, never fatal.
+    ///
+    /// # Errors
+    /// [`WorkerError::Config`] for an unusable configuration.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        if self.cfg.concurrency == 0 {
+            return Err(WorkerError::Config("concurrency must be at least 1".into()));
+        }
+        if self.cfg.lease < Duration::from_millis(300) {
+            return Err(WorkerError::Config("lease must be at least 300ms".into()));
+        }
+        let shared = Arc::new(Shared {
+            id: self.id,
+            pool: self.pool.clone(),
+            cfg: self.cfg.clone(),
+            inflight: InFlight::default(),
+            wake: Arc::new(Notify::new()),
+            draining: AtomicBool::new(false),
+        });
+        let worker_span = tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
+        async {
+            if !register_with_retry(&shared, &shutdown).await {
+                return;
+            }
+            tracing::info!(name = %shared.cfg.name, concurrency = shared.cfg.concurrency, "worker started");
+            let services_stop = CancellationToken::new();
+            let mut services = JoinSet::new();
+            services.spawn(notify::forward(
+                shared.pool.clone(),
+                notify::JOBS_CHANNEL,
+                shared.cfg.queue.clone(),
+                shared.wake.clone(),
+                services_stop.clone(),
+            ));
+            services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
+            services.spawn(rescue_loop(shared.clone(), services_stop.clone()));
+
+            let mut jobs = JoinSet::new();
+            self.claim_loop(&shared, &mut jobs, &shutdown).await;
+            self.wind_down(&shared, &mut jobs).await;
+
+            services_stop.cancel();
+            while services.join_next().await.is_some() {}
+            if let Err(err) = registry::mark_stopped(&shared.pool, shared.id).await {
+                tracing::warn!(error = %err, "could not mark worker stopped");
+            }
+            tracing::info!("worker stopped");
+        }
+        .instrument(worker_span)
+        .await;
+        Ok(())
+    }
+
+    async fn claim_loop(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        let mut error_delay = Duration::from_millis(100);
+        loop {
+            while let Some(res) = jobs.try_join_next() {
+                log_join(res);
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let free = shared.cfg.concurrency.saturating_sub(shared.inflight.len());
+            if free > 0 && !shared.draining.load(Ordering::Acquire) {
+                match claim(shared, free).await {
+                    Ok(claimed) => {
+                        error_delay = Duration::from_millis(100);
+                        let n = claimed.len();
+                        for job in claimed {
+                            self.spawn_job(shared, jobs, job);
+                        }
+                        if n == free {
+                            // Possibly more waiting: claim again as soon as a slot frees.
+                            shared.wake.notify_one();
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_in_ms = error_delay.as_millis(), "claim failed");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(error_delay) => {}
+                        }
+                        error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let full = shared.inflight.len() >= shared.cfg.concurrency;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(res) = jobs.join_next(), if !jobs.is_empty() => log_join(res),
+                () = shared.wake.notified(), if !full => {}
+                () = tokio::time::sleep(shared.cfg.poll_interval) => {}
+            }
+        }
+    }
+
+    fn spawn_job(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>, job: ClaimedJob) {
+        let lease = job.lease();
+        let cancel = CancellationToken::new();
+        shared.inflight.insert(lease, cancel.clone());
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.id,
+            kind = %job.kind,
+            attempt = job.attempts,
+            run_id = job.run_id.map(|r| r.to_string()),
+        );
+        let ctx = JobContext {
+            job,
+            pool: shared.pool.clone(),
+            worker_id: shared.id,
+            cancel,
+        };
+        let handler = self.handler.clone();
+        let shared = shared.clone();
+        jobs.spawn(
+            async move {
+                // The handler runs in its own task so a panic is caught as a JoinError
+                // and recorded as a retryable failure instead of vanishing.
+                let result = match tokio::spawn(async move { handler.handle(ctx).await }.in_current_span()).await {
+                    Ok(r) => r,
+                    Err(join) => Err(JobError::retry(format!("handler panicked: {join}"))),
+                };
+                let reason = shared.inflight.remove(lease.job_id);
+                record_outcome(&shared, &lease, result, reason).await;
+                // A slot is free.
+                shared.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn wind_down(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>) {
+        if jobs.is_empty() {
+            return;
+        }
+        tracing::info!(in_flight = jobs.len(), grace_ms = shared.cfg.shutdown_grace.as_millis(), "shutting down: finishing in-flight jobs");
+        let _ = registry::heartbeat(&shared.pool, shared.id, jobs.len(), "draining").await;
+        let grace = tokio::time::sleep(shared.cfg.shutdown_grace);
+        tokio::pin!(grace);
+        while !jobs.is_empty() {
+            tokio::select! {
+                Some(res) = jobs.join_next() => log_join(res),
+                () = &mut grace => break,
+                () = self.force.cancelled() => break,
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        tracing::info!(in_flight = jobs.len(), "grace period over: interrupting and handing back");
+        shared.inflight.stop_all(StopReason::Shutdown);
+        let hard_stop = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(hard_stop);
+        while !jobs.is_empty() {
+            tokio::select! {
+                Some(res) = jobs.join_next() => log_join(res),
+                () = &mut hard_stop => {
+                    tracing::warn!(in_flight = jobs.len(), "handlers ignored interruption; abandoning them to lease expiry");
+                    jobs.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn log_join(res: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = res {
+        tracing::error!(error = %err, "job task failed");
+    }
+}
+
+async fn claim(shared: &Shared, free: usize) -> Result<Vec<ClaimedJob>, QueueError> {
+    let mut conn = shared.pool.acquire().await?;
+    queue::claim(
+        &mut conn,
+        shared.id,
+        &shared.cfg.queue,
+        i64::try_from(free).unwrap_or(i64::MAX),
+        shared.cfg.lease,
+    )
+    .await
+}
+
+async fn register_with_retry(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match registry::register(&shared.pool, shared.id, &shared.cfg).await {
+            Ok(()) => return true,
+            Err(err) => tracing::warn!(error = %err, "cannot register worker; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Write what a delivery's result means for the job. Transient database errors are
+/// retried for about one lease length; after that the lease expires and the job is
+/// rescued, which is the same outcome by another road.
+async fn record_outcome(shared: &Shared, lease: &Lease, result: Result<queue::Completed, JobError>, reason: Option<StopReason>) {
+    let err = match result {
+        Ok(_completed) => {
+            tracing::debug!("job completed");
+            return;
+        }
+        Err(err) => err,
+    };
+    let deadline = tokio::time::Instant::now() + shared.cfg.lease;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match write_outcome(shared, lease, &err, reason).await {
+            Ok(()) => return,
+            Err(QueueError::LeaseLost { .. }) => {
+                tracing::info!("lease lost; outcome not recorded (another worker owns the job)");
+                return;
+            }
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record job outcome; the lease will expire and the job be rescued");
+                return;
+            }
+        }
+    }
+}
+
+async fn write_outcome(shared: &Shared, lease: &Lease, err: &JobError, reason: Option<StopReason>) -> Result<(), QueueError> {
+    let mut conn = shared.pool.acquire().await?;
+    match (reason, err) {
+        (Some(StopReason::LeaseLost), _) | (_, JobError::Queue(QueueError::LeaseLost { .. })) => {
+            Err(QueueError::LeaseLost { job_id: lease.job_id, token: lease.token })
+        }
+        (Some(StopReason::Shutdown | StopReason::Cancelled), _) => {
+            tracing::info!(?reason, "handing job back");
+            queue::hand_back(&mut conn, lease).await
+        }
+        (None, JobError::Permanent(msg)) => {
+            tracing::warn!(error = %msg, "job failed permanently; dead-lettered");
+            queue::fail(&mut conn, lease, msg).await
+        }
+        (None, JobError::Retry { message, after }) => {
+            let outcome = queue::retry(&mut conn, lease, message, &shared.cfg.backoff, *after).await?;
+            tracing::warn!(error = %message, ?outcome, "job failed");
+            Ok(())
+        }
+        (None, other) => {
+            let message = other.to_string();
+            let outcome = queue::retry(&mut conn, lease, &message, &shared.cfg.backoff, None).await?;
+            tracing::warn!(error = %message, ?outcome, "job failed");
+            Ok(())
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let interval = shared.cfg.lease / 3;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let leases = shared.inflight.leases();
+        if !leases.is_empty() {
+            let report = async {
+                let mut conn = shared.pool.acquire().await?;
+                queue::heartbeat(&mut conn, &leases, shared.cfg.lease).await
+            }
+            .await;
+            match report {
+                Ok(report) => {
+                    for id in report.lost {
+                        tracing::warn!(job_id = %id, "lease lost; interrupting job");
+                        shared.inflight.stop(id, StopReason::LeaseLost);
+                    }
+                    for id in report.cancel_requested {
+                        tracing::info!(job_id = %id, "cancel requested; interrupting job");
+                        shared.inflight.stop(id, StopReason::Cancelled);
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "lease heartbeat failed"),
+            }
+        }
+        let draining = shared.draining.load(Ordering::Acquire);
+        let in_flight = shared.inflight.len();
+        let state = match (draining, in_flight) {
+            (false, _) => "running",
+            (true, 0) => "drained",
+            (true, _) => "draining",
+        };
+        match registry::heartbeat(&shared.pool, shared.id, in_flight, state).await {
+            Ok(drain) => {
+                if drain != draining {
+                    tracing::info!(drain, "drain state changed");
+                    shared.draining.store(drain, Ordering::Release);
+                    shared.wake.notify_one();
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "worker heartbeat failed"),
+        }
+    }
+}
+
+async fn rescue_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(shared.cfg.rescue_interval) => {}
+        }
+        let rescued = async {
+            let mut conn = shared.pool.acquire().await?;
+            queue::rescue_expired(&mut conn, 100).await
+        }
+        .await;
+        match rescued {
+            Ok(r) if !r.is_empty() => {
+                for job in &r {
+                    tracing::warn!(job_id = %job.id, dead = job.dead, "rescued job from a lost worker");
+                }
+                shared.wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "rescue pass failed"),
+        }
+    }
+}
