@@ -8,7 +8,16 @@ macro_rules! uuid_id {
     ($name:ident, $doc:literal) => {
         #[doc = $doc]
         #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            Serialize,
+            Deserialize,
             sqlx::Type,
         )]
         #[serde(transparent)]
@@ -44,7 +53,10 @@ macro_rules! uuid_id {
 }
 
 uuid_id!(RunId, "Identifies one run of a workflow template.");
-uuid_id!(WorkerId, "Identifies one worker process for its whole life (never reused).");
+uuid_id!(
+    WorkerId,
+    "Identifies one worker process for its whole life (never reused)."
+);
 uuid_id!(ApprovalId, "Identifies one approval request.");
 
 /// Identifies one job in the queue.

@@ -58,14 +58,18 @@ fn find_bin_dir() -> Option<PathBuf> {
             return Some(bin);
         }
     }
-    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if dir.join("initdb").exists() {
             return Some(dir);
         }
     }
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+        std::env::split_paths(&paths)
+            .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
     })
 }
 
@@ -77,7 +81,10 @@ fn run_as_user() -> Option<String> {
 
 fn free_port() -> Result<u16, LocalPgError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    let port = l.local_addr().map_err(io_err(Path::new("127.0.0.1:0")))?.port();
+    let port = l
+        .local_addr()
+        .map_err(io_err(Path::new("127.0.0.1:0")))?
+        .port();
     Ok(port)
 }
 
@@ -101,13 +108,19 @@ impl LocalPg {
             stopped: false,
         };
         if let Some(user) = &pg.run_as {
-            pg.run("chown", Command::new("chown").arg("-R").arg(user).arg(&dir)).await?;
+            pg.run("chown", Command::new("chown").arg("-R").arg(user).arg(&dir))
+                .await?;
         }
         if !pg.data.join("PG_VERSION").exists() {
             let mut cmd = pg.pg_command("initdb");
-            cmd.arg("-D")
-                .arg(&pg.data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+            cmd.arg("-D").arg(&pg.data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]);
             pg.run("initdb", &mut cmd).await?;
         }
         let mut opts = format!(
@@ -187,8 +200,13 @@ impl LocalPg {
     /// [`LocalPgError::Command`] when `pg_ctl restart` fails.
     pub async fn restart(&self) -> Result<(), LocalPgError> {
         let mut cmd = self.pg_command("pg_ctl");
-        cmd.arg("-D").arg(&self.data).args(["-w", "-m", "fast", "restart"]);
-        cmd.stdout(Stdio::null());
+        // `-l` again: without it the new postmaster would inherit our output pipes and
+        // `output()` would wait for it to exit.
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.with_file_name("server.log"))
+            .args(["-w", "-t", "60", "-m", "fast", "restart"]);
         self.run("pg_ctl restart", &mut cmd).await
     }
 
@@ -198,7 +216,9 @@ impl LocalPg {
     /// [`LocalPgError::Command`] when `pg_ctl stop` fails.
     pub async fn stop(&mut self) -> Result<(), LocalPgError> {
         let mut cmd = self.pg_command("pg_ctl");
-        cmd.arg("-D").arg(&self.data).args(["-w", "-m", "fast", "stop"]);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "fast", "stop"]);
         self.run("pg_ctl stop", &mut cmd).await?;
         self.stopped = true;
         Ok(())

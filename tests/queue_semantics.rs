@@ -4,7 +4,9 @@
 mod support;
 
 use phasefleet::WorkerId;
-use phasefleet::queue::{self, Backoff, CancelOutcome, Enqueued, JobState, NewJob, QueueError, RetryOutcome};
+use phasefleet::queue::{
+    self, Backoff, CancelOutcome, Enqueued, JobState, NewJob, QueueError, RetryOutcome,
+};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -16,7 +18,9 @@ async fn concurrent_claims_never_hand_one_job_to_two_workers() {
     let q = unique_queue("claims");
     let mut conn = pool.acquire().await.unwrap();
     for i in 0..600 {
-        queue::enqueue(&mut conn, &NewJob::new("noop", json!({ "i": i })).queue(&q)).await.unwrap();
+        queue::enqueue(&mut conn, &NewJob::new("noop", json!({ "i": i })).queue(&q))
+            .await
+            .unwrap();
     }
     drop(conn);
     let mut tasks = tokio::task::JoinSet::new();
@@ -29,7 +33,9 @@ async fn concurrent_claims_never_hand_one_job_to_two_workers() {
             loop {
                 let mut conn = pool.acquire().await.unwrap();
                 let batch = 1 + (w % 4);
-                let jobs = queue::claim(&mut conn, me, &q, batch, Duration::from_secs(30)).await.unwrap();
+                let jobs = queue::claim(&mut conn, me, &q, batch, Duration::from_secs(30))
+                    .await
+                    .unwrap();
                 if jobs.is_empty() {
                     return seen;
                 }
@@ -63,7 +69,9 @@ async fn zombie_cannot_complete_after_its_lease_is_rescued() {
     let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let (a, b) = (WorkerId::new(), WorkerId::new());
     let mut conn = pool.acquire().await.unwrap();
-    let claimed_a = queue::claim(&mut conn, a, &q, 1, Duration::from_millis(300)).await.unwrap();
+    let claimed_a = queue::claim(&mut conn, a, &q, 1, Duration::from_millis(300))
+        .await
+        .unwrap();
     let lease_a = claimed_a[0].lease();
     // A goes silent; its lease expires and a rescue pass takes the job back.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -71,17 +79,37 @@ async fn zombie_cannot_complete_after_its_lease_is_rescued() {
     // ours makes sure one has run.
     queue::rescue_expired(&mut conn, 1000).await.unwrap();
     let row = job(&pool, id).await;
-    assert_eq!((row.state, row.rescues), (JobState::Ready, 1), "expired lease rescued");
-    let claimed_b = queue::claim(&mut conn, b, &q, 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        (row.state, row.rescues),
+        (JobState::Ready, 1),
+        "expired lease rescued"
+    );
+    let claimed_b = queue::claim(&mut conn, b, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     let lease_b = claimed_b[0].lease();
-    assert!(lease_b.token > lease_a.token, "a new claim gets a newer fencing token");
+    assert!(
+        lease_b.token > lease_a.token,
+        "a new claim gets a newer fencing token"
+    );
 
     // The zombie wakes up: every write it tries is refused.
-    let hb = queue::heartbeat(&mut conn, &[lease_a], Duration::from_secs(30)).await.unwrap();
+    let hb = queue::heartbeat(&mut conn, &[lease_a], Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(hb.lost, vec![id]);
-    assert!(matches!(queue::complete(&mut conn, &lease_a, a).await, Err(QueueError::LeaseLost { .. })));
-    assert!(matches!(queue::fail(&mut conn, &lease_a, "x").await, Err(QueueError::LeaseLost { .. })));
-    assert!(matches!(queue::hand_back(&mut conn, &lease_a).await, Err(QueueError::LeaseLost { .. })));
+    assert!(matches!(
+        queue::complete(&mut conn, &lease_a, a).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        queue::fail(&mut conn, &lease_a, "x").await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        queue::hand_back(&mut conn, &lease_a).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
     assert!(matches!(
         queue::retry(&mut conn, &lease_a, "x", &Backoff::default(), None).await,
         Err(QueueError::LeaseLost { .. })
@@ -101,17 +129,26 @@ async fn zombie_completion_inside_a_transaction_rolls_back_its_effects() {
     let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let a = WorkerId::new();
     let mut conn = pool.acquire().await.unwrap();
-    let lease = queue::claim(&mut conn, a, &q, 1, Duration::from_millis(200)).await.unwrap()[0].lease();
+    let lease = queue::claim(&mut conn, a, &q, 1, Duration::from_millis(200))
+        .await
+        .unwrap()[0]
+        .lease();
     tokio::time::sleep(Duration::from_millis(300)).await;
     queue::rescue_expired(&mut conn, 1000).await.unwrap();
     // The zombie's "effect" is enqueueing a follow-up job in the same transaction.
     let follow = unique_queue("follow");
     let mut tx = pool.begin().await.unwrap();
-    queue::enqueue(&mut tx, &NewJob::new("noop", json!({})).queue(&follow)).await.unwrap();
+    queue::enqueue(&mut tx, &NewJob::new("noop", json!({})).queue(&follow))
+        .await
+        .unwrap();
     let err = queue::complete(&mut tx, &lease, a).await.unwrap_err();
     assert!(matches!(err, QueueError::LeaseLost { .. }));
     tx.rollback().await.unwrap();
-    assert_eq!(count_in_state(&pool, &follow, JobState::Ready).await, 0, "effect rolled back");
+    assert_eq!(
+        count_in_state(&pool, &follow, JobState::Ready).await,
+        0,
+        "effect rolled back"
+    );
     assert_eq!(job(&pool, id).await.state, JobState::Ready);
 }
 
@@ -121,7 +158,12 @@ async fn transactional_enqueue_rolled_back_leaves_nothing() {
     let q = unique_queue("txenq");
     let key = format!("key-{q}");
     let mut tx = pool.begin().await.unwrap();
-    let e = queue::enqueue(&mut tx, &NewJob::new("noop", json!({})).queue(&q).unique_key(&key)).await.unwrap();
+    let e = queue::enqueue(
+        &mut tx,
+        &NewJob::new("noop", json!({})).queue(&q).unique_key(&key),
+    )
+    .await
+    .unwrap();
     assert!(matches!(e, Enqueued::Created(_)));
     tx.rollback().await.unwrap();
     let n: (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE queue = $1 OR unique_key = $2")
@@ -130,10 +172,18 @@ async fn transactional_enqueue_rolled_back_leaves_nothing() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(n.0, 0, "rolled-back enqueue leaves no row and frees its unique key");
+    assert_eq!(
+        n.0, 0,
+        "rolled-back enqueue leaves no row and frees its unique key"
+    );
 
     let mut tx = pool.begin().await.unwrap();
-    let e = queue::enqueue(&mut tx, &NewJob::new("noop", json!({})).queue(&q).unique_key(&key)).await.unwrap();
+    let e = queue::enqueue(
+        &mut tx,
+        &NewJob::new("noop", json!({})).queue(&q).unique_key(&key),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(job(&pool, e.id()).await.state, JobState::Ready);
 }
@@ -144,11 +194,29 @@ async fn unique_enqueue_returns_the_existing_job() {
     let q = unique_queue("unique");
     let key = format!("k-{q}");
     let mut conn = pool.acquire().await.unwrap();
-    let first = queue::enqueue(&mut conn, &NewJob::new("noop", json!({"n": 1})).queue(&q).unique_key(&key)).await.unwrap();
-    let second = queue::enqueue(&mut conn, &NewJob::new("noop", json!({"n": 2})).queue(&q).unique_key(&key)).await.unwrap();
+    let first = queue::enqueue(
+        &mut conn,
+        &NewJob::new("noop", json!({"n": 1}))
+            .queue(&q)
+            .unique_key(&key),
+    )
+    .await
+    .unwrap();
+    let second = queue::enqueue(
+        &mut conn,
+        &NewJob::new("noop", json!({"n": 2}))
+            .queue(&q)
+            .unique_key(&key),
+    )
+    .await
+    .unwrap();
     assert!(matches!(first, Enqueued::Created(_)));
     assert_eq!(second, Enqueued::Existing(first.id()));
-    assert_eq!(job(&pool, first.id()).await.payload, json!({"n": 1}), "the first job is untouched");
+    assert_eq!(
+        job(&pool, first.id()).await.payload,
+        json!({"n": 1}),
+        "the first job is untouched"
+    );
 }
 
 #[tokio::test]
@@ -174,7 +242,14 @@ async fn priority_first_then_run_at_then_fifo() {
     let low = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let high = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q).priority(10)).await;
     let low2 = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
-    let scheduled = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q).priority(100).run_at(later)).await;
+    let scheduled = enqueue(
+        &pool,
+        NewJob::new("noop", json!({}))
+            .queue(&q)
+            .priority(100)
+            .run_at(later),
+    )
+    .await;
     let me = WorkerId::new();
     let mut conn = pool.acquire().await.unwrap();
     let got: Vec<_> = queue::claim(&mut conn, me, &q, 10, Duration::from_secs(30))
@@ -186,10 +261,17 @@ async fn priority_first_then_run_at_then_fifo() {
     let mut expected = vec![high, low, low2];
     let mut sorted_got = got.clone();
     sorted_got.sort_by_key(|id| expected.iter().position(|e| e == id));
-    assert_eq!(sorted_got, expected, "claims the ready ones, not the scheduled one");
+    assert_eq!(
+        sorted_got, expected,
+        "claims the ready ones, not the scheduled one"
+    );
     assert_eq!(got.len(), 3);
     expected.clear();
-    assert_eq!(job(&pool, scheduled).await.state, JobState::Ready, "future run_at waits");
+    assert_eq!(
+        job(&pool, scheduled).await.state,
+        JobState::Ready,
+        "future run_at waits"
+    );
     // one at a time, the claim order is priority then FIFO
     let q2 = unique_queue("order1");
     let a = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q2)).await;
@@ -197,7 +279,12 @@ async fn priority_first_then_run_at_then_fifo() {
     let c = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q2)).await;
     let mut order = Vec::new();
     for _ in 0..3 {
-        order.push(queue::claim(&mut conn, me, &q2, 1, Duration::from_secs(30)).await.unwrap()[0].id);
+        order.push(
+            queue::claim(&mut conn, me, &q2, 1, Duration::from_secs(30))
+                .await
+                .unwrap()[0]
+                .id,
+        );
     }
     assert_eq!(order, vec![b, a, c]);
 }
@@ -206,9 +293,16 @@ async fn priority_first_then_run_at_then_fifo() {
 async fn retries_back_off_then_dead_letter() {
     let pool = pool().await;
     let q = unique_queue("retry");
-    let id = enqueue(&pool, NewJob::new("fail", json!({})).queue(&q).max_attempts(3)).await;
+    let id = enqueue(
+        &pool,
+        NewJob::new("fail", json!({})).queue(&q).max_attempts(3),
+    )
+    .await;
     let me = WorkerId::new();
-    let backoff = Backoff { base: Duration::from_millis(400), max: Duration::from_secs(10) };
+    let backoff = Backoff {
+        base: Duration::from_millis(400),
+        max: Duration::from_secs(10),
+    };
     let mut conn = pool.acquire().await.unwrap();
     let mut delays = Vec::new();
     for attempt in 1..=3 {
@@ -217,13 +311,19 @@ async fn retries_back_off_then_dead_letter() {
             let q = q.clone();
             async move {
                 let mut c = pool.acquire().await.unwrap();
-                queue::claim(&mut c, me, &q, 1, Duration::from_secs(30)).await.unwrap().pop()
+                queue::claim(&mut c, me, &q, 1, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .pop()
             }
         })
         .await;
         assert_eq!(j.attempts, attempt);
         let before = chrono::Utc::now();
-        match queue::retry(&mut conn, &j.lease(), "boom", &backoff, None).await.unwrap() {
+        match queue::retry(&mut conn, &j.lease(), "boom", &backoff, None)
+            .await
+            .unwrap()
+        {
             RetryOutcome::Scheduled(at) => delays.push((at - before).num_milliseconds()),
             RetryOutcome::Dead => assert_eq!(attempt, 3, "dead only when attempts are spent"),
         }
@@ -231,7 +331,10 @@ async fn retries_back_off_then_dead_letter() {
     // attempt 1 -> 200..400ms, attempt 2 -> 400..800ms
     assert_eq!(delays.len(), 2);
     assert!((150..=450).contains(&delays[0]), "first backoff {delays:?}");
-    assert!((350..=850).contains(&delays[1]), "second backoff {delays:?}");
+    assert!(
+        (350..=850).contains(&delays[1]),
+        "second backoff {delays:?}"
+    );
     let row = job(&pool, id).await;
     assert_eq!(row.state, JobState::Dead);
     assert_eq!(row.last_error.as_deref(), Some("boom"));
@@ -246,16 +349,35 @@ async fn retries_back_off_then_dead_letter() {
 async fn rescue_counts_against_the_attempt_cap() {
     let pool = pool().await;
     let q = unique_queue("rescuecap");
-    let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q).max_attempts(2)).await;
+    let id = enqueue(
+        &pool,
+        NewJob::new("noop", json!({})).queue(&q).max_attempts(2),
+    )
+    .await;
     let mut conn = pool.acquire().await.unwrap();
     for round in 1..=2 {
-        let got = queue::claim(&mut conn, WorkerId::new(), &q, 1, Duration::from_millis(100)).await.unwrap();
+        let got = queue::claim(
+            &mut conn,
+            WorkerId::new(),
+            &q,
+            1,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
         assert_eq!(got.len(), 1, "claim {round}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         queue::rescue_expired(&mut conn, 1000).await.unwrap();
         let row = job(&pool, id).await;
-        let expected = if round == 2 { JobState::Dead } else { JobState::Ready };
-        assert_eq!(row.state, expected, "a job that keeps losing workers dead-letters at the cap");
+        let expected = if round == 2 {
+            JobState::Dead
+        } else {
+            JobState::Ready
+        };
+        assert_eq!(
+            row.state, expected,
+            "a job that keeps losing workers dead-letters at the cap"
+        );
     }
     let row = job(&pool, id).await;
     assert_eq!((row.state, row.rescues), (JobState::Dead, 2));
@@ -270,9 +392,20 @@ async fn paused_queue_yields_nothing_until_resumed() {
     let mut conn = pool.acquire().await.unwrap();
     queue::pause(&mut conn, &q, Some("test")).await.unwrap();
     assert!(queue::is_paused(&mut conn, &q).await.unwrap());
-    assert!(queue::claim(&mut conn, WorkerId::new(), &q, 5, Duration::from_secs(5)).await.unwrap().is_empty());
+    assert!(
+        queue::claim(&mut conn, WorkerId::new(), &q, 5, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(queue::resume(&mut conn, &q).await.unwrap());
-    assert_eq!(queue::claim(&mut conn, WorkerId::new(), &q, 5, Duration::from_secs(5)).await.unwrap().len(), 1);
+    assert_eq!(
+        queue::claim(&mut conn, WorkerId::new(), &q, 5, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -281,17 +414,32 @@ async fn cancel_ready_running_and_finished_jobs() {
     let q = unique_queue("cancel");
     let waiting = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let mut conn = pool.acquire().await.unwrap();
-    assert_eq!(queue::cancel(&mut conn, waiting).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(
+        queue::cancel(&mut conn, waiting).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(
         queue::cancel(&mut conn, waiting).await.unwrap(),
         CancelOutcome::AlreadyFinished(JobState::Cancelled)
     );
     let running = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let me = WorkerId::new();
-    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30)).await.unwrap()[0].lease();
-    assert_eq!(queue::cancel(&mut conn, running).await.unwrap(), CancelOutcome::Requested);
-    let hb = queue::heartbeat(&mut conn, &[lease], Duration::from_secs(30)).await.unwrap();
-    assert_eq!(hb.cancel_requested, vec![running], "the worker learns of it at its heartbeat");
+    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
+    assert_eq!(
+        queue::cancel(&mut conn, running).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    let hb = queue::heartbeat(&mut conn, &[lease], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        hb.cancel_requested,
+        vec![running],
+        "the worker learns of it at its heartbeat"
+    );
     queue::hand_back(&mut conn, &lease).await.unwrap();
     assert_eq!(job(&pool, running).await.state, JobState::Cancelled);
     assert!(matches!(
@@ -307,11 +455,29 @@ async fn requeue_refuses_running_and_completed_jobs() {
     let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let me = WorkerId::new();
     let mut conn = pool.acquire().await.unwrap();
-    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30)).await.unwrap()[0].lease();
-    assert!(matches!(queue::requeue(&mut conn, id).await, Err(QueueError::Conflict { state: "running", .. })));
+    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
+    assert!(matches!(
+        queue::requeue(&mut conn, id).await,
+        Err(QueueError::Conflict {
+            state: "running",
+            ..
+        })
+    ));
     let _done = queue::complete(&mut conn, &lease, me).await.unwrap();
-    assert!(matches!(queue::requeue(&mut conn, id).await, Err(QueueError::Conflict { state: "completed", .. })));
-    assert!(matches!(queue::requeue(&mut conn, phasefleet::JobId(i64::MAX)).await, Err(QueueError::NotFound(_))));
+    assert!(matches!(
+        queue::requeue(&mut conn, id).await,
+        Err(QueueError::Conflict {
+            state: "completed",
+            ..
+        })
+    ));
+    assert!(matches!(
+        queue::requeue(&mut conn, phasefleet::JobId(i64::MAX)).await,
+        Err(QueueError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -322,12 +488,19 @@ async fn requeue_dead_with_dry_run() {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
-        let lease = queue::claim(&mut conn, WorkerId::new(), &q, 1, Duration::from_secs(30)).await.unwrap()[0].lease();
+        let lease = queue::claim(&mut conn, WorkerId::new(), &q, 1, Duration::from_secs(30))
+            .await
+            .unwrap()[0]
+            .lease();
         queue::fail(&mut conn, &lease, "permanent").await.unwrap();
         ids.push(id);
     }
     assert_eq!(queue::requeue_dead(&mut conn, &q, true).await.unwrap(), ids);
-    assert_eq!(count_in_state(&pool, &q, JobState::Dead).await, 3, "dry run changes nothing");
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Dead).await,
+        3,
+        "dry run changes nothing"
+    );
     let mut revived = queue::requeue_dead(&mut conn, &q, false).await.unwrap();
     revived.sort();
     assert_eq!(revived, ids);
@@ -341,7 +514,10 @@ async fn prune_deletes_only_old_finished_jobs() {
     let me = WorkerId::new();
     let mut conn = pool.acquire().await.unwrap();
     let old = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
-    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30)).await.unwrap()[0].lease();
+    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
     let _done = queue::complete(&mut conn, &lease, me).await.unwrap();
     sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 days' WHERE id = $1")
         .bind(old)
@@ -349,19 +525,27 @@ async fn prune_deletes_only_old_finished_jobs() {
         .await
         .unwrap();
     let recent_done = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
-    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30)).await.unwrap()[0].lease();
+    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
     let _done = queue::complete(&mut conn, &lease, me).await.unwrap();
     let waiting = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let mut total = 0;
     loop {
-        let n = queue::prune(&mut conn, Duration::from_secs(86_400), false, 10_000).await.unwrap();
+        let n = queue::prune(&mut conn, Duration::from_secs(86_400), false, 10_000)
+            .await
+            .unwrap();
         total += n;
         if n == 0 {
             break;
         }
     }
     assert!(total >= 1);
-    assert!(matches!(queue::get(&mut conn, old).await, Err(QueueError::NotFound(_))));
+    assert!(matches!(
+        queue::get(&mut conn, old).await,
+        Err(QueueError::NotFound(_))
+    ));
     assert_eq!(job(&pool, recent_done).await.state, JobState::Completed);
     assert_eq!(job(&pool, waiting).await.state, JobState::Ready);
 }
@@ -374,7 +558,11 @@ async fn stats_report_depth_and_oldest_ready() {
     enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let mut conn = pool.acquire().await.unwrap();
     let s = queue::stats(&mut conn).await.unwrap();
-    let mine = s.by_state.iter().find(|c| c.queue == q && c.state == JobState::Ready).unwrap();
+    let mine = s
+        .by_state
+        .iter()
+        .find(|c| c.queue == q && c.state == JobState::Ready)
+        .unwrap();
     assert_eq!(mine.count, 2);
     assert!(s.ready_now >= 2);
     assert!(s.oldest_ready_age_secs.is_some());

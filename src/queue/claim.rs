@@ -106,7 +106,10 @@ pub struct Rescued {
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure.
-pub async fn rescue_expired(conn: &mut PgConnection, limit: i64) -> Result<Vec<Rescued>, QueueError> {
+pub async fn rescue_expired(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<Rescued>, QueueError> {
     let rescued = sqlx::query_as::<_, Rescued>(
         "WITH expired AS (
              SELECT id FROM jobs

@@ -11,7 +11,11 @@ use std::time::Duration;
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure.
-pub async fn pause(conn: &mut PgConnection, queue: &str, reason: Option<&str>) -> Result<(), QueueError> {
+pub async fn pause(
+    conn: &mut PgConnection,
+    queue: &str,
+    reason: Option<&str>,
+) -> Result<(), QueueError> {
     sqlx::query(
         "INSERT INTO queue_pauses (queue, reason) VALUES ($1, $2)
          ON CONFLICT (queue) DO UPDATE SET reason = EXCLUDED.reason",
@@ -164,14 +168,21 @@ pub async fn requeue(conn: &mut PgConnection, id: JobId) -> Result<(), QueueErro
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure.
-pub async fn requeue_dead(conn: &mut PgConnection, queue: &str, dry_run: bool) -> Result<Vec<JobId>, QueueError> {
+pub async fn requeue_dead(
+    conn: &mut PgConnection,
+    queue: &str,
+    dry_run: bool,
+) -> Result<Vec<JobId>, QueueError> {
     let sql = if dry_run {
         "SELECT id FROM jobs WHERE state = 'dead' AND queue = $1 ORDER BY id"
     } else {
         "UPDATE jobs SET state = 'ready', run_at = now(), attempts = 0, finished_at = NULL
           WHERE state = 'dead' AND queue = $1 RETURNING id"
     };
-    let ids: Vec<(JobId,)> = sqlx::query_as(sql).bind(queue).fetch_all(&mut *conn).await?;
+    let ids: Vec<(JobId,)> = sqlx::query_as(sql)
+        .bind(queue)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
@@ -199,7 +210,8 @@ pub struct JobRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const JOB_COLUMNS: &str = "id, queue, kind, state, priority, attempts, max_attempts, rescues, run_id,
+const JOB_COLUMNS: &str =
+    "id, queue, kind, state, priority, attempts, max_attempts, rescues, run_id,
     unique_key, lease_owner, lease_expires_at, finished_by, last_error, payload, run_at, created_at,
     started_at, finished_at";
 
@@ -211,10 +223,10 @@ pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<JobRow, QueueErro
     sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
     )))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(QueueError::NotFound(id))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(QueueError::NotFound(id))
 }
 
 /// Jobs filtered by state and queue, newest first.

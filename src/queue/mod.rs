@@ -117,7 +117,9 @@ impl ClaimedJob {
 pub enum QueueError {
     /// The job is no longer held under this lease: it was rescued, finished or
     /// cancelled by someone else. The caller must not apply its effects.
-    #[error("lease lost on job {job_id} (token {token}): the job was rescued, finished or cancelled elsewhere")]
+    #[error(
+        "lease lost on job {job_id} (token {token}): the job was rescued, finished or cancelled elsewhere"
+    )]
     LeaseLost { job_id: JobId, token: i64 },
     #[error("job {0} not found")]
     NotFound(JobId),

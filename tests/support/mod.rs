@@ -4,8 +4,8 @@
 //! isolate themselves by queue name, not by database.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use phasefleet::queue::{self, JobRow, JobState, NewJob};
 use phasefleet::JobId;
+use phasefleet::queue::{self, JobRow, JobState, NewJob};
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,7 +18,8 @@ pub fn server_url() -> String {
 }
 
 pub fn test_db_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| format!("{}/phasefleet_test", server_url()))
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| format!("{}/phasefleet_test", server_url()))
 }
 
 static MIGRATED: OnceCell<()> = OnceCell::const_new();
@@ -33,22 +34,33 @@ pub async fn pool() -> PgPool {
             pool.close().await;
         })
         .await;
-    phasefleet::db::pool_options(20).connect(&test_db_url()).await.unwrap()
+    phasefleet::db::pool_options(20)
+        .connect(&test_db_url())
+        .await
+        .unwrap()
 }
 
 /// Create `name` on the server at `server` unless it exists (racing test processes
 /// may both try; the loser's error is ignored).
 pub async fn ensure_database(server: &str, name: &str) {
-    let admin = phasefleet::db::connect(&format!("{server}/postgres"), 1).await.unwrap();
-    let exists: (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&admin)
+    let admin = phasefleet::db::connect(&format!("{server}/postgres"), 1)
         .await
         .unwrap();
+    let exists: (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
     if !exists.0 {
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&admin).await;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&admin)
+            .await;
         if let Err(e) = r {
-            let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+            let code = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .map(|c| c.to_string());
             assert!(
                 matches!(code.as_deref(), Some("42P04" | "23505")),
                 "create database {name}: {e}"
@@ -94,7 +106,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < end, "timed out after {deadline:?} waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -138,7 +153,11 @@ impl WorkerProcess {
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_WORKER_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if std::env::var_os("TEST_WORKER_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()
             .unwrap();

@@ -32,7 +32,9 @@ impl InFlight {
     fn lock(&self) -> MutexGuard<'_, HashMap<JobId, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (every
         // operation is a single insert/remove/update), so a poisoned lock is usable.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn insert(&self, lease: Lease, cancel: CancellationToken) {

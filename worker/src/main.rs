@@ -6,7 +6,10 @@ use phasefleet_worker::{Builtins, Worker, WorkerConfig, shutdown};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Run a phasefleet worker: claims phase jobs and runs them")]
+#[command(
+    version,
+    about = "Run a phasefleet worker: claims phase jobs and runs them"
+)]
 struct Args {
     /// PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL")]

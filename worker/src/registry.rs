@@ -7,7 +7,11 @@ use phasefleet::WorkerId;
 use serde::Serialize;
 use sqlx::PgPool;
 
-pub(crate) async fn register(pool: &PgPool, id: WorkerId, cfg: &WorkerConfig) -> Result<(), sqlx::Error> {
+pub(crate) async fn register(
+    pool: &PgPool,
+    id: WorkerId,
+    cfg: &WorkerConfig,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO workers (id, name, host, pid, queues, concurrency)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -24,7 +28,12 @@ pub(crate) async fn register(pool: &PgPool, id: WorkerId, cfg: &WorkerConfig) ->
 }
 
 /// Record liveness and load; returns whether a drain is requested.
-pub(crate) async fn heartbeat(pool: &PgPool, id: WorkerId, in_flight: usize, state: &str) -> Result<bool, sqlx::Error> {
+pub(crate) async fn heartbeat(
+    pool: &PgPool,
+    id: WorkerId,
+    in_flight: usize,
+    state: &str,
+) -> Result<bool, sqlx::Error> {
     let row: Option<(bool,)> = sqlx::query_as(
         "UPDATE workers SET heartbeat_at = now(), in_flight = $2, state = $3
           WHERE id = $1 RETURNING drain_requested",
@@ -38,10 +47,12 @@ pub(crate) async fn heartbeat(pool: &PgPool, id: WorkerId, in_flight: usize, sta
 }
 
 pub(crate) async fn mark_stopped(pool: &PgPool, id: WorkerId) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE workers SET state = 'stopped', in_flight = 0, stopped_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE workers SET state = 'stopped', in_flight = 0, stopped_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -58,11 +69,18 @@ pub async fn drain(pool: &PgPool, worker: Option<WorkerId>) -> Result<Vec<Worker
 ///
 /// # Errors
 /// Database errors.
-pub async fn undrain(pool: &PgPool, worker: Option<WorkerId>) -> Result<Vec<WorkerId>, sqlx::Error> {
+pub async fn undrain(
+    pool: &PgPool,
+    worker: Option<WorkerId>,
+) -> Result<Vec<WorkerId>, sqlx::Error> {
     set_drain(pool, worker, false).await
 }
 
-async fn set_drain(pool: &PgPool, worker: Option<WorkerId>, on: bool) -> Result<Vec<WorkerId>, sqlx::Error> {
+async fn set_drain(
+    pool: &PgPool,
+    worker: Option<WorkerId>,
+    on: bool,
+) -> Result<Vec<WorkerId>, sqlx::Error> {
     let ids: Vec<(WorkerId,)> = sqlx::query_as(
         "UPDATE workers SET drain_requested = $2
           WHERE state <> 'stopped' AND ($1::uuid IS NULL OR id = $1) RETURNING id",
@@ -95,7 +113,10 @@ pub struct WorkerRow {
 ///
 /// # Errors
 /// Database errors.
-pub async fn list_workers(pool: &PgPool, include_stopped: bool) -> Result<Vec<WorkerRow>, sqlx::Error> {
+pub async fn list_workers(
+    pool: &PgPool,
+    include_stopped: bool,
+) -> Result<Vec<WorkerRow>, sqlx::Error> {
     sqlx::query_as::<_, WorkerRow>(
         "SELECT id, name, host, pid, queues, concurrency, state, drain_requested, in_flight,
                 started_at, heartbeat_at,

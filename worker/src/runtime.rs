@@ -87,7 +87,8 @@ impl<H: JobHandler> Worker<H> {
             wake: Arc::new(Notify::new()),
             draining: AtomicBool::new(false),
         });
-        let worker_span = tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
+        let worker_span =
+            tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
         async {
             if !register_with_retry(&shared, &shutdown).await {
                 return;
@@ -121,7 +122,12 @@ impl<H: JobHandler> Worker<H> {
         Ok(())
     }
 
-    async fn claim_loop(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>, shutdown: &CancellationToken) {
+    async fn claim_loop(
+        &self,
+        shared: &Arc<Shared>,
+        jobs: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
         let mut error_delay = Duration::from_millis(100);
         loop {
             while let Some(res) = jobs.try_join_next() {
@@ -188,10 +194,13 @@ impl<H: JobHandler> Worker<H> {
             async move {
                 // The handler runs in its own task so a panic is caught as a JoinError
                 // and recorded as a retryable failure instead of vanishing.
-                let result = match tokio::spawn(async move { handler.handle(ctx).await }.in_current_span()).await {
-                    Ok(r) => r,
-                    Err(join) => Err(JobError::retry(format!("handler panicked: {join}"))),
-                };
+                let result =
+                    match tokio::spawn(async move { handler.handle(ctx).await }.in_current_span())
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(join) => Err(JobError::retry(format!("handler panicked: {join}"))),
+                    };
                 let reason = shared.inflight.remove(lease.job_id);
                 record_outcome(&shared, &lease, result, reason).await;
                 // A slot is free.
@@ -205,7 +214,11 @@ impl<H: JobHandler> Worker<H> {
         if jobs.is_empty() {
             return;
         }
-        tracing::info!(in_flight = jobs.len(), grace_ms = shared.cfg.shutdown_grace.as_millis(), "shutting down: finishing in-flight jobs");
+        tracing::info!(
+            in_flight = jobs.len(),
+            grace_ms = shared.cfg.shutdown_grace.as_millis(),
+            "shutting down: finishing in-flight jobs"
+        );
         let _ = registry::heartbeat(&shared.pool, shared.id, jobs.len(), "draining").await;
         let grace = tokio::time::sleep(shared.cfg.shutdown_grace);
         tokio::pin!(grace);
@@ -219,7 +232,10 @@ impl<H: JobHandler> Worker<H> {
         if jobs.is_empty() {
             return;
         }
-        tracing::info!(in_flight = jobs.len(), "grace period over: interrupting and handing back");
+        tracing::info!(
+            in_flight = jobs.len(),
+            "grace period over: interrupting and handing back"
+        );
         shared.inflight.stop_all(StopReason::Shutdown);
         let hard_stop = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(hard_stop);
@@ -272,7 +288,12 @@ async fn register_with_retry(shared: &Shared, shutdown: &CancellationToken) -> b
 /// Write what a delivery's result means for the job. Transient database errors are
 /// retried for about one lease length; after that the lease expires and the job is
 /// rescued, which is the same outcome by another road.
-async fn record_outcome(shared: &Shared, lease: &Lease, result: Result<queue::Completed, JobError>, reason: Option<StopReason>) {
+async fn record_outcome(
+    shared: &Shared,
+    lease: &Lease,
+    result: Result<queue::Completed, JobError>,
+    reason: Option<StopReason>,
+) {
     let err = match result {
         Ok(_completed) => {
             tracing::debug!("job completed");
@@ -301,11 +322,19 @@ async fn record_outcome(shared: &Shared, lease: &Lease, result: Result<queue::Co
     }
 }
 
-async fn write_outcome(shared: &Shared, lease: &Lease, err: &JobError, reason: Option<StopReason>) -> Result<(), QueueError> {
+async fn write_outcome(
+    shared: &Shared,
+    lease: &Lease,
+    err: &JobError,
+    reason: Option<StopReason>,
+) -> Result<(), QueueError> {
     let mut conn = shared.pool.acquire().await?;
     match (reason, err) {
         (Some(StopReason::LeaseLost), _) | (_, JobError::Queue(QueueError::LeaseLost { .. })) => {
-            Err(QueueError::LeaseLost { job_id: lease.job_id, token: lease.token })
+            Err(QueueError::LeaseLost {
+                job_id: lease.job_id,
+                token: lease.token,
+            })
         }
         (Some(StopReason::Shutdown | StopReason::Cancelled), _) => {
             tracing::info!(?reason, "handing job back");
@@ -316,13 +345,15 @@ async fn write_outcome(shared: &Shared, lease: &Lease, err: &JobError, reason: O
             queue::fail(&mut conn, lease, msg).await
         }
         (None, JobError::Retry { message, after }) => {
-            let outcome = queue::retry(&mut conn, lease, message, &shared.cfg.backoff, *after).await?;
+            let outcome =
+                queue::retry(&mut conn, lease, message, &shared.cfg.backoff, *after).await?;
             tracing::warn!(error = %message, ?outcome, "job failed");
             Ok(())
         }
         (None, other) => {
             let message = other.to_string();
-            let outcome = queue::retry(&mut conn, lease, &message, &shared.cfg.backoff, None).await?;
+            let outcome =
+                queue::retry(&mut conn, lease, &message, &shared.cfg.backoff, None).await?;
             tracing::warn!(error = %message, ?outcome, "job failed");
             Ok(())
         }

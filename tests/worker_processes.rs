@@ -1,0 +1,279 @@
+//! Worker processes under crashes, pauses, signals and drains, on the shared database.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use phasefleet::queue::{JobState, NewJob};
+use phasefleet_worker::{Builtins, Worker, WorkerConfig};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const FAST: &[&str] = &[
+    "--lease-ms",
+    "1500",
+    "--poll-ms",
+    "200",
+    "--concurrency",
+    "4",
+];
+
+async fn wait_running_on(pool: &sqlx::PgPool, id: phasefleet::JobId, worker: phasefleet::WorkerId) {
+    eventually(
+        Duration::from_secs(30),
+        "job running on the worker",
+        || async {
+            let j = job(pool, id).await;
+            (j.state == JobState::Running && j.lease_owner == Some(worker)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigkilled_workers_job_is_reclaimed_within_the_lease_window() {
+    let pool = pool().await;
+    let q = unique_queue("sigkill");
+    let id = enqueue(
+        &pool,
+        NewJob::new("sleep", json!({ "ms_by_attempt": [60_000, 10] })).queue(&q),
+    )
+    .await;
+    let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let a_id = worker_id_of(&pool, a.pid()).await;
+    wait_running_on(&pool, id, a_id).await;
+    let mut b = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let b_id = worker_id_of(&pool, b.pid()).await;
+
+    a.signal("KILL");
+    let killed_at = Instant::now();
+    let done = eventually(
+        Duration::from_secs(20),
+        "job completed by the surviving worker",
+        || async {
+            let j = job(&pool, id).await;
+            (j.state == JobState::Completed).then_some(j)
+        },
+    )
+    .await;
+    let took = killed_at.elapsed();
+    assert_eq!(done.finished_by, Some(b_id), "completed by the survivor");
+    assert_eq!(
+        (done.attempts, done.rescues),
+        (2, 1),
+        "one lost delivery, one rescue"
+    );
+    // lease 1.5s + a rescue pass every 1s + the claim: inside four lease windows.
+    assert!(
+        took < Duration::from_secs(6),
+        "re-claimed {took:?} after the kill"
+    );
+    assert!(!a.is_alive());
+    assert!(b.is_alive());
+}
+
+#[tokio::test]
+async fn paused_zombie_worker_cannot_complete_a_rescued_job() {
+    let pool = pool().await;
+    let q = unique_queue("sigstop");
+    // First delivery sleeps 2.5s: the zombie's timer ends while it is stopped, so it
+    // tries to complete as soon as it runs again.
+    let id = enqueue(
+        &pool,
+        NewJob::new("sleep", json!({ "ms_by_attempt": [2_500, 10] })).queue(&q),
+    )
+    .await;
+    let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let a_id = worker_id_of(&pool, a.pid()).await;
+    wait_running_on(&pool, id, a_id).await;
+    a.signal("STOP");
+    let b = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let b_id = worker_id_of(&pool, b.pid()).await;
+    eventually(
+        Duration::from_secs(20),
+        "survivor completes the job",
+        || async { (job(&pool, id).await.state == JobState::Completed).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await; // let the zombie's sleep end
+    a.signal("CONT");
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // it tries to complete now
+    let j = job(&pool, id).await;
+    assert_eq!(j.state, JobState::Completed);
+    assert_eq!(
+        j.finished_by,
+        Some(b_id),
+        "the zombie's completion was refused"
+    );
+    assert_eq!(j.attempts, 2);
+    assert!(a.is_alive(), "the zombie carries on after losing a lease");
+}
+
+#[tokio::test]
+async fn sigterm_hands_back_unfinished_jobs_without_spending_an_attempt() {
+    let pool = pool().await;
+    let q = unique_queue("sigterm");
+    let slow = enqueue(
+        &pool,
+        NewJob::new("sleep", json!({ "ms": 60_000 })).queue(&q),
+    )
+    .await;
+    let quick = enqueue(&pool, NewJob::new("sleep", json!({ "ms": 300 })).queue(&q)).await;
+    let mut a = WorkerProcess::spawn(
+        &test_db_url(),
+        &q,
+        &[
+            "--lease-ms",
+            "5000",
+            "--poll-ms",
+            "200",
+            "--shutdown-grace-ms",
+            "1500",
+        ],
+    );
+    let a_id = worker_id_of(&pool, a.pid()).await;
+    wait_running_on(&pool, slow, a_id).await;
+    wait_running_on(&pool, quick, a_id).await;
+    a.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), a.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "worker exits cleanly on SIGTERM: {status}"
+    );
+    let q_row = job(&pool, quick).await;
+    assert_eq!(
+        q_row.state,
+        JobState::Completed,
+        "in-flight work within the grace period finishes"
+    );
+    let s_row = job(&pool, slow).await;
+    assert_eq!(s_row.state, JobState::Ready, "the rest is handed back");
+    assert_eq!(s_row.attempts, 0, "handing back spends no attempt");
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM workers WHERE id = $1")
+        .bind(a_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "stopped");
+}
+
+#[tokio::test]
+async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
+    let pool = pool().await;
+    let q = unique_queue("drain");
+    let cfg = WorkerConfig {
+        queue: q.clone(),
+        concurrency: 2,
+        lease: Duration::from_millis(900),
+        poll_interval: Duration::from_millis(100),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(pool.clone(), cfg, Builtins);
+    let wid = worker.id();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    let in_flight = enqueue(
+        &pool,
+        NewJob::new("sleep", json!({ "ms": 1_000 })).queue(&q),
+    )
+    .await;
+    wait_running_on(&pool, in_flight, wid).await;
+    assert_eq!(
+        phasefleet_worker::drain(&pool, Some(wid)).await.unwrap(),
+        vec![wid]
+    );
+    eventually(
+        Duration::from_secs(10),
+        "worker reports drained",
+        || async {
+            let w = phasefleet_worker::list_workers(&pool, false).await.unwrap();
+            w.iter()
+                .find(|w| w.id == wid)
+                .filter(|w| w.state == "drained")
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert_eq!(
+        job(&pool, in_flight).await.state,
+        JobState::Completed,
+        "in-flight job finished"
+    );
+    let after = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        job(&pool, after).await.state,
+        JobState::Ready,
+        "a drained worker claims nothing"
+    );
+    phasefleet_worker::undrain(&pool, Some(wid)).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "undrained worker resumes",
+        || async { (job(&pool, after).await.state == JobState::Completed).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn in_process_worker_runs_many_jobs_and_dead_letters_failures() {
+    let pool = pool().await;
+    let q = unique_queue("inproc");
+    let cfg = WorkerConfig {
+        queue: q.clone(),
+        concurrency: 8,
+        lease: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(200),
+        backoff: phasefleet::queue::Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        },
+        ..WorkerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()));
+    for i in 0..200 {
+        enqueue(&pool, NewJob::new("noop", json!({ "i": i })).queue(&q)).await;
+    }
+    let failing = enqueue(
+        &pool,
+        NewJob::new("fail", json!({})).queue(&q).max_attempts(3),
+    )
+    .await;
+    let unknown = enqueue(&pool, NewJob::new("no-such-kind", json!({})).queue(&q)).await;
+    eventually(
+        Duration::from_secs(30),
+        "all noop jobs complete",
+        || async { (count_in_state(&pool, &q, JobState::Completed).await == 200).then_some(()) },
+    )
+    .await;
+    let dead = eventually(
+        Duration::from_secs(30),
+        "failing job dead-letters",
+        || async {
+            let j = job(&pool, failing).await;
+            (j.state == JobState::Dead).then_some(j)
+        },
+    )
+    .await;
+    assert_eq!(dead.attempts, 3);
+    let u = eventually(
+        Duration::from_secs(10),
+        "unknown kind dead-letters at once",
+        || async {
+            let j = job(&pool, unknown).await;
+            (j.state == JobState::Dead).then_some(j)
+        },
+    )
+    .await;
+    assert_eq!(u.attempts, 1);
+    assert!(u.last_error.unwrap().contains("no handler"));
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
