@@ -1,12 +1,24 @@
 //! phasefleet core: the queue, the workflow engine and the agent runtime.
 //!
-//! Data flow: `submit` -> `queue` -> worker (crate `phasefleet-worker`) -> `engine`
-//! (phase job: agent -> validate -> approval or next phase) -> `report`.
-//! See ARCHITECTURE.md.
+//! Data flow, one module each: [`submit`] -> [`queue`] -> worker (crate
+//! `phasefleet-worker`) -> [`phase`] (runs the [`agent`], [`validate`]s the artifact) ->
+//! [`approval`] or [`advance`] (next phase) -> [`report`]. [`events`] records every step;
+//! [`runs`] owns run and phase state. See ARCHITECTURE.md.
 
+pub mod advance;
+pub mod agent;
+pub mod approval;
+pub mod cancel;
 pub mod db;
+pub mod events;
 pub mod ids;
 pub mod local_pg;
+pub mod phase;
 pub mod queue;
+pub mod report;
+pub mod runs;
+pub mod submit;
+pub mod validate;
+pub mod workflow;
 
 pub use ids::{ApprovalId, JobId, RunId, WorkerId};

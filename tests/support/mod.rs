@@ -5,6 +5,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use phasefleet::JobId;
+pub mod engine;
+
 use phasefleet::queue::{self, JobRow, JobState, NewJob};
 use sqlx::PgPool;
 use std::path::PathBuf;

@@ -65,4 +65,10 @@ impl JobError {
 /// the proof.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, ctx: JobContext) -> impl Future<Output = Result<Completed, JobError>> + Send;
+
+    /// Periodic housekeeping, run by every worker every few seconds (e.g. failing runs
+    /// whose job was dead-lettered). Must be idempotent and safe to run concurrently.
+    fn maintain(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -4,6 +4,7 @@
 
 mod builtin;
 mod config;
+mod engine;
 mod handler;
 mod inflight;
 mod registry;
@@ -12,6 +13,7 @@ pub mod shutdown;
 
 pub use builtin::Builtins;
 pub use config::WorkerConfig;
+pub use engine::EngineHandler;
 pub use handler::{JobContext, JobError, JobHandler};
 pub use registry::{WorkerRow, drain, list_workers, undrain};
 pub use runtime::{Worker, WorkerError};

@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use phasefleet_worker::{Builtins, Worker, WorkerConfig, shutdown};
+use phasefleet::agent::synthetic::SyntheticAgent;
+use phasefleet::phase::Engine;
+use phasefleet::validate::SchemaRegistry;
+use phasefleet_worker::{EngineHandler, Worker, WorkerConfig, shutdown};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let signals = shutdown::install().context("installing signal handlers")?;
+    let schemas = SchemaRegistry::from_env().context("loading schemas")?;
     let pool = phasefleet::db::connect_with_retry(
         &args.database_url,
         u32::try_from(args.concurrency + 4).unwrap_or(64),
@@ -57,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         phasefleet::db::migrate(&pool).await?;
     }
     let mut cfg = WorkerConfig {
-        queue: args.queue,
+        queue: args.queue.clone(),
         concurrency: args.concurrency,
         lease: Duration::from_millis(args.lease_ms),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
@@ -67,7 +71,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(name) = args.name {
         cfg.name = name;
     }
-    Worker::new(pool, cfg, Builtins)
+    let engine = Engine::new(pool.clone(), schemas, SyntheticAgent, args.queue);
+    Worker::new(pool, cfg, EngineHandler::new(engine))
         .with_force(signals.force.clone())
         .run(signals.graceful)
         .await?;

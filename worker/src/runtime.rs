@@ -104,7 +104,7 @@ impl<H: JobHandler> Worker<H> {
                 services_stop.clone(),
             ));
             services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
-            services.spawn(rescue_loop(shared.clone(), services_stop.clone()));
+            services.spawn(rescue_loop(shared.clone(), self.handler.clone(), services_stop.clone()));
 
             let mut jobs = JoinSet::new();
             self.claim_loop(&shared, &mut jobs, &shutdown).await;
@@ -408,8 +408,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn rescue_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn rescue_loop<H: JobHandler>(shared: Arc<Shared>, handler: Arc<H>, stop: CancellationToken) {
+    let mut tick: u64 = 0;
     loop {
+        tick += 1;
+        if tick % 5 == 0 {
+            handler.maintain().await;
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(shared.cfg.rescue_interval) => {}

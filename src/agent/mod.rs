@@ -1,0 +1,60 @@
+//! The agent: given a phase envelope, produce files in a private workspace. The engine
+//! only sees this trait; backends (the offline `synthetic` one, OpenAI-compatible
+//! clients) live behind it.
+
+pub mod synthetic;
+pub mod workspace;
+
+use crate::ids::RunId;
+use crate::workflow::Persona;
+use std::future::Future;
+use tokio_util::sync::CancellationToken;
+pub use workspace::Workspace;
+
+/// One attempt of one phase, as the agent sees it.
+#[derive(Debug, Clone)]
+pub struct AgentRequest {
+    pub run_id: RunId,
+    pub phase_key: String,
+    pub attempt: u32,
+    pub persona: Persona,
+    /// The full user prompt (see `phase::envelope`).
+    pub envelope: String,
+    pub expected_path: String,
+    pub schema: serde_json::Value,
+    /// Free-form run input `extra`, which the synthetic backend reads for directives.
+    pub extra: serde_json::Value,
+}
+
+/// What an attempt produced.
+#[derive(Debug, Default)]
+pub struct AgentOutcome {
+    pub workspace: Workspace,
+    pub turns: u32,
+    pub tokens: i64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The model or its provider failed in a way worth retrying later.
+    #[error("transient agent failure: {0}")]
+    Transient(String),
+    /// Will not work on retry (bad credentials, model refuses, misconfiguration).
+    #[error("agent failed: {0}")]
+    Fatal(String),
+    /// The run's budget is spent.
+    #[error("budget exhausted: {0}")]
+    Budget(String),
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// Runs a phase attempt to completion, or until `cancel` fires.
+pub trait Agent: Send + Sync + 'static {
+    fn run(
+        &self,
+        req: AgentRequest,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<AgentOutcome, AgentError>> + Send;
+}

@@ -1,0 +1,171 @@
+//! The offline `synthetic` backend: writes an artifact that satisfies the phase's schema,
+//! built from the schema itself. For demos and tests; never chosen when a persona names
+//! a real backend.
+//!
+//! Directives, read from the run's `extra.synthetic` input:
+//! - `invalid_attempts: N`: the first N attempts of every phase write an invalid artifact;
+//! - `invalid_phases: [keys]`: limit that to these phases;
+//! - `never_write: true`: write nothing (the attempt fails for lack of an artifact);
+//! - `delay_ms: N`: take N ms per attempt (interruptible);
+//! - `tokens: N`: report N tokens used per attempt (to exercise budgets).
+
+use super::{Agent, AgentError, AgentOutcome, AgentRequest, Workspace};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyntheticAgent;
+
+impl Agent for SyntheticAgent {
+    async fn run(
+        &self,
+        req: AgentRequest,
+        cancel: CancellationToken,
+    ) -> Result<AgentOutcome, AgentError> {
+        let d = req.extra.get("synthetic").cloned().unwrap_or(Value::Null);
+        if let Some(ms) = d.get("delay_ms").and_then(Value::as_u64) {
+            tokio::select! {
+                () = cancel.cancelled() => return Err(AgentError::Cancelled),
+                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            }
+        }
+        let mut workspace = Workspace::default();
+        let tokens = d.get("tokens").and_then(Value::as_i64).unwrap_or(0);
+        if d.get("never_write").and_then(Value::as_bool) == Some(true) {
+            return Ok(AgentOutcome {
+                workspace,
+                turns: 1,
+                tokens,
+                ..AgentOutcome::default()
+            });
+        }
+        let invalid_attempts = d
+            .get("invalid_attempts")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let phase_selected = d
+            .get("invalid_phases")
+            .and_then(Value::as_array)
+            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(&req.phase_key)));
+        let content = if u64::from(req.attempt) <= invalid_attempts && phase_selected {
+            // Valid JSON that breaks the schema: an object without its required fields.
+            json!({ "synthetic_invalid": true }).to_string()
+        } else {
+            let mut v = instance(&req.schema, &req.schema, 0);
+            if let Value::Object(m) = &mut v {
+                // Give consumers something run-specific to look at, where allowed.
+                if req.schema.get("additionalProperties") != Some(&Value::Bool(false)) {
+                    m.insert(
+                        "synthetic_phase".into(),
+                        Value::String(req.phase_key.clone()),
+                    );
+                }
+            }
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        };
+        workspace
+            .write(&req.expected_path, content)
+            .map_err(AgentError::Fatal)?;
+        Ok(AgentOutcome {
+            workspace,
+            turns: 1,
+            tokens,
+            ..AgentOutcome::default()
+        })
+    }
+}
+
+/// A minimal instance of `schema` (JSON Schema 2020-12 subset: type, properties,
+/// required, items, enum, const, minItems, minLength, minimum, formats, local `$ref`).
+#[must_use]
+pub fn instance(schema: &Value, root: &Value, depth: usize) -> Value {
+    if depth > 16 {
+        return Value::Null;
+    }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        if let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+            return instance(target, root, depth + 1);
+        }
+    }
+    if let Some(c) = schema.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(first) = schema
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            return instance(first, root, depth + 1);
+        }
+    }
+    let ty = match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "null",
+    };
+    match ty {
+        "object" => {
+            let mut m = Map::new();
+            let props = schema.get("properties").and_then(Value::as_object);
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(props) = props {
+                for (k, s) in props {
+                    if required.contains(&k.as_str()) {
+                        m.insert(k.clone(), instance(s, root, depth + 1));
+                    }
+                }
+            }
+            Value::Object(m)
+        }
+        "array" => {
+            let n = schema
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1);
+            let item = schema.get("items").cloned().unwrap_or(Value::Null);
+            Value::Array((0..n).map(|_| instance(&item, root, depth + 1)).collect())
+        }
+        "string" => Value::String(string_instance(schema)),
+        "integer" => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(1)),
+        "number" => json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0)),
+        "boolean" => Value::Bool(true),
+        _ => Value::Null,
+    }
+}
+
+fn string_instance(schema: &Value) -> String {
+    let s = match schema.get("format").and_then(Value::as_str) {
+        Some("date-time") => "2026-01-01T00:00:00Z".to_owned(),
+        Some("date") => "2026-01-01".to_owned(),
+        Some("email") => "synthetic@example.com".to_owned(),
+        Some("uri") => "https://example.com/synthetic".to_owned(),
+        Some("uuid") => "00000000-0000-4000-8000-000000000000".to_owned(),
+        _ => "synthetic content".to_owned(),
+    };
+    let min =
+        usize::try_from(schema.get("minLength").and_then(Value::as_u64).unwrap_or(0)).unwrap_or(0);
+    if s.len() < min {
+        format!("{s}{}", "x".repeat(min - s.len()))
+    } else {
+        s
+    }
+}

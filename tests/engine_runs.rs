@@ -1,0 +1,598 @@
+//! The run lifecycle on the shared, populated database: many runs of one template,
+//! repair, approvals, duplicates, races, cancel, budgets, and reports.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use phasefleet::WorkerId;
+use phasefleet::agent::synthetic::SyntheticAgent;
+use phasefleet::approval::{self, Action, ApprovalError, Decided};
+use phasefleet::phase::{Engine, PhaseJob};
+use phasefleet::queue::{self, JobState, NewJob};
+use phasefleet::runs::{PhaseState, RunState};
+use phasefleet::submit::{SubmitError, Submitted};
+use serde_json::json;
+use std::time::Duration;
+use support::engine::*;
+use support::*;
+
+async fn approve_all_until_done(pool: &sqlx::PgPool, runs: &[phasefleet::RunId], q: &str) {
+    eventually(Duration::from_secs(240), "every run completes", || async {
+        let mut c = pool.acquire().await.unwrap();
+        for a in approval::pending(&mut c, 1000).await.unwrap() {
+            if runs.contains(&a.run_id) {
+                approval::decide(pool, a.id, Action::Approve, None, Some("tests"), q)
+                    .await
+                    .unwrap();
+            }
+        }
+        let done: (i64,) =
+            sqlx::query_as("SELECT count(*) FROM runs WHERE id = ANY($1) AND state = 'completed'")
+                .bind(runs.iter().map(|r| r.0).collect::<Vec<_>>())
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        (done.0 == i64::try_from(runs.len()).unwrap()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_runs_of_one_template_on_a_shared_database_all_complete() {
+    let pool = pool().await;
+    let q = unique_queue("hundred");
+    let fleet = Fleet::synthetic(&pool, &q, 3);
+    let mut runs = Vec::new();
+    for _ in 0..100 {
+        runs.push(submit(&pool, request(&q, json!({}))).await);
+    }
+    approve_all_until_done(&pool, &runs, &q).await;
+    fleet.shutdown().await;
+    for run in &runs {
+        let mut c = pool.acquire().await.unwrap();
+        let phases = phasefleet::runs::phases(&mut c, *run).await.unwrap();
+        assert!(
+            phases
+                .iter()
+                .all(|p| p.state == PhaseState::Completed && p.attempts == 1),
+            "{phases:?}"
+        );
+        let (arts, valid): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE valid) FROM artifacts WHERE run_id = $1",
+        )
+        .bind(run)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((arts, valid), (3, 3), "one valid artifact per phase");
+        let approvals = approval::for_run(&mut c, *run).await.unwrap();
+        assert_eq!(approvals.len(), 1, "one gate, one approval request");
+        assert_eq!(approvals[0].action, Some(Action::Approve));
+        assert_event_log_sound(&pool, *run).await;
+        let (state, json, md) = report(&pool, *run).await;
+        assert_eq!(state, "completed");
+        assert_eq!(json["phases"].as_array().unwrap().len(), 3);
+        assert!(md.contains("| spec | completed | 1/2 |"), "{md}");
+    }
+    let (jobs_left,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM jobs WHERE queue = $1 AND state <> 'completed'")
+            .bind(&q)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs_left, 0, "every phase job completed exactly as planned");
+}
+
+#[tokio::test]
+async fn repair_succeeds_on_the_second_attempt_with_the_errors_in_the_prompt() {
+    let pool = pool().await;
+    let q = unique_queue("repair");
+    let agent = Recording::<SyntheticAgent>::default();
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent.clone());
+    let run = submit(
+        &pool,
+        request(
+            &q,
+            json!({ "synthetic": { "invalid_attempts": 1, "invalid_phases": ["spec"] } }),
+        ),
+    )
+    .await;
+    let approval_id = pending_approval(&pool, run).await;
+    approval::decide(&pool, approval_id, Action::Approve, None, None, &q)
+        .await
+        .unwrap();
+    wait_for(&pool, run, &[RunState::Completed]).await;
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let spec = phasefleet::runs::phase(&mut c, run, "spec")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((spec.state, spec.attempts), (PhaseState::Completed, 2));
+    let arts: Vec<(i32, bool)> = sqlx::query_as("SELECT attempt, valid FROM artifacts WHERE run_id = $1 AND phase_key = 'spec' ORDER BY attempt")
+        .bind(run)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(arts, vec![(1, false), (2, true)]);
+    let envelopes = agent.envelopes.lock().unwrap().clone();
+    let repair = envelopes
+        .iter()
+        .find(|(k, a, _)| k == "spec" && *a == 2)
+        .unwrap();
+    assert!(repair.2.contains("[REPAIR ATTEMPT]"), "repair prompt sent");
+    assert!(
+        repair.2.contains("\"title\" is a required property"),
+        "with the previous errors: {}",
+        repair.2
+    );
+    let first = envelopes
+        .iter()
+        .find(|(k, a, _)| k == "spec" && *a == 1)
+        .unwrap();
+    assert!(!first.2.contains("[REPAIR ATTEMPT]"));
+    let review = envelopes.iter().find(|(k, _, _)| k == "review").unwrap();
+    assert!(
+        review.2.contains("### spec (spec.json)"),
+        "later phases see prior artifacts"
+    );
+    assert_event_log_sound(&pool, run).await;
+}
+
+#[tokio::test]
+async fn repair_fails_cleanly_after_max_attempts() {
+    let pool = pool().await;
+    let q = unique_queue("repairfail");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let run = submit(
+        &pool,
+        request(
+            &q,
+            json!({ "synthetic": { "invalid_attempts": 9, "invalid_phases": ["spec"] } }),
+        ),
+    )
+    .await;
+    wait_for(&pool, run, &[RunState::Failed]).await;
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let phases = phasefleet::runs::phases(&mut c, run).await.unwrap();
+    assert_eq!(
+        (phases[0].state, phases[0].attempts),
+        (PhaseState::Failed, 2)
+    );
+    assert!(phases[1..].iter().all(|p| p.state == PhaseState::Skipped));
+    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    let err = r.error.unwrap();
+    assert!(
+        err.contains("no valid artifact after 2 attempt(s)") && err.contains("required property"),
+        "{err}"
+    );
+    let (state, json, md) = report(&pool, run).await;
+    assert_eq!(state, "failed");
+    assert_eq!(json["error"], json!(err));
+    assert!(md.contains("Invalid attempts"));
+}
+
+#[tokio::test]
+async fn a_missing_artifact_counts_as_an_invalid_attempt() {
+    let pool = pool().await;
+    let q = unique_queue("nowrite");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let run = submit(
+        &pool,
+        request(&q, json!({ "synthetic": { "never_write": true } })),
+    )
+    .await;
+    wait_for(&pool, run, &[RunState::Failed]).await;
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    assert!(r.error.unwrap().contains("without writing spec.json"));
+    report(&pool, run).await;
+}
+
+#[tokio::test]
+async fn duplicate_delivery_of_a_phase_job_changes_nothing() {
+    let pool = pool().await;
+    let q = unique_queue("dup");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let run = submit(&pool, request(&q, json!({}))).await;
+    let a = pending_approval(&pool, run).await;
+    approval::decide(&pool, a, Action::Approve, None, None, &q)
+        .await
+        .unwrap();
+    wait_for(&pool, run, &[RunState::Completed]).await;
+    let count = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT (SELECT count(*) FROM artifacts WHERE run_id = $1), (SELECT count(*) FROM run_events WHERE run_id = $1),
+                    (SELECT count(*) FROM approval_requests WHERE run_id = $1)",
+        )
+        .bind(run)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = count(pool.clone()).await;
+    // Replay every phase job of the run, as a broker with at-least-once delivery might.
+    let mut replays = Vec::new();
+    for phase in ["spec", "review", "verify"] {
+        let payload = serde_json::to_value(PhaseJob {
+            run_id: run,
+            phase: phase.into(),
+            round: 1,
+            attempt: 1,
+        })
+        .unwrap();
+        replays.push(enqueue(&pool, NewJob::new("phase", payload).queue(&q).run_id(run)).await);
+    }
+    for id in replays {
+        eventually(
+            Duration::from_secs(30),
+            "replayed job completes",
+            || async { (job(&pool, id).await.state == JobState::Completed).then_some(()) },
+        )
+        .await;
+    }
+    fleet.shutdown().await;
+    assert_eq!(
+        count(pool.clone()).await,
+        before,
+        "no new artifact, event or approval"
+    );
+    assert_eq!(run_state(&pool, run).await, RunState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_racing_on_one_run_never_complete_a_phase_twice() {
+    let pool = pool().await;
+    let q = unique_queue("race");
+    let run = submit(
+        &pool,
+        request(&q, json!({ "synthetic": { "delay_ms": 200 } })),
+    )
+    .await;
+    // A second copy of the first phase job, as if delivered twice at once.
+    let payload = serde_json::to_value(PhaseJob {
+        run_id: run,
+        phase: "spec".into(),
+        round: 1,
+        attempt: 1,
+    })
+    .unwrap();
+    enqueue(&pool, NewJob::new("phase", payload).queue(&q).run_id(run)).await;
+    let (a, b) = (WorkerId::new(), WorkerId::new());
+    let mut c = pool.acquire().await.unwrap();
+    let ja = queue::claim(&mut c, a, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let jb = queue::claim(&mut c, b, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    drop(c);
+    let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent, q.clone());
+    let (ra, rb) = tokio::join!(
+        engine.run_phase_job(&ja, a, Default::default()),
+        engine.run_phase_job(&jb, b, Default::default())
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let (arts, completed_events, queued_review): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM artifacts WHERE run_id = $1 AND phase_key = 'spec'),
+                (SELECT count(*) FROM run_events WHERE run_id = $1 AND kind = 'phase.completed' AND phase_key = 'spec'),
+                (SELECT count(*) FROM jobs WHERE run_id = $1 AND payload->>'phase' = 'review')",
+    )
+    .bind(run)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (arts, completed_events, queued_review),
+        (1, 1, 1),
+        "the phase completed once"
+    );
+    assert_event_log_sound(&pool, run).await;
+    phasefleet::cancel::cancel_run(&pool, run, Some("test over"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn decisions_reject_abort_revise_and_their_idempotency() {
+    let pool = pool().await;
+    let q = unique_queue("decide");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+
+    // reject -> failed
+    let run = submit(&pool, request(&q, json!({}))).await;
+    let a = pending_approval(&pool, run).await;
+    assert_eq!(
+        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"), &q)
+            .await
+            .unwrap(),
+        Decided::Recorded
+    );
+    assert_eq!(
+        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"), &q)
+            .await
+            .unwrap(),
+        Decided::AlreadyDecided
+    );
+    assert!(matches!(
+        approval::decide(&pool, a, Action::Approve, None, Some("bob"), &q).await,
+        Err(ApprovalError::Conflict {
+            existing: Action::Reject,
+            ..
+        })
+    ));
+    assert_eq!(run_state(&pool, run).await, RunState::Failed);
+    let (state, json, _) = report(&pool, run).await;
+    assert_eq!(state, "failed");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("rejected by ann: too vague")
+    );
+
+    // abort -> aborted
+    let run = submit(&pool, request(&q, json!({}))).await;
+    let a = pending_approval(&pool, run).await;
+    approval::decide(&pool, a, Action::Abort, None, Some("ann"), &q)
+        .await
+        .unwrap();
+    assert_eq!(run_state(&pool, run).await, RunState::Aborted);
+    assert_eq!(report(&pool, run).await.0, "aborted");
+
+    // revise -> the phase runs again with the comment, then approve -> completed
+    let run = submit(&pool, request(&q, json!({}))).await;
+    let a = pending_approval(&pool, run).await;
+    assert!(matches!(
+        approval::decide(&pool, a, Action::Revise, None, None, &q).await,
+        Err(ApprovalError::Invalid(_))
+    ));
+    approval::decide(
+        &pool,
+        a,
+        Action::Revise,
+        Some("cite requirement ids"),
+        Some("ann"),
+        &q,
+    )
+    .await
+    .unwrap();
+    let a2 = eventually(Duration::from_secs(30), "second-round approval", || async {
+        let mut c = pool.acquire().await.unwrap();
+        approval::for_run(&mut c, run)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.round == 2 && r.action.is_none())
+            .map(|r| r.id)
+    })
+    .await;
+    assert_ne!(a, a2);
+    approval::decide(&pool, a2, Action::Approve, None, Some("ann"), &q)
+        .await
+        .unwrap();
+    wait_for(&pool, run, &[RunState::Completed]).await;
+    let mut c = pool.acquire().await.unwrap();
+    let review = phasefleet::runs::phase(&mut c, run, "review")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((review.round, review.state), (2, PhaseState::Completed));
+    assert_eq!(report(&pool, run).await.0, "completed");
+    assert_event_log_sound(&pool, run).await;
+
+    // unknown id
+    assert!(matches!(
+        approval::decide(
+            &pool,
+            phasefleet::ApprovalId::new(),
+            Action::Approve,
+            None,
+            None,
+            &q
+        )
+        .await,
+        Err(ApprovalError::NotFound(_))
+    ));
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_interrupts_the_in_flight_agent_and_reports() {
+    let pool = pool().await;
+    let q = unique_queue("cancel");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let run = submit(
+        &pool,
+        request(&q, json!({ "synthetic": { "delay_ms": 60000 } })),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "phase running", || async {
+        let mut c = pool.acquire().await.unwrap();
+        let p = phasefleet::runs::phase(&mut c, run, "spec")
+            .await
+            .unwrap()
+            .unwrap();
+        (p.state == PhaseState::Running).then_some(())
+    })
+    .await;
+    let out = phasefleet::cancel::cancel_run(&pool, run, Some("user asked"))
+        .await
+        .unwrap();
+    assert_eq!(out, phasefleet::cancel::Cancelled::Cancelled);
+    assert_eq!(run_state(&pool, run).await, RunState::Cancelled);
+    // The worker interrupts the agent at its next heartbeat and the job ends cancelled.
+    eventually(
+        Duration::from_secs(20),
+        "the running job is interrupted",
+        || async {
+            let mut c = pool.acquire().await.unwrap();
+            let jobs = queue::list(&mut c, None, Some(&q), Some(run), 10)
+                .await
+                .unwrap();
+            jobs.iter()
+                .all(|j| j.state == JobState::Cancelled)
+                .then_some(())
+        },
+    )
+    .await;
+    let (state, _, _) = report(&pool, run).await;
+    assert_eq!(state, "cancelled");
+    let again = phasefleet::cancel::cancel_run(&pool, run, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        phasefleet::cancel::Cancelled::AlreadyEnded(RunState::Cancelled)
+    );
+    let arts: (i64,) = sqlx::query_as("SELECT count(*) FROM artifacts WHERE run_id = $1")
+        .bind(run)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(arts.0, 0, "the interrupted attempt stored nothing");
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_budget_stops_the_run_before_the_next_phase() {
+    let pool = pool().await;
+    let q = unique_queue("budget");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let mut req = request(&q, json!({ "synthetic": { "tokens": 500 } }));
+    req.budget.tokens = Some(400);
+    let run = submit(&pool, req).await;
+    // spec spends 500 tokens; the review phase must not start.
+    wait_for(&pool, run, &[RunState::Failed, RunState::AwaitingApproval]).await;
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Failed, "{r:?}");
+    assert!(
+        r.error
+            .unwrap()
+            .contains("budget exhausted: spent 500 of 400 tokens")
+    );
+    let review = phasefleet::runs::phase(&mut c, run, "review")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(review.state, PhaseState::Skipped);
+    assert_eq!(report(&pool, run).await.0, "failed");
+}
+
+#[tokio::test]
+async fn phase_timeout_fails_the_attempt_and_then_the_run() {
+    let pool = pool().await;
+    let q = unique_queue("timeout");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let mut req = request(&q, json!({ "synthetic": { "delay_ms": 5000 } }));
+    req.template.phases[0].timeout = 1;
+    let run = submit(&pool, req).await;
+    wait_for(&pool, run, &[RunState::Failed]).await;
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    assert!(r.error.unwrap().contains("timed out after 1s"));
+    let spec = phasefleet::runs::phase(&mut c, run, "spec")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(spec.attempts, 2);
+}
+
+#[tokio::test]
+async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent() {
+    let pool = pool().await;
+    let q = unique_queue("submit");
+    let mut bad = request(&q, json!({}));
+    bad.bindings.insert("author".into(), "nobody".into());
+    let err = phasefleet::submit::submit(&pool, &schemas(), bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SubmitError::Invalid { field, .. } if field == "bindings.author"),
+        "{err}"
+    );
+    let mut bad = request(&q, json!({}));
+    bad.bindings
+        .insert("ghost".into(), "synthetic-author".into());
+    assert!(
+        phasefleet::submit::submit(&pool, &schemas(), bad)
+            .await
+            .is_err()
+    );
+    let mut bad = request(&q, json!({}));
+    bad.template.phases[0].expected_artifact.schema = "nope.v9".into();
+    let err = phasefleet::submit::submit(&pool, &schemas(), bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown schema id \"nope.v9\""), "{err}");
+    let mut bad = request(&q, json!({}));
+    bad.inputs.objective = json!([1]);
+    assert!(
+        phasefleet::submit::submit(&pool, &schemas(), bad)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Ready).await,
+        0,
+        "nothing enqueued"
+    );
+
+    let key = format!("idem-{q}");
+    let mut req = request(&q, json!({}));
+    req.idempotency_key = Some(key.clone());
+    let first = phasefleet::submit::submit(&pool, &schemas(), req.clone())
+        .await
+        .unwrap();
+    let second = phasefleet::submit::submit(&pool, &schemas(), req)
+        .await
+        .unwrap();
+    assert!(matches!(first, Submitted::Created(_)));
+    assert_eq!(second, Submitted::Existing(first.run_id()));
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Ready).await,
+        1,
+        "one run, one first job"
+    );
+    phasefleet::cancel::cancel_run(&pool, first.run_id(), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn overridden_binding_is_recorded_and_used() {
+    let pool = pool().await;
+    let q = unique_queue("bind");
+    let mut req = request(&q, json!({}));
+    req.bindings
+        .insert("reviewer".into(), "synthetic-author".into());
+    let run = submit(&pool, req).await;
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT b.role, p.name, b.overridden FROM run_bindings b JOIN personas p ON p.hash = b.persona_hash WHERE b.run_id = $1 ORDER BY b.role",
+    )
+    .bind(run)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("author".into(), "synthetic-author".into(), false),
+            ("reviewer".into(), "synthetic-author".into(), true)
+        ]
+    );
+    phasefleet::cancel::cancel_run(&pool, run, None)
+        .await
+        .unwrap();
+}

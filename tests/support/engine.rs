@@ -1,0 +1,202 @@
+//! Engine fixtures: the example workflow, in-process workers, an auto-approver.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use phasefleet::RunId;
+use phasefleet::agent::synthetic::SyntheticAgent;
+use phasefleet::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
+use phasefleet::phase::Engine;
+use phasefleet::runs::RunState;
+use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
+use phasefleet::validate::SchemaRegistry;
+use phasefleet::workflow::{Persona, WorkflowTemplate};
+use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
+use sqlx::PgPool;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+pub fn schemas() -> SchemaRegistry {
+    SchemaRegistry::load_dir(&repo("schemas")).unwrap()
+}
+
+pub fn template() -> WorkflowTemplate {
+    WorkflowTemplate::load(&repo("examples/spec-review-verify.yaml")).unwrap()
+}
+
+pub fn personas() -> Vec<Persona> {
+    ["synthetic-author", "synthetic-reviewer"]
+        .iter()
+        .map(|n| Persona::load(&repo(&format!("examples/personas/{n}.yaml"))).unwrap())
+        .collect()
+}
+
+pub fn request(queue: &str, extra: serde_json::Value) -> SubmitRequest {
+    SubmitRequest {
+        template: template(),
+        personas: personas(),
+        inputs: RunInputs {
+            requirements: "# Test\nDo the thing.".into(),
+            objective: serde_json::json!({"goal": "test"}),
+            extra,
+        },
+        bindings: Default::default(),
+        budget: Budget::default(),
+        idempotency_key: None,
+        submitted_by: Some("tests".into()),
+        queue: queue.to_owned(),
+    }
+}
+
+pub async fn submit(pool: &PgPool, req: SubmitRequest) -> RunId {
+    match phasefleet::submit::submit(pool, &schemas(), req)
+        .await
+        .unwrap()
+    {
+        Submitted::Created(id) | Submitted::Existing(id) => id,
+    }
+}
+
+/// Wraps an agent and records every envelope it was given.
+#[derive(Clone, Default)]
+pub struct Recording<A> {
+    pub inner: A,
+    pub envelopes: Arc<Mutex<Vec<(String, u32, String)>>>,
+}
+
+impl<A: Agent + Clone> Agent for Recording<A> {
+    async fn run(
+        &self,
+        req: AgentRequest,
+        cancel: CancellationToken,
+    ) -> Result<AgentOutcome, AgentError> {
+        self.envelopes.lock().unwrap().push((
+            req.phase_key.clone(),
+            req.attempt,
+            req.envelope.clone(),
+        ));
+        self.inner.run(req, cancel).await
+    }
+}
+
+/// In-process workers on `queue`; stop them by cancelling the returned token.
+pub struct Fleet {
+    pub stop: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    pub fn start<A: Agent + Clone>(
+        pool: &PgPool,
+        queue: &str,
+        workers: usize,
+        concurrency: usize,
+        agent: A,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let handles = (0..workers)
+            .map(|_| {
+                let cfg = WorkerConfig {
+                    queue: queue.to_owned(),
+                    concurrency,
+                    lease: Duration::from_secs(5),
+                    poll_interval: Duration::from_millis(200),
+                    shutdown_grace: Duration::from_secs(2),
+                    ..WorkerConfig::default()
+                };
+                let engine = Engine::new(pool.clone(), schemas(), agent.clone(), queue);
+                let w = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    w.run(stop).await.unwrap();
+                })
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    pub fn synthetic(pool: &PgPool, queue: &str, workers: usize) -> Self {
+        Self::start(pool, queue, workers, 8, SyntheticAgent)
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for h in self.handles {
+            h.await.unwrap();
+        }
+    }
+}
+
+pub async fn run_state(pool: &PgPool, run: RunId) -> RunState {
+    let mut c = pool.acquire().await.unwrap();
+    phasefleet::runs::get(&mut c, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+}
+
+/// Wait until the run reaches one of `states`.
+pub async fn wait_for(pool: &PgPool, run: RunId, states: &[RunState]) -> RunState {
+    super::eventually(
+        Duration::from_secs(60),
+        &format!("run {run} reaches {states:?}"),
+        || async {
+            let s = run_state(pool, run).await;
+            states.contains(&s).then_some(s)
+        },
+    )
+    .await
+}
+
+/// The id of the pending approval of `run`, once there is one.
+pub async fn pending_approval(pool: &PgPool, run: RunId) -> phasefleet::ApprovalId {
+    super::eventually(Duration::from_secs(60), "an approval request", || async {
+        let mut c = pool.acquire().await.unwrap();
+        phasefleet::approval::for_run(&mut c, run)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.action.is_none())
+            .map(|a| a.id)
+    })
+    .await
+}
+
+/// Check the run's event log: seq dense from 1, idempotency keys unique.
+pub async fn assert_event_log_sound(pool: &PgPool, run: RunId) {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT seq, idempotency_key FROM run_events WHERE run_id = $1 ORDER BY seq",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (i, (seq, _)) in rows.iter().enumerate() {
+        assert_eq!(*seq, i64::try_from(i).unwrap() + 1, "event seq is dense");
+    }
+    let (next,): (i64,) = sqlx::query_as("SELECT next_event_seq FROM runs WHERE id = $1")
+        .bind(run)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        i64::try_from(rows.len()).unwrap() + 1,
+        "next seq follows the last event"
+    );
+}
+
+/// The report stored for a run: (final state, json, markdown).
+pub async fn report(pool: &PgPool, run: RunId) -> (String, serde_json::Value, String) {
+    sqlx::query_as("SELECT final_state::text, json, markdown FROM reports WHERE run_id = $1")
+        .bind(run)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no report stored for run {run}"))
+}
