@@ -46,12 +46,18 @@ impl RunState {
     #[must_use]
     pub fn can_become(self, next: Self) -> bool {
         use RunState::{Aborted, AwaitingApproval, Cancelled, Completed, Failed, Queued, Running};
-        match (self, next) {
-            (Queued, Running | Failed | Cancelled) => true,
-            (Running, AwaitingApproval | Completed | Failed | Cancelled) => true,
-            (AwaitingApproval, Running | Completed | Failed | Aborted | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Queued, Running | Failed | Cancelled)
+                | (
+                    Running,
+                    Running | AwaitingApproval | Completed | Failed | Cancelled
+                )
+                | (
+                    AwaitingApproval,
+                    Running | Completed | Failed | Aborted | Cancelled
+                )
+        )
     }
 }
 

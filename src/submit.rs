@@ -85,7 +85,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SubmitError 
 }
 
 /// Resolve role -> persona for this run (defaults, then overrides).
-fn bind<'p>(req: &'p SubmitRequest) -> Result<BTreeMap<String, (&'p Persona, bool)>, SubmitError> {
+fn bind(req: &SubmitRequest) -> Result<BTreeMap<String, (&Persona, bool)>, SubmitError> {
     let by_name: BTreeMap<&str, &Persona> =
         req.personas.iter().map(|p| (p.name.as_str(), p)).collect();
     if by_name.len() != req.personas.len() {
@@ -154,10 +154,10 @@ fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitErro
     if req.budget.tokens.is_some_and(|t| t <= 0) {
         return Err(invalid("budget.tokens", "must be positive"));
     }
-    if let Some(k) = &req.idempotency_key {
-        if k.is_empty() || k.len() > 200 {
-            return Err(invalid("idempotency_key", "must be 1..=200 characters"));
-        }
+    if let Some(k) = &req.idempotency_key
+        && (k.is_empty() || k.len() > 200)
+    {
+        return Err(invalid("idempotency_key", "must be 1..=200 characters"));
     }
     Ok(())
 }

@@ -278,8 +278,8 @@ async fn two_workers_racing_on_one_run_never_complete_a_phase_twice() {
         engine.run_phase_job(&ja, a, Default::default()),
         engine.run_phase_job(&jb, b, Default::default())
     );
-    ra.unwrap();
-    rb.unwrap();
+    let _a = ra.unwrap();
+    let _b = rb.unwrap();
     let (arts, completed_events, queued_review): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM artifacts WHERE run_id = $1 AND phase_key = 'spec'),
                 (SELECT count(*) FROM run_events WHERE run_id = $1 AND kind = 'phase.completed' AND phase_key = 'spec'),

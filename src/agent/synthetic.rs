@@ -83,10 +83,10 @@ pub fn instance(schema: &Value, root: &Value, depth: usize) -> Value {
     if depth > 16 {
         return Value::Null;
     }
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        if let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) {
-            return instance(target, root, depth + 1);
-        }
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str)
+        && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
+    {
+        return instance(target, root, depth + 1);
     }
     if let Some(c) = schema.get("const") {
         return c.clone();

@@ -596,12 +596,12 @@ impl<A: Agent> Engine<A> {
         error: &str,
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(run) = runs::lock(&mut tx, p.run_id).await? {
-            if !run.state.is_terminal() {
-                runs::set_phase_state(&mut tx, p.run_id, &p.phase, PhaseState::Failed, Some(error))
-                    .await?;
-                advance::end_run(&mut tx, p.run_id, RunState::Failed, Some(error)).await?;
-            }
+        if let Some(run) = runs::lock(&mut tx, p.run_id).await?
+            && !run.state.is_terminal()
+        {
+            runs::set_phase_state(&mut tx, p.run_id, &p.phase, PhaseState::Failed, Some(error))
+                .await?;
+            advance::end_run(&mut tx, p.run_id, RunState::Failed, Some(error)).await?;
         }
         let done = queue::complete(&mut tx, &job.lease(), worker).await?;
         tx.commit().await?;

@@ -75,15 +75,15 @@ impl Persona {
         if self.model.trim().is_empty() {
             return Err(bad("model", "must not be empty".into()));
         }
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(bad("temperature", format!("must be within 0..=2, got {t}")));
-            }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(bad("temperature", format!("must be within 0..=2, got {t}")));
         }
-        if let Some(p) = self.top_p {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(bad("top_p", format!("must be within 0..=1, got {p}")));
-            }
+        if let Some(p) = self.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(bad("top_p", format!("must be within 0..=1, got {p}")));
         }
         if self.max_turns == 0 || self.max_turns > 200 {
             return Err(bad(
@@ -91,21 +91,21 @@ impl Persona {
                 format!("must be 1..=200, got {}", self.max_turns),
             ));
         }
-        if let Some(url) = &self.base_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad(
-                    "base_url",
-                    format!("must start with http:// or https://, got {url:?}"),
-                ));
-            }
+        if let Some(url) = &self.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad(
+                "base_url",
+                format!("must start with http:// or https://, got {url:?}"),
+            ));
         }
-        if let Some(env) = &self.api_key_env {
-            if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(bad(
-                    "api_key_env",
-                    "must be the NAME of an environment variable, not a key".into(),
-                ));
-            }
+        if let Some(env) = &self.api_key_env
+            && (env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(bad(
+                "api_key_env",
+                "must be the NAME of an environment variable, not a key".into(),
+            ));
         }
         Ok(())
     }

@@ -412,7 +412,7 @@ async fn rescue_loop<H: JobHandler>(shared: Arc<Shared>, handler: Arc<H>, stop: 
     let mut tick: u64 = 0;
     loop {
         tick += 1;
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             handler.maintain().await;
         }
         tokio::select! {
