@@ -1,10 +1,17 @@
 //! `phasefleet`: the command line for users and operators.
 
 mod admin;
+mod approvals;
+mod demo;
+mod dev;
 mod exit;
+mod local;
 mod output;
+mod runs;
+mod stack;
+mod submit;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use exit::CliError;
 use output::Output;
 use std::process::ExitCode;
@@ -16,7 +23,7 @@ use std::process::ExitCode;
     about = "Durable runner for multi-phase LLM-agent workflows"
 )]
 struct Cli {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL. `demo` and `dev` start a private server when unset.
     #[arg(long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
     /// Output format for listings.
@@ -30,6 +37,23 @@ struct Cli {
 enum Command {
     /// Apply database migrations.
     Migrate,
+    /// Run the example workflow end to end (private PostgreSQL, synthetic backend).
+    Demo(demo::DemoArgs),
+    /// API and workers in one process.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Submit a run.
+    Submit(submit::SubmitArgs),
+    /// List, show, watch and cancel runs.
+    #[command(subcommand)]
+    Runs(runs::Runs),
+    /// The approvals inbox.
+    #[command(subcommand)]
+    Approvals(approvals::Approvals),
     /// Operate the queue and the fleet.
     #[command(subcommand)]
     Admin(admin::Admin),
@@ -64,22 +88,32 @@ fn main() -> ExitCode {
 }
 
 async fn connect(url: Option<&str>) -> Result<sqlx::PgPool, CliError> {
-    let url = url
-        .ok_or_else(|| CliError::new(2, "no database: pass --database-url or set DATABASE_URL"))?;
+    let url = url.ok_or_else(|| {
+        CliError::new(
+            2,
+            format!(
+                "no database: pass --database-url or set DATABASE_URL\n\n{}",
+                Cli::command().render_usage()
+            ),
+        )
+    })?;
     Ok(phasefleet::db::connect(url, 4).await?)
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    let url = cli.database_url.as_deref();
     match cli.command {
         Command::Migrate => {
-            let pool = connect(cli.database_url.as_deref()).await?;
+            let pool = connect(url).await?;
             phasefleet::db::migrate(&pool).await?;
             eprintln!("migrations applied");
         }
-        Command::Admin(cmd) => {
-            let pool = connect(cli.database_url.as_deref()).await?;
-            admin::run(&pool, cmd, cli.output).await?;
-        }
+        Command::Demo(args) => demo::run(url, args).await?,
+        Command::Dev { listen, workers } => dev::run(url, &listen, workers).await?,
+        Command::Submit(args) => submit::run(&connect(url).await?, args, cli.output).await?,
+        Command::Runs(cmd) => runs::run(&connect(url).await?, cmd, cli.output).await?,
+        Command::Approvals(cmd) => approvals::run(&connect(url).await?, cmd, cli.output).await?,
+        Command::Admin(cmd) => admin::run(&connect(url).await?, cmd, cli.output).await?,
     }
     Ok(())
 }

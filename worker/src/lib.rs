@@ -12,7 +12,7 @@ mod runtime;
 pub mod shutdown;
 
 pub use builtin::Builtins;
-pub use config::WorkerConfig;
+pub use config::{WorkerConfig, default_name};
 pub use engine::EngineHandler;
 pub use handler::{JobContext, JobError, JobHandler};
 pub use registry::{WorkerRow, drain, list_workers, undrain};

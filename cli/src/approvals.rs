@@ -1,0 +1,79 @@
+//! `phasefleet approvals …`: the inbox and decisions.
+
+use crate::exit::{CONFLICT, CliError, NOT_FOUND};
+use crate::output::{Output, print_one, print_rows};
+use clap::Subcommand;
+use phasefleet::ApprovalId;
+use phasefleet::approval::{self, Action, ApprovalError};
+use sqlx::PgPool;
+
+#[derive(Debug, Subcommand)]
+pub enum Approvals {
+    /// Requests waiting on a human, oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Decide a request: approve, reject, abort or revise (revise needs --comment).
+    Decide {
+        id: ApprovalId,
+        #[arg(long, value_parser = |s: &str| s.parse::<Action>())]
+        action: Action,
+        #[arg(long)]
+        comment: Option<String>,
+        /// Who decides (default $USER).
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long, default_value = "default")]
+        queue: String,
+    },
+}
+
+pub fn map_err(e: ApprovalError) -> CliError {
+    match e {
+        ApprovalError::NotFound(_) => CliError::new(NOT_FOUND, e.to_string()),
+        ApprovalError::Conflict { .. } | ApprovalError::RunNotWaiting(_) => {
+            CliError::new(CONFLICT, e.to_string())
+        }
+        ApprovalError::Invalid(_) => CliError::new(2, e.to_string()),
+        other => other.into(),
+    }
+}
+
+pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), CliError> {
+    match cmd {
+        Approvals::List { limit } => {
+            let mut conn = pool.acquire().await?;
+            let rows = approval::pending(&mut conn, limit.clamp(1, 1000)).await?;
+            print_rows(
+                output,
+                &rows,
+                &["ID", "RUN", "PHASE", "ROUND", "GATES", "WAITING SINCE"],
+                |a| {
+                    vec![
+                        a.id.to_string(),
+                        a.run_id.to_string(),
+                        a.phase_key.clone(),
+                        a.round.to_string(),
+                        a.gates.join(","),
+                        a.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ]
+                },
+            )?;
+        }
+        Approvals::Decide {
+            id,
+            action,
+            comment,
+            by,
+            queue,
+        } => {
+            let by = by.unwrap_or_else(crate::submit::whoami);
+            let out = approval::decide(pool, id, action, comment.as_deref(), Some(&by), &queue)
+                .await
+                .map_err(map_err)?;
+            print_one(output, &out, |o| format!("{o:?}"))?;
+        }
+    }
+    Ok(())
+}

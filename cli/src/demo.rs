@@ -1,0 +1,154 @@
+//! `phasefleet demo`: the example workflow end to end — a private PostgreSQL unless
+//! DATABASE_URL is set, in-process workers, the offline synthetic backend, and an
+//! automatic approver standing in for the human at the gate.
+
+use crate::exit::{CliError, FAILURE};
+use crate::local;
+use crate::submit::{SubmitArgs, build_request, submit};
+use clap::Args;
+use phasefleet::approval::{self, Action};
+use phasefleet::runs::RunState;
+use phasefleet::validate::SchemaRegistry;
+use std::path::PathBuf;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "examples/spec-review-verify.yaml")]
+    template: PathBuf,
+    /// Persona files (default: every file in examples/personas).
+    #[arg(long = "persona")]
+    personas: Vec<PathBuf>,
+    #[arg(long, default_value = "examples/requirements.md")]
+    requirements: PathBuf,
+    /// How many runs to submit at once.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// In-process workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Leave approvals to a human (`phasefleet approvals decide`).
+    #[arg(long)]
+    no_auto_approve: bool,
+    /// Synthetic backend directives as JSON, e.g. '{"synthetic":{"invalid_attempts":1}}'
+    /// to watch a repair.
+    #[arg(long, default_value = "{}")]
+    extra: String,
+}
+
+pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliError> {
+    let db = local::open(database_url, 16).await?;
+    let schemas = SchemaRegistry::from_env()?;
+    let queue = "default";
+    let stop = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    crate::stack::spawn_workers(&mut workers, &db.pool, &schemas, queue, args.workers, &stop);
+
+    let personas = if args.personas.is_empty() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir("examples/personas")
+            .map_err(|e| {
+                CliError::new(
+                    2,
+                    format!(
+                        "examples/personas: {e} (run from the repository root or pass --persona)"
+                    ),
+                )
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        v
+    } else {
+        args.personas.clone()
+    };
+    let submit_args = SubmitArgs {
+        template: args.template.clone(),
+        personas,
+        requirements: Some(args.requirements.clone()),
+        objective: r#"{"deliverable": "a reviewed specification with a verification plan"}"#.into(),
+        extra: args.extra.clone(),
+        bindings: vec![],
+        budget_usd: None,
+        budget_tokens: None,
+        idempotency_key: None,
+        queue: queue.into(),
+    };
+    let mut ids = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let req = build_request(&submit_args, "demo")?;
+        let id = submit(&db.pool, req).await?.run_id();
+        eprintln!("submitted run {id}");
+        ids.push(id);
+    }
+
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        eprintln!("\n== run {id} ==");
+        // Approvals are decided as they appear, in a side task, so watching never blocks.
+        let approver = tokio::spawn(auto_approver(
+            db.pool.clone(),
+            *id,
+            queue,
+            !args.no_auto_approve,
+        ));
+        let state = crate::runs::watch(&db.pool, *id, |_| {}).await;
+        approver.abort();
+        let state = state?;
+        let mut conn = db.pool.acquire().await?;
+        if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
+            println!("{md}");
+        }
+        outcomes.push(state);
+    }
+    stop.cancel();
+    while workers.join_next().await.is_some() {}
+    let completed = outcomes
+        .iter()
+        .filter(|s| **s == RunState::Completed)
+        .count();
+    eprintln!(
+        "{completed}/{} run(s) completed; database: {}",
+        outcomes.len(),
+        phasefleet::db::redact(&db.url)
+    );
+    if completed == outcomes.len() {
+        Ok(())
+    } else {
+        Err(CliError::new(FAILURE, "not every run completed"))
+    }
+}
+
+async fn auto_approver(pool: sqlx::PgPool, run: phasefleet::RunId, queue: &str, auto: bool) {
+    if !auto {
+        eprintln!("approvals are yours: phasefleet approvals list / decide");
+        return;
+    }
+    loop {
+        if let Ok(mut conn) = pool.acquire().await
+            && let Ok(reqs) = approval::for_run(&mut conn, run).await
+        {
+            drop(conn);
+            for a in reqs.into_iter().filter(|a| a.action.is_none()) {
+                eprintln!(
+                    "     demo approver: approving {} (gates {})",
+                    a.phase_key,
+                    a.gates.join(",")
+                );
+                if let Err(e) = approval::decide(
+                    &pool,
+                    a.id,
+                    Action::Approve,
+                    Some("approved by the demo"),
+                    Some("demo-approver"),
+                    queue,
+                )
+                .await
+                {
+                    eprintln!("     demo approver: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

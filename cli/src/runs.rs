@@ -1,0 +1,160 @@
+//! `phasefleet runs …`: list, show, watch and cancel runs.
+
+use crate::exit::{CliError, FAILURE, NOT_FOUND};
+use crate::output::{Output, print_one, print_rows};
+use clap::Subcommand;
+use phasefleet::RunId;
+use phasefleet::runs::{self, RunState};
+use sqlx::PgPool;
+use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub enum Runs {
+    /// Runs, newest first.
+    List {
+        #[arg(long, value_parser = |s: &str| s.parse::<RunState>())]
+        state: Option<RunState>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// One run: phases, approvals, costs and the report.
+    Show { id: RunId },
+    /// Stream a run's events until it ends; exits 0 when it completed, 1 otherwise.
+    Watch { id: RunId },
+    /// Cancel a run; its in-flight agent is interrupted.
+    Cancel {
+        id: RunId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    match cmd {
+        Runs::List { state, limit } => {
+            let rows = runs::list(&mut conn, state, None, limit.clamp(1, 1000)).await?;
+            print_rows(
+                output,
+                &rows,
+                &["ID", "STATE", "CREATED", "COST", "ERROR"],
+                |r| {
+                    vec![
+                        r.id.to_string(),
+                        r.state.as_str().into(),
+                        r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        format!("${:.4}", r.spent_usd),
+                        r.error
+                            .clone()
+                            .unwrap_or_default()
+                            .chars()
+                            .take(60)
+                            .collect(),
+                    ]
+                },
+            )?;
+        }
+        Runs::Show { id } => {
+            let run = runs::get(&mut conn, id)
+                .await?
+                .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} not found")))?;
+            let phases = runs::phases(&mut conn, id).await?;
+            let approvals = phasefleet::approval::for_run(&mut conn, id).await?;
+            let report = phasefleet::report::get(&mut conn, id).await?;
+            let detail = serde_json::json!({ "run": run, "phases": phases, "approvals": approvals,
+                                             "report": report.as_ref().map(|(j, _)| j) });
+            print_one(output, &detail, |_| {
+                let mut s = format!("run {} — {}\n", run.id, run.state.as_str());
+                for p in &phases {
+                    s.push_str(&format!(
+                        "  {:<12} {:<18} attempts {}/{} round {}\n",
+                        p.phase_key,
+                        format!("{:?}", p.state),
+                        p.attempts,
+                        p.max_attempts,
+                        p.round
+                    ));
+                }
+                for a in &approvals {
+                    s.push_str(&format!(
+                        "  approval {} on {}: {}\n",
+                        a.id,
+                        a.phase_key,
+                        a.action.map_or("pending".into(), |x| format!("{x:?}"))
+                    ));
+                }
+                if let Some((_, md)) = &report {
+                    s.push('\n');
+                    s.push_str(md);
+                }
+                s
+            })?;
+        }
+        Runs::Watch { id } => {
+            drop(conn);
+            let state = watch(pool, id, |_| {}).await?;
+            if state != RunState::Completed {
+                return Err(CliError::new(
+                    FAILURE,
+                    format!("run {id} ended {}", state.as_str()),
+                ));
+            }
+        }
+        Runs::Cancel { id, reason } => {
+            let out = phasefleet::cancel::cancel_run(pool, id, reason.as_deref())
+                .await
+                .map_err(|e| match e {
+                    phasefleet::cancel::CancelError::NotFound(_) => {
+                        CliError::new(NOT_FOUND, e.to_string())
+                    }
+                    other => other.into(),
+                })?;
+            print_one(output, &out, |o| format!("{o:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Print events as they arrive until the run ends; `on_event` sees each one (the demo
+/// approves from there). Returns the final state.
+pub async fn watch(
+    pool: &PgPool,
+    id: RunId,
+    mut on_event: impl FnMut(&phasefleet::events::Event),
+) -> Result<RunState, CliError> {
+    let mut after = 0;
+    loop {
+        let mut conn = pool.acquire().await?;
+        let run = runs::get(&mut conn, id)
+            .await?
+            .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} not found")))?;
+        let events = phasefleet::events::list(&mut conn, id, after, 500).await?;
+        drop(conn);
+        for e in &events {
+            after = e.seq;
+            let phase = e
+                .phase_key
+                .as_deref()
+                .map(|p| format!(" [{p}]"))
+                .unwrap_or_default();
+            let data = if e.data.as_object().is_some_and(|o| !o.is_empty()) {
+                format!(" {}", e.data)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{:>4} {} {}{phase}{data}",
+                e.seq,
+                e.created_at.format("%H:%M:%S%.3f"),
+                e.kind
+            );
+            on_event(e);
+        }
+        if run.state.is_terminal() && events.is_empty() {
+            return Ok(run.state);
+        }
+        if events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

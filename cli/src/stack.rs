@@ -1,0 +1,31 @@
+//! Workers (and the API) inside this process, for `demo` and `dev`.
+
+use phasefleet::agent::synthetic::SyntheticAgent;
+use phasefleet::phase::Engine;
+use phasefleet::validate::SchemaRegistry;
+use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Start `n` workers on `queue`; they stop when `stop` fires.
+pub fn spawn_workers(
+    set: &mut JoinSet<Result<(), phasefleet_worker::WorkerError>>,
+    pool: &PgPool,
+    schemas: &SchemaRegistry,
+    queue: &str,
+    n: usize,
+    stop: &CancellationToken,
+) {
+    for i in 0..n {
+        let cfg = WorkerConfig {
+            name: format!("{}-inproc-{i}", phasefleet_worker::default_name()),
+            queue: queue.to_owned(),
+            concurrency: 8,
+            ..WorkerConfig::default()
+        };
+        let engine = Engine::new(pool.clone(), schemas.clone(), SyntheticAgent, queue);
+        let worker = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
+        set.spawn(worker.run(stop.clone()));
+    }
+}

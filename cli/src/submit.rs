@@ -1,0 +1,110 @@
+//! `phasefleet submit`: a template file, persona files and inputs become a run.
+
+use crate::exit::CliError;
+use crate::output::{Output, print_one};
+use clap::Args;
+use phasefleet::submit::{Budget, RunInputs, SubmitError, SubmitRequest, Submitted};
+use phasefleet::validate::SchemaRegistry;
+use phasefleet::workflow::{Persona, WorkflowTemplate};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Workflow template (YAML or JSON).
+    pub template: PathBuf,
+    /// Persona files (YAML or JSON); every persona the template or a binding names.
+    #[arg(long = "persona", required = true, num_args = 1..)]
+    pub personas: Vec<PathBuf>,
+    /// Requirements markdown file.
+    #[arg(long)]
+    pub requirements: Option<PathBuf>,
+    /// Objective, as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub objective: String,
+    /// Extra inputs, as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub extra: String,
+    /// Override a role's persona for this run: ROLE=PERSONA (repeatable).
+    #[arg(long = "bind", value_parser = parse_binding)]
+    pub bindings: Vec<(String, String)>,
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    #[arg(long)]
+    pub budget_tokens: Option<i64>,
+    /// Submitting twice with the same key returns the first run.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[arg(long, default_value = "default")]
+    pub queue: String,
+}
+
+fn parse_binding(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(r, p)| (r.trim().to_owned(), p.trim().to_owned()))
+        .filter(|(r, p)| !r.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("expected ROLE=PERSONA, got {s:?}"))
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::new(2, msg)
+}
+
+pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequest, CliError> {
+    let template = WorkflowTemplate::load(&args.template).map_err(|e| usage(e.to_string()))?;
+    let personas = args
+        .personas
+        .iter()
+        .map(|p| Persona::load(p).map_err(|e| usage(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let requirements = match &args.requirements {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?,
+        None => String::new(),
+    };
+    let json = |what: &str, s: &str| {
+        serde_json::from_str(s).map_err(|e| usage(format!("--{what} is not JSON: {e}")))
+    };
+    Ok(SubmitRequest {
+        template,
+        personas,
+        inputs: RunInputs {
+            requirements,
+            objective: json("objective", &args.objective)?,
+            extra: json("extra", &args.extra)?,
+        },
+        bindings: args.bindings.iter().cloned().collect::<BTreeMap<_, _>>(),
+        budget: Budget {
+            usd: args.budget_usd,
+            tokens: args.budget_tokens,
+        },
+        idempotency_key: args.idempotency_key.clone(),
+        submitted_by: Some(submitted_by.to_owned()),
+        queue: args.queue.clone(),
+    })
+}
+
+pub async fn submit(pool: &PgPool, req: SubmitRequest) -> Result<Submitted, CliError> {
+    let schemas = SchemaRegistry::from_env()?;
+    phasefleet::submit::submit(pool, &schemas, req)
+        .await
+        .map_err(|e| match e {
+            SubmitError::Invalid { .. } => usage(e.to_string()),
+            other => other.into(),
+        })
+}
+
+pub async fn run(pool: &PgPool, args: SubmitArgs, output: Output) -> Result<(), CliError> {
+    let req = build_request(&args, &whoami())?;
+    let submitted = submit(pool, req).await?;
+    print_one(output, &submitted, |s| match s {
+        Submitted::Created(id) => format!("{id}"),
+        Submitted::Existing(id) => format!("{id} (existing run for this idempotency key)"),
+    })?;
+    Ok(())
+}
+
+pub fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".into())
+}
