@@ -40,7 +40,9 @@ const CLAIM_ONE: &str = "WITH next AS (
   FROM next WHERE j.id = next.id RETURNING j.id, j.lease_token";
 
 async fn load(pool: &PgPool, n: usize) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM jobs WHERE queue = 'bench'").execute(pool).await?;
+    sqlx::query("DELETE FROM jobs WHERE queue = 'bench'")
+        .execute(pool)
+        .await?;
     // Bulk insert: the setup is not what is measured.
     sqlx::query(
         "INSERT INTO jobs (queue, kind, payload) SELECT 'bench', 'noop', jsonb_build_object('i', g) FROM generate_series(1, $1) g",
@@ -63,7 +65,8 @@ async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::
             let mut conn = pool.acquire().await?;
             let mut done = 0usize;
             loop {
-                let jobs = queue::claim(&mut conn, me, "bench", batch, Duration::from_secs(30)).await?;
+                let jobs =
+                    queue::claim(&mut conn, me, "bench", batch, Duration::from_secs(30)).await?;
                 if jobs.is_empty() {
                     return anyhow::Ok(done);
                 }
@@ -96,11 +99,22 @@ async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<f64>
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let cfg = WorkerConfig { queue: "bench".into(), concurrency: 32, poll_interval: Duration::from_millis(50), ..WorkerConfig::default() };
-        handles.push(tokio::spawn(Worker::new(pool.clone(), cfg, Builtins).run(stop.clone())));
+        let cfg = WorkerConfig {
+            queue: "bench".into(),
+            concurrency: 32,
+            poll_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        };
+        handles.push(tokio::spawn(
+            Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()),
+        ));
     }
     loop {
-        let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE queue = 'bench' AND state <> 'completed'").fetch_one(pool).await?;
+        let (left,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs WHERE queue = 'bench' AND state <> 'completed'",
+        )
+        .fetch_one(pool)
+        .await?;
         if left == 0 {
             break;
         }
@@ -115,7 +129,10 @@ async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<f64>
 }
 
 fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {
-    let script = std::env::temp_dir().join(format!("phasefleet-bench-{}.sql", uuid::Uuid::new_v4().simple()));
+    let script = std::env::temp_dir().join(format!(
+        "phasefleet-bench-{}.sql",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::write(
         &script,
         format!(
@@ -125,7 +142,19 @@ fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {
     )?;
     let per_client = n / clients;
     let out = std::process::Command::new("pgbench")
-        .args(["-n", "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres", "-c", &clients.to_string(), "-j", "2"])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+        ])
         .args(["-t", &per_client.to_string(), "-f"])
         .arg(&script)
         .arg("postgres")
@@ -134,7 +163,10 @@ fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let tps = text
         .lines()
@@ -146,19 +178,34 @@ fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {
 }
 
 async fn latency(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64, f64)> {
-    sqlx::query("DELETE FROM jobs WHERE queue = 'bench'").execute(pool).await?;
+    sqlx::query("DELETE FROM jobs WHERE queue = 'bench'")
+        .execute(pool)
+        .await?;
     let stop = CancellationToken::new();
     // Poll only every 5s: wake-ups come from LISTEN/NOTIFY.
-    let cfg = WorkerConfig { queue: "bench".into(), concurrency: 16, poll_interval: Duration::from_secs(5), ..WorkerConfig::default() };
+    let cfg = WorkerConfig {
+        queue: "bench".into(),
+        concurrency: 16,
+        poll_interval: Duration::from_secs(5),
+        ..WorkerConfig::default()
+    };
     let worker = tokio::spawn(Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = pool.acquire().await?;
     for i in 0..n {
-        queue::enqueue(&mut conn, &NewJob::new("noop", serde_json::json!({ "i": i })).queue("bench")).await?;
+        queue::enqueue(
+            &mut conn,
+            &NewJob::new("noop", serde_json::json!({ "i": i })).queue("bench"),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     loop {
-        let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE queue = 'bench' AND state <> 'completed'").fetch_one(pool).await?;
+        let (left,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs WHERE queue = 'bench' AND state <> 'completed'",
+        )
+        .fetch_one(pool)
+        .await?;
         if left == 0 {
             break;
         }
@@ -178,9 +225,18 @@ async fn latency(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64, f64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = std::env::temp_dir().join(format!("phasefleet-bench-pg-{}", uuid::Uuid::new_v4().simple()));
-    let pg = LocalPg::start(&dir, &[("shared_buffers", "256MB"), ("max_connections", "200")]).await?;
-    let pool = phasefleet::db::pool_options(u32::try_from(args.clients * 2 + 40)?).connect(&pg.url()).await?;
+    let dir = std::env::temp_dir().join(format!(
+        "phasefleet-bench-pg-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let pg = LocalPg::start(
+        &dir,
+        &[("shared_buffers", "256MB"), ("max_connections", "200")],
+    )
+    .await?;
+    let pool = phasefleet::db::pool_options(u32::try_from(args.clients * 2 + 40)?)
+        .connect(&pg.url())
+        .await?;
     phasefleet::db::migrate(&pool).await?;
     let n = args.jobs;
     eprintln!("warming up");
@@ -198,12 +254,26 @@ async fn main() -> anyhow::Result<()> {
     let (p50, p99, max) = latency(&pool, args.latency_jobs).await?;
 
     println!("| scenario | jobs | clients | jobs/s |\n|---|---|---|---|");
-    println!("| pgbench: same claim + complete SQL, 1 job per transaction | {n} | {} | {pg_per_job:.0} |", args.clients);
-    println!("| phasefleet queue API: claim 1 + complete 1 | {n} | {} | {per_job:.0} |", args.clients);
-    println!("| phasefleet queue API: claim {} + complete_many | {n} | {} | {batched:.0} |", args.batch, args.clients);
-    println!("| phasefleet worker runtime: 2 workers x 32 slots, noop handler | {n} | 2 | {rt:.0} |");
+    println!(
+        "| pgbench: same claim + complete SQL, 1 job per transaction | {n} | {} | {pg_per_job:.0} |",
+        args.clients
+    );
+    println!(
+        "| phasefleet queue API: claim 1 + complete 1 | {n} | {} | {per_job:.0} |",
+        args.clients
+    );
+    println!(
+        "| phasefleet queue API: claim {} + complete_many | {n} | {} | {batched:.0} |",
+        args.batch, args.clients
+    );
+    println!(
+        "| phasefleet worker runtime: 2 workers x 32 slots, noop handler | {n} | 2 | {rt:.0} |"
+    );
     println!();
-    println!("| enqueue-to-start latency (idle worker, LISTEN/NOTIFY wake-up, {} jobs, 1 every ~2 ms) | p50 {p50:.2} ms | p99 {p99:.2} ms | max {max:.2} ms |", args.latency_jobs);
+    println!(
+        "| enqueue-to-start latency (idle worker, LISTEN/NOTIFY wake-up, {} jobs, 1 every ~2 ms) | p50 {p50:.2} ms | p99 {p99:.2} ms | max {max:.2} ms |",
+        args.latency_jobs
+    );
     println!("|---|---|---|---|");
     pool.close().await;
     drop(pg);
