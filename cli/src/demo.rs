@@ -40,10 +40,21 @@ pub struct DemoArgs {
 pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliError> {
     let db = local::open(database_url, 16).await?;
     let schemas = SchemaRegistry::from_env()?;
+    let agent = phasefleet::agent::router::BackendRouter::from_env()
+        .await
+        .map_err(|e| CliError::new(2, e))?;
     let queue = "default";
     let stop = CancellationToken::new();
     let mut workers = JoinSet::new();
-    crate::stack::spawn_workers(&mut workers, &db.pool, &schemas, queue, args.workers, &stop);
+    crate::stack::spawn_workers(
+        &mut workers,
+        &agent,
+        &db.pool,
+        &schemas,
+        queue,
+        args.workers,
+        &stop,
+    );
 
     let personas = if args.personas.is_empty() {
         let mut v: Vec<PathBuf> = std::fs::read_dir("examples/personas")

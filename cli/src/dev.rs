@@ -10,9 +10,13 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
     let signals = phasefleet_worker::shutdown::install()?;
     let db = local::open(database_url, 32).await?;
     let schemas = SchemaRegistry::from_env()?;
+    let agent = phasefleet::agent::router::BackendRouter::from_env()
+        .await
+        .map_err(|e| CliError::new(2, e))?;
     let mut set = JoinSet::new();
     crate::stack::spawn_workers(
         &mut set,
+        &agent,
         &db.pool,
         &schemas,
         "default",

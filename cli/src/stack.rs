@@ -1,6 +1,6 @@
 //! Workers (and the API) inside this process, for `demo` and `dev`.
 
-use phasefleet::agent::synthetic::SyntheticAgent;
+use phasefleet::agent::router::BackendRouter;
 use phasefleet::phase::Engine;
 use phasefleet::validate::SchemaRegistry;
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// Start `n` workers on `queue`; they stop when `stop` fires.
 pub fn spawn_workers(
     set: &mut JoinSet<Result<(), phasefleet_worker::WorkerError>>,
+    agent: &BackendRouter,
     pool: &PgPool,
     schemas: &SchemaRegistry,
     queue: &str,
@@ -24,7 +25,7 @@ pub fn spawn_workers(
             concurrency: 8,
             ..WorkerConfig::default()
         };
-        let engine = Engine::new(pool.clone(), schemas.clone(), SyntheticAgent, queue);
+        let engine = Engine::new(pool.clone(), schemas.clone(), agent.clone(), queue);
         let worker = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
         set.spawn(worker.run(stop.clone()));
     }

@@ -2,11 +2,18 @@
 //! only sees this trait; backends (the offline `synthetic` one, OpenAI-compatible
 //! clients) live behind it.
 
+pub mod ledger;
+pub mod limits;
+pub mod llm;
+pub mod openai;
+pub mod router;
 pub mod synthetic;
+pub mod tools;
 pub mod workspace;
 
 use crate::ids::RunId;
 use crate::workflow::Persona;
+pub use ledger::Ledger;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
 pub use workspace::Workspace;
@@ -24,6 +31,8 @@ pub struct AgentRequest {
     pub schema: serde_json::Value,
     /// Free-form run input `extra`, which the synthetic backend reads for directives.
     pub extra: serde_json::Value,
+    /// Where model and tool calls are recorded, and the budget checked.
+    pub ledger: Ledger,
 }
 
 /// What an attempt produced.
@@ -31,8 +40,6 @@ pub struct AgentRequest {
 pub struct AgentOutcome {
     pub workspace: Workspace,
     pub turns: u32,
-    pub tokens: i64,
-    pub cost_usd: f64,
 }
 
 #[derive(Debug, thiserror::Error)]

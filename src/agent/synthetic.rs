@@ -9,6 +9,7 @@
 //! - `delay_ms: N`: take N ms per attempt (interruptible);
 //! - `tokens: N`: report N tokens used per attempt (to exercise budgets).
 
+use super::ledger::CallRecord;
 use super::{Agent, AgentError, AgentOutcome, AgentRequest, Workspace};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -31,13 +32,25 @@ impl Agent for SyntheticAgent {
             }
         }
         let mut workspace = Workspace::default();
-        let tokens = d.get("tokens").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(tokens) = d.get("tokens").and_then(Value::as_i64) {
+            req.ledger.check_budget().await?;
+            let record = CallRecord {
+                turn: 1,
+                model: "synthetic",
+                backend: "synthetic",
+                status: "ok",
+                tokens_in: tokens,
+                ..CallRecord::default()
+            };
+            req.ledger
+                .record_call(&record)
+                .await
+                .map_err(|e| AgentError::Transient(format!("ledger write failed: {e}")))?;
+        }
         if d.get("never_write").and_then(Value::as_bool) == Some(true) {
             return Ok(AgentOutcome {
                 workspace,
                 turns: 1,
-                tokens,
-                ..AgentOutcome::default()
             });
         }
         let invalid_attempts = d
@@ -70,8 +83,6 @@ impl Agent for SyntheticAgent {
         Ok(AgentOutcome {
             workspace,
             turns: 1,
-            tokens,
-            ..AgentOutcome::default()
         })
     }
 }

@@ -164,34 +164,38 @@ impl<A: Agent> Engine<A> {
             expected_path: attempt.phase.expected_artifact.path.clone(),
             schema,
             extra: attempt.inputs.extra.clone(),
+            ledger: crate::agent::Ledger::new(self.pool.clone(), p.run_id, &p.phase, p.attempt),
         };
         let timeout = Duration::from_secs(attempt.phase.timeout);
         let agent_cancel = cancel.child_token();
+        let run = self.agent.run(request, agent_cancel.clone());
+        tokio::pin!(run);
         let outcome = tokio::select! {
-            r = self.agent.run(request, agent_cancel.clone()) => Some(r),
-            () = tokio::time::sleep(timeout) => None,
+            r = &mut run => Some(r),
+            () = tokio::time::sleep(timeout) => {
+                // Interrupt the in-flight call and let the agent record it in the
+                // ledger (bounded: an agent that ignores its token is dropped).
+                agent_cancel.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut run).await;
+                None
+            }
         };
         // Whatever happened, nothing the agent started may go on (invariant 5).
         agent_cancel.cancel();
         if cancel.is_cancelled() {
             return Err(PhaseError::Interrupted);
         }
-        let (produced, tokens, cost) = match outcome {
-            None => (
-                Produced::Missing(format!(
-                    "phase timed out after {}s without a valid artifact",
-                    attempt.phase.timeout
-                )),
-                0,
-                0.0,
-            ),
+        let produced = match outcome {
+            None => Produced::Missing(format!(
+                "phase timed out after {}s without a valid artifact",
+                attempt.phase.timeout
+            )),
             Some(Ok(o)) => {
                 let path = &attempt.phase.expected_artifact.path;
-                let produced = match o.workspace.get(path) {
+                match o.workspace.get(path) {
                     Some(c) => Produced::Artifact(c.to_owned()),
                     None => Produced::Missing(format!("the agent finished without writing {path}")),
-                };
-                (produced, o.tokens, o.cost_usd)
+                }
             }
             Some(Err(AgentError::Cancelled)) => return Err(PhaseError::Interrupted),
             Some(Err(AgentError::Transient(m))) if job.attempts < job.max_attempts => {
@@ -238,17 +242,7 @@ impl<A: Agent> Engine<A> {
         // 4. Record the outcome and complete the job, atomically.
         let mut tx = self.pool.begin().await?;
         let done = self
-            .record(
-                &mut tx,
-                job,
-                worker,
-                p,
-                &attempt,
-                content,
-                &validation,
-                tokens,
-                cost,
-            )
+            .record(&mut tx, job, worker, p, &attempt, content, &validation)
             .await?;
         tx.commit().await?;
         Ok(done)
@@ -417,7 +411,10 @@ impl<A: Agent> Engine<A> {
         Ok(exists)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; the attempt's whole context"
+    )]
     async fn record(
         &self,
         conn: &mut PgConnection,
@@ -427,19 +424,11 @@ impl<A: Agent> Engine<A> {
         attempt: &Attempt,
         content: Option<String>,
         validation: &Validation,
-        tokens: i64,
-        cost: f64,
     ) -> Result<Completed, PhaseError> {
         let lease = job.lease();
         let Some(run) = runs::lock(conn, p.run_id).await? else {
             return Ok(queue::complete(conn, &lease, worker).await?);
         };
-        sqlx::query("UPDATE runs SET spent_usd = spent_usd + $2, spent_tokens = spent_tokens + $3 WHERE id = $1")
-            .bind(p.run_id)
-            .bind(cost)
-            .bind(tokens)
-            .execute(&mut *conn)
-            .await?;
         let phase_row = runs::phase(conn, p.run_id, &p.phase).await?;
         let current = phase_row.as_ref().is_some_and(|ph| {
             ph.state == PhaseState::Running

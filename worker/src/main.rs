@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use phasefleet::agent::synthetic::SyntheticAgent;
+use phasefleet::agent::router::BackendRouter;
 use phasefleet::phase::Engine;
 use phasefleet::validate::SchemaRegistry;
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig, shutdown};
@@ -71,7 +71,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(name) = args.name {
         cfg.name = name;
     }
-    let engine = Engine::new(pool.clone(), schemas, SyntheticAgent, args.queue);
+    let agent = BackendRouter::from_env()
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let engine = Engine::new(pool.clone(), schemas, agent, args.queue);
     Worker::new(pool, cfg, EngineHandler::new(engine))
         .with_force(signals.force.clone())
         .run(signals.graceful)

@@ -1,0 +1,236 @@
+//! A scripted OpenAI-compatible Chat Completions server, reached over loopback by tests
+//! and benchmarks. The model name picks the script (`mock/<script>`):
+//!
+//! | model | behaviour |
+//! |---|---|
+//! | `mock/valid` | writes a schema-valid artifact with `write_file`, then stops |
+//! | `mock/invalid-then-valid` | writes an invalid artifact unless the prompt is a repair |
+//! | `mock/never-writes` | answers in text, never calls a tool |
+//! | `mock/rate-limited` | first call of each conversation: 429 with `Retry-After: 1` |
+//! | `mock/server-error` | first two calls of each conversation: HTTP 500 |
+//! | `mock/slow-<ms>` | waits `<ms>` before answering like `valid` |
+//! | `mock/malformed-args` | first turn's tool arguments are not JSON |
+//! | `mock/multi-tool` | two tool calls in one turn with `content: null` |
+//! | `mock/escape` | tries to write `../../etc/passwd` first |
+//! | `mock/unauthorized` | HTTP 401 |
+//!
+//! A `-nocost` suffix leaves `usage.cost` out (the client then prices the call itself).
+//! The artifact is built from the JSON Schema found in the prompt's envelope.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    conversations: Mutex<HashMap<u64, u32>>,
+}
+
+/// Build the router; share `stats` to read the request count.
+pub fn router(stats: Arc<Stats>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route(
+            "/_stats",
+            get(|State(s): State<Arc<Stats>>| async move {
+                Json(json!({ "requests": s.requests.load(Ordering::SeqCst) }))
+            }),
+        )
+        .with_state(stats)
+}
+
+/// Serve on `listener` in the background; returns the stats handle.
+pub fn spawn(listener: tokio::net::TcpListener) -> Arc<Stats> {
+    let stats = Arc::new(Stats::default());
+    let app = router(stats.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    stats
+}
+
+fn hash(s: &str) -> u64 {
+    // FNV-1a: stable and dependency-free; only used to tell conversations apart.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn envelope_parts(envelope: &str) -> (String, Value) {
+    let path = envelope
+        .lines()
+        .find_map(|l| l.strip_prefix("Expected artifact path: "))
+        .unwrap_or("artifact.json")
+        .trim()
+        .to_owned();
+    let schema = envelope
+        .split_once("JSON Schema 2020-12")
+        .and_then(|(_, rest)| rest.split_once("```json\n"))
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .and_then(|(s, _)| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    (path, schema)
+}
+
+fn tool_call(id: &str, name: &str, arguments: String) -> Value {
+    json!({ "id": id, "type": "function", "function": { "name": name, "arguments": arguments } })
+}
+
+fn write_valid(path: &str, schema: &Value) -> Value {
+    let content = phasefleet::agent::synthetic::instance(schema, schema, 0).to_string();
+    tool_call(
+        "call_write",
+        "write_file",
+        json!({ "path": path, "content": content }).to_string(),
+    )
+}
+
+async fn chat(State(stats): State<Arc<Stats>>, Json(body): Json<Value>) -> Response {
+    let n = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let script = model
+        .strip_prefix("mock/")
+        .unwrap_or(&model)
+        .trim_end_matches("-nocost")
+        .to_owned();
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let envelope = messages
+        .iter()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| m.get("content").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_owned();
+    let tool_results = messages
+        .iter()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+        .count();
+    let hits = {
+        let mut conv = stats
+            .conversations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = conv
+            .entry(hash(&format!("{model}\n{envelope}")))
+            .or_insert(0);
+        *c += 1;
+        *c
+    };
+    let (path, schema) = envelope_parts(&envelope);
+    let error = |code: StatusCode, msg: &str| {
+        (
+            code,
+            Json(json!({ "error": { "message": msg, "code": code.as_u16() } })),
+        )
+            .into_response()
+    };
+
+    let finished = tool_results > 0;
+    let reply: (Option<String>, Vec<Value>) = match script.as_str() {
+        "unauthorized" => return error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        "rate-limited" if hits == 1 => {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                Json(json!({ "error": { "message": "rate limited" } })),
+            )
+                .into_response();
+        }
+        "server-error" if hits <= 2 => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded");
+        }
+        "never-writes" => (
+            Some("I would rather describe the artifact than write it.".into()),
+            vec![],
+        ),
+        "invalid-then-valid" if !finished && !envelope.contains("[REPAIR ATTEMPT]") => (
+            Some(String::new()),
+            vec![tool_call(
+                "call_bad",
+                "write_file",
+                json!({ "path": path, "content": "{\"oops\": true}" }).to_string(),
+            )],
+        ),
+        "malformed-args" if tool_results == 0 => (
+            None,
+            vec![tool_call("call_broken", "write_file", "{\"path\": ".into())],
+        ),
+        "malformed-args" if tool_results == 1 => (None, vec![write_valid(&path, &schema)]),
+        "escape" if tool_results == 0 => (
+            None,
+            vec![tool_call(
+                "call_escape",
+                "write_file",
+                json!({ "path": "../../etc/passwd", "content": "x" }).to_string(),
+            )],
+        ),
+        "escape" if tool_results == 1 => (None, vec![write_valid(&path, &schema)]),
+        "multi-tool" if !finished => (
+            None,
+            vec![
+                tool_call("call_ls", "ls", "{}".into()),
+                write_valid(&path, &schema),
+            ],
+        ),
+        s if s.starts_with("slow-") || s == "slow" => {
+            let ms = s
+                .strip_prefix("slow-")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if finished {
+                (Some("done".into()), vec![])
+            } else {
+                (None, vec![write_valid(&path, &schema)])
+            }
+        }
+        _ if finished => (Some("done".into()), vec![]),
+        _ => (None, vec![write_valid(&path, &schema)]),
+    };
+    let (content, calls) = reply;
+    let finish = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    let mut message = json!({ "role": "assistant", "content": content });
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let mut usage = json!({
+        "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+        "prompt_tokens_details": { "cached_tokens": 10 }, "completion_tokens_details": { "reasoning_tokens": 5 }
+    });
+    if !model.ends_with("-nocost") {
+        usage["cost"] = json!(0.0005);
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("mock-req-{n}")) {
+        headers.insert("x-request-id", v);
+    }
+    (
+        headers,
+        Json(
+            json!({ "id": format!("mock-{n}"), "object": "chat.completion", "model": model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish }], "usage": usage }),
+        ),
+    )
+        .into_response()
+}

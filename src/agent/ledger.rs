@@ -1,0 +1,167 @@
+//! The LLM call ledger and the tool-call audit: one row per model HTTP attempt (tokens,
+//! cost, latency, status, provider request id), one per tool call. Spending is added to
+//! the run as it happens, so the budget check before each call sees the whole fleet's
+//! spend on this run.
+
+use super::AgentError;
+use crate::ids::RunId;
+use sqlx::PgPool;
+
+/// Where a phase attempt's calls are recorded.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pool: PgPool,
+    run_id: RunId,
+    phase: String,
+    attempt: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct BudgetRow {
+    state: String,
+    budget_usd: Option<f64>,
+    budget_tokens: Option<i64>,
+    spent_usd: f64,
+    spent_tokens: i64,
+}
+
+/// One model call's accounting.
+#[derive(Debug, Clone, Default)]
+pub struct CallRecord<'a> {
+    pub turn: i32,
+    pub model: &'a str,
+    pub backend: &'a str,
+    pub status: &'a str,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub tokens_cached: i64,
+    pub tokens_reasoning: i64,
+    pub cost_usd: f64,
+    pub latency_ms: i64,
+    pub provider_request_id: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+impl Ledger {
+    #[must_use]
+    pub fn new(pool: PgPool, run_id: RunId, phase: &str, attempt: u32) -> Self {
+        Self {
+            pool,
+            run_id,
+            phase: phase.to_owned(),
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Refuse the next call when the run is over budget, or no longer running (a cancel
+    /// that the worker has not noticed yet still stops the call).
+    ///
+    /// # Errors
+    /// [`AgentError::Budget`], [`AgentError::Cancelled`], or [`AgentError::Transient`]
+    /// when the database cannot be read.
+    pub async fn check_budget(&self) -> Result<(), AgentError> {
+        let row: Option<BudgetRow> = sqlx::query_as(
+            "SELECT state::text AS state, budget_usd, budget_tokens, spent_usd, spent_tokens FROM runs WHERE id = $1",
+        )
+        .bind(self.run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| AgentError::Transient(format!("reading the run budget: {e}")))?;
+        let Some(BudgetRow {
+            state,
+            budget_usd,
+            budget_tokens,
+            spent_usd,
+            spent_tokens,
+        }) = row
+        else {
+            return Err(AgentError::Cancelled);
+        };
+        if state != "running" {
+            return Err(AgentError::Cancelled);
+        }
+        if let Some(b) = budget_usd.filter(|b| spent_usd >= *b) {
+            return Err(AgentError::Budget(format!(
+                "spent ${spent_usd:.4} of ${b:.4}"
+            )));
+        }
+        if let Some(b) = budget_tokens.filter(|b| spent_tokens >= *b) {
+            return Err(AgentError::Budget(format!(
+                "spent {spent_tokens} of {b} tokens"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Record a model call and add its spend to the run, in one transaction.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn record_call(&self, c: &CallRecord<'_>) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO llm_calls (run_id, phase_key, attempt, turn, model, backend, status, tokens_in, tokens_out,
+                                    tokens_cached, tokens_reasoning, cost_usd, latency_ms, provider_request_id, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(self.run_id)
+        .bind(&self.phase)
+        .bind(self.attempt)
+        .bind(c.turn)
+        .bind(c.model)
+        .bind(c.backend)
+        .bind(c.status)
+        .bind(c.tokens_in)
+        .bind(c.tokens_out)
+        .bind(c.tokens_cached)
+        .bind(c.tokens_reasoning)
+        .bind(c.cost_usd)
+        .bind(c.latency_ms)
+        .bind(c.provider_request_id)
+        .bind(c.error)
+        .execute(&mut *tx)
+        .await?;
+        if c.tokens_in + c.tokens_out > 0 || c.cost_usd > 0.0 {
+            sqlx::query("UPDATE runs SET spent_usd = spent_usd + $2, spent_tokens = spent_tokens + $3 WHERE id = $1")
+                .bind(self.run_id)
+                .bind(c.cost_usd)
+                .bind(c.tokens_in + c.tokens_out)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Audit one tool call.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn record_tool(
+        &self,
+        turn: i32,
+        tool: &str,
+        arguments: &str,
+        ok: bool,
+        summary: &str,
+    ) -> Result<(), sqlx::Error> {
+        // Arguments are stored as JSON; unparseable ones are kept as a string.
+        let args = serde_json::from_str::<serde_json::Value>(arguments)
+            .unwrap_or_else(|_| serde_json::Value::String(arguments.to_owned()));
+        let summary: String = summary.chars().take(500).collect();
+        sqlx::query(
+            "INSERT INTO tool_calls (run_id, phase_key, attempt, turn, tool, arguments, ok, result_summary)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(self.run_id)
+        .bind(&self.phase)
+        .bind(self.attempt)
+        .bind(turn)
+        .bind(tool)
+        .bind(args)
+        .bind(ok)
+        .bind(summary)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Wire types of the Chat Completions API, tolerant of what providers actually send:
+//! `content` empty or null, several tool calls per turn, usage details optional.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    #[must_use]
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: Some(content.into()),
+            tool_calls: vec![],
+            tool_call_id: None,
+        }
+    }
+    #[must_use]
+    pub fn tool_result(id: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: "tool".into(),
+            content: Some(content.into()),
+            tool_calls: vec![],
+            tool_call_id: Some(id.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: ToolCallFunction,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ToolCallFunction {
+    pub name: String,
+    /// JSON text, as the model wrote it: may not parse.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolDef {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// OpenRouter: include `usage.cost` in the response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    #[serde(default)]
+    pub completion_tokens: i64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+    /// OpenRouter's cost in USD.
+    #[serde(default)]
+    pub cost: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<i64>,
+}
+
+impl Usage {
+    #[must_use]
+    pub fn cached(&self) -> i64 {
+        self.prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+    }
+    #[must_use]
+    pub fn reasoning(&self) -> i64 {
+        self.completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatResponse {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Choice {
+    pub message: Message,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_null_content_several_tool_calls_and_usage_details() {
+        let body = r#"{"id":"gen-1","choices":[{"message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"a","type":"function","function":{"name":"ls","arguments":"{}"}},
+                          {"id":"b","type":"function","function":{"name":"write_file","arguments":"{\"path\":\"x\"}"}}]},
+            "finish_reason":"tool_calls"}],
+            "usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4},
+                     "completion_tokens_details":{"reasoning_tokens":2},"cost":0.0012}}"#;
+        let r: ChatResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(r.choices[0].message.content, None);
+        assert_eq!(r.choices[0].message.tool_calls.len(), 2);
+        let u = r.usage.unwrap();
+        assert_eq!((u.cached(), u.reasoning(), u.cost), (4, 2, Some(0.0012)));
+        let empty: ChatResponse =
+            serde_json::from_str(r#"{"choices":[{"message":{"role":"assistant","content":""}}]}"#)
+                .unwrap();
+        assert_eq!(empty.choices[0].message.content.as_deref(), Some(""));
+    }
+}

@@ -1,0 +1,404 @@
+//! Whole runs through the OpenAI-compatible client, over real HTTP on loopback, against
+//! our scripted mock server; plus the fleet-wide limiter on real Redis.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use phasefleet::RunId;
+use phasefleet::agent::limits::{Limiter, ModelLimits};
+use phasefleet::agent::llm::LlmAgent;
+use phasefleet::agent::openai::RetryPolicy;
+use phasefleet::agent::router::BackendRouter;
+use phasefleet::approval::{self, Action};
+use phasefleet::queue::Backoff;
+use phasefleet::runs::{PhaseState, RunState};
+use phasefleet::workflow::{Backend, Persona};
+use phasefleet_mockllm::Stats;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::engine::*;
+use support::*;
+
+struct Mock {
+    base_url: String,
+    stats: Arc<Stats>,
+}
+
+async fn mock() -> Mock {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    Mock {
+        base_url: format!("http://{addr}/v1"),
+        stats: phasefleet_mockllm::spawn(listener),
+    }
+}
+
+fn persona(m: &Mock, model: &str) -> Persona {
+    Persona {
+        name: "llm".into(),
+        version: "1".into(),
+        backend: Backend::Openai,
+        model: model.into(),
+        system_prompt: "You write JSON artifacts with the write_file tool.".into(),
+        base_url: Some(m.base_url.clone()),
+        api_key_env: None,
+        temperature: Some(0.2),
+        top_p: None,
+        max_tokens: Some(2000),
+        max_turns: 6,
+    }
+}
+
+fn agent() -> BackendRouter {
+    let retry = RetryPolicy {
+        max_attempts: 4,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+        },
+        max_retry_after: Duration::from_secs(2),
+    };
+    BackendRouter {
+        synthetic: Default::default(),
+        llm: LlmAgent::new(Limiter::default(), Duration::from_secs(10), retry),
+    }
+}
+
+/// Submit the example workflow with every role played by `model` on the mock.
+async fn submit_llm(
+    pool: &sqlx::PgPool,
+    q: &str,
+    m: &Mock,
+    model: &str,
+    edit: impl FnOnce(&mut phasefleet::submit::SubmitRequest),
+) -> RunId {
+    let mut req = request(q, json!({}));
+    req.personas.push(persona(m, model));
+    req.bindings.insert("author".into(), "llm".into());
+    req.bindings.insert("reviewer".into(), "llm".into());
+    edit(&mut req);
+    submit(pool, req).await
+}
+
+async fn drive(pool: &sqlx::PgPool, q: &str, run: RunId) -> RunState {
+    eventually(Duration::from_secs(60), "run ends", || async {
+        let mut c = pool.acquire().await.unwrap();
+        for a in approval::pending(&mut c, 100).await.unwrap() {
+            if a.run_id == run {
+                approval::decide(pool, a.id, Action::Approve, None, Some("tests"), q)
+                    .await
+                    .unwrap();
+            }
+        }
+        let s = run_state(pool, run).await;
+        s.is_terminal().then_some(s)
+    })
+    .await
+}
+
+async fn ledger_rows(
+    pool: &sqlx::PgPool,
+    run: RunId,
+) -> Vec<(String, i64, i64, f64, Option<String>)> {
+    sqlx::query_as("SELECT status, tokens_in, tokens_cached, cost_usd, provider_request_id FROM llm_calls WHERE run_id = $1 ORDER BY id")
+        .bind(run)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn error_of(pool: &sqlx::PgPool, run: RunId) -> String {
+    let mut c = pool.acquire().await.unwrap();
+    phasefleet::runs::get(&mut c, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .error
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-valid");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let run = submit_llm(&pool, &q, &m, "mock/valid", |_| {}).await;
+    assert_eq!(drive(&pool, &q, run).await, RunState::Completed);
+    fleet.shutdown().await;
+    let rows = ledger_rows(&pool, run).await;
+    assert_eq!(rows.len(), 6, "two calls per phase: write, then stop");
+    assert_eq!(
+        u64::try_from(rows.len()).unwrap(),
+        m.stats.requests.load(Ordering::SeqCst),
+        "ledger matches the mock's request count"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.0 == "ok" && r.1 == 100 && r.2 == 10 && (r.3 - 0.0005).abs() < 1e-12)
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.4.as_deref().is_some_and(|id| id.starts_with("mock-req-")))
+    );
+    let (tools, spent_tokens, spent_usd): (i64, i64, f64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tool_calls WHERE run_id = $1 AND tool = 'write_file' AND ok), spent_tokens, spent_usd FROM runs WHERE id = $1",
+    )
+    .bind(run)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((tools, spent_tokens), (3, 6 * 120));
+    assert!((spent_usd - 0.003).abs() < 1e-9);
+    let (_, report_json, _) = report(&pool, run).await;
+    assert_eq!(report_json["costs"]["llm_calls"], json!(6));
+}
+
+#[tokio::test]
+async fn invalid_then_valid_is_repaired_on_the_second_attempt() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-repair");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let run = submit_llm(&pool, &q, &m, "mock/invalid-then-valid", |_| {}).await;
+    assert_eq!(drive(&pool, &q, run).await, RunState::Completed);
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let phases = phasefleet::runs::phases(&mut c, run).await.unwrap();
+    assert!(
+        phases
+            .iter()
+            .all(|p| p.state == PhaseState::Completed && p.attempts == 2),
+        "{phases:?}"
+    );
+}
+
+#[tokio::test]
+async fn never_writes_fails_after_max_attempts_with_a_clear_error() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-never");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let run = submit_llm(&pool, &q, &m, "mock/never-writes", |_| {}).await;
+    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    fleet.shutdown().await;
+    assert!(
+        error_of(&pool, run)
+            .await
+            .contains("without writing spec.json")
+    );
+    assert_eq!(
+        ledger_rows(&pool, run).await.len(),
+        2,
+        "one call per attempt"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried_and_ledgered() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-retry");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let limited = submit_llm(&pool, &q, &m, "mock/rate-limited", |_| {}).await;
+    let erroring = submit_llm(&pool, &q, &m, "mock/server-error", |_| {}).await;
+    assert_eq!(drive(&pool, &q, limited).await, RunState::Completed);
+    assert_eq!(drive(&pool, &q, erroring).await, RunState::Completed);
+    fleet.shutdown().await;
+    let l = ledger_rows(&pool, limited).await;
+    assert_eq!(
+        l.iter().filter(|r| r.0 == "http_429").count(),
+        3,
+        "one 429 per phase conversation"
+    );
+    let e = ledger_rows(&pool, erroring).await;
+    assert_eq!(
+        e.iter().filter(|r| r.0 == "http_500").count(),
+        6,
+        "two 500s per phase conversation"
+    );
+    assert_eq!(
+        u64::try_from(l.len() + e.len()).unwrap(),
+        m.stats.requests.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn unauthorized_fails_the_run_without_retrying() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-401");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let run = submit_llm(&pool, &q, &m, "mock/unauthorized", |_| {}).await;
+    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    fleet.shutdown().await;
+    let err = error_of(&pool, run).await;
+    assert!(
+        err.contains("HTTP 401") && err.contains("invalid API key"),
+        "{err}"
+    );
+    assert_eq!(ledger_rows(&pool, run).await.len(), 1);
+    assert_eq!(m.stats.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn malformed_arguments_escapes_and_multi_tool_turns_are_handled() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-tools");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let malformed = submit_llm(&pool, &q, &m, "mock/malformed-args", |_| {}).await;
+    let escape = submit_llm(&pool, &q, &m, "mock/escape", |_| {}).await;
+    let multi = submit_llm(&pool, &q, &m, "mock/multi-tool", |_| {}).await;
+    for run in [malformed, escape, multi] {
+        assert_eq!(drive(&pool, &q, run).await, RunState::Completed);
+    }
+    fleet.shutdown().await;
+    let bad: Vec<(String, serde_json::Value, bool, String)> = sqlx::query_as(
+        "SELECT tool, arguments, ok, result_summary FROM tool_calls WHERE run_id = ANY($1) AND NOT ok ORDER BY id",
+    )
+    .bind(vec![malformed.0, escape.0])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(bad.len(), 6, "one refused call per phase of both runs");
+    assert!(
+        bad.iter()
+            .any(|b| b.1 == json!("{\"path\": ") && b.3.contains("not valid JSON"))
+    );
+    assert!(
+        bad.iter()
+            .any(|b| b.3.contains("climbs out of the workspace"))
+    );
+    let (ls,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tool_calls WHERE run_id = $1 AND tool = 'ls'")
+            .bind(multi)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(ls, 3);
+    assert!(
+        !std::path::Path::new("/etc/passwd")
+            .metadata()
+            .is_ok_and(|m| m.len() == 1),
+        "nothing escaped to disk"
+    );
+}
+
+#[tokio::test]
+async fn a_phase_timeout_interrupts_the_call_and_no_call_follows() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-slow");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let run = submit_llm(&pool, &q, &m, "mock/slow-3000", |r| {
+        for p in &mut r.template.phases {
+            p.timeout = 1;
+        }
+    })
+    .await;
+    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    assert!(error_of(&pool, run).await.contains("timed out after 1s"));
+    let at_end = m.stats.requests.load(Ordering::SeqCst);
+    assert_eq!(at_end, 2, "one interrupted call per attempt");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        m.stats.requests.load(Ordering::SeqCst),
+        at_end,
+        "no call after the timeout"
+    );
+    fleet.shutdown().await;
+    let rows = ledger_rows(&pool, run).await;
+    assert_eq!(
+        rows.iter().filter(|r| r.0 == "cancelled").count(),
+        2,
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn usd_budget_stops_before_the_next_call_and_unpriced_calls_use_the_table() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-budget");
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    // 0.0005 per call: the spec phase's two calls reach the budget; no third call.
+    let run = submit_llm(&pool, &q, &m, "mock/valid", |r| r.budget.usd = Some(0.001)).await;
+    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    assert!(error_of(&pool, run).await.contains("budget exhausted"));
+    assert_eq!(m.stats.requests.load(Ordering::SeqCst), 2);
+    let priced = submit_llm(&pool, &q, &m, "mock/valid-nocost", |_| {}).await;
+    assert_eq!(drive(&pool, &q, priced).await, RunState::Completed);
+    fleet.shutdown().await;
+    let rows = ledger_rows(&pool, priced).await;
+    // 90 uncached x $1 + 10 cached x $0.5 + 20 out x $2, per million
+    assert!(
+        rows.iter().all(|r| (r.3 - 0.000_135).abs() < 1e-12),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn fleet_wide_concurrency_limit_through_redis_and_fallback_without_it() {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let model = format!("test-model-{}", uuid::Uuid::new_v4().simple());
+    let limits = HashMap::from([(
+        model.clone(),
+        ModelLimits {
+            rpm: None,
+            tpm: None,
+            concurrent: Some(1),
+        },
+    )]);
+    let a = Limiter::new(
+        limits.clone(),
+        Some(
+            redis::aio::ConnectionManager::new(client.clone())
+                .await
+                .unwrap(),
+        ),
+    );
+    let b = Limiter::new(
+        limits.clone(),
+        Some(redis::aio::ConnectionManager::new(client).await.unwrap()),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let held = a.acquire(&model, 10, &cancel).await.unwrap();
+    // Another process's limiter must wait while the only slot is held.
+    let waiting =
+        tokio::time::timeout(Duration::from_millis(600), b.acquire(&model, 10, &cancel)).await;
+    assert!(
+        waiting.is_err(),
+        "second permit granted while the slot was held"
+    );
+    drop(held);
+    let got = tokio::time::timeout(Duration::from_secs(5), b.acquire(&model, 10, &cancel)).await;
+    assert!(got.is_ok(), "slot released fleet-wide");
+    // Requests per minute, per process (no Redis).
+    let local = Limiter::new(
+        HashMap::from([(
+            model.clone(),
+            ModelLimits {
+                rpm: Some(2),
+                tpm: None,
+                concurrent: None,
+            },
+        )]),
+        None,
+    );
+    let _p1 = local.acquire(&model, 1, &cancel).await.unwrap();
+    let _p2 = local.acquire(&model, 1, &cancel).await.unwrap();
+    let third = tokio::time::timeout(
+        Duration::from_millis(300),
+        local.acquire(&model, 1, &cancel),
+    )
+    .await;
+    assert!(
+        third.is_err() || chrono::Utc::now().timestamp() % 60 == 0,
+        "third request in a minute waits"
+    );
+}
