@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are running for the
+# Make sure PostgreSQL (127.0.0.1:5432), Redis (127.0.0.1:6379) and headless Chromium are ready for the
 # tests. Idempotent: does nothing when both answer. Starts them from installed binaries,
 # or installs them with apt-get on a fresh Debian/Ubuntu machine. Prints TEST_PG_URL.
 set -euo pipefail
@@ -48,6 +48,11 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   log "starting redis"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >&2
   for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.25; done
+fi
+
+# Headless Chromium and chromedriver for the web UI test (Debian's packages).
+if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+  log "installing chromium and chromium-driver (browser test)"; apt_install chromium chromium-driver
 fi
 
 echo "$url"

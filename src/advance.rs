@@ -89,6 +89,11 @@ pub async fn end_run(
     error: Option<&str>,
 ) -> Result<(), AdvanceError> {
     runs::set_state(conn, run, state, error).await?;
+    // A run re-opened by an operator ends again under a new key (see `retry`).
+    let (retries,): (i32,) = sqlx::query_as("SELECT retries FROM runs WHERE id = $1")
+        .bind(run)
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query(
         "UPDATE run_phases SET state = 'skipped', finished_at = now()
           WHERE run_id = $1 AND state IN ('pending', 'running', 'validating', 'awaiting_approval')",
@@ -107,12 +112,17 @@ pub async fn end_run(
     .execute(&mut *conn)
     .await?;
     let kind = format!("run.{}", state.as_str());
+    let key = if retries == 0 {
+        kind.clone()
+    } else {
+        format!("{kind}:retry{retries}")
+    };
     events::append(
         conn,
         run,
         &kind,
         None,
-        &kind,
+        &key,
         serde_json::json!({ "error": error }),
     )
     .await?;

@@ -132,7 +132,6 @@ pub async fn decide(
     action: Action,
     comment: Option<&str>,
     decided_by: Option<&str>,
-    queue_name: &str,
 ) -> Result<Decided, ApprovalError> {
     let comment = comment.map(str::trim).filter(|c| !c.is_empty());
     if action == Action::Revise && comment.is_none() {
@@ -202,7 +201,7 @@ pub async fn decide(
     let who = decided_by.unwrap_or("a reviewer");
     match action {
         Action::Approve => {
-            advance::phase_accepted(&mut tx, run_id, &phase_key, round, queue_name).await?
+            advance::phase_accepted(&mut tx, run_id, &phase_key, round, &run.queue).await?
         }
         Action::Reject => {
             let error = format!(
@@ -247,7 +246,7 @@ pub async fn decide(
                     round: next_round,
                     attempt: 1,
                 }
-                .to_job(queue_name),
+                .to_job(&run.queue),
             )
             .await?;
             events::append(

@@ -16,9 +16,11 @@ pub mod local_pg;
 pub mod phase;
 pub mod queue;
 pub mod report;
+pub mod retry;
 pub mod runs;
 pub mod submit;
 pub mod validate;
+pub mod views;
 pub mod workflow;
 
 pub use ids::{ApprovalId, JobId, RunId, WorkerId};

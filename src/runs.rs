@@ -112,11 +112,15 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The queue its phase jobs go to.
+    pub queue: String,
+    /// How many times an operator re-opened it after it failed.
+    pub retries: i32,
 }
 
 const RUN_COLUMNS: &str =
     "id, template_hash, state, idempotency_key, submitted_by, budget_usd, budget_tokens,
-    spent_usd, spent_tokens, error, created_at, started_at, finished_at";
+    spent_usd, spent_tokens, error, created_at, started_at, finished_at, queue, retries";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PhaseRow {

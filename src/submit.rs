@@ -187,8 +187,8 @@ pub async fn submit(
         .await?;
 
     let inserted: Option<(RunId,)> = sqlx::query_as(
-        "INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd, budget_tokens)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd, budget_tokens, queue)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
     )
     .bind(run_id)
@@ -197,6 +197,7 @@ pub async fn submit(
     .bind(&req.submitted_by)
     .bind(req.budget.usd)
     .bind(req.budget.tokens)
+    .bind(&req.queue)
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_none() {

@@ -83,12 +83,12 @@ async fn submit_llm(
     submit(pool, req).await
 }
 
-async fn drive(pool: &sqlx::PgPool, q: &str, run: RunId) -> RunState {
+async fn drive(pool: &sqlx::PgPool, run: RunId) -> RunState {
     eventually(Duration::from_secs(60), "run ends", || async {
         let mut c = pool.acquire().await.unwrap();
         for a in approval::pending(&mut c, 100).await.unwrap() {
             if a.run_id == run {
-                approval::decide(pool, a.id, Action::Approve, None, Some("tests"), q)
+                approval::decide(pool, a.id, Action::Approve, None, Some("tests"))
                     .await
                     .unwrap();
             }
@@ -127,7 +127,7 @@ async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
     let q = unique_queue("llm-valid");
     let fleet = Fleet::start(&pool, &q, 1, 4, agent());
     let run = submit_llm(&pool, &q, &m, "mock/valid", |_| {}).await;
-    assert_eq!(drive(&pool, &q, run).await, RunState::Completed);
+    assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
     let rows = ledger_rows(&pool, run).await;
     assert_eq!(rows.len(), 6, "two calls per phase: write, then stop");
@@ -164,7 +164,7 @@ async fn invalid_then_valid_is_repaired_on_the_second_attempt() {
     let q = unique_queue("llm-repair");
     let fleet = Fleet::start(&pool, &q, 1, 4, agent());
     let run = submit_llm(&pool, &q, &m, "mock/invalid-then-valid", |_| {}).await;
-    assert_eq!(drive(&pool, &q, run).await, RunState::Completed);
+    assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
     let phases = phasefleet::runs::phases(&mut c, run).await.unwrap();
@@ -183,7 +183,7 @@ async fn never_writes_fails_after_max_attempts_with_a_clear_error() {
     let q = unique_queue("llm-never");
     let fleet = Fleet::start(&pool, &q, 1, 4, agent());
     let run = submit_llm(&pool, &q, &m, "mock/never-writes", |_| {}).await;
-    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    assert_eq!(drive(&pool, run).await, RunState::Failed);
     fleet.shutdown().await;
     assert!(
         error_of(&pool, run)
@@ -205,8 +205,8 @@ async fn rate_limits_and_server_errors_are_retried_and_ledgered() {
     let fleet = Fleet::start(&pool, &q, 1, 4, agent());
     let limited = submit_llm(&pool, &q, &m, "mock/rate-limited", |_| {}).await;
     let erroring = submit_llm(&pool, &q, &m, "mock/server-error", |_| {}).await;
-    assert_eq!(drive(&pool, &q, limited).await, RunState::Completed);
-    assert_eq!(drive(&pool, &q, erroring).await, RunState::Completed);
+    assert_eq!(drive(&pool, limited).await, RunState::Completed);
+    assert_eq!(drive(&pool, erroring).await, RunState::Completed);
     fleet.shutdown().await;
     let l = ledger_rows(&pool, limited).await;
     assert_eq!(
@@ -233,7 +233,7 @@ async fn unauthorized_fails_the_run_without_retrying() {
     let q = unique_queue("llm-401");
     let fleet = Fleet::start(&pool, &q, 1, 4, agent());
     let run = submit_llm(&pool, &q, &m, "mock/unauthorized", |_| {}).await;
-    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    assert_eq!(drive(&pool, run).await, RunState::Failed);
     fleet.shutdown().await;
     let err = error_of(&pool, run).await;
     assert!(
@@ -254,7 +254,7 @@ async fn malformed_arguments_escapes_and_multi_tool_turns_are_handled() {
     let escape = submit_llm(&pool, &q, &m, "mock/escape", |_| {}).await;
     let multi = submit_llm(&pool, &q, &m, "mock/multi-tool", |_| {}).await;
     for run in [malformed, escape, multi] {
-        assert_eq!(drive(&pool, &q, run).await, RunState::Completed);
+        assert_eq!(drive(&pool, run).await, RunState::Completed);
     }
     fleet.shutdown().await;
     let bad: Vec<(String, serde_json::Value, bool, String)> = sqlx::query_as(
@@ -300,7 +300,7 @@ async fn a_phase_timeout_interrupts_the_call_and_no_call_follows() {
         }
     })
     .await;
-    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    assert_eq!(drive(&pool, run).await, RunState::Failed);
     assert!(error_of(&pool, run).await.contains("timed out after 1s"));
     let at_end = m.stats.requests.load(Ordering::SeqCst);
     assert_eq!(at_end, 2, "one interrupted call per attempt");
@@ -327,11 +327,11 @@ async fn usd_budget_stops_before_the_next_call_and_unpriced_calls_use_the_table(
     let fleet = Fleet::start(&pool, &q, 1, 4, agent());
     // 0.0005 per call: the spec phase's two calls reach the budget; no third call.
     let run = submit_llm(&pool, &q, &m, "mock/valid", |r| r.budget.usd = Some(0.001)).await;
-    assert_eq!(drive(&pool, &q, run).await, RunState::Failed);
+    assert_eq!(drive(&pool, run).await, RunState::Failed);
     assert!(error_of(&pool, run).await.contains("budget exhausted"));
     assert_eq!(m.stats.requests.load(Ordering::SeqCst), 2);
     let priced = submit_llm(&pool, &q, &m, "mock/valid-nocost", |_| {}).await;
-    assert_eq!(drive(&pool, &q, priced).await, RunState::Completed);
+    assert_eq!(drive(&pool, priced).await, RunState::Completed);
     fleet.shutdown().await;
     let rows = ledger_rows(&pool, priced).await;
     // 90 uncached x $1 + 10 cached x $0.5 + 20 out x $2, per million

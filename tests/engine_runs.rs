@@ -16,12 +16,12 @@ use std::time::Duration;
 use support::engine::*;
 use support::*;
 
-async fn approve_all_until_done(pool: &sqlx::PgPool, runs: &[phasefleet::RunId], q: &str) {
+async fn approve_all_until_done(pool: &sqlx::PgPool, runs: &[phasefleet::RunId]) {
     eventually(Duration::from_secs(240), "every run completes", || async {
         let mut c = pool.acquire().await.unwrap();
         for a in approval::pending(&mut c, 1000).await.unwrap() {
             if runs.contains(&a.run_id) {
-                approval::decide(pool, a.id, Action::Approve, None, Some("tests"), q)
+                approval::decide(pool, a.id, Action::Approve, None, Some("tests"))
                     .await
                     .unwrap();
             }
@@ -46,7 +46,7 @@ async fn hundred_runs_of_one_template_on_a_shared_database_all_complete() {
     for _ in 0..100 {
         runs.push(submit(&pool, request(&q, json!({}))).await);
     }
-    approve_all_until_done(&pool, &runs, &q).await;
+    approve_all_until_done(&pool, &runs).await;
     fleet.shutdown().await;
     for run in &runs {
         let mut c = pool.acquire().await.unwrap();
@@ -98,7 +98,7 @@ async fn repair_succeeds_on_the_second_attempt_with_the_errors_in_the_prompt() {
     )
     .await;
     let approval_id = pending_approval(&pool, run).await;
-    approval::decide(&pool, approval_id, Action::Approve, None, None, &q)
+    approval::decide(&pool, approval_id, Action::Approve, None, None)
         .await
         .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
@@ -198,7 +198,7 @@ async fn duplicate_delivery_of_a_phase_job_changes_nothing() {
     let fleet = Fleet::synthetic(&pool, &q, 1);
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
-    approval::decide(&pool, a, Action::Approve, None, None, &q)
+    approval::decide(&pool, a, Action::Approve, None, None)
         .await
         .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
@@ -310,19 +310,19 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
     assert_eq!(
-        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"), &q)
+        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"))
             .await
             .unwrap(),
         Decided::Recorded
     );
     assert_eq!(
-        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"), &q)
+        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"))
             .await
             .unwrap(),
         Decided::AlreadyDecided
     );
     assert!(matches!(
-        approval::decide(&pool, a, Action::Approve, None, Some("bob"), &q).await,
+        approval::decide(&pool, a, Action::Approve, None, Some("bob")).await,
         Err(ApprovalError::Conflict {
             existing: Action::Reject,
             ..
@@ -341,7 +341,7 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     // abort -> aborted
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
-    approval::decide(&pool, a, Action::Abort, None, Some("ann"), &q)
+    approval::decide(&pool, a, Action::Abort, None, Some("ann"))
         .await
         .unwrap();
     assert_eq!(run_state(&pool, run).await, RunState::Aborted);
@@ -351,7 +351,7 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
     assert!(matches!(
-        approval::decide(&pool, a, Action::Revise, None, None, &q).await,
+        approval::decide(&pool, a, Action::Revise, None, None).await,
         Err(ApprovalError::Invalid(_))
     ));
     approval::decide(
@@ -360,7 +360,6 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
         Action::Revise,
         Some("cite requirement ids"),
         Some("ann"),
-        &q,
     )
     .await
     .unwrap();
@@ -375,7 +374,7 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     })
     .await;
     assert_ne!(a, a2);
-    approval::decide(&pool, a2, Action::Approve, None, Some("ann"), &q)
+    approval::decide(&pool, a2, Action::Approve, None, Some("ann"))
         .await
         .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
@@ -395,8 +394,7 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
             phasefleet::ApprovalId::new(),
             Action::Approve,
             None,
-            None,
-            &q
+            None
         )
         .await,
         Err(ApprovalError::NotFound(_))

@@ -277,3 +277,49 @@ async fn in_process_worker_runs_many_jobs_and_dead_letters_failures() {
     stop.cancel();
     handle.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_process_exports_its_counters_for_prometheus() {
+    let pool = pool().await;
+    let q = unique_queue("metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _w = WorkerProcess::spawn(
+        &test_db_url(),
+        &q,
+        &["--poll-ms", "200", "--metrics-listen", &addr],
+    );
+    for _ in 0..3 {
+        enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    }
+    enqueue(
+        &pool,
+        NewJob::new("fail", json!({})).queue(&q).max_attempts(1),
+    )
+    .await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "counters exported", || async {
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let has = |needle: &str| text.contains(needle);
+        (has(&format!(
+            "phasefleet_jobs_completed_total{{queue=\"{q}\"}} 3"
+        )) && has(&format!("phasefleet_jobs_claimed_total{{queue=\"{q}\"}} 4"))
+            && has(&format!(
+                "phasefleet_jobs_failed_total{{queue=\"{q}\",outcome=\"retry\"}} 1"
+            )))
+        .then_some(())
+    })
+    .await;
+}

@@ -2,14 +2,28 @@
 
 use anyhow::Context;
 use clap::Parser;
+use phasefleet_api::auth::Tokens;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Serve the phasefleet HTTP API")]
+#[command(version, about = "Serve the phasefleet HTTP API and web UI")]
 struct Args {
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
     #[arg(long, env = "PHASEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
+    /// Redis for live-event fan-out across API replicas (optional).
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Bearer tokens: `ROLE:TOKEN` or `ROLE:sha256:HEX`, comma-separated; roles read,
+    /// submit, approve, admin.
+    #[arg(long, env = "PHASEFLEET_API_TOKENS", hide_env_values = true)]
+    tokens: Option<String>,
+    /// Serve without authentication (every caller is admin). Only for a trusted network.
+    #[arg(long, conflicts_with = "tokens")]
+    no_auth: bool,
+    /// Apply migrations before serving.
+    #[arg(long)]
+    migrate: bool,
 }
 
 #[tokio::main]
@@ -21,17 +35,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tokens = match (&args.tokens, args.no_auth) {
+        (Some(spec), _) => Tokens::parse(spec)?,
+        (None, true) => Tokens::disabled(),
+        (None, false) => anyhow::bail!(
+            "no API tokens: set PHASEFLEET_API_TOKENS (e.g. admin:<32 random chars>) or pass --no-auth on a trusted network"
+        ),
+    };
+    let signals = phasefleet_worker::shutdown::install()?;
+    let shutdown = signals.graceful.clone();
     let pool = phasefleet::db::connect_with_retry(&args.database_url, 16, &shutdown).await?;
+    if args.migrate {
+        phasefleet::db::migrate(&pool).await?;
+    }
+    let schemas = phasefleet::validate::SchemaRegistry::from_env()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "api listening");
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        s.cancel();
-    });
-    phasefleet_api::serve(listener, phasefleet_api::AppState { pool }, shutdown).await?;
+    tracing::info!(listen = %args.listen, auth = tokens.enabled(), redis = args.redis_url.is_some(), "api listening");
+    let state =
+        phasefleet_api::AppState::new(pool, schemas, tokens, args.redis_url, shutdown.clone());
+    phasefleet_api::serve(listener, state, shutdown).await?;
     Ok(())
 }

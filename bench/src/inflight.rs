@@ -30,7 +30,12 @@ struct Args {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -50,7 +55,10 @@ phases:
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     drop(listener);
@@ -59,19 +67,29 @@ async fn main() -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()
         .context("starting mock-llm (build it: cargo build --release -p phasefleet-mockllm)")?;
-    let dir = std::env::temp_dir().join(format!("phasefleet-inflight-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "phasefleet-inflight-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let pg = LocalPg::start(&dir, &[("max_connections", "300"), ("fsync", "off")]).await?;
     let pool = phasefleet::db::pool_options(60).connect(&pg.url()).await?;
     phasefleet::db::migrate(&pool).await?;
-    let schemas = SchemaRegistry::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"))?;
+    let schemas = SchemaRegistry::load_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"),
+    )?;
     let template = WorkflowTemplate::from_str_named("bench.yaml", TEMPLATE)?;
     let persona = Persona::from_str_named(
         "mock.yaml",
-        &format!("name: mock\nversion: '1'\nbackend: openai\nmodel: mock/slow-{}\nbase_url: http://127.0.0.1:{port}/v1\nsystem_prompt: write it\n", args.latency_ms),
+        &format!(
+            "name: mock\nversion: '1'\nbackend: openai\nmodel: mock/slow-{}\nbase_url: http://127.0.0.1:{port}/v1\nsystem_prompt: write it\n",
+            args.latency_ms
+        ),
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    println!("| in-flight slots | phases | wall time | phases/s | peak in flight | RSS idle | RSS peak | per in-flight phase |");
+    println!(
+        "| in-flight slots | phases | wall time | phases/s | peak in flight | RSS idle | RSS peak | per in-flight phase |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for &slots in &args.slots {
         let queue = format!("inflight-{slots}");
@@ -80,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
             let req = SubmitRequest {
                 template: template.clone(),
                 personas: vec![persona.clone()],
-                inputs: RunInputs { requirements: "bench".into(), objective: serde_json::json!({}), extra: serde_json::json!({}) },
+                inputs: RunInputs {
+                    requirements: "bench".into(),
+                    objective: serde_json::json!({}),
+                    extra: serde_json::json!({}),
+                },
                 bindings: Default::default(),
                 budget: Budget::default(),
                 idempotency_key: None,
@@ -89,13 +111,22 @@ async fn main() -> anyhow::Result<()> {
             };
             phasefleet::submit::submit(&pool, &schemas, req).await?;
         }
-        let agent = BackendRouter::from_env().await.map_err(anyhow::Error::msg)?;
+        let agent = BackendRouter::from_env()
+            .await
+            .map_err(anyhow::Error::msg)?;
         let engine = Engine::new(pool.clone(), schemas.clone(), agent, queue.clone());
-        let cfg = WorkerConfig { queue: queue.clone(), concurrency: slots, lease: Duration::from_secs(30), ..WorkerConfig::default() };
+        let cfg = WorkerConfig {
+            queue: queue.clone(),
+            concurrency: slots,
+            lease: Duration::from_secs(30),
+            ..WorkerConfig::default()
+        };
         let stop = CancellationToken::new();
         let idle = rss_kib();
         let started = Instant::now();
-        let worker = tokio::spawn(Worker::new(pool.clone(), cfg, EngineHandler::new(engine)).run(stop.clone()));
+        let worker = tokio::spawn(
+            Worker::new(pool.clone(), cfg, EngineHandler::new(engine)).run(stop.clone()),
+        );
         let (mut peak_rss, mut peak_inflight) = (idle, 0i64);
         loop {
             let (running, done): (i64, i64) = sqlx::query_as(

@@ -4,6 +4,7 @@ use crate::exit::CliError;
 use crate::output::{Output, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::queue::{self, JobState};
+use phasefleet::retry::RetryError;
 use phasefleet::{JobId, RunId, WorkerId};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -12,8 +13,9 @@ use std::time::Duration;
 pub enum Admin {
     /// Stop workers from claiming; they finish in-flight work and report `drained`.
     Drain {
+        /// A worker id (repeatable); see `admin workers`.
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        worker: Option<WorkerId>,
+        worker: Vec<WorkerId>,
         #[arg(long)]
         all: bool,
         /// Wait until every drained worker has no job in flight.
@@ -25,8 +27,9 @@ pub enum Admin {
     },
     /// Let drained workers claim again.
     Undrain {
+        /// A worker id (repeatable).
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        worker: Option<WorkerId>,
+        worker: Vec<WorkerId>,
         #[arg(long)]
         all: bool,
     },
@@ -35,6 +38,9 @@ pub enum Admin {
         /// One job by id (dead, cancelled or ready; a running job is refused).
         #[arg(long, group = "what")]
         job: Option<i64>,
+        /// Re-open a failed run at the phase that failed (a new round of attempts).
+        #[arg(long, group = "what")]
+        run: Option<RunId>,
         /// Every dead-lettered job of this queue.
         #[arg(long, group = "what")]
         dead: Option<String>,
@@ -107,6 +113,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Apply a drain/undrain to every worker (`all`) or to each named one.
+async fn for_each_target<F, Fut, E>(
+    all: bool,
+    workers: &[WorkerId],
+    mut f: F,
+) -> Result<Vec<WorkerId>, CliError>
+where
+    F: FnMut(Option<WorkerId>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<WorkerId>, E>>,
+    CliError: From<E>,
+{
+    if all {
+        return Ok(f(None).await?);
+    }
+    let mut ids = Vec::new();
+    for w in workers {
+        let got = f(Some(*w)).await?;
+        if got.is_empty() {
+            return Err(CliError::new(
+                crate::exit::NOT_FOUND,
+                format!("no live worker {w}"),
+            ));
+        }
+        ids.extend(got);
+    }
+    Ok(ids)
+}
+
 pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliError> {
     let mut conn = pool.acquire().await?;
     match cmd {
@@ -116,8 +150,7 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
             wait,
             timeout_secs,
         } => {
-            let target = if all { None } else { worker };
-            let ids = phasefleet_worker::drain(pool, target).await?;
+            let ids = for_each_target(all, &worker, |t| phasefleet_worker::drain(pool, t)).await?;
             if ids.is_empty() {
                 return Err(CliError::new(
                     crate::exit::NOT_FOUND,
@@ -152,14 +185,42 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
             print_rows(output, &ids, &["worker"], |id| vec![id.to_string()])?;
         }
         Admin::Undrain { worker, all } => {
-            let ids = phasefleet_worker::undrain(pool, if all { None } else { worker }).await?;
+            let ids =
+                for_each_target(all, &worker, |t| phasefleet_worker::undrain(pool, t)).await?;
             print_rows(output, &ids, &["worker"], |id| vec![id.to_string()])?;
+        }
+        Admin::Requeue {
+            job,
+            run: Some(run),
+            dry_run,
+            ..
+        } if job.is_none() => {
+            let by = crate::submit::whoami();
+            let out = phasefleet::retry::retry_failed_run(pool, run, Some(&by), dry_run)
+                .await
+                .map_err(|e| match e {
+                    RetryError::NotFound(_) => CliError::new(crate::exit::NOT_FOUND, e.to_string()),
+                    RetryError::NotFailed { .. } | RetryError::NothingToRetry(_) => {
+                        CliError::new(crate::exit::CONFLICT, e.to_string())
+                    }
+                    other => CliError::new(crate::exit::FAILURE, other.to_string()),
+                })?;
+            if dry_run {
+                eprintln!("dry run: nothing changed");
+            }
+            print_one(output, &out, |r| {
+                format!(
+                    "run {} re-opened at phase {} (round {}, retry {})",
+                    r.run_id, r.phase, r.round, r.retries
+                )
+            })?;
         }
         Admin::Requeue {
             job,
             dead,
             stuck,
             dry_run,
+            ..
         } => {
             let ids: Vec<JobId> = if let Some(id) = job {
                 let row = queue::get(&mut conn, JobId(id)).await?;
@@ -187,7 +248,7 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
             } else {
                 return Err(CliError::new(
                     2,
-                    "say what to requeue: --job ID, --dead QUEUE or --stuck",
+                    "say what to requeue: --job ID, --run RUN, --dead QUEUE or --stuck",
                 ));
             };
             if dry_run {

@@ -24,8 +24,6 @@ pub enum Approvals {
         /// Who decides (default $USER).
         #[arg(long)]
         by: Option<String>,
-        #[arg(long, default_value = "default")]
-        queue: String,
     },
 }
 
@@ -66,10 +64,9 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
             action,
             comment,
             by,
-            queue,
         } => {
             let by = by.unwrap_or_else(crate::submit::whoami);
-            let out = approval::decide(pool, id, action, comment.as_deref(), Some(&by), &queue)
+            let out = approval::decide(pool, id, action, comment.as_deref(), Some(&by))
                 .await
                 .map_err(map_err)?;
             print_one(output, &out, |o| format!("{o:?}"))?;

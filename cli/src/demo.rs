@@ -97,12 +97,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     for id in &ids {
         eprintln!("\n== run {id} ==");
         // Approvals are decided as they appear, in a side task, so watching never blocks.
-        let approver = tokio::spawn(auto_approver(
-            db.pool.clone(),
-            *id,
-            queue,
-            !args.no_auto_approve,
-        ));
+        let approver = tokio::spawn(auto_approver(db.pool.clone(), *id, !args.no_auto_approve));
         let state = crate::runs::watch(&db.pool, *id, |_| {}).await;
         approver.abort();
         let state = state?;
@@ -130,7 +125,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     }
 }
 
-async fn auto_approver(pool: sqlx::PgPool, run: phasefleet::RunId, queue: &str, auto: bool) {
+async fn auto_approver(pool: sqlx::PgPool, run: phasefleet::RunId, auto: bool) {
     if !auto {
         eprintln!("approvals are yours: phasefleet approvals list / decide");
         return;
@@ -152,7 +147,6 @@ async fn auto_approver(pool: sqlx::PgPool, run: phasefleet::RunId, queue: &str, 
                     Action::Approve,
                     Some("approved by the demo"),
                     Some("demo-approver"),
-                    queue,
                 )
                 .await
                 {

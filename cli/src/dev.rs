@@ -27,19 +27,41 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
         .await
         .map_err(|e| CliError::new(1, format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
+    // Tokens from the environment when set; otherwise a fresh admin token for this session.
+    let (tokens, ui_token) = match std::env::var("PHASEFLEET_API_TOKENS") {
+        Ok(spec) => (
+            phasefleet_api::auth::Tokens::parse(&spec)
+                .map_err(|e| CliError::new(2, e.to_string()))?,
+            None,
+        ),
+        Err(_) => {
+            let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
+            let tokens = phasefleet_api::auth::Tokens::parse(&format!("admin:{token}"))
+                .map_err(|e| CliError::new(1, e.to_string()))?;
+            (tokens, Some(token))
+        }
+    };
     eprintln!(
-        "phasefleet dev: API at http://{addr} (health: /healthz); {workers} worker(s); database {}",
+        "phasefleet dev: {workers} worker(s); database {}",
         phasefleet::db::redact(&db.url)
     );
+    match &ui_token {
+        Some(t) => {
+            eprintln!("web UI:  http://{addr}/#token={t}");
+            eprintln!("API:     curl -H 'Authorization: Bearer {t}' http://{addr}/v1/runs");
+        }
+        None => eprintln!("web UI:  http://{addr}/ (tokens from PHASEFLEET_API_TOKENS)"),
+    }
+    eprintln!("OpenAPI: http://{addr}/openapi.json   metrics: http://{addr}/metrics");
     eprintln!("Ctrl-C to stop");
-    phasefleet_api::serve(
-        listener,
-        phasefleet_api::AppState {
-            pool: db.pool.clone(),
-        },
+    let state = phasefleet_api::AppState::new(
+        db.pool.clone(),
+        schemas.clone(),
+        tokens,
+        std::env::var("REDIS_URL").ok(),
         signals.graceful.clone(),
-    )
-    .await?;
+    );
+    phasefleet_api::serve(listener, state, signals.graceful.clone()).await?;
     while set.join_next().await.is_some() {}
     Ok(())
 }

@@ -57,6 +57,11 @@ enum Command {
     /// Operate the queue and the fleet.
     #[command(subcommand)]
     Admin(admin::Admin),
+    /// Print a shell completion script: `phasefleet completions bash > /etc/bash_completion.d/phasefleet`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn init_tracing() {
@@ -103,6 +108,14 @@ async fn connect(url: Option<&str>) -> Result<sqlx::PgPool, CliError> {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let url = cli.database_url.as_deref();
     match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "phasefleet",
+                &mut std::io::stdout(),
+            );
+        }
         Command::Migrate => {
             let pool = connect(url).await?;
             phasefleet::db::migrate(&pool).await?;

@@ -129,7 +129,23 @@ impl Ledger {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        let model = c.model.to_owned();
+        metrics::counter!("phasefleet_llm_calls_total", "model" => model.clone(), "status" => c.status.to_owned())
+            .increment(1);
+        for (kind, n) in [
+            ("in", c.tokens_in),
+            ("out", c.tokens_out),
+            ("cached", c.tokens_cached),
+            ("reasoning", c.tokens_reasoning),
+        ] {
+            metrics::counter!("phasefleet_llm_tokens_total", "model" => model.clone(), "kind" => kind)
+                .increment(u64::try_from(n).unwrap_or(0));
+        }
+        // Micro-dollars: counters are integers.
+        metrics::counter!("phasefleet_llm_cost_microusd_total", "model" => model)
+            .increment((c.cost_usd.max(0.0) * 1e6).round() as u64);
+        Ok(())
     }
 
     /// Audit one tool call.

@@ -24,6 +24,8 @@ pub struct AgentRequest {
     pub run_id: RunId,
     pub phase_key: String,
     pub attempt: u32,
+    /// 1, then +1 per revise decision or operator retry of the failed phase.
+    pub round: i32,
     pub persona: Persona,
     /// The full user prompt (see `phase::envelope`).
     pub envelope: String,

@@ -4,7 +4,9 @@
 //!
 //! Directives, read from the run's `extra.synthetic` input:
 //! - `invalid_attempts: N`: the first N attempts of every phase write an invalid artifact;
-//! - `invalid_phases: [keys]`: limit that to these phases;
+//! - `invalid_rounds: N`: every attempt of the first N rounds writes an invalid
+//!   artifact (a revise or an operator retry starts a new round);
+//! - `invalid_phases: [keys]`: limit those two to these phases;
 //! - `never_write: true`: write nothing (the attempt fails for lack of an artifact);
 //! - `delay_ms: N`: take N ms per attempt (interruptible);
 //! - `tokens: N`: report N tokens used per attempt (to exercise budgets).
@@ -61,7 +63,10 @@ impl Agent for SyntheticAgent {
             .get("invalid_phases")
             .and_then(Value::as_array)
             .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(&req.phase_key)));
-        let content = if u64::from(req.attempt) <= invalid_attempts && phase_selected {
+        let invalid_rounds = d.get("invalid_rounds").and_then(Value::as_i64).unwrap_or(0);
+        let invalid =
+            u64::from(req.attempt) <= invalid_attempts || i64::from(req.round) <= invalid_rounds;
+        let content = if invalid && phase_selected {
             // Valid JSON that breaks the schema: an object without its required fields.
             json!({ "synthetic_invalid": true }).to_string()
         } else {

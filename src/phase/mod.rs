@@ -111,10 +111,16 @@ impl<A: Agent> Engine<A> {
     ) -> Result<Completed, PhaseError> {
         let p: PhaseJob = serde_json::from_value(job.payload.clone())
             .map_err(|e| PhaseError::Permanent(format!("phase job payload does not parse: {e}")))?;
-        let span = tracing::info_span!("phase", run_id = %p.run_id, phase = %p.phase, round = p.round, attempt = p.attempt);
-        self.run_attempt(job, worker, &p, cancel)
+        let span = tracing::info_span!("phase", run_id = %p.run_id, phase = %p.phase, job_id = %job.id, round = p.round, attempt = p.attempt);
+        let started = std::time::Instant::now();
+        let result = self
+            .run_attempt(job, worker, &p, cancel)
             .instrument(span)
-            .await
+            .await;
+        let outcome = if result.is_ok() { "done" } else { "error" };
+        metrics::histogram!("phasefleet_phase_attempt_duration_seconds", "phase" => p.phase.clone(), "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn run_attempt(
@@ -159,6 +165,7 @@ impl<A: Agent> Engine<A> {
             run_id: p.run_id,
             phase_key: p.phase.clone(),
             attempt: p.attempt,
+            round: p.round,
             persona: attempt.persona.clone(),
             envelope,
             expected_path: attempt.phase.expected_artifact.path.clone(),

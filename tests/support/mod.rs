@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use phasefleet::JobId;
+pub mod api;
 pub mod engine;
 
 use phasefleet::queue::{self, JobRow, JobState, NewJob};

@@ -2,7 +2,8 @@
 //! `noop` completes at once; `sleep` waits `payload.ms` milliseconds (interruptible;
 //! `payload.ms_by_attempt`, a list, sets it per delivery, so a test can make only the
 //! first delivery slow);
-//! `fail` returns a retryable error every time (to exercise backoff and dead-letter).
+//! `fail` returns a retryable error every time (to exercise backoff and dead-letter), or
+//! only until `payload.until_unix_ms` (so a dead-lettered job can later succeed).
 
 use crate::handler::{JobContext, JobError, JobHandler};
 use phasefleet::queue::Completed;
@@ -38,7 +39,18 @@ impl JobHandler for Builtins {
                     () = tokio::time::sleep(Duration::from_millis(ms)) => {}
                 }
             }
-            "fail" => return Err(JobError::retry("job kind `fail` always fails")),
+            "fail" => {
+                let until = ctx
+                    .job
+                    .payload
+                    .get("until_unix_ms")
+                    .and_then(serde_json::Value::as_i64);
+                if until.is_none_or(|u| chrono::Utc::now().timestamp_millis() < u) {
+                    return Err(JobError::retry(
+                        "job kind `fail` fails (until its `until_unix_ms`)",
+                    ));
+                }
+            }
             other => {
                 return Err(JobError::Permanent(format!(
                     "no handler for job kind {other:?} on this worker"

@@ -35,6 +35,10 @@ struct Args {
     /// Worker name shown by `phasefleet admin workers` (default host:pid).
     #[arg(long, env = "PHASEFLEET_WORKER_NAME")]
     name: Option<String>,
+    /// Serve this process's Prometheus metrics (claims, completions, failures, phase
+    /// durations, LLM calls, tokens and cost) on this address, e.g. 0.0.0.0:9100.
+    #[arg(long, env = "PHASEFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Apply migrations before starting.
     #[arg(long)]
     migrate: bool,
@@ -50,6 +54,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let signals = shutdown::install().context("installing signal handlers")?;
+    if let Some(addr) = args.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0])?
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     let schemas = SchemaRegistry::from_env().context("loading schemas")?;
     let pool = phasefleet::db::connect_with_retry(
         &args.database_url,

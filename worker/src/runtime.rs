@@ -260,14 +260,17 @@ fn log_join(res: Result<(), tokio::task::JoinError>) {
 
 async fn claim(shared: &Shared, free: usize) -> Result<Vec<ClaimedJob>, QueueError> {
     let mut conn = shared.pool.acquire().await?;
-    queue::claim(
+    let jobs = queue::claim(
         &mut conn,
         shared.id,
         &shared.cfg.queue,
         i64::try_from(free).unwrap_or(i64::MAX),
         shared.cfg.lease,
     )
-    .await
+    .await?;
+    metrics::counter!("phasefleet_jobs_claimed_total", "queue" => shared.cfg.queue.clone())
+        .increment(jobs.len() as u64);
+    Ok(jobs)
 }
 
 async fn register_with_retry(shared: &Shared, shutdown: &CancellationToken) -> bool {
@@ -297,10 +300,19 @@ async fn record_outcome(
     let err = match result {
         Ok(_completed) => {
             tracing::debug!("job completed");
+            metrics::counter!("phasefleet_jobs_completed_total", "queue" => shared.cfg.queue.clone())
+                .increment(1);
             return;
         }
         Err(err) => err,
     };
+    let outcome = match (&reason, &err) {
+        (Some(_), _) | (_, JobError::Queue(QueueError::LeaseLost { .. })) => "handed_back",
+        (None, JobError::Permanent(_)) => "dead",
+        (None, _) => "retry",
+    };
+    metrics::counter!("phasefleet_jobs_failed_total", "queue" => shared.cfg.queue.clone(), "outcome" => outcome)
+        .increment(1);
     let deadline = tokio::time::Instant::now() + shared.cfg.lease;
     let mut delay = Duration::from_millis(50);
     loop {

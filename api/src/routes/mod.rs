@@ -1,0 +1,7 @@
+//! Handlers, one module per resource.
+
+pub mod approvals;
+pub mod runs;
+pub mod stream;
+pub mod system;
+pub mod ui;

@@ -1,0 +1,134 @@
+//! `GET /v1/runs/{id}/events/stream`: live events over Server-Sent Events. Every event
+//! is read from PostgreSQL by seq; the `id:` of each SSE message is the seq, so a
+//! client reconnecting with `Last-Event-ID` (or `?after=`) resumes exactly where it
+//! stopped. The stream ends with an `end` message once the run has ended and every
+//! event was sent.
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Path, Query};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use phasefleet::RunId;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::IntoParams;
+
+/// Streams poll PostgreSQL this often even without a wake-up.
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Resume after this seq (the `Last-Event-ID` header wins when both are given).
+    pub after: Option<i64>,
+}
+
+/// Live events of a run (SSE).
+#[utoipa::path(get, path = "/v1/runs/{id}/events/stream", tag = "runs",
+    params(("id" = String, Path, format = Uuid), StreamQuery, ("Last-Event-ID" = Option<i64>, Header)),
+    responses((status = 200, content_type = "text/event-stream", description = "one message per event; id = seq, event = kind"),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<RunId>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require(Role::Read)?;
+    let last = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event seq"))?,
+        ),
+        None => None,
+    };
+    let after = last.or(q.after).unwrap_or(0);
+    {
+        let mut conn = state.pool.acquire().await?;
+        phasefleet::runs::get(&mut conn, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(pump(state, id, after, tx));
+    metrics::counter!("phasefleet_api_sse_streams_total").increment(1);
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+/// Send events after `after` until the run ends, the client goes away or the server
+/// shuts down.
+async fn pump(
+    state: AppState,
+    run: RunId,
+    mut after: i64,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut wake = state.bus.subscribe();
+    loop {
+        let batch = async {
+            let mut conn = state.pool.acquire().await?;
+            let events = phasefleet::events::list(&mut conn, run, after, 500).await?;
+            let ended = phasefleet::runs::get(&mut conn, run)
+                .await?
+                .is_none_or(|r| r.state.is_terminal());
+            Ok::<_, sqlx::Error>((events, ended))
+        }
+        .await;
+        match batch {
+            Ok((events, ended)) => {
+                let drained = events.len() < 500;
+                for e in events {
+                    after = e.seq;
+                    let data = serde_json::json!({ "seq": e.seq, "kind": e.kind, "phase": e.phase_key,
+                                                   "data": e.data, "at": e.created_at });
+                    let msg = Event::default()
+                        .id(e.seq.to_string())
+                        .event(&e.kind)
+                        .data(data.to_string());
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if ended && drained {
+                    let _ = tx.send(Ok(Event::default().event("end").data("{}"))).await;
+                    return;
+                }
+                if !drained {
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run, error = %e, "event stream: database error; retrying")
+            }
+        }
+        // Wait for a wake-up for this run, the poll interval, a client gone, or shutdown.
+        let deadline = tokio::time::sleep(POLL);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = state.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                () = &mut deadline => break,
+                r = wake.recv() => match r {
+                    Ok(r) if r == run => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        wake = state.bus.subscribe();
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}

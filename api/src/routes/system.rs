@@ -1,0 +1,60 @@
+//! Health, readiness, metrics, the OpenAPI document and the bundled example.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: PostgreSQL answers. Also says how live events are fanned out.
+#[utoipa::path(get, path = "/readyz", tag = "system",
+    responses((status = 200, body = Object), (status = 503, body = Object)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let status = if db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({ "database": if db { "ok" } else { "unreachable" }, "event_bus": state.bus.kind() }),
+        ),
+    )
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut text = state.metrics.render();
+    text.push_str(&crate::metrics::fleet_gauges(&state.pool).await?);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+/// The bundled example workflow (used by the UI's "use the example" button).
+#[utoipa::path(get, path = "/v1/examples/spec-review-verify", tag = "system", responses((status = 200, body = Object)))]
+pub async fn example() -> Json<serde_json::Value> {
+    Json(json!({
+        "template": include_str!("../../../examples/spec-review-verify.yaml"),
+        "personas": [
+            include_str!("../../../examples/personas/synthetic-author.yaml"),
+            include_str!("../../../examples/personas/synthetic-reviewer.yaml"),
+        ],
+        "requirements": include_str!("../../../examples/requirements.md"),
+    }))
+}

@@ -1,0 +1,789 @@
+//! The HTTP API over real HTTP against the shared database (and real Redis for the
+//! fan-out across two API instances).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use support::api::*;
+use support::engine::Fleet;
+use support::*;
+
+async fn pending_approval_of(c: &Client, run: &str) -> String {
+    eventually(
+        Duration::from_secs(60),
+        "an approval in the inbox",
+        || async {
+            let (s, list) = c.get("/v1/approvals").await;
+            assert_eq!(s, StatusCode::OK, "{list}");
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["run_id"] == run)
+                .map(|a| a["id"].as_str().unwrap().to_owned())
+        },
+    )
+    .await
+}
+
+async fn wait_state(c: &Client, run: &str, state: &str) -> Value {
+    eventually(
+        Duration::from_secs(60),
+        &format!("run reaches {state}"),
+        || async {
+            let (s, d) = c.get(&format!("/v1/runs/{run}")).await;
+            assert_eq!(s, StatusCode::OK);
+            (d["run"]["state"] == state).then_some(d)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_run_goes_from_submit_to_report_over_http_with_idempotent_submit_and_decisions() {
+    let pool = pool().await;
+    let q = unique_queue("api-flow");
+    let api = ApiServer::start(&pool, None).await;
+    let fleet = Fleet::synthetic(&pool, &q, 2);
+    let (submitter, approver) = (api.client(Some(SUBMIT)), api.client(Some(APPROVE)));
+    let key = format!("key-{q}");
+    let body = example_body(&q, json!({}));
+
+    let res = submitter
+        .request(Method::POST, "/v1/runs")
+        .header("Idempotency-Key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = res.json().await.unwrap();
+    let run = created["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/runs/{run}"));
+    // The same key again: the same run, nothing new.
+    let (s, again) = submitter
+        .send(
+            submitter
+                .request(Method::POST, "/v1/runs")
+                .header("Idempotency-Key", &key)
+                .json(&body),
+        )
+        .await;
+    assert_eq!(
+        (s, again["run_id"].as_str(), again["outcome"].as_str()),
+        (StatusCode::OK, Some(run.as_str()), Some("existing"))
+    );
+    // The same key for another template: refused.
+    let mut other = body.clone();
+    other["template"] = json!(
+        body["template"]
+            .as_str()
+            .unwrap()
+            .replace("version: \"1\"", "version: \"1-other\"")
+            .replace("version: '1'", "version: '1-other'")
+    );
+    let (s, e) = submitter
+        .send(
+            submitter
+                .request(Method::POST, "/v1/runs")
+                .header("Idempotency-Key", &key)
+                .json(&other),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE idempotency_key = $1")
+        .bind(&key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let approval = pending_approval_of(&approver, &run).await;
+    let decide = |action: &'static str| {
+        let approver = &approver;
+        let approval = approval.clone();
+        async move {
+            approver
+                .post(
+                    &format!("/v1/approvals/{approval}/decision"),
+                    &json!({ "action": action, "comment": "ok" }),
+                )
+                .await
+        }
+    };
+    assert_eq!(decide("approve").await.1["outcome"], "recorded");
+    assert_eq!(decide("approve").await.1["outcome"], "already_decided");
+    let (s, e) = decide("reject").await;
+    assert_eq!(
+        (s, error_code(&e).as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+
+    let detail = wait_state(&submitter, &run, "completed").await;
+    let phases: Vec<&str> = detail["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["completed", "completed", "completed"]);
+    assert_eq!(detail["bindings"].as_array().unwrap().len(), 2);
+    assert_eq!(detail["approvals"][0]["action"], "approve");
+    assert_eq!(detail["report"]["state"], "completed");
+    // Every artifact's content is served byte for byte with its sha256.
+    let artifacts = detail["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 3);
+    for a in artifacts {
+        let (s, full) = submitter
+            .get(&format!("/v1/runs/{run}/artifacts/{}", a["id"]))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let content = full["content"].as_str().unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(content.as_bytes())),
+            a["sha256"].as_str().unwrap()
+        );
+        assert!(full["json"].is_object());
+    }
+    let md = submitter
+        .request(
+            Method::GET,
+            &format!("/v1/runs/{run}/report?format=markdown"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        md.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/markdown")
+    );
+    assert!(md.text().await.unwrap().contains(&format!("# Run {run}")));
+    let (_, events) = submitter.get(&format!("/v1/runs/{run}/events")).await;
+    let seqs: Vec<i64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=i64::try_from(seqs.len()).unwrap()).collect::<Vec<_>>(),
+        "dense seq"
+    );
+    let (_, tail) = submitter
+        .get(&format!("/v1/runs/{run}/events?after=3&limit=2"))
+        .await;
+    assert_eq!(
+        tail.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
+    // Cancelling an ended run changes nothing.
+    let (s, c) = submitter
+        .post(&format!("/v1/runs/{run}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (s, c["outcome"].as_str(), c["state"].as_str()),
+        (StatusCode::OK, Some("already_ended"), Some("completed"))
+    );
+    fleet.shutdown().await;
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages_without_gaps_or_repeats() {
+    let pool = pool().await;
+    let q = unique_queue("api-list");
+    let api = ApiServer::start(&pool, None).await;
+    let c = api.client(Some(ADMIN));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (s, r) = c.post("/v1/runs", &example_body(&q, json!({}))).await;
+        assert_eq!(s, StatusCode::CREATED);
+        ids.push(r["run_id"].as_str().unwrap().to_owned());
+    }
+    // No worker on this queue: all five stay queued. Page through queued runs.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = format!(
+            "/v1/runs?state=queued&limit=2{}",
+            cursor
+                .as_ref()
+                .map(|c| format!("&cursor={c}"))
+                .unwrap_or_default()
+        );
+        let (s, page) = c.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        for r in page["runs"].as_array().unwrap() {
+            assert_eq!(r["state"], "queued");
+            seen.push(r["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no run twice across pages");
+    assert!(
+        ids.iter().all(|id| seen.contains(id)),
+        "every queued run listed"
+    );
+    for id in &ids {
+        let (s, out) = c
+            .post(
+                &format!("/v1/runs/{id}/cancel"),
+                &json!({ "reason": "test over" }),
+            )
+            .await;
+        assert_eq!(
+            (s, out["outcome"].as_str()),
+            (StatusCode::OK, Some("cancelled"))
+        );
+    }
+    let (_, d) = c.get(&format!("/v1/runs/{}", ids[0])).await;
+    assert_eq!(d["run"]["state"], "cancelled");
+    assert!(d["run"]["error"].as_str().unwrap().contains("test over"));
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_nothing() {
+    let pool = pool().await;
+    let q = unique_queue("api-bad");
+    let api = ApiServer::start(&pool, None).await;
+    let (admin, reader, submitter, approver) = (
+        api.client(Some(ADMIN)),
+        api.client(Some(READ)),
+        api.client(Some(SUBMIT)),
+        api.client(Some(APPROVE)),
+    );
+    let good = example_body(&q, json!({}));
+    let raw = |token: &str, ctype: &str, body: Vec<u8>| {
+        admin
+            .http
+            .post(format!("{}/v1/runs", admin.base))
+            .bearer_auth(token)
+            .header("content-type", ctype)
+            .body(body)
+    };
+    let mut missing_template = good.clone();
+    missing_template.as_object_mut().unwrap().remove("template");
+    let mut unknown_field = good.clone();
+    unknown_field["surprise"] = json!(1);
+    let mut bad_template = good.clone();
+    bad_template["template"] = json!("name: x\nversion: '1'\nroles: {}\nphases: []\n");
+    let mut bad_persona = good.clone();
+    bad_persona["personas"][0] = json!(17);
+    let mut bad_budget = good.clone();
+    bad_budget["budget"] = json!({ "usd": -1 });
+    let mut bad_binding = good.clone();
+    bad_binding["bindings"] = json!({ "nobody": "synthetic-author" });
+    let mut bad_queue = good.clone();
+    bad_queue["queue"] = json!("no spaces allowed");
+    let mut yaml_injection = good.clone();
+    yaml_injection["template"] = json!("{{{{ not yaml");
+    let oversize = vec![b' '; 2 * 1024 * 1024];
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            raw(ADMIN, "application/json", b"{bad".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "not JSON content type",
+            raw(ADMIN, "text/plain", b"{}".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "oversize body",
+            raw(ADMIN, "application/json", oversize),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "missing field",
+            admin
+                .request(Method::POST, "/v1/runs")
+                .json(&missing_template),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "unknown field",
+            admin.request(Method::POST, "/v1/runs").json(&unknown_field),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "invalid template",
+            admin.request(Method::POST, "/v1/runs").json(&bad_template),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "unparsable template",
+            admin
+                .request(Method::POST, "/v1/runs")
+                .json(&yaml_injection),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "persona not an object",
+            admin.request(Method::POST, "/v1/runs").json(&bad_persona),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "negative budget",
+            admin.request(Method::POST, "/v1/runs").json(&bad_budget),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "binding to unknown role",
+            admin.request(Method::POST, "/v1/runs").json(&bad_binding),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "bad queue name",
+            admin.request(Method::POST, "/v1/runs").json(&bad_queue),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "no token",
+            api.client(None)
+                .request(Method::POST, "/v1/runs")
+                .json(&good),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "unknown token",
+            api.client(Some("not-a-real-token-at-all"))
+                .request(Method::GET, "/v1/runs"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "read role submits",
+            reader.request(Method::POST, "/v1/runs").json(&good),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "approve role submits",
+            approver.request(Method::POST, "/v1/runs").json(&good),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "submit role lists approvals",
+            submitter.request(Method::GET, "/v1/approvals"),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "submit role decides",
+            submitter
+                .request(
+                    Method::POST,
+                    &format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4()),
+                )
+                .json(&json!({"action": "approve"})),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "approve role cancels",
+            approver.request(
+                Method::POST,
+                &format!("/v1/runs/{}/cancel", uuid::Uuid::new_v4()),
+            ),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "unknown run",
+            reader.request(Method::GET, &format!("/v1/runs/{}", uuid::Uuid::new_v4())),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "unknown run events",
+            reader.request(
+                Method::GET,
+                &format!("/v1/runs/{}/events/stream", uuid::Uuid::new_v4()),
+            ),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "unknown run report",
+            reader.request(
+                Method::GET,
+                &format!("/v1/runs/{}/report", uuid::Uuid::new_v4()),
+            ),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "unknown run cancel",
+            submitter.request(
+                Method::POST,
+                &format!("/v1/runs/{}/cancel", uuid::Uuid::new_v4()),
+            ),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "unknown approval",
+            approver
+                .request(
+                    Method::POST,
+                    &format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4()),
+                )
+                .json(&json!({"action": "approve"})),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "bad action",
+            approver
+                .request(
+                    Method::POST,
+                    &format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4()),
+                )
+                .json(&json!({"action": "maybe"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "bad run id",
+            reader.request(Method::GET, "/v1/runs/not-a-uuid"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad state filter",
+            reader.request(Method::GET, "/v1/runs?state=sleeping"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad cursor",
+            reader.request(Method::GET, "/v1/runs?cursor=garbage"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad limit",
+            reader.request(Method::GET, "/v1/runs?limit=100000"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "unknown query parameter",
+            reader.request(Method::GET, "/v1/runs?colour=red"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad Last-Event-ID",
+            reader
+                .request(
+                    Method::GET,
+                    &format!("/v1/runs/{}/events/stream", uuid::Uuid::new_v4()),
+                )
+                .header("Last-Event-ID", "x"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "bad cancel body",
+            submitter
+                .request(
+                    Method::POST,
+                    &format!("/v1/runs/{}/cancel", uuid::Uuid::new_v4()),
+                )
+                .body("{nope"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "unknown route",
+            reader.request(Method::GET, "/v1/nothing-here"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            reader.request(Method::DELETE, "/v1/runs"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let (s, body) = admin.send(req).await;
+        assert_eq!(s, status, "{what}: {body}");
+        assert_eq!(error_code(&body), code, "{what}: {body}");
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE queue = $1")
+        .bind(&q)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "no bad request created a run");
+    // The error names the field at fault.
+    let (_, e) = admin.post("/v1/runs", &bad_budget).await;
+    assert_eq!(e["error"]["field"], "budget.usd");
+    let (_, e) = admin.post("/v1/runs", &bad_binding).await;
+    assert_eq!(e["error"]["field"], "bindings.nobody");
+    api.shutdown().await;
+}
+
+/// Read SSE messages from `res` until `stop` says so; returns (id, event, data) triples.
+async fn read_sse(
+    res: &mut reqwest::Response,
+    mut stop: impl FnMut(&str, &Value) -> bool,
+) -> Vec<(Option<i64>, String, Value)> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), res.chunk())
+            .await
+            .expect("an SSE message within 60 s")
+            .unwrap();
+        let Some(chunk) = chunk else { return out };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let block: String = buf.drain(..i + 2).collect();
+            let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if data.is_empty() {
+                continue; // keep-alive comment
+            }
+            let value: Value = serde_json::from_str(&data).unwrap();
+            let done = stop(&event, &value);
+            out.push((id, event, value));
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_resumes_with_last_event_id_and_fans_out_through_redis_across_two_api_instances() {
+    let pool = pool().await;
+    let q = unique_queue("api-sse");
+    let redis_url = "redis://127.0.0.1:6379";
+    let a = ApiServer::start(&pool, Some(redis_url)).await;
+    let b = ApiServer::start(&pool, Some(redis_url)).await;
+    for api in [&a, &b] {
+        eventually(
+            Duration::from_secs(20),
+            "instance subscribed to Redis",
+            || async {
+                let (_, r) = api.client(None).get("/readyz").await;
+                (r["event_bus"] == "redis").then_some(())
+            },
+        )
+        .await;
+    }
+    // Watch the Redis channel itself, to prove the wake-ups travel through Redis.
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(phasefleet_api::bus::REDIS_CHANNEL)
+        .await
+        .unwrap();
+
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let (s, created) = a
+        .client(Some(SUBMIT))
+        .post("/v1/runs", &example_body(&q, json!({})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let run = created["run_id"].as_str().unwrap().to_owned();
+
+    // Follow on instance B until the run waits on a human, then disconnect.
+    let reader = b.client(Some(READ));
+    let mut res = reader
+        .request(Method::GET, &format!("/v1/runs/{run}/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let first = read_sse(&mut res, |kind, _| {
+        kind == "run.awaiting_approval" || kind == "approval.requested"
+    })
+    .await;
+    drop(res);
+    let last = first.last().unwrap().0.unwrap();
+
+    let mut wake_ups = 0;
+    {
+        use tokio_stream::StreamExt;
+        let mut messages = pubsub.on_message();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+        {
+            let payload: String = m.get_payload().unwrap();
+            if payload.starts_with(&run) {
+                wake_ups += 1;
+            }
+        }
+    }
+    assert!(
+        wake_ups > 0,
+        "event wake-ups for the run went through Redis"
+    );
+
+    // Decide on instance A; resume on instance B from the last seq seen.
+    let approval = pending_approval_of(&a.client(Some(APPROVE)), &run).await;
+    let (s, _) = a
+        .client(Some(APPROVE))
+        .post(
+            &format!("/v1/approvals/{approval}/decision"),
+            &json!({ "action": "approve" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut res = reader
+        .request(Method::GET, &format!("/v1/runs/{run}/events/stream"))
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = read_sse(&mut res, |kind, _| kind == "end").await;
+    assert_eq!(
+        rest.first().unwrap().0,
+        Some(last + 1),
+        "resumes right after Last-Event-ID"
+    );
+    assert_eq!(rest.last().unwrap().1, "end");
+    let all: Vec<i64> = first
+        .iter()
+        .chain(rest.iter())
+        .filter_map(|e| e.0)
+        .collect();
+    assert_eq!(
+        all,
+        (1..=i64::try_from(all.len()).unwrap()).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert!(rest.iter().any(|e| e.1 == "run.completed"));
+    fleet.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_openapi_health_and_ui_are_served() {
+    let pool = pool().await;
+    let q = unique_queue("api-metrics");
+    let api = ApiServer::start(&pool, None).await;
+    let c = api.client(Some(ADMIN));
+    let (s, _) = c.post("/v1/runs", &example_body(&q, json!({}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let anon = api.client(None);
+    let text = anon
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        format!("phasefleet_queue_depth{{queue=\"{q}\"}} 1"),
+        "phasefleet_approvals_pending ".to_owned(),
+        "phasefleet_runs_active{state=\"queued\"}".to_owned(),
+        "phasefleet_http_requests_total{method=\"POST\",route=\"/v1/runs\",status=\"201\"}"
+            .to_owned(),
+    ] {
+        assert!(text.contains(&needle), "metrics lack {needle}:\n{text}");
+    }
+    let (s, doc) = anon.get("/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/events",
+        "/v1/runs/{id}/events/stream",
+        "/v1/runs/{id}/report",
+        "/v1/runs/{id}/artifacts/{artifact_id}",
+        "/v1/runs/{id}/cancel",
+        "/v1/approvals",
+        "/v1/approvals/{id}/decision",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "OpenAPI lacks {p}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let (s, ready) = anon.get("/readyz").await;
+    assert_eq!(
+        (s, ready["database"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let html = anon
+        .http
+        .get(format!("{}/", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<title>phasefleet</title>"));
+    // Clean up: nothing works this queue.
+    let (_, page) = c.get("/v1/runs?state=queued&limit=500").await;
+    for r in page["runs"].as_array().unwrap() {
+        let (_, d) = c
+            .get(&format!("/v1/runs/{}", r["id"].as_str().unwrap()))
+            .await;
+        if d["run"]["queue"] == q.as_str() {
+            c.post(
+                &format!("/v1/runs/{}/cancel", r["id"].as_str().unwrap()),
+                &json!({}),
+            )
+            .await;
+        }
+    }
+    api.shutdown().await;
+}

@@ -1,0 +1,246 @@
+//! The web UI end to end in headless Chromium, driven over WebDriver (chromedriver,
+//! started by the test): submit the example run, wait for its approval, click approve,
+//! see the run complete. Needs Debian's `chromium` and `chromium-driver`
+//! (`scripts/provision.sh` installs them).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::api::{ADMIN, ApiServer};
+use support::engine::Fleet;
+use support::*;
+
+/// Key WebDriver uses for element references.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    driver: tokio::process::Child,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let find = |names: &[&str]| {
+            names
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.exists())
+        };
+        let driver_bin = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
+            .expect("chromedriver not found: run scripts/provision.sh (installs Debian's chromium and chromium-driver)");
+        let chromium = find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"])
+            .expect("chromium not found: run scripts/provision.sh");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let caps = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome",
+            "goog:chromeOptions": { "binary": chromium, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--window-size=1280,1600"] } } } });
+        let session = eventually(Duration::from_secs(30), "chromedriver session", || async {
+            let res = http
+                .post(format!("{base}/session"))
+                .json(&caps)
+                .send()
+                .await
+                .ok()?;
+            let v: Value = res.json().await.ok()?;
+            v["value"]["sessionId"]
+                .as_str()
+                .map(|s| format!("{base}/session/{s}"))
+        })
+        .await;
+        Self {
+            http,
+            session,
+            driver,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let res = self
+            .http
+            .request(method, format!("{}{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = res.json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    /// Run JavaScript in the page and return its result.
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+        .await
+    }
+
+    /// Wait for a CSS selector to match a displayed element; return its reference.
+    async fn wait_for(&self, css: &str, what: &str) -> String {
+        eventually(Duration::from_secs(60), what, || async {
+            let v = self
+                .cmd(
+                    reqwest::Method::POST,
+                    "/element",
+                    json!({ "using": "css selector", "value": css }),
+                )
+                .await;
+            v[ELEMENT].as_str().map(str::to_owned)
+        })
+        .await
+    }
+
+    async fn click(&self, css: &str, what: &str) {
+        let el = self.wait_for(css, what).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.wait_for(css, css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/clear"),
+            json!({}),
+        )
+        .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn quit(mut self) {
+        let _ = self.http.delete(&self.session).send().await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+#[tokio::test]
+async fn a_person_submits_a_run_in_the_browser_approves_it_and_sees_it_complete() {
+    let pool = pool().await;
+    let q = unique_queue("browser");
+    let api = ApiServer::start(&pool, None).await;
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let browser = Browser::start().await;
+
+    // The token arrives in the URL fragment, as `phasefleet dev` prints it.
+    browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    browser.goto(&format!("{}/#/submit", api.base)).await;
+    browser.click("#example", "example button").await;
+    eventually(Duration::from_secs(20), "example loaded", || async {
+        let v = browser
+            .js("return document.querySelector('#template').value.length")
+            .await;
+        (v.as_u64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    browser.type_into("#queue", &q).await;
+    browser.click("#submit", "submit button").await;
+    let run = eventually(Duration::from_secs(30), "run page opens", || async {
+        let h = browser.js("return location.hash").await;
+        h.as_str()
+            .and_then(|h| h.strip_prefix("#/runs/"))
+            .map(str::to_owned)
+    })
+    .await;
+    let run_id: phasefleet::RunId = run.parse().unwrap();
+
+    // The live timeline shows the approval; approve it with a click.
+    browser
+        .wait_for(
+            "#run-state [data-state='awaiting_approval']",
+            "run waits on a human",
+        )
+        .await;
+    browser
+        .click(".approval button[data-action='approve']", "approve button")
+        .await;
+    browser
+        .wait_for(
+            "#run-state [data-state='completed']",
+            "run completed in the UI",
+        )
+        .await;
+    browser
+        .wait_for(
+            "#timeline li[data-kind='run.completed']",
+            "live timeline shows the end",
+        )
+        .await;
+    let report = eventually(Duration::from_secs(20), "report shown", || async {
+        let v = browser
+            .js("return document.querySelector('#report').textContent")
+            .await;
+        v.as_str()
+            .filter(|t| t.starts_with("# Run"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(report.contains("completed"));
+
+    // The artifact viewer shows stored content.
+    browser.click("button.view", "artifact view button").await;
+    eventually(
+        Duration::from_secs(20),
+        "artifact content shown",
+        || async {
+            let v = browser
+                .js("return document.querySelector('#artifact-view').textContent")
+                .await;
+            v.as_str()
+                .filter(|t| t.trim_start().starts_with('{'))
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // What the UI showed is what the database holds.
+    let mut c = pool.acquire().await.unwrap();
+    let db_run = phasefleet::runs::get(&mut c, run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(db_run.state, phasefleet::runs::RunState::Completed);
+    assert_eq!(db_run.queue, q);
+    let approvals = phasefleet::approval::for_run(&mut c, run_id).await.unwrap();
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(
+        approvals[0].action,
+        Some(phasefleet::approval::Action::Approve)
+    );
+    assert_eq!(approvals[0].decided_by.as_deref(), Some("admin-token-1"));
+    browser.quit().await;
+    fleet.shutdown().await;
+    api.shutdown().await;
+}

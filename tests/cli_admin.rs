@@ -1,0 +1,343 @@
+//! The `phasefleet` CLI as operators use it: a real binary against the shared database
+//! and real worker processes. Exit codes: 0 ok, 1 failure, 2 usage, 3 not found,
+//! 4 conflict.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use phasefleet::queue::{JobState, NewJob};
+use phasefleet::runs::RunState;
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::engine::{Fleet, request, submit, wait_for};
+use support::*;
+
+const FAST: &[&str] = &[
+    "--lease-ms",
+    "3000",
+    "--poll-ms",
+    "200",
+    "--concurrency",
+    "2",
+];
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Run `phasefleet ARGS` against the test database.
+async fn cli(args: &[&str]) -> Out {
+    cli_with(Some(&test_db_url()), args).await
+}
+
+async fn cli_with(db: Option<&str>, args: &[&str]) -> Out {
+    let mut cmd = tokio::process::Command::new(workspace_bin("phasefleet"));
+    cmd.args(args).env_remove("DATABASE_URL");
+    if let Some(db) = db {
+        cmd.args(["--database-url", db]);
+    }
+    let out = cmd.output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(out: &Out) {
+    assert_eq!(
+        out.code, 0,
+        "expected success\nstdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+}
+
+#[tokio::test]
+async fn drain_with_jobs_in_flight_loses_nothing_starts_nothing_and_undrain_resumes() {
+    let pool = pool().await;
+    let q = unique_queue("cli-drain");
+    let a = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let b = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let (a_id, b_id) = (
+        worker_id_of(&pool, a.pid()).await,
+        worker_id_of(&pool, b.pid()).await,
+    );
+    let mut in_flight = Vec::new();
+    for _ in 0..4 {
+        in_flight.push(
+            enqueue(
+                &pool,
+                NewJob::new("sleep", json!({ "ms": 2_000 })).queue(&q),
+            )
+            .await,
+        );
+    }
+    eventually(Duration::from_secs(30), "4 jobs running", || async {
+        (count_in_state(&pool, &q, JobState::Running).await == 4).then_some(())
+    })
+    .await;
+
+    let (a_s, b_s) = (a_id.to_string(), b_id.to_string());
+    let drain = cli(&[
+        "admin", "drain", "--worker", &a_s, "--worker", &b_s, "--wait", "--output", "json",
+    ])
+    .await;
+    ok(&drain);
+    let drained: Vec<String> = serde_json::from_value(drain.json()).unwrap();
+    assert_eq!(drained.len(), 2);
+    // --wait returned: both workers report drained, so their in-flight jobs ended.
+    for id in &in_flight {
+        assert_eq!(
+            job(&pool, *id).await.state,
+            JobState::Completed,
+            "no job lost"
+        );
+    }
+    let workers = cli(&["admin", "workers", "--output", "json"]).await;
+    ok(&workers);
+    let ours: Vec<Value> = workers
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["id"] == a_s.as_str() || w["id"] == b_s.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(ours.len(), 2);
+    assert!(
+        ours.iter()
+            .all(|w| w["state"] == "drained" && w["in_flight"] == 0),
+        "{ours:?}"
+    );
+
+    let later = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let j = job(&pool, later).await;
+    assert_eq!(j.state, JobState::Ready, "a drained worker starts nothing");
+    assert_eq!(j.attempts, 0);
+
+    ok(&cli(&["admin", "undrain", "--worker", &a_s, "--worker", &b_s]).await);
+    eventually(
+        Duration::from_secs(20),
+        "undrained workers resume",
+        || async { (job(&pool, later).await.state == JobState::Completed).then_some(()) },
+    )
+    .await;
+    // Unknown worker: not found.
+    let missing = uuid::Uuid::new_v4().to_string();
+    assert_eq!(cli(&["admin", "drain", "--worker", &missing]).await.code, 3);
+}
+
+#[tokio::test]
+async fn requeue_of_dead_lettered_jobs_completes_them_and_dry_run_changes_nothing() {
+    let pool = pool().await;
+    let q = unique_queue("cli-dead");
+    let until = chrono::Utc::now().timestamp_millis() + 2_000;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            enqueue(
+                &pool,
+                NewJob::new("fail", json!({ "until_unix_ms": until }))
+                    .queue(&q)
+                    .max_attempts(1),
+            )
+            .await,
+        );
+    }
+    let _w = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    eventually(Duration::from_secs(30), "3 dead jobs", || async {
+        (count_in_state(&pool, &q, JobState::Dead).await == 3).then_some(())
+    })
+    .await;
+    while chrono::Utc::now().timestamp_millis() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dry = cli(&[
+        "admin",
+        "requeue",
+        "--dead",
+        &q,
+        "--dry-run",
+        "--output",
+        "json",
+    ])
+    .await;
+    ok(&dry);
+    let mut listed: Vec<i64> = serde_json::from_value(dry.json()).unwrap();
+    listed.sort_unstable();
+    assert_eq!(listed, ids.iter().map(|i| i.0).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Dead).await,
+        3,
+        "dry run moved nothing"
+    );
+
+    ok(&cli(&["admin", "requeue", "--dead", &q]).await);
+    eventually(
+        Duration::from_secs(30),
+        "requeued jobs complete",
+        || async { (count_in_state(&pool, &q, JobState::Completed).await == 3).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn requeue_refuses_a_running_job_with_a_conflict_and_changes_nothing() {
+    let pool = pool().await;
+    let q = unique_queue("cli-running");
+    let id = enqueue(
+        &pool,
+        NewJob::new("sleep", json!({ "ms": 3_000 })).queue(&q),
+    )
+    .await;
+    let _w = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    eventually(Duration::from_secs(30), "job running", || async {
+        (job(&pool, id).await.state == JobState::Running).then_some(())
+    })
+    .await;
+    let before = job(&pool, id).await;
+    let out = cli(&["admin", "requeue", "--job", &id.0.to_string()]).await;
+    assert_eq!(out.code, 4, "conflict; stderr: {}", out.stderr);
+    assert!(out.stderr.contains("running"), "{}", out.stderr);
+    let after = job(&pool, id).await;
+    assert_eq!(
+        (after.state, after.attempts, after.lease_owner),
+        (before.state, before.attempts, before.lease_owner)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "job completes untouched",
+        || async { (job(&pool, id).await.state == JobState::Completed).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_run_is_reopened_at_its_failed_phase_and_completes() {
+    let pool = pool().await;
+    let q = unique_queue("cli-retry");
+    // Round 1 of `spec` is invalid on every attempt: the run fails there.
+    let run = submit(
+        &pool,
+        request(
+            &q,
+            json!({ "synthetic": { "invalid_rounds": 1, "invalid_phases": ["spec"] } }),
+        ),
+    )
+    .await;
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    assert_eq!(
+        wait_for(&pool, run, &[RunState::Failed]).await,
+        RunState::Failed
+    );
+    let run_s = run.to_string();
+
+    let dry = cli(&[
+        "admin",
+        "requeue",
+        "--run",
+        &run_s,
+        "--dry-run",
+        "--output",
+        "json",
+    ])
+    .await;
+    ok(&dry);
+    assert_eq!(dry.json()["phase"], "spec");
+    assert_eq!(dry.json()["round"], 2);
+    assert_eq!(engine_state(&pool, run).await, RunState::Failed, "dry run");
+
+    ok(&cli(&["admin", "requeue", "--run", &run_s]).await);
+    // The example gates `review`; approve it as it comes.
+    let approval = support::engine::pending_approval(&pool, run).await;
+    ok(&cli(&[
+        "approvals",
+        "decide",
+        &approval.to_string(),
+        "--action",
+        "approve",
+    ])
+    .await);
+    assert_eq!(
+        wait_for(&pool, run, &[RunState::Completed, RunState::Failed]).await,
+        RunState::Completed
+    );
+    support::engine::assert_event_log_sound(&pool, run).await;
+    let (state, report, _) = support::engine::report(&pool, run).await;
+    assert_eq!(state, "completed");
+    let spec = &report["phases"][0];
+    assert_eq!(
+        (spec["round"].as_i64(), spec["state"].as_str()),
+        (Some(2), Some("completed"))
+    );
+    // Re-opening a run that did not fail is a conflict.
+    assert_eq!(cli(&["admin", "requeue", "--run", &run_s]).await.code, 4);
+    fleet.shutdown().await;
+}
+
+async fn engine_state(pool: &sqlx::PgPool, run: phasefleet::RunId) -> RunState {
+    support::engine::run_state(pool, run).await
+}
+
+#[tokio::test]
+async fn listings_print_json_and_exit_codes_tell_errors_apart() {
+    let pool = pool().await;
+    let q = unique_queue("cli-json");
+    let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    let jobs = cli(&["admin", "jobs", "--queue", &q, "--output", "json"]).await;
+    ok(&jobs);
+    assert_eq!(jobs.json()[0]["id"], id.0);
+    for args in [
+        &["runs", "list", "--output", "json"][..],
+        &["admin", "workers", "--all", "--output", "json"],
+        &["admin", "stats", "--output", "json"],
+        &["approvals", "list", "--output", "json"],
+        &["admin", "job", &id.0.to_string(), "--output", "json"],
+    ] {
+        let out = cli(args).await;
+        ok(&out);
+        out.json();
+    }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for (args, code) in [
+        (&["runs", "show", unknown.as_str()][..], 3),
+        (&["runs", "cancel", unknown.as_str()], 3),
+        (&["admin", "job", "987654321987"], 3),
+        (&["admin", "requeue", "--job", "987654321987"], 3),
+        (&["admin", "requeue", "--run", unknown.as_str()], 3),
+        (&["runs", "show", "not-a-uuid"], 2),
+        (&["admin", "requeue"], 2),
+        (&["admin", "prune", "--older-than", "3 weeks"], 2),
+        (&["no-such-command"], 2),
+    ] {
+        let out = cli(args).await;
+        assert_eq!(out.code, code, "{args:?}: stderr {}", out.stderr);
+        assert!(
+            out.stderr.contains("error"),
+            "{args:?} explains itself: {}",
+            out.stderr
+        );
+    }
+    // No database configured: usage error; unreachable database: failure.
+    assert_eq!(cli_with(None, &["admin", "stats"]).await.code, 2);
+    let down = cli_with(Some("postgres://127.0.0.1:1/none"), &["admin", "stats"]).await;
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    let comp = cli_with(None, &["completions", "bash"]).await;
+    ok(&comp);
+    assert!(comp.stdout.contains("phasefleet") && comp.stdout.contains("requeue"));
+}

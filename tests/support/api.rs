@@ -1,0 +1,117 @@
+//! An in-process API server on a free loopback port, and a small HTTP client for it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use phasefleet_api::AppState;
+use phasefleet_api::auth::Tokens;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+pub const SUBMIT: &str = "submit-token-0123456789abcdef";
+pub const APPROVE: &str = "approve-token-0123456789abcdef";
+pub const READ: &str = "read-token-0123456789abcdef";
+
+pub fn tokens() -> Tokens {
+    Tokens::parse(&format!(
+        "admin:{ADMIN},submit:{SUBMIT},approve:{APPROVE},read:{READ}"
+    ))
+    .unwrap()
+}
+
+pub struct ApiServer {
+    pub base: String,
+    pub stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    pub async fn start(pool: &PgPool, redis_url: Option<&str>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let state = AppState::new(
+            pool.clone(),
+            super::engine::schemas(),
+            tokens(),
+            redis_url.map(str::to_owned),
+            stop.clone(),
+        );
+        let s = stop.clone();
+        let handle = tokio::spawn(async move {
+            phasefleet_api::serve(listener, state, s).await.unwrap();
+        });
+        Self { base, stop, handle }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap();
+    }
+
+    pub fn client(&self, token: Option<&str>) -> Client {
+        // reqwest is built without a default TLS crypto provider (see the LLM client).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Client {
+            base: self.base.clone(),
+            token: token.map(str::to_owned),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    /// Send and return (status, JSON body or Null).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+}
+
+/// The bundled example as a submit body on `queue`, with `extra` inputs.
+pub fn example_body(queue: &str, extra: Value) -> Value {
+    let repo = super::engine::repo;
+    let read = |p: &str| std::fs::read_to_string(repo(p)).unwrap();
+    serde_json::json!({
+        "template": read("examples/spec-review-verify.yaml"),
+        "personas": [read("examples/personas/synthetic-author.yaml"), read("examples/personas/synthetic-reviewer.yaml")],
+        "inputs": { "requirements": "# API test", "objective": {"goal": "api"}, "extra": extra },
+        "queue": queue,
+    })
+}
+
+/// Assert the stable error shape and return its code.
+pub fn error_code(body: &Value) -> String {
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error shape: {body}"
+    );
+    assert!(e["status"].as_u64().is_some(), "error shape: {body}");
+    e["code"].as_str().unwrap().to_owned()
+}
