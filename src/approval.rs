@@ -139,6 +139,16 @@ pub async fn decide(
             "revise needs a comment telling the agent what to change".into(),
         ));
     }
+    if comment.is_some_and(|c| c.contains('\0')) {
+        return Err(ApprovalError::Invalid(
+            "comment contains a NUL character, which cannot be stored".into(),
+        ));
+    }
+    if decided_by.is_some_and(|c| c.contains('\0')) {
+        return Err(ApprovalError::Invalid(
+            "decided_by contains a NUL character".into(),
+        ));
+    }
     if comment.is_some_and(|c| c.len() > 20_000) {
         return Err(ApprovalError::Invalid(
             "comment longer than 20000 bytes".into(),

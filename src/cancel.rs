@@ -41,9 +41,12 @@ pub async fn cancel_run(
     if r.state.is_terminal() {
         return Ok(Cancelled::AlreadyEnded(r.state));
     }
+    // A NUL cannot be stored in PostgreSQL text; the reason is free text, so replace it.
     let error = format!(
         "cancelled{}",
-        reason.map(|r| format!(": {r}")).unwrap_or_default()
+        reason
+            .map(|r| format!(": {}", r.replace('\0', "\u{FFFD}")))
+            .unwrap_or_default()
     );
     advance::end_run(&mut tx, run, RunState::Cancelled, Some(&error)).await?;
     tx.commit().await?;

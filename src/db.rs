@@ -84,6 +84,19 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Apply migrations, tolerating migrations the database has that this build does not
+/// know (a newer build migrated it). For shared test databases that several checkouts
+/// use; production uses [`migrate`], which refuses.
+///
+/// # Errors
+/// [`DbError::Migrate`] when a migration fails.
+pub async fn migrate_tolerating_newer(pool: &PgPool) -> Result<(), DbError> {
+    let mut m = sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    m.set_ignore_missing(true);
+    m.run(pool).await?;
+    Ok(())
+}
+
 /// A database URL without its password, for logs and error messages.
 #[must_use]
 pub fn redact(url: &str) -> String {

@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod db;
 pub mod events;
 pub mod ids;
+pub mod invariants;
 pub mod local_pg;
 pub mod phase;
 pub mod queue;

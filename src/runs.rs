@@ -269,3 +269,28 @@ pub async fn set_phase_state(
     .await?;
     Ok(())
 }
+
+/// Delete up to `batch` runs that ended more than `older_than` ago, with everything of
+/// theirs (events, artifacts, approvals, ledger, report; by cascade). Returns how many.
+/// Call in a loop until it returns 0; small batches keep locks short.
+///
+/// # Errors
+/// Database errors.
+pub async fn prune_ended(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM runs WHERE id IN (
+             SELECT id FROM runs
+              WHERE state IN ('completed', 'failed', 'aborted', 'cancelled')
+                AND finished_at < now() - make_interval(secs => $1)
+              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(batch)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}

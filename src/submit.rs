@@ -84,6 +84,17 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SubmitError 
     }
 }
 
+/// Whether any string (or object key) in `v` holds a NUL character.
+#[must_use]
+pub fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// Resolve role -> persona for this run (defaults, then overrides).
 fn bind(req: &SubmitRequest) -> Result<BTreeMap<String, (&Persona, bool)>, SubmitError> {
     let by_name: BTreeMap<&str, &Persona> =
@@ -147,6 +158,38 @@ fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitErro
     }
     if req.inputs.requirements.len() > 1_000_000 {
         return Err(invalid("inputs.requirements", "larger than 1 MB"));
+    }
+    // PostgreSQL stores no NUL character in text or jsonb: refuse it up front, naming
+    // the field, instead of failing the insert.
+    const NUL: &str = "contains a NUL character (\\u0000), which cannot be stored";
+    if req.inputs.requirements.contains('\0') {
+        return Err(invalid("inputs.requirements", NUL));
+    }
+    for (field, v) in [
+        ("inputs.objective", &req.inputs.objective),
+        ("inputs.extra", &req.inputs.extra),
+        ("template", &req.template.canonical().0),
+    ] {
+        if has_nul(v) {
+            return Err(invalid(field, NUL));
+        }
+    }
+    for (i, p) in req.personas.iter().enumerate() {
+        if has_nul(&p.canonical().0) {
+            return Err(invalid(format!("personas[{i}]"), NUL));
+        }
+    }
+    if req
+        .idempotency_key
+        .as_deref()
+        .is_some_and(|k| k.contains('\0'))
+        || req
+            .submitted_by
+            .as_deref()
+            .is_some_and(|k| k.contains('\0'))
+        || req.queue.contains('\0')
+    {
+        return Err(invalid("idempotency_key", NUL));
     }
     if req.budget.usd.is_some_and(|u| !(u > 0.0 && u.is_finite())) {
         return Err(invalid("budget.usd", "must be a positive number"));

@@ -42,6 +42,8 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            // Its own process group, so dropping the browser kills Chromium too.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -139,9 +141,20 @@ impl Browser {
         .await;
     }
 
-    async fn quit(mut self) {
+    async fn quit(self) {
         let _ = self.http.delete(&self.session).send().await;
-        let _ = self.driver.kill().await;
+    }
+}
+
+impl Drop for Browser {
+    /// Kill chromedriver's whole process group (Chromium included), even when a test
+    /// assertion failed before `quit`.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .status();
+        }
     }
 }
 

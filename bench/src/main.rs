@@ -8,6 +8,7 @@ use clap::Parser;
 use phasefleet::WorkerId;
 use phasefleet::local_pg::LocalPg;
 use phasefleet::queue::{self, NewJob};
+use phasefleet_bench::{load, runtime};
 use phasefleet_worker::{Builtins, Worker, WorkerConfig};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -38,21 +39,6 @@ const CLAIM_ONE: &str = "WITH next AS (
       lease_owner = '00000000-0000-0000-0000-000000000001', lease_expires_at = now() + interval '30 seconds',
       started_at = now()
   FROM next WHERE j.id = next.id RETURNING j.id, j.lease_token";
-
-async fn load(pool: &PgPool, n: usize) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM jobs WHERE queue = 'bench'")
-        .execute(pool)
-        .await?;
-    // Bulk insert: the setup is not what is measured.
-    sqlx::query(
-        "INSERT INTO jobs (queue, kind, payload) SELECT 'bench', 'noop', jsonb_build_object('i', g) FROM generate_series(1, $1) g",
-    )
-    .bind(i64::try_from(n)?)
-    .execute(pool)
-    .await?;
-    sqlx::query("VACUUM ANALYZE jobs").execute(pool).await?;
-    Ok(())
-}
 
 async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::Result<f64> {
     load(pool, n).await?;
@@ -91,41 +77,6 @@ async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::
         bail!("completed {total} of {n}");
     }
     Ok(total as f64 / secs)
-}
-
-async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<f64> {
-    load(pool, n).await?;
-    let stop = CancellationToken::new();
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..workers {
-        let cfg = WorkerConfig {
-            queue: "bench".into(),
-            concurrency: 32,
-            poll_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        };
-        handles.push(tokio::spawn(
-            Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()),
-        ));
-    }
-    loop {
-        let (left,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM jobs WHERE queue = 'bench' AND state <> 'completed'",
-        )
-        .fetch_one(pool)
-        .await?;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    stop.cancel();
-    for h in handles {
-        h.await??;
-    }
-    Ok(n as f64 / secs)
 }
 
 fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {

@@ -72,6 +72,17 @@ pub enum Admin {
     },
     /// Queue depth by state, throughput, oldest ready job.
     Stats,
+    /// Check the invariants (every run ends or waits on a human, no phase completed
+    /// twice, dense event sequences, no running job without a live lease, reports…);
+    /// exits 1 when one is broken.
+    Check {
+        /// Only these runs (repeatable); default all.
+        #[arg(long)]
+        run: Vec<RunId>,
+        /// Seconds an expired lease may wait for its rescue.
+        #[arg(long, default_value_t = 30.0)]
+        lease_grace_secs: f64,
+    },
     /// Pause claiming on a queue (`*` for the whole fleet).
     Pause {
         queue: String,
@@ -89,6 +100,10 @@ pub enum Admin {
         /// Delete dead-lettered jobs too.
         #[arg(long)]
         include_dead: bool,
+        /// Also delete runs that ended before then, with their events, artifacts,
+        /// approvals, ledger and report (the history's retention).
+        #[arg(long)]
+        runs: bool,
     },
 }
 
@@ -317,6 +332,24 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
                 },
             )?;
         }
+        Admin::Check {
+            run,
+            lease_grace_secs,
+        } => {
+            let runs = (!run.is_empty()).then_some(run.as_slice());
+            let violations =
+                phasefleet::invariants::check(&mut conn, runs, lease_grace_secs).await?;
+            print_rows(output, &violations, &["INVARIANT", "VIOLATION"], |v| {
+                vec![v.invariant.to_owned(), v.detail.clone()]
+            })?;
+            if !violations.is_empty() {
+                return Err(CliError::new(
+                    crate::exit::FAILURE,
+                    format!("{} invariant violation(s)", violations.len()),
+                ));
+            }
+            eprintln!("all invariants hold");
+        }
         Admin::Stats => {
             let s = queue::stats(&mut conn).await?;
             print_one(output, &s, |s| {
@@ -355,6 +388,7 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
         Admin::Prune {
             older_than,
             include_dead,
+            runs,
         } => {
             let mut total = 0;
             loop {
@@ -364,9 +398,19 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
                     break;
                 }
             }
-            print_one(output, &serde_json::json!({ "deleted": total }), |_| {
-                format!("deleted {total} job(s)")
-            })?;
+            let mut runs_deleted = 0;
+            while runs {
+                let n = phasefleet::runs::prune_ended(&mut conn, older_than, 500).await?;
+                runs_deleted += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            print_one(
+                output,
+                &serde_json::json!({ "deleted": total, "runs_deleted": runs_deleted }),
+                |_| format!("deleted {total} job(s) and {runs_deleted} run(s)"),
+            )?;
         }
     }
     Ok(())

@@ -32,6 +32,16 @@ use std::time::Duration;
 pub struct Stats {
     pub requests: AtomicU64,
     conversations: Mutex<HashMap<u64, u32>>,
+    /// The `X-Phasefleet-Call` ids of every request received.
+    call_ids: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    /// Call ids seen so far (one per request that carried the header).
+    #[must_use]
+    pub fn call_ids(&self) -> Vec<String> {
+        self.call_ids.lock().map(|c| c.clone()).unwrap_or_default()
+    }
 }
 
 /// Build the router; share `stats` to read the request count.
@@ -41,7 +51,7 @@ pub fn router(stats: Arc<Stats>) -> Router {
         .route(
             "/_stats",
             get(|State(s): State<Arc<Stats>>| async move {
-                Json(json!({ "requests": s.requests.load(Ordering::SeqCst) }))
+                Json(json!({ "requests": s.requests.load(Ordering::SeqCst), "call_ids": s.call_ids() }))
             }),
         )
         .with_state(stats)
@@ -93,8 +103,19 @@ fn write_valid(path: &str, schema: &Value) -> Value {
     )
 }
 
-async fn chat(State(stats): State<Arc<Stats>>, Json(body): Json<Value>) -> Response {
+async fn chat(
+    State(stats): State<Arc<Stats>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     let n = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(id) = headers
+        .get("x-phasefleet-call")
+        .and_then(|v| v.to_str().ok())
+        && let Ok(mut ids) = stats.call_ids.lock()
+    {
+        ids.push(id.to_owned());
+    }
     let model = body
         .get("model")
         .and_then(Value::as_str)

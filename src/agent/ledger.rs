@@ -40,6 +40,8 @@ pub struct CallRecord<'a> {
     pub latency_ms: i64,
     pub provider_request_id: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// The row [`Ledger::begin_call`] wrote before sending; `None` inserts a new row.
+    pub call_id: Option<uuid::Uuid>,
 }
 
 impl Ledger {
@@ -93,6 +95,35 @@ impl Ledger {
         Ok(())
     }
 
+    /// Record that a model HTTP attempt is about to be sent (status `in_flight`). A
+    /// worker killed before [`Ledger::record_call`] leaves this row behind, so the
+    /// ledger still accounts for the request.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn begin_call(
+        &self,
+        turn: i32,
+        model: &str,
+        backend: &str,
+        call_id: uuid::Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO llm_calls (run_id, phase_key, attempt, turn, model, backend, status, call_id)
+             VALUES ($1, $2, $3, $4, $5, $6, 'in_flight', $7)",
+        )
+        .bind(self.run_id)
+        .bind(&self.phase)
+        .bind(self.attempt)
+        .bind(turn)
+        .bind(model)
+        .bind(backend)
+        .bind(call_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Record a model call and add its spend to the run, in one transaction.
     ///
     /// # Errors
@@ -101,8 +132,14 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO llm_calls (run_id, phase_key, attempt, turn, model, backend, status, tokens_in, tokens_out,
-                                    tokens_cached, tokens_reasoning, cost_usd, latency_ms, provider_request_id, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                                    tokens_cached, tokens_reasoning, cost_usd, latency_ms, provider_request_id, error,
+                                    call_id, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now())
+             ON CONFLICT (call_id) WHERE call_id IS NOT NULL DO UPDATE SET
+                status = EXCLUDED.status, tokens_in = EXCLUDED.tokens_in, tokens_out = EXCLUDED.tokens_out,
+                tokens_cached = EXCLUDED.tokens_cached, tokens_reasoning = EXCLUDED.tokens_reasoning,
+                cost_usd = EXCLUDED.cost_usd, latency_ms = EXCLUDED.latency_ms,
+                provider_request_id = EXCLUDED.provider_request_id, error = EXCLUDED.error, finished_at = now()",
         )
         .bind(self.run_id)
         .bind(&self.phase)
@@ -119,6 +156,7 @@ impl Ledger {
         .bind(c.latency_ms)
         .bind(c.provider_request_id)
         .bind(c.error)
+        .bind(c.call_id)
         .execute(&mut *tx)
         .await?;
         if c.tokens_in + c.tokens_out > 0 || c.cost_usd > 0.0 {

@@ -22,11 +22,20 @@ pub struct ModelLimits {
 }
 
 /// Hands out permission to call a model.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Limiter {
     config: Arc<HashMap<String, ModelLimits>>,
     redis: Option<redis::aio::ConnectionManager>,
     local: Arc<Mutex<HashMap<String, Local>>>,
+    /// How long a fleet-wide concurrency slot lives if its holder dies without
+    /// releasing it (a killed worker): the call timeout plus a margin.
+    slot_ttl_secs: u64,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Self::new(HashMap::new(), None)
+    }
 }
 
 impl std::fmt::Debug for Limiter {
@@ -110,7 +119,13 @@ impl Limiter {
             Ok(url) if !url.is_empty() => connect(&url).await,
             _ => None,
         };
-        Ok(Self::new(config, redis))
+        let call_timeout = std::env::var("PHASEFLEET_LLM_CALL_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(300);
+        let mut limiter = Self::new(config, redis);
+        limiter.slot_ttl_secs = call_timeout + 30;
+        Ok(limiter)
     }
 
     #[must_use]
@@ -122,6 +137,7 @@ impl Limiter {
             config: Arc::new(config),
             redis,
             local: Arc::default(),
+            slot_ttl_secs: 330,
         }
     }
 
@@ -232,11 +248,12 @@ impl Limiter {
         let key = format!("pf:conc:{model}");
         let member = uuid::Uuid::new_v4().to_string();
         let now = now_secs();
-        // A slot expires after 15 minutes, so a crashed worker's slots come back.
+        // A slot expires after the call timeout (plus a margin), so a killed worker's
+        // slots come back.
         let got: i64 = redis::Script::new(ACQUIRE_SLOT)
             .key(&key)
             .arg(now)
-            .arg(now + 900)
+            .arg(now + self.slot_ttl_secs)
             .arg(max)
             .arg(&member)
             .invoke_async(&mut conn)

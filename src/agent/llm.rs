@@ -101,10 +101,15 @@ impl Agent for LlmAgent {
                 max_tokens: p.max_tokens,
                 usage: Some(serde_json::json!({ "include": true })),
             };
-            let (outcomes, result) = client.chat(&chat, &cancel).await;
+            let turn_i = i32::try_from(turn).unwrap_or(i32::MAX);
+            let log = TurnLog {
+                ledger: &req.ledger,
+                turn: turn_i,
+                model: &p.model,
+            };
+            let (outcomes, result) = client.chat(&chat, &cancel, &log).await;
             drop(permit);
             turns = turn;
-            let turn_i = i32::try_from(turn).unwrap_or(i32::MAX);
             for o in &outcomes {
                 let u = o.usage.clone().unwrap_or_default();
                 let cost = u.cost.unwrap_or_else(|| {
@@ -124,6 +129,7 @@ impl Agent for LlmAgent {
                         latency_ms: o.latency_ms,
                         provider_request_id: o.request_id.as_deref(),
                         error: o.error.as_deref(),
+                        call_id: Some(o.call_id),
                     })
                     .await
                     .map_err(transient)?;
@@ -134,7 +140,7 @@ impl Agent for LlmAgent {
                 Err(e @ CallError::Refused { .. }) => {
                     return Err(AgentError::Fatal(format!("model {}: {e}", p.model)));
                 }
-                Err(e @ CallError::Exhausted { .. }) => {
+                Err(e @ (CallError::Exhausted { .. } | CallError::Ledger(_))) => {
                     return Err(AgentError::Transient(format!("model {}: {e}", p.model)));
                 }
             };
@@ -175,5 +181,21 @@ impl Agent for LlmAgent {
             workspace: ws,
             turns,
         })
+    }
+}
+
+/// Writes the ledger's `in_flight` row for each HTTP attempt of one turn.
+struct TurnLog<'a> {
+    ledger: &'a super::Ledger,
+    turn: i32,
+    model: &'a str,
+}
+
+impl super::openai::CallLog for TurnLog<'_> {
+    async fn before_send(&self, call_id: uuid::Uuid) -> Result<(), String> {
+        self.ledger
+            .begin_call(self.turn, self.model, "openai", call_id)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -33,7 +33,9 @@ pub async fn pool() -> PgPool {
         .get_or_init(|| async {
             ensure_database(&server_url(), "phasefleet_test").await;
             let pool = phasefleet::db::connect(&test_db_url(), 2).await.unwrap();
-            phasefleet::db::migrate(&pool).await.unwrap();
+            phasefleet::db::migrate_tolerating_newer(&pool)
+                .await
+                .unwrap();
             pool.close().await;
         })
         .await;
@@ -150,9 +152,14 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(db_url: &str, queue: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_env(db_url, queue, extra, &[])
+    }
+
+    pub fn spawn_with_env(db_url: &str, queue: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let child = tokio::process::Command::new(workspace_bin("phasefleet-worker"))
             .args(["--database-url", db_url, "--queue", queue])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

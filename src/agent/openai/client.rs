@@ -30,9 +30,19 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Records an HTTP attempt before it is sent (the ledger's `in_flight` row).
+pub trait CallLog: Sync {
+    fn before_send(
+        &self,
+        call_id: uuid::Uuid,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
 /// What one HTTP attempt did (a ledger row).
 #[derive(Debug, Clone)]
 pub struct CallOutcome {
+    /// Sent to the provider as `X-Phasefleet-Call`; the ledger row's key.
+    pub call_id: uuid::Uuid,
     /// `ok`, `http_<code>`, `timeout`, `connect_error`, `decode_error`, `cancelled`.
     pub status: String,
     pub latency_ms: i64,
@@ -43,6 +53,9 @@ pub struct CallOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The attempt could not be recorded before sending; nothing was sent.
+    #[error("could not record the call in the ledger: {0}")]
+    Ledger(String),
     /// The provider refused in a way retrying cannot fix.
     #[error("provider refused the request with HTTP {code}: {body}")]
     Refused { code: u16, body: String },
@@ -88,10 +101,12 @@ impl ChatClient {
     }
 
     /// Make one logical call. Returns every HTTP attempt's outcome and the result.
+    /// `log` records each HTTP attempt before it is sent; if it fails, nothing is sent.
     pub async fn chat(
         &self,
         req: &ChatRequest,
         cancel: &CancellationToken,
+        log: &impl CallLog,
     ) -> (Vec<CallOutcome>, Result<ChatResponse, CallError>) {
         let mut outcomes = Vec::new();
         let url = format!("{}/chat/completions", self.base_url);
@@ -99,14 +114,23 @@ impl ChatClient {
             if cancel.is_cancelled() {
                 return (outcomes, Err(CallError::Cancelled));
             }
+            let call_id = uuid::Uuid::new_v4();
+            if let Err(e) = log.before_send(call_id).await {
+                return (outcomes, Err(CallError::Ledger(e)));
+            }
             let started = Instant::now();
-            let mut builder = self.http.post(&url).timeout(self.timeout).json(req);
+            let mut builder = self
+                .http
+                .post(&url)
+                .timeout(self.timeout)
+                .header("X-Phasefleet-Call", call_id.to_string())
+                .json(req);
             if let Some(key) = &self.api_key {
                 builder = builder.bearer_auth(key);
             }
             let sent = tokio::select! {
                 () = cancel.cancelled() => {
-                    outcomes.push(outcome("cancelled", started, None, None, Some("cancelled mid-request".into())));
+                    outcomes.push(outcome(call_id, "cancelled", started, None, None, Some("cancelled mid-request".into())));
                     return (outcomes, Err(CallError::Cancelled));
                 }
                 r = send(builder) => r,
@@ -117,7 +141,7 @@ impl ChatClient {
                     request_id,
                 }) => {
                     let usage = response.usage.clone();
-                    outcomes.push(outcome("ok", started, request_id, usage, None));
+                    outcomes.push(outcome(call_id, "ok", started, request_id, usage, None));
                     return (outcomes, Ok(response));
                 }
                 Ok(Sent::Status {
@@ -128,6 +152,7 @@ impl ChatClient {
                 }) => {
                     let msg = format!("HTTP {code}: {}", truncate(&body, 500));
                     outcomes.push(outcome(
+                        call_id,
                         &format!("http_{code}"),
                         started,
                         request_id,
@@ -146,7 +171,14 @@ impl ChatClient {
                     (retry_after, msg)
                 }
                 Err(Failure { status, message }) => {
-                    outcomes.push(outcome(status, started, None, None, Some(message.clone())));
+                    outcomes.push(outcome(
+                        call_id,
+                        status,
+                        started,
+                        None,
+                        None,
+                        Some(message.clone()),
+                    ));
                     if status == "decode_error" {
                         return (
                             outcomes,
@@ -259,6 +291,7 @@ async fn send(builder: reqwest::RequestBuilder) -> Result<Sent, Failure> {
 }
 
 fn outcome(
+    call_id: uuid::Uuid,
     status: &str,
     started: Instant,
     request_id: Option<String>,
@@ -266,6 +299,7 @@ fn outcome(
     error: Option<String>,
 ) -> CallOutcome {
     CallOutcome {
+        call_id,
         status: status.to_owned(),
         latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         request_id,

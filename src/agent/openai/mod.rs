@@ -5,6 +5,6 @@ mod client;
 mod pricing;
 mod types;
 
-pub use client::{CallError, CallOutcome, ChatClient, RetryPolicy};
+pub use client::{CallError, CallLog, CallOutcome, ChatClient, RetryPolicy};
 pub use pricing::price_usd;
 pub use types::{ChatRequest, ChatResponse, Message, ToolCall, ToolCallFunction, ToolDef, Usage};
