@@ -294,6 +294,7 @@ async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_noth
     let mut yaml_injection = good.clone();
     yaml_injection["template"] = json!("{{{{ not yaml");
     let oversize = vec![b' '; 2 * 1024 * 1024];
+    let submit_as_admin = |body: &Value| admin.request(Method::POST, "/v1/runs").json(body);
 
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
         (
@@ -316,53 +317,49 @@ async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_noth
         ),
         (
             "missing field",
-            admin
-                .request(Method::POST, "/v1/runs")
-                .json(&missing_template),
+            submit_as_admin(&missing_template),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "unknown field",
-            admin.request(Method::POST, "/v1/runs").json(&unknown_field),
+            submit_as_admin(&unknown_field),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "invalid template",
-            admin.request(Method::POST, "/v1/runs").json(&bad_template),
+            submit_as_admin(&bad_template),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "unparsable template",
-            admin
-                .request(Method::POST, "/v1/runs")
-                .json(&yaml_injection),
+            submit_as_admin(&yaml_injection),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "persona not an object",
-            admin.request(Method::POST, "/v1/runs").json(&bad_persona),
+            submit_as_admin(&bad_persona),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "negative budget",
-            admin.request(Method::POST, "/v1/runs").json(&bad_budget),
+            submit_as_admin(&bad_budget),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "binding to unknown role",
-            admin.request(Method::POST, "/v1/runs").json(&bad_binding),
+            submit_as_admin(&bad_binding),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),
         (
             "bad queue name",
-            admin.request(Method::POST, "/v1/runs").json(&bad_queue),
+            submit_as_admin(&bad_queue),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
         ),

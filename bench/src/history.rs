@@ -14,10 +14,10 @@ use clap::Parser;
 use phasefleet::agent::synthetic::SyntheticAgent;
 use phasefleet::local_pg::LocalPg;
 use phasefleet::phase::Engine;
-use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
+use phasefleet::submit::SubmitRequest;
 use phasefleet::validate::SchemaRegistry;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
-use phasefleet_bench::{load, runtime};
+use phasefleet_bench::{bench_request, load, runtime, stop_and_rate};
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
 use sqlx::PgPool;
 use std::path::Path;
@@ -65,20 +65,7 @@ impl Fixture {
     }
 
     fn request(&self, queue: &str) -> SubmitRequest {
-        SubmitRequest {
-            template: self.template.clone(),
-            personas: self.personas.clone(),
-            inputs: RunInputs {
-                requirements: "# history".into(),
-                objective: serde_json::json!({}),
-                extra: serde_json::json!({}),
-            },
-            bindings: Default::default(),
-            budget: Budget::default(),
-            idempotency_key: None,
-            submitted_by: Some("bench".into()),
-            queue: queue.into(),
-        }
+        bench_request(&self.template, &self.personas, queue)
     }
 }
 
@@ -125,12 +112,7 @@ async fn engine(pool: &PgPool, fx: &Fixture, n: usize, label: &str) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let secs = start.elapsed().as_secs_f64();
-    stop.cancel();
-    for h in handles {
-        h.await??;
-    }
-    Ok(n as f64 / secs)
+    stop_and_rate(&stop, handles, n, start).await
 }
 
 /// Event appends per second: 20 events into each of `n / 20` fresh runs, one

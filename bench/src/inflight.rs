@@ -10,7 +10,6 @@ use clap::Parser;
 use phasefleet::agent::router::BackendRouter;
 use phasefleet::local_pg::LocalPg;
 use phasefleet::phase::Engine;
-use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
 use phasefleet::validate::SchemaRegistry;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
@@ -95,20 +94,8 @@ async fn main() -> anyhow::Result<()> {
         let queue = format!("inflight-{slots}");
         // Submit everything first, so the worker can fill every slot at once.
         for _ in 0..slots {
-            let req = SubmitRequest {
-                template: template.clone(),
-                personas: vec![persona.clone()],
-                inputs: RunInputs {
-                    requirements: "bench".into(),
-                    objective: serde_json::json!({}),
-                    extra: serde_json::json!({}),
-                },
-                bindings: Default::default(),
-                budget: Budget::default(),
-                idempotency_key: None,
-                submitted_by: Some("bench".into()),
-                queue: queue.clone(),
-            };
+            let req =
+                phasefleet_bench::bench_request(&template, std::slice::from_ref(&persona), &queue);
             phasefleet::submit::submit(&pool, &schemas, req).await?;
         }
         let agent = BackendRouter::from_env()

@@ -1,10 +1,54 @@
 //! Shared pieces of the benchmarks: loading no-op jobs and draining them with the worker
 //! runtime.
 
+use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
+use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_worker::{Builtins, Worker, WorkerConfig};
 use sqlx::PgPool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// A run of `template` on `queue` with empty inputs, submitted by `bench`.
+#[must_use]
+pub fn bench_request(
+    template: &WorkflowTemplate,
+    personas: &[Persona],
+    queue: &str,
+) -> SubmitRequest {
+    SubmitRequest {
+        template: template.clone(),
+        personas: personas.to_vec(),
+        inputs: RunInputs {
+            requirements: "# bench".into(),
+            objective: serde_json::json!({}),
+            extra: serde_json::json!({}),
+        },
+        bindings: Default::default(),
+        budget: Budget::default(),
+        idempotency_key: None,
+        submitted_by: Some("bench".into()),
+        queue: queue.into(),
+    }
+}
+
+/// Stop in-process workers and return the rate of `n` items since `start`.
+///
+/// # Errors
+/// A worker that failed.
+pub async fn stop_and_rate(
+    stop: &CancellationToken,
+    handles: Vec<JoinHandle<Result<(), phasefleet_worker::WorkerError>>>,
+    n: usize,
+    start: Instant,
+) -> anyhow::Result<f64> {
+    let secs = start.elapsed().as_secs_f64();
+    stop.cancel();
+    for h in handles {
+        h.await??;
+    }
+    Ok(n as f64 / secs)
+}
 
 /// Replace the `bench` queue's jobs with `n` ready no-op jobs (bulk insert: the setup
 /// is not what is measured).
@@ -33,7 +77,7 @@ pub async fn load(pool: &PgPool, n: usize) -> anyhow::Result<()> {
 pub async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<f64> {
     load(pool, n).await?;
     let stop = CancellationToken::new();
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..workers {
         let cfg = WorkerConfig {
@@ -57,10 +101,5 @@ pub async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let secs = start.elapsed().as_secs_f64();
-    stop.cancel();
-    for h in handles {
-        h.await??;
-    }
-    Ok(n as f64 / secs)
+    stop_and_rate(&stop, handles, n, start).await
 }

@@ -399,11 +399,13 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
                 }
             }
             let mut runs_deleted = 0;
-            while runs {
-                let n = phasefleet::runs::prune_ended(&mut conn, older_than, 500).await?;
-                runs_deleted += n;
-                if n == 0 {
-                    break;
+            if runs {
+                loop {
+                    let n = phasefleet::runs::prune_ended(&mut conn, older_than, 500).await?;
+                    runs_deleted += n;
+                    if n == 0 {
+                        break;
+                    }
                 }
             }
             print_one(
