@@ -3,6 +3,9 @@
 # tests. Idempotent: does nothing when both answer. Starts them from installed binaries,
 # or installs them with apt-get on a fresh Debian/Ubuntu machine. Prints TEST_PG_URL.
 set -euo pipefail
+# Only the URL goes to stdout (callers capture it); everything else, including what
+# pg_ctlcluster or apt print, goes to stderr.
+exec 3>&1 1>&2
 
 log() { echo "provision: $*" >&2; }
 SUDO=""
@@ -13,7 +16,7 @@ apt_install() {
     log "cannot install $*: no apt-get; install it yourself"; exit 1
   fi
   if [ -z "${APT_UPDATED:-}" ]; then $SUDO apt-get update -qq >&2; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" 3>&-
 }
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
@@ -25,7 +28,7 @@ if ! pg_up; then
   log "starting postgresql"
   if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
     ver=$(ls /etc/postgresql | sort -n | tail -1)
-    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start 3>&- || true
   fi
   for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
   pg_up || { log "postgresql did not come up on 127.0.0.1:5432"; exit 1; }
@@ -46,7 +49,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   log "starting redis"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >&2
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no 3>&-
   for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.25; done
 fi
 
@@ -55,4 +58,4 @@ if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null ||
   log "installing chromium and chromium-driver (browser test)"; apt_install chromium chromium-driver
 fi
 
-echo "$url"
+echo "$url" >&3
