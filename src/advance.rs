@@ -4,8 +4,8 @@
 
 use crate::events;
 use crate::ids::RunId;
-use crate::phase::PhaseJob;
-use crate::queue::{self, QueueError};
+use crate::phase::enqueue_first_attempt;
+use crate::queue::QueueError;
 use crate::report;
 use crate::runs::{self, PhaseState, RunState};
 use sqlx::PgConnection;
@@ -51,17 +51,7 @@ pub async fn phase_accepted(
     match next {
         Some((key, next_round)) => {
             runs::set_state(conn, run, RunState::Running, None).await?;
-            queue::enqueue(
-                conn,
-                &PhaseJob {
-                    run_id: run,
-                    phase: key.clone(),
-                    round: next_round,
-                    attempt: 1,
-                }
-                .to_job(queue_name),
-            )
-            .await?;
+            enqueue_first_attempt(conn, run, &key, next_round, queue_name).await?;
             events::append(
                 conn,
                 run,

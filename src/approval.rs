@@ -5,8 +5,8 @@
 use crate::advance::{self, AdvanceError};
 use crate::events;
 use crate::ids::{ApprovalId, RunId};
-use crate::phase::PhaseJob;
-use crate::queue::{self, QueueError};
+use crate::phase::enqueue_first_attempt;
+use crate::queue::QueueError;
 use crate::runs::{self, PhaseState, RunState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -248,17 +248,7 @@ pub async fn decide(
             .execute(&mut *tx)
             .await?;
             runs::set_state(&mut tx, run_id, RunState::Running, None).await?;
-            queue::enqueue(
-                &mut tx,
-                &PhaseJob {
-                    run_id,
-                    phase: phase_key.clone(),
-                    round: next_round,
-                    attempt: 1,
-                }
-                .to_job(&run.queue),
-            )
-            .await?;
+            enqueue_first_attempt(&mut tx, run_id, &phase_key, next_round, &run.queue).await?;
             events::append(
                 &mut tx,
                 run_id,

@@ -5,8 +5,8 @@
 
 use crate::events;
 use crate::ids::RunId;
-use crate::phase::PhaseJob;
-use crate::queue::{self, QueueError};
+use crate::phase::enqueue_first_attempt;
+use crate::queue::QueueError;
 use crate::runs::{self, RunState};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -103,17 +103,7 @@ pub async fn retry_failed_run(
         serde_json::json!({ "phase": phase, "round": retried.round, "previous_error": run.error, "by": by }),
     )
     .await?;
-    queue::enqueue(
-        &mut tx,
-        &PhaseJob {
-            run_id,
-            phase: phase.clone(),
-            round: retried.round,
-            attempt: 1,
-        }
-        .to_job(&run.queue),
-    )
-    .await?;
+    enqueue_first_attempt(&mut tx, run_id, &phase, retried.round, &run.queue).await?;
     tx.commit().await?;
     tracing::info!(run_id = %run_id, phase = %phase, round = retried.round, "failed run re-opened");
     Ok(retried)

@@ -4,8 +4,8 @@
 
 use crate::events;
 use crate::ids::RunId;
-use crate::phase::PhaseJob;
-use crate::queue::{self, QueueError};
+use crate::phase::enqueue_first_attempt;
+use crate::queue::QueueError;
 use crate::validate::SchemaRegistry;
 use crate::workflow::{Persona, WorkflowTemplate, sha256_hex};
 use serde::{Deserialize, Serialize};
@@ -312,14 +312,7 @@ pub async fn submit(
         .phases
         .first()
         .ok_or_else(|| invalid("template.phases", "a template needs at least one phase"))?;
-    let job = PhaseJob {
-        run_id,
-        phase: first.key.clone(),
-        round: 1,
-        attempt: 1,
-    }
-    .to_job(&req.queue);
-    queue::enqueue(&mut tx, &job).await?;
+    enqueue_first_attempt(&mut tx, run_id, &first.key, 1, &req.queue).await?;
     tx.commit().await?;
     tracing::info!(run_id = %run_id, template = %req.template.name, "run submitted");
     Ok(Submitted::Created(run_id))

@@ -15,7 +15,7 @@ pub fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets(&[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0])
+                .set_buckets(phasefleet::phase::DURATION_BUCKETS_SECS)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(h) => h,

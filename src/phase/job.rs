@@ -1,8 +1,9 @@
 //! The payload of a phase job: which attempt of which round of which phase.
 
 use crate::ids::RunId;
-use crate::queue::NewJob;
+use crate::queue::{self, NewJob, QueueError};
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 
 pub const PHASE_JOB_KIND: &str = "phase";
 
@@ -33,4 +34,26 @@ impl PhaseJob {
         ))
         .max_attempts(5)
     }
+}
+
+/// Enqueue attempt 1 of `round` of `phase` (a run's first phase, the next phase, a
+/// revision or an operator's retry), inside the caller's transaction.
+///
+/// # Errors
+/// [`QueueError`] from the enqueue.
+pub async fn enqueue_first_attempt(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    phase: &str,
+    round: i32,
+    queue_name: &str,
+) -> Result<(), QueueError> {
+    let job = PhaseJob {
+        run_id,
+        phase: phase.to_owned(),
+        round,
+        attempt: 1,
+    };
+    queue::enqueue(conn, &job.to_job(queue_name)).await?;
+    Ok(())
 }

@@ -7,7 +7,11 @@ mod envelope;
 mod job;
 
 pub use envelope::Envelope;
-pub use job::{PHASE_JOB_KIND, PhaseJob};
+pub use job::{PHASE_JOB_KIND, PhaseJob, enqueue_first_attempt};
+
+/// Histogram buckets (seconds) for phase attempt durations: from a synthetic phase to a
+/// long model conversation. Every process exporting metrics uses these.
+pub const DURATION_BUCKETS_SECS: &[f64] = &[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
 
 use crate::advance::{self, AdvanceError};
 use crate::agent::{Agent, AgentError, AgentRequest};

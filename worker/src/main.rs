@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let signals = shutdown::install().context("installing signal handlers")?;
     if let Some(addr) = args.metrics_listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets(&[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0])?
+            .set_buckets(phasefleet::phase::DURATION_BUCKETS_SECS)?
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
