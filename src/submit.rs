@@ -187,9 +187,20 @@ fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitErro
             .submitted_by
             .as_deref()
             .is_some_and(|k| k.contains('\0'))
-        || req.queue.contains('\0')
     {
         return Err(invalid("idempotency_key", NUL));
+    }
+    let queue_ok = !req.queue.is_empty()
+        && req.queue.len() <= 64
+        && req
+            .queue
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !queue_ok {
+        return Err(invalid(
+            "queue",
+            "1 to 64 characters from A-Z a-z 0-9 - _ .",
+        ));
     }
     if req.budget.usd.is_some_and(|u| !(u > 0.0 && u.is_finite())) {
         return Err(invalid("budget.usd", "must be a positive number"));

@@ -71,7 +71,7 @@ impl Fixture {
 
 /// Runs per second for `n` runs submitted at once and worked by 2 workers x 16 slots.
 async fn engine(pool: &PgPool, fx: &Fixture, n: usize, label: &str) -> anyhow::Result<f64> {
-    let queue = format!("engine-{label}");
+    let queue = format!("engine-{}", label.replace(' ', "-"));
     let start = Instant::now();
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {

@@ -91,21 +91,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_owned()))
 }
 
-fn check_queue(q: &str) -> Result<(), ApiError> {
-    let ok = !q.is_empty()
-        && q.len() <= 64
-        && q.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "queue",
-            "1 to 64 characters from A-Z a-z 0-9 - _ .",
-        ))
-    }
-}
-
 fn build_request(
     body: SubmitBody,
     key: Option<String>,
@@ -140,31 +125,14 @@ fn build_request(
             serde_json::from_value(v).map_err(|e| ApiError::invalid("inputs", e.to_string()))?
         }
     };
-    for (name, v) in [
-        ("inputs.objective", &inputs.objective),
-        ("inputs.extra", &inputs.extra),
-    ] {
-        if !v.is_object() {
-            return Err(ApiError::invalid(name, "expected a JSON object"));
-        }
-    }
     let budget = body.budget.map_or(Budget::default(), |b| Budget {
         usd: b.usd,
         tokens: b.tokens,
     });
-    if budget.usd.is_some_and(|u| !u.is_finite() || u <= 0.0) {
-        return Err(ApiError::invalid("budget.usd", "must be a positive number"));
-    }
-    if budget.tokens.is_some_and(|t| t <= 0) {
-        return Err(ApiError::invalid(
-            "budget.tokens",
-            "must be a positive integer",
-        ));
-    }
+    // Inputs, budget and queue name are checked by `phasefleet::submit`, for every caller.
     let queue = body
         .queue
         .unwrap_or_else(|| phasefleet::queue::DEFAULT_QUEUE.to_owned());
-    check_queue(&queue)?;
     Ok(SubmitRequest {
         template,
         personas,
