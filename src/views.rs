@@ -116,6 +116,9 @@ pub struct ArtifactMeta {
     pub created_at: DateTime<Utc>,
 }
 
+const ARTIFACT_COLUMNS: &str = "id, phase_key, round, attempt, path, schema_id, sha256, valid,
+    validation_errors, octet_length(content) AS bytes, created_at";
+
 /// The artifacts of a run, oldest first.
 ///
 /// # Errors
@@ -124,11 +127,9 @@ pub async fn artifacts(
     conn: &mut PgConnection,
     run: RunId,
 ) -> Result<Vec<ArtifactMeta>, sqlx::Error> {
-    sqlx::query_as::<_, ArtifactMeta>(
-        "SELECT id, phase_key, round, attempt, path, schema_id, sha256, valid, validation_errors,
-                octet_length(content) AS bytes, created_at
-           FROM artifacts WHERE run_id = $1 ORDER BY id",
-    )
+    sqlx::query_as::<_, ArtifactMeta>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = $1 ORDER BY id"
+    )))
     .bind(run)
     .fetch_all(&mut *conn)
     .await
@@ -143,22 +144,20 @@ pub async fn artifact_content(
     run: RunId,
     id: i64,
 ) -> Result<Option<(ArtifactMeta, Option<String>)>, sqlx::Error> {
-    let meta = sqlx::query_as::<_, ArtifactMeta>(
-        "SELECT id, phase_key, round, attempt, path, schema_id, sha256, valid, validation_errors,
-                octet_length(content) AS bytes, created_at
-           FROM artifacts WHERE run_id = $1 AND id = $2",
-    )
+    #[derive(sqlx::FromRow)]
+    struct WithContent {
+        #[sqlx(flatten)]
+        meta: ArtifactMeta,
+        content: Option<String>,
+    }
+    let row = sqlx::query_as::<_, WithContent>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ARTIFACT_COLUMNS}, content FROM artifacts WHERE run_id = $1 AND id = $2"
+    )))
     .bind(run)
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(meta) = meta else { return Ok(None) };
-    let (content,): (Option<String>,) =
-        sqlx::query_as("SELECT content FROM artifacts WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(Some((meta, content)))
+    Ok(row.map(|r| (r.meta, r.content)))
 }
 
 /// LLM spend of a run, per phase and model.
