@@ -148,11 +148,12 @@ impl Browser {
 
 impl Drop for Browser {
     /// Kill chromedriver's whole process group (Chromium included), even when a test
-    /// assertion failed before `quit`.
+    /// assertion failed before `quit`. The `-s KILL -- -PGID` form matters: procps-ng
+    /// 4.0.2's `kill -KILL -PGID` does not parse the group as a group.
     fn drop(&mut self) {
         if let Some(pid) = self.driver.id() {
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
                 .status();
         }
     }
