@@ -91,16 +91,20 @@ pub async fn end_run(
     .bind(run)
     .execute(&mut *conn)
     .await?;
-    // Waiting jobs of the run are cancelled; running ones are interrupted by their worker.
-    sqlx::query(
+    // Waiting jobs of the run are cancelled; running ones are interrupted by their
+    // worker, which hears of it at commit (NOTIFY) and at its next heartbeat.
+    let running: Vec<(bool,)> = sqlx::query_as(
         "UPDATE jobs SET state = CASE WHEN state = 'ready' THEN 'cancelled'::job_state ELSE state END,
                 finished_at = CASE WHEN state = 'ready' THEN now() ELSE finished_at END,
                 cancel_requested = (state = 'running')
-          WHERE run_id = $1 AND state IN ('ready', 'running')",
+          WHERE run_id = $1 AND state IN ('ready', 'running') RETURNING cancel_requested",
     )
     .bind(run)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    if running.iter().any(|(r,)| *r) {
+        crate::queue::notify::cancel_run(conn, run).await?;
+    }
     let kind = format!("run.{}", state.as_str());
     let key = if retries == 0 {
         kind.clone()

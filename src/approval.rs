@@ -8,6 +8,7 @@ use crate::ids::{ApprovalId, RunId};
 use crate::phase::enqueue_first_attempt;
 use crate::queue::QueueError;
 use crate::runs::{self, PhaseState, RunState};
+use crate::teams::Scope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -21,6 +22,18 @@ pub enum Action {
     Abort,
     /// Re-run the phase with the reviewer's comment (a new round).
     Revise,
+}
+
+impl Action {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+            Self::Abort => "abort",
+            Self::Revise => "revise",
+        }
+    }
 }
 
 impl std::str::FromStr for Action {
@@ -93,16 +106,24 @@ const APPROVAL_SELECT: &str =
         d.action, d.comment, d.decided_by, d.decided_at
    FROM approval_requests r LEFT JOIN approval_decisions d ON d.request_id = r.id";
 
-/// Requests that wait on a human (their run is parked on them), oldest first.
+/// Requests that wait on a human (their run is parked on them), oldest first; only
+/// those of runs `scope` sees.
 ///
 /// # Errors
 /// Database errors.
-pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<ApprovalRow>, sqlx::Error> {
+pub async fn pending(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    limit: i64,
+) -> Result<Vec<ApprovalRow>, sqlx::Error> {
     sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
         "{APPROVAL_SELECT} JOIN runs ON runs.id = r.run_id
-          WHERE r.state = 'pending' AND runs.state = 'awaiting_approval' ORDER BY r.created_at LIMIT $1"
+          WHERE r.state = 'pending' AND runs.state = 'awaiting_approval'
+            AND ($2::text IS NULL OR runs.team = $2)
+          ORDER BY r.created_at LIMIT $1"
     )))
     .bind(limit)
+    .bind(scope.team())
     .fetch_all(&mut *conn)
     .await
 }
@@ -120,14 +141,16 @@ pub async fn for_run(conn: &mut PgConnection, run: RunId) -> Result<Vec<Approval
     .await
 }
 
-/// Decide a request.
+/// Decide a request of a run `scope` sees.
 ///
 /// # Errors
-/// [`ApprovalError::NotFound`], [`ApprovalError::Conflict`] for a different second
-/// decision, [`ApprovalError::RunNotWaiting`] when the run ended meanwhile,
+/// [`ApprovalError::NotFound`] (also for another team's request),
+/// [`ApprovalError::Conflict`] for a different second decision,
+/// [`ApprovalError::RunNotWaiting`] when the run ended meanwhile,
 /// [`ApprovalError::Invalid`] for a revise without a comment.
 pub async fn decide(
     pool: &PgPool,
+    scope: &Scope,
     id: ApprovalId,
     action: Action,
     comment: Option<&str>,
@@ -166,6 +189,7 @@ pub async fn decide(
     // Lock order: run, then request (as every engine transaction).
     let run = runs::lock(&mut tx, run_id)
         .await?
+        .filter(|r| scope.sees(&r.team))
         .ok_or(ApprovalError::NotFound(id))?;
     let (phase_key, round): (String, i32) =
         sqlx::query_as("SELECT phase_key, round FROM approval_requests WHERE id = $1 FOR UPDATE")

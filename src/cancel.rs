@@ -1,9 +1,10 @@
-//! Flow 6, cancel: the run stops, its waiting jobs are cancelled and its running job is
+//! Cancel: the run stops, its waiting jobs are cancelled and its running job is
 //! interrupted by its worker (which makes no further LLM call for it).
 
 use crate::advance::{self, AdvanceError};
 use crate::ids::RunId;
 use crate::runs::{self, RunState};
+use crate::teams::Scope;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -25,18 +26,21 @@ pub enum CancelError {
     Db(#[from] sqlx::Error),
 }
 
-/// Cancel a run.
+/// Cancel a run `scope` sees. Its running job's worker hears of it at once (a
+/// NOTIFY sent at commit) and aborts the in-flight model request.
 ///
 /// # Errors
-/// [`CancelError::NotFound`]; database errors.
+/// [`CancelError::NotFound`] (also for another team's run); database errors.
 pub async fn cancel_run(
     pool: &PgPool,
+    scope: &Scope,
     run: RunId,
     reason: Option<&str>,
 ) -> Result<Cancelled, CancelError> {
     let mut tx = pool.begin().await?;
     let r = runs::lock(&mut tx, run)
         .await?
+        .filter(|r| scope.sees(&r.team))
         .ok_or(CancelError::NotFound(run))?;
     if r.state.is_terminal() {
         return Ok(Cancelled::AlreadyEnded(r.state));

@@ -95,6 +95,19 @@ impl PhaseState {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Skipped)
     }
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Validating => "validating",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -116,11 +129,13 @@ pub struct Run {
     pub queue: String,
     /// How many times an operator re-opened it after it failed.
     pub retries: i32,
+    /// The team it belongs to.
+    pub team: String,
 }
 
 const RUN_COLUMNS: &str =
     "id, template_hash, state, idempotency_key, submitted_by, budget_usd, budget_tokens,
-    spent_usd, spent_tokens, error, created_at, started_at, finished_at, queue, retries";
+    spent_usd, spent_tokens, error, created_at, started_at, finished_at, queue, retries, team";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PhaseRow {

@@ -1,15 +1,18 @@
-//! Flow 1, submit: check the template, personas, bindings and inputs; then, in one
-//! transaction, store the run skeleton and enqueue its first phase job. A client
-//! idempotency key makes a repeated submit return the same run.
+//! Submit: check the template, personas, bindings, inputs and the team's limits; then,
+//! in one transaction, store the run skeleton and enqueue its first phase job. A client
+//! idempotency key (the team's own) makes a repeated submit return the same run; the
+//! same key with a different request is a conflict.
 
+use crate::config::Config;
 use crate::events;
 use crate::ids::RunId;
 use crate::phase::enqueue_first_attempt;
 use crate::queue::QueueError;
+use crate::store::persona_registry;
 use crate::validate::SchemaRegistry;
-use crate::workflow::{Persona, WorkflowTemplate, sha256_hex};
+use crate::workflow::{Backend, Persona, WorkflowTemplate, canonical_json, sha256_hex};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
 
 /// The run's inputs.
@@ -39,6 +42,7 @@ pub struct Budget {
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
     pub template: WorkflowTemplate,
+    /// Personas supplied with the request; roles may also bind registered personas.
     pub personas: Vec<Persona>,
     pub inputs: RunInputs,
     /// role -> persona name, overriding the template's default for this run.
@@ -48,13 +52,18 @@ pub struct SubmitRequest {
     pub submitted_by: Option<String>,
     /// Queue for the run's phase jobs.
     pub queue: String,
+    /// The team the run belongs to.
+    pub team: String,
+    /// The caller is an operator or an admin: personas it supplies may name a provider.
+    /// Everyone else binds provider personas an admin registered.
+    pub may_define_provider_personas: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", content = "run_id", rename_all = "snake_case")]
 pub enum Submitted {
     Created(RunId),
-    /// The idempotency key was used before: this is that run.
+    /// The idempotency key was used before, for the same request: this is that run.
     Existing(RunId),
 }
 
@@ -71,6 +80,11 @@ impl Submitted {
 pub enum SubmitError {
     #[error("invalid {field}: {message}")]
     Invalid { field: String, message: String },
+    /// The idempotency key names an earlier run submitted with a different request.
+    #[error(
+        "Idempotency-Key was used for run {run} with a different request (template, personas, inputs, budget or queue)"
+    )]
+    KeyReused { run: RunId },
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("database error: {0}")]
@@ -95,13 +109,22 @@ pub fn has_nul(v: &serde_json::Value) -> bool {
     }
 }
 
-/// Resolve role -> persona for this run (defaults, then overrides).
-fn bind(req: &SubmitRequest) -> Result<BTreeMap<String, (&Persona, bool)>, SubmitError> {
-    let by_name: BTreeMap<&str, &Persona> =
-        req.personas.iter().map(|p| (p.name.as_str(), p)).collect();
-    if by_name.len() != req.personas.len() {
-        return Err(invalid("personas", "two personas share a name"));
-    }
+/// A persona bound to a role, and whether the run overrode the template's default.
+struct Bound<'a> {
+    persona: &'a Persona,
+    overridden: bool,
+}
+
+/// Resolve role -> persona for this run (defaults, then overrides), looking in the
+/// supplied personas first and in the registry after.
+fn bind<'a>(
+    req: &SubmitRequest,
+    registered: &'a [Persona],
+    supplied: &'a [Persona],
+) -> Result<BTreeMap<String, Bound<'a>>, SubmitError> {
+    let mut by_name: BTreeMap<&str, &Persona> =
+        registered.iter().map(|p| (p.name.as_str(), p)).collect();
+    by_name.extend(supplied.iter().map(|p| (p.name.as_str(), p)));
     for role in req.bindings.keys() {
         if !req.template.roles.contains_key(role) {
             return Err(invalid(
@@ -124,32 +147,70 @@ fn bind(req: &SubmitRequest) -> Result<BTreeMap<String, (&Persona, bool)>, Submi
                     format!("template.roles.{role}.persona")
                 },
                 format!(
-                    "persona {name:?} was not supplied (supplied: {:?})",
-                    by_name.keys().collect::<Vec<_>>()
+                    "persona {name:?} was neither supplied nor registered (supplied: {:?})",
+                    supplied.iter().map(|p| &p.name).collect::<Vec<_>>()
                 ),
             )
         })?;
-        out.insert(role.clone(), (*persona, overridden));
+        out.insert(
+            role.clone(),
+            Bound {
+                persona,
+                overridden,
+            },
+        );
     }
     Ok(out)
 }
 
-fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitError> {
-    req.template
-        .check("template")
-        .map_err(|e| invalid("template", e.to_string()))?;
-    for p in &req.personas {
-        p.check(&format!("persona {}", p.name))
-            .map_err(|e| invalid("personas", e.to_string()))?;
+/// Personas, bindings and sizes the request itself can be judged on.
+fn check_personas(req: &SubmitRequest) -> Result<(), SubmitError> {
+    if req.personas.len() > 32 {
+        return Err(invalid("personas", "at most 32 personas"));
     }
-    for (i, p) in req.template.phases.iter().enumerate() {
-        if let Err(e) = schemas.schema(&p.expected_artifact.schema) {
+    if req.bindings.len() > 32 {
+        return Err(invalid("bindings", "at most 32 bindings"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in req.personas.iter().enumerate() {
+        p.check(&format!("persona {}", p.name))
+            .map_err(|e| invalid(format!("personas[{i}]"), e.to_string()))?;
+        if !names.insert(p.name.as_str()) {
+            return Err(invalid("personas", "two personas share a name"));
+        }
+        if p.provider.is_some() && !req.may_define_provider_personas {
             return Err(invalid(
-                format!("template.phases[{i}].expected_artifact.schema"),
-                e.to_string(),
+                format!("personas[{i}].provider"),
+                "only an admin may define a persona that names a provider; bind a persona an admin registered (by name, under `bindings` or the template's roles)",
             ));
         }
     }
+    Ok(())
+}
+
+/// Every bound persona that calls a model names a configured provider and a model it allows.
+fn check_providers(
+    bound: &BTreeMap<String, Bound<'_>>,
+    config: &Config,
+) -> Result<(), SubmitError> {
+    for (role, b) in bound {
+        let p = b.persona;
+        if p.backend == Backend::Synthetic {
+            continue;
+        }
+        config
+            .check_model(p.provider.as_deref().unwrap_or_default(), &p.model)
+            .map_err(|m| {
+                invalid(
+                    format!("bindings.{role}"),
+                    format!("persona {:?}: {m}", p.name),
+                )
+            })?;
+    }
+    Ok(())
+}
+
+fn check_inputs(req: &SubmitRequest) -> Result<(), SubmitError> {
     if !req.inputs.objective.is_object() {
         return Err(invalid("inputs.objective", "must be a JSON object"));
     }
@@ -158,6 +219,14 @@ fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitErro
     }
     if req.inputs.requirements.len() > 1_000_000 {
         return Err(invalid("inputs.requirements", "larger than 1 MB"));
+    }
+    for (field, v) in [
+        ("inputs.objective", &req.inputs.objective),
+        ("inputs.extra", &req.inputs.extra),
+    ] {
+        if v.to_string().len() > 256 * 1024 {
+            return Err(invalid(field, "larger than 256 KiB"));
+        }
     }
     // PostgreSQL stores no NUL character in text or jsonb: refuse it up front, naming
     // the field, instead of failing the insert.
@@ -179,16 +248,29 @@ fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitErro
             return Err(invalid(format!("personas[{i}]"), NUL));
         }
     }
-    if req
-        .idempotency_key
-        .as_deref()
-        .is_some_and(|k| k.contains('\0'))
-        || req
-            .submitted_by
-            .as_deref()
-            .is_some_and(|k| k.contains('\0'))
+    for (field, v) in [
+        ("idempotency_key", req.idempotency_key.as_deref()),
+        ("submitted_by", req.submitted_by.as_deref()),
+    ] {
+        if v.is_some_and(|k| k.contains('\0')) {
+            return Err(invalid(field, NUL));
+        }
+    }
+    if let Some(k) = &req.idempotency_key
+        && (k.is_empty() || k.len() > 200)
     {
-        return Err(invalid("idempotency_key", NUL));
+        return Err(invalid("idempotency_key", "must be 1..=200 characters"));
+    }
+    Ok(())
+}
+
+/// The team's queues and budget ceiling; a run without a budget gets the ceiling.
+fn apply_team_limits(req: &mut SubmitRequest, config: &Config) -> Result<(), SubmitError> {
+    if !crate::config::is_name(&req.team) {
+        return Err(invalid(
+            "team",
+            "team names use letters, digits, '_', '-', '.'",
+        ));
     }
     let queue_ok = !req.queue.is_empty()
         && req.queue.len() <= 64
@@ -202,33 +284,112 @@ fn check(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitErro
             "1 to 64 characters from A-Z a-z 0-9 - _ .",
         ));
     }
+    let team = config.team(&req.team);
+    if !team.allows_queue(&req.queue) {
+        return Err(invalid(
+            "queue",
+            format!(
+                "team {:?} may not use queue {:?} (allowed: {})",
+                req.team,
+                req.queue,
+                team.queues
+                    .as_ref()
+                    .map_or_else(|| "default".to_owned(), |q| q.join(", "))
+            ),
+        ));
+    }
     if req.budget.usd.is_some_and(|u| !(u > 0.0 && u.is_finite())) {
         return Err(invalid("budget.usd", "must be a positive number"));
     }
     if req.budget.tokens.is_some_and(|t| t <= 0) {
         return Err(invalid("budget.tokens", "must be positive"));
     }
-    if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 200)
-    {
-        return Err(invalid("idempotency_key", "must be 1..=200 characters"));
+    if let Some(ceiling) = team.max_budget_usd {
+        match req.budget.usd {
+            Some(usd) if usd > ceiling => {
+                return Err(invalid(
+                    "budget.usd",
+                    format!("team {:?} allows at most ${ceiling} per run", req.team),
+                ));
+            }
+            Some(_) => {}
+            None => req.budget.usd = Some(ceiling),
+        }
+    }
+    if let Some(ceiling) = team.max_budget_tokens {
+        match req.budget.tokens {
+            Some(t) if t > ceiling => {
+                return Err(invalid(
+                    "budget.tokens",
+                    format!(
+                        "team {:?} allows at most {ceiling} tokens per run",
+                        req.team
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => req.budget.tokens = Some(ceiling),
+        }
     }
     Ok(())
+}
+
+fn check_template(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), SubmitError> {
+    req.template
+        .check("template")
+        .map_err(|e| invalid("template", e.to_string()))?;
+    for (i, p) in req.template.phases.iter().enumerate() {
+        if let Err(e) = schemas.schema(&p.expected_artifact.schema) {
+            return Err(invalid(
+                format!("template.phases[{i}].expected_artifact.schema"),
+                e.to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The hash that tells a repeated submit from a different one under the same key.
+fn request_hash(
+    req: &SubmitRequest,
+    template_hash: &str,
+    bound: &BTreeMap<String, Bound<'_>>,
+) -> String {
+    let personas: BTreeMap<&str, String> = bound
+        .iter()
+        .map(|(role, b)| (role.as_str(), b.persona.canonical().1))
+        .collect();
+    sha256_hex(canonical_json(&serde_json::json!({
+        "template": template_hash,
+        "personas": personas,
+        "inputs": req.inputs,
+        "budget": req.budget,
+        "queue": req.queue,
+    })))
 }
 
 /// Submit a run.
 ///
 /// # Errors
-/// [`SubmitError::Invalid`] naming the field; database errors otherwise. Nothing is
-/// stored on error.
+/// [`SubmitError::Invalid`] naming the field; [`SubmitError::KeyReused`]; database
+/// errors otherwise. Nothing is stored on error.
 pub async fn submit(
     pool: &PgPool,
     schemas: &SchemaRegistry,
-    req: SubmitRequest,
+    config: &Config,
+    mut req: SubmitRequest,
 ) -> Result<Submitted, SubmitError> {
-    check(&req, schemas)?;
-    let bound = bind(&req)?;
+    check_template(&req, schemas)?;
+    check_personas(&req)?;
+    check_inputs(&req)?;
+    apply_team_limits(&mut req, config)?;
+    let mut conn = pool.acquire().await?;
+    let registered = registered_personas(&mut conn, &req).await?;
+    drop(conn);
+    let bound = bind(&req, &registered, &req.personas)?;
+    check_providers(&bound, config)?;
     let (template_body, template_hash) = req.template.canonical();
+    let request_hash = request_hash(&req, &template_hash, &bound);
     let run_id = RunId::new();
     let mut tx = pool.begin().await?;
 
@@ -241,9 +402,10 @@ pub async fn submit(
         .await?;
 
     let inserted: Option<(RunId,)> = sqlx::query_as(
-        "INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd, budget_tokens, queue)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        "INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd, budget_tokens, queue,
+                           team, request_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (team, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(run_id)
     .bind(&template_hash)
@@ -252,16 +414,13 @@ pub async fn submit(
     .bind(req.budget.usd)
     .bind(req.budget.tokens)
     .bind(&req.queue)
+    .bind(&req.team)
+    .bind(&request_hash)
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_none() {
         tx.rollback().await?;
-        let (existing,): (RunId,) =
-            sqlx::query_as("SELECT id FROM runs WHERE idempotency_key = $1")
-                .bind(&req.idempotency_key)
-                .fetch_one(pool)
-                .await?;
-        return Ok(Submitted::Existing(existing));
+        return existing_run(pool, &req, &request_hash).await;
     }
 
     sqlx::query(
@@ -274,15 +433,9 @@ pub async fn submit(
     .execute(&mut *tx)
     .await?;
 
-    for (role, (persona, overridden)) in &bound {
-        let (body, persona_hash) = persona.canonical();
-        sqlx::query("INSERT INTO personas (hash, name, version, body) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING")
-            .bind(&persona_hash)
-            .bind(&persona.name)
-            .bind(&persona.version)
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?;
+    for (role, b) in &bound {
+        let (body, persona_hash) = b.persona.canonical();
+        crate::store::personas::personas_insert(&mut tx, b.persona, &body, &persona_hash).await?;
         let binding_hash = sha256_hex(format!("{role}\n{persona_hash}"));
         sqlx::query(
             "INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden) VALUES ($1, $2, $3, $4, $5)",
@@ -291,7 +444,7 @@ pub async fn submit(
         .bind(role)
         .bind(&persona_hash)
         .bind(&binding_hash)
-        .bind(overridden)
+        .bind(b.overridden)
         .execute(&mut *tx)
         .await?;
     }
@@ -315,7 +468,7 @@ pub async fn submit(
         "run.submitted",
         None,
         "run.submitted",
-        serde_json::json!({ "template": req.template.name, "template_hash": template_hash, "phases": req.template.phases.len() }),
+        serde_json::json!({ "template": req.template.name, "template_hash": template_hash, "phases": req.template.phases.len(), "team": req.team }),
     )
     .await?;
     let first = req
@@ -325,6 +478,46 @@ pub async fn submit(
         .ok_or_else(|| invalid("template.phases", "a template needs at least one phase"))?;
     enqueue_first_attempt(&mut tx, run_id, &first.key, 1, &req.queue).await?;
     tx.commit().await?;
-    tracing::info!(run_id = %run_id, template = %req.template.name, "run submitted");
+    tracing::info!(run_id = %run_id, template = %req.template.name, team = %req.team, "run submitted");
     Ok(Submitted::Created(run_id))
+}
+
+/// The personas the request binds by name without supplying them.
+async fn registered_personas(
+    conn: &mut PgConnection,
+    req: &SubmitRequest,
+) -> Result<Vec<Persona>, sqlx::Error> {
+    let supplied: std::collections::HashSet<&str> =
+        req.personas.iter().map(|p| p.name.as_str()).collect();
+    let wanted: Vec<String> = req
+        .template
+        .roles
+        .iter()
+        .map(|(role, d)| req.bindings.get(role).unwrap_or(&d.persona).clone())
+        .filter(|n| !supplied.contains(n.as_str()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    persona_registry::persona_registry_get_many(conn, &wanted).await
+}
+
+/// The team's run under the same key: the same request is that run; another is a conflict.
+async fn existing_run(
+    pool: &PgPool,
+    req: &SubmitRequest,
+    request_hash: &str,
+) -> Result<Submitted, SubmitError> {
+    let (existing, hash): (RunId, Option<String>) = sqlx::query_as(
+        "SELECT id, request_hash FROM runs WHERE team = $1 AND idempotency_key = $2",
+    )
+    .bind(&req.team)
+    .bind(&req.idempotency_key)
+    .fetch_one(pool)
+    .await?;
+    if hash.as_deref() == Some(request_hash) {
+        Ok(Submitted::Existing(existing))
+    } else {
+        Err(SubmitError::KeyReused { run: existing })
+    }
 }

@@ -1,5 +1,5 @@
 //! Read models for the API, the UI and the CLI: everything they show comes from here,
-//! read from PostgreSQL (SPEC invariant 4).
+//! read from PostgreSQL (nothing shown lives only in a process).
 
 use crate::ids::RunId;
 use crate::runs::{Run, RunState};
@@ -19,6 +19,7 @@ pub struct RunPage {
 pub struct RunSummary {
     pub id: RunId,
     pub state: RunState,
+    pub team: String,
     pub template: String,
     pub template_version: String,
     pub submitted_by: Option<String>,
@@ -49,6 +50,8 @@ fn cursor(r: &RunSummary) -> String {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
+    /// Only this team's runs (a team's caller always has its own here).
+    pub team: Option<String>,
     pub state: Option<RunState>,
     pub template: Option<String>,
     pub submitted_by: Option<String>,
@@ -75,7 +78,7 @@ pub async fn list_runs(
     let limit = limit.clamp(1, 500);
     let after = after.map(parse_cursor).transpose()?;
     let mut runs = sqlx::query_as::<_, RunSummary>(
-        "SELECT r.id, r.state, t.name AS template, t.version AS template_version, r.submitted_by,
+        "SELECT r.id, r.state, r.team, t.name AS template, t.version AS template_version, r.submitted_by,
                 r.spent_usd, r.spent_tokens, r.error, r.created_at, r.finished_at,
                 (SELECT count(*) FROM approval_requests a WHERE a.run_id = r.id AND a.state = 'pending') AS pending_approvals
            FROM runs r JOIN templates t ON t.hash = r.template_hash
@@ -83,6 +86,7 @@ pub async fn list_runs(
             AND ($2::text IS NULL OR t.name = $2)
             AND ($3::text IS NULL OR r.submitted_by = $3)
             AND ($4::timestamptz IS NULL OR (r.created_at, r.id) < ($4, $5))
+            AND ($7::text IS NULL OR r.team = $7)
           ORDER BY r.created_at DESC, r.id DESC
           LIMIT $6",
     )
@@ -92,6 +96,7 @@ pub async fn list_runs(
     .bind(after.map(|a| a.0))
     .bind(after.map(|a| a.1))
     .bind(limit + 1)
+    .bind(&filter.team)
     .fetch_all(&mut *conn)
     .await?;
     let more = runs.len() > usize::try_from(limit).unwrap_or(usize::MAX);

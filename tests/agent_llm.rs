@@ -8,6 +8,7 @@ use phasefleet::RunId;
 use phasefleet::agent::limits::{Limiter, ModelLimits};
 use phasefleet::agent::llm::LlmAgent;
 use phasefleet::agent::openai::RetryPolicy;
+use phasefleet::agent::providers::Providers;
 use phasefleet::agent::router::BackendRouter;
 use phasefleet::approval::{self, Action};
 use phasefleet::queue::Backoff;
@@ -36,14 +37,15 @@ async fn mock() -> Mock {
     }
 }
 
-fn persona(m: &Mock, model: &str) -> Persona {
+fn persona(model: &str) -> Persona {
     Persona {
         name: "llm".into(),
         version: "1".into(),
         backend: Backend::Openai,
         model: model.into(),
         system_prompt: "You write JSON artifacts with the write_file tool.".into(),
-        base_url: Some(m.base_url.clone()),
+        provider: Some("mock".into()),
+        base_url: None,
         api_key_env: None,
         temperature: Some(0.2),
         top_p: None,
@@ -52,7 +54,8 @@ fn persona(m: &Mock, model: &str) -> Persona {
     }
 }
 
-fn agent() -> BackendRouter {
+/// The production router against `m`: the mock is provider `mock`, as configured.
+fn agent(m: &Mock) -> BackendRouter {
     let retry = RetryPolicy {
         max_attempts: 4,
         backoff: Backoff {
@@ -63,7 +66,15 @@ fn agent() -> BackendRouter {
     };
     BackendRouter {
         synthetic: Default::default(),
-        llm: LlmAgent::new(Limiter::default(), Duration::from_secs(10), retry),
+        llm: LlmAgent::new(
+            Providers::from_config(
+                &config_with_mock(&m.base_url),
+                Duration::from_secs(10),
+                retry,
+            )
+            .unwrap(),
+            Limiter::default(),
+        ),
     }
 }
 
@@ -76,7 +87,8 @@ async fn submit_llm(
     edit: impl FnOnce(&mut phasefleet::submit::SubmitRequest),
 ) -> RunId {
     let mut req = request(q, json!({}));
-    req.personas.push(persona(m, model));
+    let _ = m;
+    req.personas.push(persona(model));
     req.bindings.insert("author".into(), "llm".into());
     req.bindings.insert("reviewer".into(), "llm".into());
     edit(&mut req);
@@ -86,11 +98,21 @@ async fn submit_llm(
 async fn drive(pool: &sqlx::PgPool, run: RunId) -> RunState {
     eventually(Duration::from_secs(60), "run ends", || async {
         let mut c = pool.acquire().await.unwrap();
-        for a in approval::pending(&mut c, 100).await.unwrap() {
+        for a in approval::pending(&mut c, &phasefleet::teams::Scope::Fleet, 100)
+            .await
+            .unwrap()
+        {
             if a.run_id == run {
-                approval::decide(pool, a.id, Action::Approve, None, Some("tests"))
-                    .await
-                    .unwrap();
+                approval::decide(
+                    pool,
+                    &phasefleet::teams::Scope::Fleet,
+                    a.id,
+                    Action::Approve,
+                    None,
+                    Some("tests"),
+                )
+                .await
+                .unwrap();
             }
         }
         let s = run_state(pool, run).await;
@@ -125,7 +147,7 @@ async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-valid");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let run = submit_llm(&pool, &q, &m, "mock/valid", |_| {}).await;
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
@@ -162,7 +184,7 @@ async fn invalid_then_valid_is_repaired_on_the_second_attempt() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-repair");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let run = submit_llm(&pool, &q, &m, "mock/invalid-then-valid", |_| {}).await;
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
@@ -181,7 +203,7 @@ async fn never_writes_fails_after_max_attempts_with_a_clear_error() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-never");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let run = submit_llm(&pool, &q, &m, "mock/never-writes", |_| {}).await;
     assert_eq!(drive(&pool, run).await, RunState::Failed);
     fleet.shutdown().await;
@@ -202,7 +224,7 @@ async fn rate_limits_and_server_errors_are_retried_and_ledgered() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-retry");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let limited = submit_llm(&pool, &q, &m, "mock/rate-limited", |_| {}).await;
     let erroring = submit_llm(&pool, &q, &m, "mock/server-error", |_| {}).await;
     assert_eq!(drive(&pool, limited).await, RunState::Completed);
@@ -231,13 +253,13 @@ async fn unauthorized_fails_the_run_without_retrying() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-401");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let run = submit_llm(&pool, &q, &m, "mock/unauthorized", |_| {}).await;
     assert_eq!(drive(&pool, run).await, RunState::Failed);
     fleet.shutdown().await;
     let err = error_of(&pool, run).await;
     assert!(
-        err.contains("HTTP 401") && err.contains("invalid API key"),
+        err.contains("HTTP 401") && err.contains("API key") && !err.contains("invalid API key"),
         "{err}"
     );
     assert_eq!(ledger_rows(&pool, run).await.len(), 1);
@@ -249,7 +271,7 @@ async fn malformed_arguments_escapes_and_multi_tool_turns_are_handled() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-tools");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let malformed = submit_llm(&pool, &q, &m, "mock/malformed-args", |_| {}).await;
     let escape = submit_llm(&pool, &q, &m, "mock/escape", |_| {}).await;
     let multi = submit_llm(&pool, &q, &m, "mock/multi-tool", |_| {}).await;
@@ -293,7 +315,7 @@ async fn a_phase_timeout_interrupts_the_call_and_no_call_follows() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-slow");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     let run = submit_llm(&pool, &q, &m, "mock/slow-3000", |r| {
         for p in &mut r.template.phases {
             p.timeout = 1;
@@ -324,7 +346,7 @@ async fn usd_budget_stops_before_the_next_call_and_unpriced_calls_use_the_table(
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("llm-budget");
-    let fleet = Fleet::start(&pool, &q, 1, 4, agent());
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
     // 0.0005 per call: the spec phase's two calls reach the budget; no third call.
     let run = submit_llm(&pool, &q, &m, "mock/valid", |r| r.budget.usd = Some(0.001)).await;
     assert_eq!(drive(&pool, run).await, RunState::Failed);

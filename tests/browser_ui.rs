@@ -51,6 +51,7 @@ impl Browser {
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let caps = json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome",
+            "unhandledPromptBehavior": "ignore",
             "goog:chromeOptions": { "binary": chromium, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                 "--disable-dev-shm-usage", "--window-size=1280,1600"] } } } });
         let session = eventually(Duration::from_secs(30), "chromedriver session", || async {
@@ -167,8 +168,33 @@ async fn a_person_submits_a_run_in_the_browser_approves_it_and_sees_it_complete(
     let fleet = Fleet::synthetic(&pool, &q, 1);
     let browser = Browser::start().await;
 
-    // The token arrives in the URL fragment, as `phasefleet dev` prints it.
+    // The token arrives in the URL fragment, as `phasefleet dev` prints it, and leaves
+    // the address bar at once.
     browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    let href = browser.js("return location.href").await;
+    assert!(!href.as_str().unwrap().contains("token="), "{href}");
+    // A link carrying another token asks before replacing the stored one; declined, the
+    // stored token stays.
+    browser
+        .goto(&format!(
+            "{}/#token=someone-elses-token-0123456789",
+            api.base
+        ))
+        .await;
+    let alert = eventually(Duration::from_secs(10), "the confirm dialog", || async {
+        let text = browser
+            .cmd(reqwest::Method::GET, "/alert/text", json!({}))
+            .await;
+        text.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(alert.contains("token"), "{alert}");
+    browser
+        .cmd(reqwest::Method::POST, "/alert/dismiss", json!({}))
+        .await;
+    let stored = browser.js("return localStorage.getItem('pf_token')").await;
+    assert_eq!(stored, json!(ADMIN));
     browser.wait_for("table#runs", "runs list").await;
     browser.goto(&format!("{}/#/submit", api.base)).await;
     browser.click("#example", "example button").await;

@@ -90,11 +90,11 @@ impl Drop for Redis {
     }
 }
 
-fn persona(name: &str, model: &str, mock: &str) -> Persona {
+fn persona(name: &str, model: &str) -> Persona {
     Persona::from_str_named(
         &format!("{name}.yaml"),
         &format!(
-            "name: {name}\nversion: '1'\nbackend: openai\nmodel: {model}\nbase_url: {mock}/v1\nsystem_prompt: Write the artifact with write_file, then stop.\nmax_turns: 6\n"
+            "name: {name}\nversion: '1'\nbackend: openai\nprovider: mock\nmodel: {model}\nsystem_prompt: Write the artifact with write_file, then stop.\nmax_turns: 6\n"
         ),
     )
     .unwrap()
@@ -127,11 +127,12 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
 
     // Three model behaviours: slow enough that kills land mid-call, a repair, 5xx retries.
     let personas = vec![
-        persona("author", "mock/slow-800", &mock),
-        persona("reviewer", "mock/slow-400", &mock),
-        persona("flaky-author", "mock/invalid-then-valid", &mock),
-        persona("erroring-author", "mock/server-error", &mock),
+        persona("author", "mock/slow-800"),
+        persona("reviewer", "mock/slow-400"),
+        persona("flaky-author", "mock/invalid-then-valid"),
+        persona("erroring-author", "mock/server-error"),
     ];
+    let config_file = engine::mock_config_file(&format!("{mock}/v1"));
     let template = WorkflowTemplate::from_str_named(
         "chaos.yaml",
         &std::fs::read_to_string(engine::repo("examples/spec-review-verify.yaml"))
@@ -167,9 +168,11 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
             idempotency_key: Some(format!("chaos-{i}")),
             submitted_by: Some("chaos".into()),
             queue: q.into(),
+            team: phasefleet::teams::DEFAULT_TEAM.into(),
+            may_define_provider_personas: true,
         };
         runs.push(
-            phasefleet::submit::submit(&pool, &schemas, req)
+            phasefleet::submit::submit(&pool, &schemas, &engine::config(), req)
                 .await
                 .unwrap()
                 .run_id(),
@@ -202,6 +205,7 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
                     r#"{"mock/slow-800":{"concurrent":10,"rpm":6000}}"#,
                 ),
                 ("PHASEFLEET_LLM_CALL_TIMEOUT_SECS", "10"),
+                ("PHASEFLEET_CONFIG", config_file.path()),
             ],
         )
     };
@@ -216,7 +220,8 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
             let mut n = 0usize;
             while !stop.is_cancelled() {
                 if let Ok(mut c) = pool.acquire().await
-                    && let Ok(pending) = approval::pending(&mut c, 200).await
+                    && let Ok(pending) =
+                        approval::pending(&mut c, &phasefleet::teams::Scope::Fleet, 200).await
                 {
                     drop(c);
                     for a in pending {
@@ -226,9 +231,16 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
                         } else {
                             (Action::Approve, None)
                         };
-                        if approval::decide(&pool, a.id, action, comment, Some("chaos-reviewer"))
-                            .await
-                            .is_ok()
+                        if approval::decide(
+                            &pool,
+                            &phasefleet::teams::Scope::Fleet,
+                            a.id,
+                            action,
+                            comment,
+                            Some("chaos-reviewer"),
+                        )
+                        .await
+                        .is_ok()
                         {
                             decided.fetch_add(1, Ordering::Relaxed);
                         }

@@ -43,9 +43,18 @@ async fn cli(args: &[&str]) -> Out {
     cli_with(Some(&test_db_url()), args).await
 }
 
+/// The configuration the CLI runs with: the default team may use every test's queue.
+fn cli_config() -> &'static str {
+    static FILE: std::sync::OnceLock<support::engine::ConfigFile> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| support::engine::mock_config_file("http://127.0.0.1:9/v1"))
+        .path()
+}
+
 async fn cli_with(db: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = tokio::process::Command::new(workspace_bin("phasefleet"));
-    cmd.args(args).env_remove("DATABASE_URL");
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env("PHASEFLEET_CONFIG", cli_config());
     if let Some(db) = db {
         cmd.args(["--database-url", db]);
     }
@@ -340,4 +349,122 @@ async fn listings_print_json_and_exit_codes_tell_errors_apart() {
     let comp = cli_with(None, &["completions", "bash"]).await;
     ok(&comp);
     assert!(comp.stdout.contains("phasefleet") && comp.stdout.contains("requeue"));
+}
+
+#[tokio::test]
+async fn a_closed_pipe_a_password_and_control_characters_are_handled_like_an_operator_expects() {
+    let pool = pool().await;
+    let q = unique_queue("cli-hostile");
+    let run = submit(&pool, request(&q, json!({}))).await;
+    // Stored text may hold anything a caller or a model wrote.
+    phasefleet::cancel::cancel_run(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        run,
+        Some("\u{1b}[31mred\u{7} alert\nsecond line"),
+    )
+    .await
+    .unwrap();
+    let list = cli(&["runs", "list", "--state", "cancelled", "--limit", "1000"]).await;
+    ok(&list);
+    assert!(
+        !list.stdout.contains('\u{1b}') && !list.stdout.contains('\u{7}'),
+        "raw control characters reached the terminal"
+    );
+    assert!(list.stdout.contains("\\u{1b}[31mred"), "{}", list.stdout);
+    assert!(list.stdout.lines().next().unwrap().contains("TEAM"));
+    // The reader goes away after one line: a quiet exit, not a panic (101).
+    let mut child = tokio::process::Command::new(workspace_bin("phasefleet"))
+        .args([
+            "--database-url",
+            &test_db_url(),
+            "runs",
+            "list",
+            "--limit",
+            "1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut first)
+        .await
+        .unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --help never shows DATABASE_URL's password.
+    let help = tokio::process::Command::new(workspace_bin("phasefleet"))
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://u:hunter2-SECRET@db/x")
+        .output()
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("hunter2"));
+    // Messages use words.
+    let again = cli(&["runs", "cancel", &run.to_string()]).await;
+    ok(&again);
+    assert_eq!(again.stdout.trim(), "already ended (cancelled)");
+}
+
+#[tokio::test]
+async fn a_reused_idempotency_key_with_another_request_is_a_conflict_in_the_cli_too() {
+    let _ = pool().await;
+    let q = unique_queue("cli-idem");
+    let key = format!("cli-key-{}", uuid::Uuid::new_v4());
+    let repo = |p: &str| support::engine::repo(p).display().to_string();
+    let other = std::env::temp_dir().join(format!("{key}.yaml"));
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(repo("examples/spec-review-verify.yaml"))
+            .unwrap()
+            .replace("name: spec-review-verify", "name: another-template"),
+    )
+    .unwrap();
+    let submit_with = |template: String| {
+        let (a, r, key, q) = (
+            repo("examples/personas/synthetic-author.yaml"),
+            repo("examples/personas/synthetic-reviewer.yaml"),
+            key.clone(),
+            q.clone(),
+        );
+        async move {
+            cli(&[
+                "submit",
+                &template,
+                "--persona",
+                &a,
+                "--persona",
+                &r,
+                "--idempotency-key",
+                &key,
+                "--queue",
+                &q,
+                "--output",
+                "json",
+            ])
+            .await
+        }
+    };
+    let first = submit_with(repo("examples/spec-review-verify.yaml")).await;
+    ok(&first);
+    let same = submit_with(repo("examples/spec-review-verify.yaml")).await;
+    ok(&same);
+    assert_eq!(first.json()["run_id"], same.json()["run_id"]);
+    assert_eq!(same.json()["outcome"], "existing");
+    let conflict = submit_with(other.display().to_string()).await;
+    assert_eq!(conflict.code, 4, "stderr: {}", conflict.stderr);
+    assert!(
+        conflict.stderr.contains("different request"),
+        "{}",
+        conflict.stderr
+    );
+    let _ = std::fs::remove_file(other);
 }

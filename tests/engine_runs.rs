@@ -19,11 +19,21 @@ use support::*;
 async fn approve_all_until_done(pool: &sqlx::PgPool, runs: &[phasefleet::RunId]) {
     eventually(Duration::from_secs(240), "every run completes", || async {
         let mut c = pool.acquire().await.unwrap();
-        for a in approval::pending(&mut c, 1000).await.unwrap() {
+        for a in approval::pending(&mut c, &phasefleet::teams::Scope::Fleet, 1000)
+            .await
+            .unwrap()
+        {
             if runs.contains(&a.run_id) {
-                approval::decide(pool, a.id, Action::Approve, None, Some("tests"))
-                    .await
-                    .unwrap();
+                approval::decide(
+                    pool,
+                    &phasefleet::teams::Scope::Fleet,
+                    a.id,
+                    Action::Approve,
+                    None,
+                    Some("tests"),
+                )
+                .await
+                .unwrap();
             }
         }
         let done: (i64,) =
@@ -98,9 +108,16 @@ async fn repair_succeeds_on_the_second_attempt_with_the_errors_in_the_prompt() {
     )
     .await;
     let approval_id = pending_approval(&pool, run).await;
-    approval::decide(&pool, approval_id, Action::Approve, None, None)
-        .await
-        .unwrap();
+    approval::decide(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        approval_id,
+        Action::Approve,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
@@ -198,9 +215,16 @@ async fn duplicate_delivery_of_a_phase_job_changes_nothing() {
     let fleet = Fleet::synthetic(&pool, &q, 1);
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
-    approval::decide(&pool, a, Action::Approve, None, None)
-        .await
-        .unwrap();
+    approval::decide(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        a,
+        Action::Approve,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
     let count = |pool: sqlx::PgPool| async move {
         sqlx::query_as::<_, (i64, i64, i64)>(
@@ -295,9 +319,14 @@ async fn two_workers_racing_on_one_run_never_complete_a_phase_twice() {
         "the phase completed once"
     );
     assert_event_log_sound(&pool, run).await;
-    phasefleet::cancel::cancel_run(&pool, run, Some("test over"))
-        .await
-        .unwrap();
+    phasefleet::cancel::cancel_run(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        run,
+        Some("test over"),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -310,19 +339,41 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
     assert_eq!(
-        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"))
-            .await
-            .unwrap(),
+        approval::decide(
+            &pool,
+            &phasefleet::teams::Scope::Fleet,
+            a,
+            Action::Reject,
+            Some("too vague"),
+            Some("ann")
+        )
+        .await
+        .unwrap(),
         Decided::Recorded
     );
     assert_eq!(
-        approval::decide(&pool, a, Action::Reject, Some("too vague"), Some("ann"))
-            .await
-            .unwrap(),
+        approval::decide(
+            &pool,
+            &phasefleet::teams::Scope::Fleet,
+            a,
+            Action::Reject,
+            Some("too vague"),
+            Some("ann")
+        )
+        .await
+        .unwrap(),
         Decided::AlreadyDecided
     );
     assert!(matches!(
-        approval::decide(&pool, a, Action::Approve, None, Some("bob")).await,
+        approval::decide(
+            &pool,
+            &phasefleet::teams::Scope::Fleet,
+            a,
+            Action::Approve,
+            None,
+            Some("bob")
+        )
+        .await,
         Err(ApprovalError::Conflict {
             existing: Action::Reject,
             ..
@@ -341,9 +392,16 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     // abort -> aborted
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
-    approval::decide(&pool, a, Action::Abort, None, Some("ann"))
-        .await
-        .unwrap();
+    approval::decide(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        a,
+        Action::Abort,
+        None,
+        Some("ann"),
+    )
+    .await
+    .unwrap();
     assert_eq!(run_state(&pool, run).await, RunState::Aborted);
     assert_eq!(report(&pool, run).await.0, "aborted");
 
@@ -351,11 +409,20 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     let run = submit(&pool, request(&q, json!({}))).await;
     let a = pending_approval(&pool, run).await;
     assert!(matches!(
-        approval::decide(&pool, a, Action::Revise, None, None).await,
+        approval::decide(
+            &pool,
+            &phasefleet::teams::Scope::Fleet,
+            a,
+            Action::Revise,
+            None,
+            None
+        )
+        .await,
         Err(ApprovalError::Invalid(_))
     ));
     approval::decide(
         &pool,
+        &phasefleet::teams::Scope::Fleet,
         a,
         Action::Revise,
         Some("cite requirement ids"),
@@ -374,9 +441,16 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     })
     .await;
     assert_ne!(a, a2);
-    approval::decide(&pool, a2, Action::Approve, None, Some("ann"))
-        .await
-        .unwrap();
+    approval::decide(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        a2,
+        Action::Approve,
+        None,
+        Some("ann"),
+    )
+    .await
+    .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
     let mut c = pool.acquire().await.unwrap();
     let review = phasefleet::runs::phase(&mut c, run, "review")
@@ -391,6 +465,7 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     assert!(matches!(
         approval::decide(
             &pool,
+            &phasefleet::teams::Scope::Fleet,
             phasefleet::ApprovalId::new(),
             Action::Approve,
             None,
@@ -421,9 +496,14 @@ async fn cancel_interrupts_the_in_flight_agent_and_reports() {
         (p.state == PhaseState::Running).then_some(())
     })
     .await;
-    let out = phasefleet::cancel::cancel_run(&pool, run, Some("user asked"))
-        .await
-        .unwrap();
+    let out = phasefleet::cancel::cancel_run(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        run,
+        Some("user asked"),
+    )
+    .await
+    .unwrap();
     assert_eq!(out, phasefleet::cancel::Cancelled::Cancelled);
     assert_eq!(run_state(&pool, run).await, RunState::Cancelled);
     // The worker interrupts the agent at its next heartbeat and the job ends cancelled.
@@ -443,7 +523,7 @@ async fn cancel_interrupts_the_in_flight_agent_and_reports() {
     .await;
     let (state, _, _) = report(&pool, run).await;
     assert_eq!(state, "cancelled");
-    let again = phasefleet::cancel::cancel_run(&pool, run, None)
+    let again = phasefleet::cancel::cancel_run(&pool, &phasefleet::teams::Scope::Fleet, run, None)
         .await
         .unwrap();
     assert_eq!(
@@ -512,7 +592,7 @@ async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent()
     let q = unique_queue("submit");
     let mut bad = request(&q, json!({}));
     bad.bindings.insert("author".into(), "nobody".into());
-    let err = phasefleet::submit::submit(&pool, &schemas(), bad)
+    let err = phasefleet::submit::submit(&pool, &schemas(), &config(), bad)
         .await
         .unwrap_err();
     assert!(
@@ -523,13 +603,13 @@ async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent()
     bad.bindings
         .insert("ghost".into(), "synthetic-author".into());
     assert!(
-        phasefleet::submit::submit(&pool, &schemas(), bad)
+        phasefleet::submit::submit(&pool, &schemas(), &config(), bad)
             .await
             .is_err()
     );
     let mut bad = request(&q, json!({}));
     bad.template.phases[0].expected_artifact.schema = "nope.v9".into();
-    let err = phasefleet::submit::submit(&pool, &schemas(), bad)
+    let err = phasefleet::submit::submit(&pool, &schemas(), &config(), bad)
         .await
         .unwrap_err()
         .to_string();
@@ -537,7 +617,7 @@ async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent()
     let mut bad = request(&q, json!({}));
     bad.inputs.objective = json!([1]);
     assert!(
-        phasefleet::submit::submit(&pool, &schemas(), bad)
+        phasefleet::submit::submit(&pool, &schemas(), &config(), bad)
             .await
             .is_err()
     );
@@ -550,10 +630,10 @@ async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent()
     let key = format!("idem-{q}");
     let mut req = request(&q, json!({}));
     req.idempotency_key = Some(key.clone());
-    let first = phasefleet::submit::submit(&pool, &schemas(), req.clone())
+    let first = phasefleet::submit::submit(&pool, &schemas(), &config(), req.clone())
         .await
         .unwrap();
-    let second = phasefleet::submit::submit(&pool, &schemas(), req)
+    let second = phasefleet::submit::submit(&pool, &schemas(), &config(), req)
         .await
         .unwrap();
     assert!(matches!(first, Submitted::Created(_)));
@@ -563,9 +643,14 @@ async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent()
         1,
         "one run, one first job"
     );
-    phasefleet::cancel::cancel_run(&pool, first.run_id(), None)
-        .await
-        .unwrap();
+    phasefleet::cancel::cancel_run(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        first.run_id(),
+        None,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -590,7 +675,7 @@ async fn overridden_binding_is_recorded_and_used() {
             ("reviewer".into(), "synthetic-author".into(), true)
         ]
     );
-    phasefleet::cancel::cancel_run(&pool, run, None)
+    phasefleet::cancel::cancel_run(&pool, &phasefleet::teams::Scope::Fleet, run, None)
         .await
         .unwrap();
 }

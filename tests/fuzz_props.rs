@@ -145,9 +145,14 @@ fn event_appends_with_repeated_keys_stay_dense_and_idempotent() {
                 );
                 // run.submitted plus one per distinct key.
                 assert_eq!(all.len(), 1 + first_seq.len());
-                phasefleet::cancel::cancel_run(&pool, run, Some("fuzz over"))
-                    .await
-                    .unwrap();
+                phasefleet::cancel::cancel_run(
+                    &pool,
+                    &phasefleet::teams::Scope::Fleet,
+                    run,
+                    Some("fuzz over"),
+                )
+                .await
+                .unwrap();
             });
             Ok(())
         })
@@ -262,9 +267,14 @@ fn arbitrary_and_near_valid_api_bodies_never_get_a_5xx_and_errors_keep_their_sha
             .await
             .unwrap();
         for (id,) in ids {
-            phasefleet::cancel::cancel_run(&pool, id, Some("fuzz over"))
-                .await
-                .unwrap();
+            phasefleet::cancel::cancel_run(
+                &pool,
+                &phasefleet::teams::Scope::Fleet,
+                id,
+                Some("fuzz over"),
+            )
+            .await
+            .unwrap();
         }
     });
     println!("near-valid submissions accepted: {}", created.into_inner());

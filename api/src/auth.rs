@@ -1,14 +1,17 @@
-//! Bearer tokens with roles. Tokens come from the environment
-//! (`PHASEFLEET_API_TOKENS="admin:<token>,approve:sha256:<hex>,..."`); only their
-//! SHA-256 is kept in memory, and a request's token is hashed and compared in constant
-//! time. Roles: `read` (list and show), `submit` (read + submit + cancel), `approve`
-//! (read + approvals), `admin` (everything).
+//! Bearer tokens with roles and teams. Tokens come from the environment
+//! (`PHASEFLEET_API_TOKENS="admin:<token>,team-a/submit:<token>,team-a/approve:sha256:<hex>,..."`);
+//! only their SHA-256 is kept in memory, and a request's token is hashed and compared
+//! in constant time. Roles: `read` (list and show), `submit` (read + submit + cancel),
+//! `approve` (read + approvals), `admin` (everything). Every token belongs to a team
+//! (`TEAM/ROLE:…`; without a team, `default`) and sees that team's runs only, except an
+//! admin token without a team, which is fleet-wide.
 
 use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use phasefleet::teams::{DEFAULT_TEAM, Scope};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,17 +53,27 @@ impl Role {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
     #[error(
-        "PHASEFLEET_API_TOKENS entry {0}: expected ROLE:TOKEN or ROLE:sha256:HEX with ROLE one of read, submit, approve, admin"
+        "PHASEFLEET_API_TOKENS entry {0}: expected [TEAM/]ROLE:TOKEN or [TEAM/]ROLE:sha256:HEX with ROLE one of read, submit, approve, admin"
     )]
     Malformed(usize),
     #[error("PHASEFLEET_API_TOKENS entry {0}: a token needs at least 16 characters")]
     TooShort(usize),
 }
 
+/// One configured token, hashed.
+#[derive(Debug, Clone)]
+struct Entry {
+    digest: [u8; 32],
+    role: Role,
+    /// None: a fleet-wide admin token.
+    team: Option<String>,
+    name: String,
+}
+
 /// The configured tokens, hashed. Empty means authentication is off (`--no-auth`).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    entries: Vec<([u8; 32], Role, String)>,
+    entries: Vec<Entry>,
     enabled: bool,
 }
 
@@ -82,8 +95,20 @@ impl Tokens {
             .enumerate()
         {
             let n = i + 1;
-            let (role, secret) = entry.split_once(':').ok_or(AuthConfigError::Malformed(n))?;
-            let role = Role::parse(role.trim()).ok_or(AuthConfigError::Malformed(n))?;
+            let (who, secret) = entry.split_once(':').ok_or(AuthConfigError::Malformed(n))?;
+            let (team, role) = match who.trim().split_once('/') {
+                Some((team, role)) if phasefleet::config::is_name(team) => {
+                    (Some(team.to_owned()), role)
+                }
+                Some(_) => return Err(AuthConfigError::Malformed(n)),
+                None => (None, who.trim()),
+            };
+            let role = Role::parse(role).ok_or(AuthConfigError::Malformed(n))?;
+            // Only an admin token may be fleet-wide; any other names a team (default).
+            let team = match (team, role) {
+                (None, Role::Admin) => None,
+                (team, _) => Some(team.unwrap_or_else(|| DEFAULT_TEAM.to_owned())),
+            };
             let digest = if let Some(hex_digest) = secret.strip_prefix("sha256:") {
                 let bytes = hex::decode(hex_digest).map_err(|_| AuthConfigError::Malformed(n))?;
                 <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| AuthConfigError::Malformed(n))?
@@ -93,7 +118,16 @@ impl Tokens {
                 }
                 hash(secret)
             };
-            entries.push((digest, role, format!("{}-token-{n}", role.as_str())));
+            let name = match &team {
+                Some(t) => format!("{t}/{}-token-{n}", role.as_str()),
+                None => format!("{}-token-{n}", role.as_str()),
+            };
+            entries.push(Entry {
+                digest,
+                role,
+                team,
+                name,
+            });
         }
         Ok(Self {
             entries,
@@ -112,17 +146,18 @@ impl Tokens {
         self.enabled
     }
 
-    fn lookup(&self, token: &str) -> Option<(Role, &str)> {
+    fn lookup(&self, token: &str) -> Option<&Entry> {
         let h = hash(token);
         let mut found = None;
         // Compare against every entry, byte by byte, without early exit.
-        for (digest, role, name) in &self.entries {
-            let diff = digest
+        for entry in &self.entries {
+            let diff = entry
+                .digest
                 .iter()
                 .zip(h.iter())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
-                found = Some((*role, name.as_str()));
+                found = Some(entry);
             }
         }
         found
@@ -133,11 +168,29 @@ impl Tokens {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub role: Role,
+    /// Whose runs it sees and acts on.
+    pub scope: Scope,
     /// Who, for audit fields (`decided_by`, `submitted_by`): the token's label.
     pub name: String,
 }
 
 impl Caller {
+    /// The team a run this caller submits belongs to: its own, or for a fleet-wide
+    /// admin the one it asks for (default `default`).
+    ///
+    /// # Errors
+    /// 403 when a team's token asks for another team.
+    pub fn submit_team(&self, asked: Option<&str>) -> Result<String, ApiError> {
+        match (&self.scope, asked) {
+            (Scope::Fleet, asked) => Ok(asked.unwrap_or(DEFAULT_TEAM).to_owned()),
+            (Scope::Team(own), Some(asked)) if asked != own => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("this token belongs to team {own:?} and cannot submit for {asked:?}"),
+            )),
+            (Scope::Team(own), _) => Ok(own.clone()),
+        }
+    }
+
     /// Refuse unless the caller's role grants `needed`.
     ///
     /// # Errors
@@ -165,6 +218,7 @@ impl FromRequestParts<AppState> for Caller {
         if !state.tokens.enabled() {
             return Ok(Self {
                 role: Role::Admin,
+                scope: Scope::Fleet,
                 name: "anonymous".into(),
             });
         }
@@ -182,13 +236,14 @@ impl FromRequestParts<AppState> for Caller {
                 "missing bearer token: send Authorization: Bearer <token>",
             ));
         };
-        let (role, name) = state
+        let entry = state
             .tokens
             .lookup(token)
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))?;
         Ok(Self {
-            role,
-            name: name.to_owned(),
+            role: entry.role,
+            scope: entry.team.clone().map_or(Scope::Fleet, Scope::Team),
+            name: entry.name.clone(),
         })
     }
 }
@@ -201,17 +256,25 @@ mod tests {
     fn parses_plain_and_hashed_tokens_and_roles_grant_what_they_should() {
         let hashed = hex::encode(hash("approver-secret-0001"));
         let t = Tokens::parse(&format!(
-            "admin:admin-secret-00001, approve:sha256:{hashed}"
+            "admin:admin-secret-00001, approve:sha256:{hashed}, team-a/submit:team-a-secret-0001"
         ))
         .unwrap();
+        let admin = t.lookup("admin-secret-00001").unwrap();
+        assert_eq!((admin.role, admin.team.as_deref()), (Role::Admin, None));
+        let approver = t.lookup("approver-secret-0001").unwrap();
         assert_eq!(
-            t.lookup("admin-secret-00001").map(|r| r.0),
-            Some(Role::Admin)
+            (approver.role, approver.team.as_deref()),
+            (Role::Approve, Some("default"))
         );
+        let team_a = t.lookup("team-a-secret-0001").unwrap();
         assert_eq!(
-            t.lookup("approver-secret-0001").map(|r| r.0),
-            Some(Role::Approve)
+            (team_a.role, team_a.team.as_deref()),
+            (Role::Submit, Some("team-a"))
         );
+        assert!(matches!(
+            Tokens::parse("bad team/submit:xxxxxxxxxxxxxxxxxxxx"),
+            Err(AuthConfigError::Malformed(1))
+        ));
         assert!(t.lookup("admin-secret-00002").is_none());
         assert!(Role::Approve.grants(Role::Read));
         assert!(!Role::Approve.grants(Role::Submit));

@@ -127,6 +127,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Invalid { field, message } => Self::invalid(field, message),
+            SubmitError::KeyReused { .. } => Self::conflict(e.to_string()),
             SubmitError::Db(d) => d.into(),
             other => Self::internal(&other),
         }

@@ -7,17 +7,20 @@ use phasefleet_api::auth::Tokens;
 #[derive(Debug, Parser)]
 #[command(version, about = "Serve the phasefleet HTTP API and web UI")]
 struct Args {
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     #[arg(long, env = "PHASEFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
     /// Redis for live-event fan-out across API replicas (optional).
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
-    /// Bearer tokens: `ROLE:TOKEN` or `ROLE:sha256:HEX`, comma-separated; roles read,
-    /// submit, approve, admin.
+    /// Bearer tokens: `[TEAM/]ROLE:TOKEN` or `[TEAM/]ROLE:sha256:HEX`, comma-separated;
+    /// roles read, submit, approve, admin (an admin token without a team is fleet-wide).
     #[arg(long, env = "PHASEFLEET_API_TOKENS", hide_env_values = true)]
     tokens: Option<String>,
+    /// Token a Prometheus scraper must send to `/metrics` (optional).
+    #[arg(long, env = "PHASEFLEET_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Serve without authentication (every caller is admin). Only for a trusted network.
     #[arg(long, conflicts_with = "tokens")]
     no_auth: bool,
@@ -49,12 +52,21 @@ async fn main() -> anyhow::Result<()> {
         phasefleet::db::migrate(&pool).await?;
     }
     let schemas = phasefleet::validate::SchemaRegistry::from_env()?;
+    let config = phasefleet::config::Config::from_env()?;
+    let limits = phasefleet_api::server::Limits::from_env().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, auth = tokens.enabled(), redis = args.redis_url.is_some(), "api listening");
-    let state =
-        phasefleet_api::AppState::new(pool, schemas, tokens, args.redis_url, shutdown.clone());
-    phasefleet_api::serve(listener, state, shutdown).await?;
+    let state = phasefleet_api::AppState::new(
+        pool,
+        schemas,
+        config,
+        tokens,
+        args.redis_url,
+        shutdown.clone(),
+    )
+    .with_metrics_token(args.metrics_token.as_deref());
+    phasefleet_api::serve(listener, state, limits, shutdown).await?;
     Ok(())
 }

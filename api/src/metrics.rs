@@ -1,13 +1,58 @@
 //! `/metrics` in the Prometheus text format: this process's own counters (HTTP, and in
 //! `phasefleet dev` also claims, completions, phase durations, LLM tokens and cost,
-//! recorded by the worker and the agent) followed by fleet-wide gauges read from
-//! PostgreSQL at scrape time (queue depth, oldest ready job, runs by state, pending
-//! approvals, workers). Worker processes export their counters on their own port.
+//! recorded by the worker and the agent) followed by fleet-wide gauges (queue depth,
+//! oldest ready job, runs by state, pending approvals, workers). The gauges are read
+//! from PostgreSQL by one task every few seconds, never per scrape, so scrapers cannot
+//! load the database. Worker processes export their counters on their own port.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use std::fmt::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the fleet-wide gauges are read from PostgreSQL.
+pub const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
+/// The last rendering of the fleet-wide gauges, refreshed by a background task.
+#[derive(Clone, Default)]
+pub struct FleetGauges {
+    text: Arc<RwLock<String>>,
+}
+
+impl FleetGauges {
+    /// Start the refresh task; it stops when `shutdown` fires.
+    #[must_use]
+    pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
+        let gauges = Self::default();
+        let text = gauges.text.clone();
+        tokio::spawn(async move {
+            loop {
+                match fleet_gauges(&pool).await {
+                    Ok(fresh) => {
+                        ::metrics::counter!("phasefleet_api_gauge_refreshes_total").increment(1);
+                        if let Ok(mut t) = text.write() {
+                            *t = fresh;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "refreshing the fleet gauges failed"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(GAUGE_REFRESH) => {}
+                }
+            }
+        });
+        gauges
+    }
+
+    /// The gauges as of the last refresh.
+    #[must_use]
+    pub fn render(&self) -> String {
+        self.text.read().map(|t| t.clone()).unwrap_or_default()
+    }
+}
 
 /// Install the process-wide recorder once; later calls return the same handle.
 pub fn recorder() -> PrometheusHandle {
@@ -36,7 +81,7 @@ fn escape(v: &str) -> String {
 ///
 /// # Errors
 /// Database errors.
-pub async fn fleet_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
+async fn fleet_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     let mut out = String::new();
     let depth: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT queue, state::text, count(*) FROM jobs

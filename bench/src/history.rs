@@ -46,6 +46,7 @@ fn repo(p: &str) -> std::path::PathBuf {
 
 struct Fixture {
     schemas: SchemaRegistry,
+    config: phasefleet::config::Config,
     template: WorkflowTemplate,
     personas: Vec<Persona>,
 }
@@ -56,6 +57,7 @@ impl Fixture {
             .replace("gates: [human_review]", "");
         Ok(Self {
             schemas: SchemaRegistry::load_dir(&repo("schemas"))?,
+            config: phasefleet::config::Config::default(),
             template: WorkflowTemplate::from_str_named("history.yaml", &text)?,
             personas: ["synthetic-author", "synthetic-reviewer"]
                 .iter()
@@ -76,7 +78,7 @@ async fn engine(pool: &PgPool, fx: &Fixture, n: usize, label: &str) -> anyhow::R
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         ids.push(
-            phasefleet::submit::submit(pool, &fx.schemas, fx.request(&queue))
+            phasefleet::submit::submit(pool, &fx.schemas, &fx.config, fx.request(&queue))
                 .await?
                 .run_id()
                 .0,
@@ -121,7 +123,7 @@ async fn appends(pool: &PgPool, fx: &Fixture, n: usize) -> anyhow::Result<f64> {
     let mut runs = Vec::new();
     for _ in 0..n / 20 {
         runs.push(
-            phasefleet::submit::submit(pool, &fx.schemas, fx.request("appends"))
+            phasefleet::submit::submit(pool, &fx.schemas, &fx.config, fx.request("appends"))
                 .await?
                 .run_id(),
         );

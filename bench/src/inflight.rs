@@ -80,10 +80,13 @@ async fn main() -> anyhow::Result<()> {
     let persona = Persona::from_str_named(
         "mock.yaml",
         &format!(
-            "name: mock\nversion: '1'\nbackend: openai\nmodel: mock/slow-{}\nbase_url: http://127.0.0.1:{port}/v1\nsystem_prompt: write it\n",
+            "name: mock\nversion: '1'\nbackend: openai\nprovider: mock\nmodel: mock/slow-{}\nsystem_prompt: write it\n",
             args.latency_ms
         ),
     )?;
+    let config = phasefleet::config::Config::from_toml(&format!(
+        "[providers.mock]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nallow_insecure_loopback = true\nmodels.\"*\" = {{ free = true }}\n"
+    ))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!(
@@ -96,9 +99,9 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..slots {
             let req =
                 phasefleet_bench::bench_request(&template, std::slice::from_ref(&persona), &queue);
-            phasefleet::submit::submit(&pool, &schemas, req).await?;
+            phasefleet::submit::submit(&pool, &schemas, &config, req).await?;
         }
-        let agent = BackendRouter::from_env()
+        let agent = BackendRouter::from_config(&config)
             .await
             .map_err(anyhow::Error::msg)?;
         let engine = Engine::new(pool.clone(), schemas.clone(), agent, queue.clone());

@@ -29,6 +29,8 @@ pub fn bench_request(
         idempotency_key: None,
         submitted_by: Some("bench".into()),
         queue: queue.into(),
+        team: phasefleet::teams::DEFAULT_TEAM.into(),
+        may_define_provider_personas: true,
     }
 }
 

@@ -383,7 +383,15 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
         }
         Admin::Cancel { id } => {
             let outcome = queue::cancel(&mut conn, JobId(id)).await?;
-            print_one(output, &outcome, |o| format!("{o:?}"))?;
+            print_one(output, &outcome, |o| match o {
+                queue::CancelOutcome::Cancelled => "cancelled".to_owned(),
+                queue::CancelOutcome::Requested => {
+                    "cancel requested; its worker stops it now".to_owned()
+                }
+                queue::CancelOutcome::AlreadyFinished(s) => {
+                    format!("already finished ({})", s.as_str())
+                }
+            })?;
         }
         Admin::Prune {
             older_than,

@@ -1,10 +1,11 @@
 //! `phasefleet approvals …`: the inbox and decisions.
 
 use crate::exit::{CONFLICT, CliError, NOT_FOUND};
-use crate::output::{Output, print_one, print_rows};
+use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::ApprovalId;
-use phasefleet::approval::{self, Action, ApprovalError};
+use phasefleet::approval::{self, Action, ApprovalError, Decided};
+use phasefleet::teams::Scope;
 use sqlx::PgPool;
 
 #[derive(Debug, Subcommand)]
@@ -42,7 +43,7 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
     match cmd {
         Approvals::List { limit } => {
             let mut conn = pool.acquire().await?;
-            let rows = approval::pending(&mut conn, limit.clamp(1, 1000)).await?;
+            let rows = approval::pending(&mut conn, &Scope::Fleet, limit.clamp(1, 1000)).await?;
             print_rows(
                 output,
                 &rows,
@@ -51,7 +52,7 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
                     vec![
                         a.id.to_string(),
                         a.run_id.to_string(),
-                        a.phase_key.clone(),
+                        cell(&a.phase_key, 64),
                         a.round.to_string(),
                         a.gates.join(","),
                         a.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -66,10 +67,20 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
             by,
         } => {
             let by = by.unwrap_or_else(crate::submit::whoami);
-            let out = approval::decide(pool, id, action, comment.as_deref(), Some(&by))
-                .await
-                .map_err(map_err)?;
-            print_one(output, &out, |o| format!("{o:?}"))?;
+            let out = approval::decide(
+                pool,
+                &Scope::Fleet,
+                id,
+                action,
+                comment.as_deref(),
+                Some(&by),
+            )
+            .await
+            .map_err(map_err)?;
+            print_one(output, &out, |o| match o {
+                Decided::Recorded => format!("recorded: {}", action.as_str()),
+                Decided::AlreadyDecided => format!("already decided: {}", action.as_str()),
+            })?;
         }
     }
     Ok(())

@@ -40,7 +40,8 @@ pub struct DemoArgs {
 pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliError> {
     let db = local::open(database_url, 16).await?;
     let schemas = SchemaRegistry::from_env()?;
-    let agent = phasefleet::agent::router::BackendRouter::from_env()
+    let config = phasefleet::config::Config::from_env()?;
+    let agent = phasefleet::agent::router::BackendRouter::from_config(&config)
         .await
         .map_err(|e| CliError::new(2, e))?;
     let queue = "default";
@@ -84,6 +85,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         budget_tokens: None,
         idempotency_key: None,
         queue: queue.into(),
+        team: phasefleet::teams::DEFAULT_TEAM.into(),
     };
     let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
@@ -103,7 +105,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         let state = state?;
         let mut conn = db.pool.acquire().await?;
         if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
-            println!("{md}");
+            crate::output::emit(&md)?;
         }
         outcomes.push(state);
     }
@@ -143,6 +145,7 @@ async fn auto_approver(pool: sqlx::PgPool, run: phasefleet::RunId, auto: bool) {
                 );
                 if let Err(e) = approval::decide(
                     &pool,
+                    &phasefleet::teams::Scope::Fleet,
                     a.id,
                     Action::Approve,
                     Some("approved by the demo"),

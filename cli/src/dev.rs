@@ -10,7 +10,8 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
     let signals = phasefleet_worker::shutdown::install()?;
     let db = local::open(database_url, 32).await?;
     let schemas = SchemaRegistry::from_env()?;
-    let agent = phasefleet::agent::router::BackendRouter::from_env()
+    let config = phasefleet::config::Config::from_env()?;
+    let agent = phasefleet::agent::router::BackendRouter::from_config(&config)
         .await
         .map_err(|e| CliError::new(2, e))?;
     let mut set = JoinSet::new();
@@ -57,11 +58,13 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
     let state = phasefleet_api::AppState::new(
         db.pool.clone(),
         schemas.clone(),
+        config,
         tokens,
         std::env::var("REDIS_URL").ok(),
         signals.graceful.clone(),
     );
-    phasefleet_api::serve(listener, state, signals.graceful.clone()).await?;
+    let limits = phasefleet_api::server::Limits::from_env().map_err(|e| CliError::new(2, e))?;
+    phasefleet_api::serve(listener, state, limits, signals.graceful.clone()).await?;
     while set.join_next().await.is_some() {}
     Ok(())
 }

@@ -7,6 +7,7 @@ mod dev;
 mod exit;
 mod local;
 mod output;
+mod personas;
 mod runs;
 mod stack;
 mod submit;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// PostgreSQL URL. `demo` and `dev` start a private server when unset.
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// Output format for listings.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
@@ -54,6 +55,10 @@ enum Command {
     /// The approvals inbox.
     #[command(subcommand)]
     Approvals(approvals::Approvals),
+    /// Register the personas teams may bind (the only way a team's run reaches a model
+    /// provider).
+    #[command(subcommand)]
+    Personas(personas::Personas),
     /// Operate the queue and the fleet.
     #[command(subcommand)]
     Admin(admin::Admin),
@@ -85,11 +90,20 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`phasefleet runs list | head -1`): nothing more to say.
+        Err(e) if is_broken_pipe(&e.error) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {:#}", e.error);
             ExitCode::from(e.code)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn connect(url: Option<&str>) -> Result<sqlx::PgPool, CliError> {
@@ -126,6 +140,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Submit(args) => submit::run(&connect(url).await?, args, cli.output).await?,
         Command::Runs(cmd) => runs::run(&connect(url).await?, cmd, cli.output).await?,
         Command::Approvals(cmd) => approvals::run(&connect(url).await?, cmd, cli.output).await?,
+        Command::Personas(cmd) => personas::run(&connect(url).await?, cmd, cli.output).await?,
         Command::Admin(cmd) => admin::run(&connect(url).await?, cmd, cli.output).await?,
     }
     Ok(())

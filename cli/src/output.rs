@@ -1,13 +1,46 @@
-//! `--output table|json` for every listing.
+//! `--output table|json` for every listing. Table cells show stored text with control
+//! characters escaped (a run's error may hold anything a model or a caller wrote). A
+//! closed pipe (`phasefleet runs list | head -1`) ends the command quietly.
 
 use clap::ValueEnum;
 use serde::Serialize;
+use std::io::Write;
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum Output {
     #[default]
     Table,
     Json,
+}
+
+/// Write `text` and a newline to stdout; a closed pipe comes back as an `io::Error`
+/// of kind `BrokenPipe` (see `main`), never a panic.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Text for a table cell: control characters escaped, at most `max` characters.
+#[must_use]
+pub fn cell(text: &str, max: usize) -> String {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if escaped.chars().count() > max {
+        let cut: String = escaped.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        escaped
+    }
 }
 
 /// Print `rows` as JSON, or as a table with `header` and a row formatter.
@@ -18,9 +51,12 @@ pub fn print_rows<T: Serialize>(
     cells: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Json => emit(&serde_json::to_string_pretty(rows)?)?,
         Output::Table => {
-            let body: Vec<Vec<String>> = rows.iter().map(&cells).collect();
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| cells(r).iter().map(|c| cell(c, 200)).collect())
+                .collect();
             let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
             for row in &body {
                 for (w, c) in widths.iter_mut().zip(row) {
@@ -36,9 +72,9 @@ pub fn print_rows<T: Serialize>(
                     .trim_end()
                     .to_owned()
             };
-            println!("{}", line(header.iter().map(|h| (*h).to_owned()).collect()));
+            emit(&line(header.iter().map(|h| (*h).to_owned()).collect()))?;
             for row in body {
-                println!("{}", line(row));
+                emit(&line(row))?;
             }
         }
     }
@@ -52,8 +88,19 @@ pub fn print_one<T: Serialize>(
     text: impl Fn(&T) -> String,
 ) -> anyhow::Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Table => println!("{}", text(value)),
+        Output::Json => emit(&serde_json::to_string_pretty(value)?)?,
+        Output::Table => emit(&text(value))?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn control_characters_are_escaped_and_cells_bounded() {
+        assert_eq!(cell("a\u{1b}[31mred\nx", 100), "a\\u{1b}[31mred\\nx");
+        assert_eq!(cell("abcdef", 3), "abc…");
+    }
 }

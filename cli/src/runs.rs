@@ -1,10 +1,11 @@
 //! `phasefleet runs …`: list, show, watch and cancel runs.
 
 use crate::exit::{CliError, FAILURE, NOT_FOUND};
-use crate::output::{Output, print_one, print_rows};
+use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::RunId;
 use phasefleet::runs::{self, RunState};
+use phasefleet::teams::Scope;
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -37,19 +38,15 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
             print_rows(
                 output,
                 &rows,
-                &["ID", "STATE", "CREATED", "COST", "ERROR"],
+                &["ID", "TEAM", "STATE", "CREATED", "COST", "ERROR"],
                 |r| {
                     vec![
                         r.id.to_string(),
+                        r.team.clone(),
                         r.state.as_str().into(),
                         r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                         format!("${:.4}", r.spent_usd),
-                        r.error
-                            .clone()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(60)
-                            .collect(),
+                        cell(r.error.as_deref().unwrap_or_default(), 60),
                     ]
                 },
             )?;
@@ -64,12 +61,20 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
             let detail = serde_json::json!({ "run": run, "phases": phases, "approvals": approvals,
                                              "report": report.as_ref().map(|(j, _)| j) });
             print_one(output, &detail, |_| {
-                let mut s = format!("run {} — {}\n", run.id, run.state.as_str());
+                let mut s = format!(
+                    "run {} — {} (team {})\n",
+                    run.id,
+                    run.state.as_str(),
+                    cell(&run.team, 64)
+                );
+                if let Some(e) = &run.error {
+                    s.push_str(&format!("  error: {}\n", cell(e, 2000)));
+                }
                 for p in &phases {
                     s.push_str(&format!(
                         "  {:<12} {:<18} attempts {}/{} round {}\n",
-                        p.phase_key,
-                        format!("{:?}", p.state),
+                        cell(&p.phase_key, 64),
+                        p.state.as_str(),
                         p.attempts,
                         p.max_attempts,
                         p.round
@@ -79,8 +84,8 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                     s.push_str(&format!(
                         "  approval {} on {}: {}\n",
                         a.id,
-                        a.phase_key,
-                        a.action.map_or("pending".into(), |x| format!("{x:?}"))
+                        cell(&a.phase_key, 64),
+                        a.action.map_or("pending", |x| x.as_str())
                     ));
                 }
                 if let Some((_, md)) = &report {
@@ -101,7 +106,7 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
             }
         }
         Runs::Cancel { id, reason } => {
-            let out = phasefleet::cancel::cancel_run(pool, id, reason.as_deref())
+            let out = phasefleet::cancel::cancel_run(pool, &Scope::Fleet, id, reason.as_deref())
                 .await
                 .map_err(|e| match e {
                     phasefleet::cancel::CancelError::NotFound(_) => {
@@ -109,7 +114,12 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                     }
                     other => other.into(),
                 })?;
-            print_one(output, &out, |o| format!("{o:?}"))?;
+            print_one(output, &out, |o| match o {
+                phasefleet::cancel::Cancelled::Cancelled => "cancelled".to_owned(),
+                phasefleet::cancel::Cancelled::AlreadyEnded(s) => {
+                    format!("already ended ({})", s.as_str())
+                }
+            })?;
         }
     }
     Ok(())

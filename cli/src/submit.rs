@@ -38,6 +38,9 @@ pub struct SubmitArgs {
     pub idempotency_key: Option<String>,
     #[arg(long, default_value = "default")]
     pub queue: String,
+    /// The team the run belongs to.
+    #[arg(long, default_value = phasefleet::teams::DEFAULT_TEAM)]
+    pub team: String,
 }
 
 fn parse_binding(s: &str) -> Result<(String, String), String> {
@@ -82,15 +85,20 @@ pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequ
         idempotency_key: args.idempotency_key.clone(),
         submitted_by: Some(submitted_by.to_owned()),
         queue: args.queue.clone(),
+        team: args.team.clone(),
+        // The CLI is the operator's: its personas may name a configured provider.
+        may_define_provider_personas: true,
     })
 }
 
 pub async fn submit(pool: &PgPool, req: SubmitRequest) -> Result<Submitted, CliError> {
     let schemas = SchemaRegistry::from_env()?;
-    phasefleet::submit::submit(pool, &schemas, req)
+    let config = phasefleet::config::Config::from_env()?;
+    phasefleet::submit::submit(pool, &schemas, &config, req)
         .await
         .map_err(|e| match e {
             SubmitError::Invalid { .. } => usage(e.to_string()),
+            SubmitError::KeyReused { .. } => CliError::new(crate::exit::CONFLICT, e.to_string()),
             other => other.into(),
         })
 }

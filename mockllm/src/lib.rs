@@ -13,6 +13,13 @@
 //! | `mock/multi-tool` | two tool calls in one turn with `content: null` |
 //! | `mock/escape` | tries to write `../../etc/passwd` first |
 //! | `mock/unauthorized` | HTTP 401 |
+//! | `mock/secret-error` | HTTP 400 whose body carries `MOCK-PROVIDER-SECRET` (must never reach users) |
+//! | `mock/always-429` | HTTP 429 with `Retry-After: 1`, every time |
+//! | `mock/huge-<MiB>` | a 200 whose body is `<MiB>` MiB of assistant text |
+//! | `mock/glob-bomb` | writes a file with a long name of `a`s, globs it with a backtracking pattern, then writes a valid artifact |
+//! | `mock/nul-args` | tool calls with a NUL in the arguments and a control character in the name, then a valid write |
+//! | `mock/negative-cost`, `mock/absurd-cost` | valid, reporting a cost of -5 USD or 1e12 USD |
+//! | `mock/exfiltrate` | tries to read `/proc/self/environ`, `../../.env` and `~/.ssh/id_rsa`, then writes a valid artifact |
 //!
 //! A `-nocost` suffix leaves `usage.cost` out (the client then prices the call itself).
 //! The artifact is built from the JSON Schema found in the prompt's envelope.
@@ -34,6 +41,8 @@ pub struct Stats {
     conversations: Mutex<HashMap<u64, u32>>,
     /// The `X-Phasefleet-Call` ids of every request received.
     call_ids: Mutex<Vec<String>>,
+    /// The `Authorization` header of every request received (empty when absent).
+    authorizations: Mutex<Vec<String>>,
 }
 
 impl Stats {
@@ -41,6 +50,15 @@ impl Stats {
     #[must_use]
     pub fn call_ids(&self) -> Vec<String> {
         self.call_ids.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// `Authorization` headers seen so far, one per request.
+    #[must_use]
+    pub fn authorizations(&self) -> Vec<String> {
+        self.authorizations
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -116,6 +134,13 @@ async fn chat(
     {
         ids.push(id.to_owned());
     }
+    if let Ok(mut seen) = stats.authorizations.lock() {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        seen.push(auth.to_owned());
+    }
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -164,6 +189,33 @@ async fn chat(
     let finished = tool_results > 0;
     let reply: (Option<String>, Vec<Value>) = match script.as_str() {
         "unauthorized" => return error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        "secret-error" => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "MOCK-PROVIDER-SECRET: internal routing table 10.0.0.7, key sk-live-123",
+            );
+        }
+        "always-429" => {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                Json(json!({ "error": { "message": "rate limited" } })),
+            )
+                .into_response();
+        }
+        s if s.starts_with("huge-") => {
+            let mib: usize = s
+                .strip_prefix("huge-")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16);
+            let text = "x".repeat(mib * 1024 * 1024);
+            return Json(json!({ "id": format!("mock-{n}"), "object": "chat.completion", "model": model,
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+                "usage": { "prompt_tokens": 1, "completion_tokens": 1 } }))
+            .into_response();
+        }
         "rate-limited" if hits == 1 => {
             let mut headers = HeaderMap::new();
             headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
@@ -203,6 +255,64 @@ async fn chat(
             )],
         ),
         "escape" if tool_results == 1 => (None, vec![write_valid(&path, &schema)]),
+        "glob-bomb" if tool_results == 0 => (
+            None,
+            vec![tool_call(
+                "call_long",
+                "write_file",
+                json!({ "path": "a".repeat(200), "content": "x" }).to_string(),
+            )],
+        ),
+        "glob-bomb" if tool_results == 1 => (
+            None,
+            vec![
+                tool_call(
+                    "call_glob",
+                    "glob",
+                    json!({ "pattern": format!("{}b", "*a".repeat(30)) }).to_string(),
+                ),
+                tool_call(
+                    "call_grep",
+                    "grep",
+                    json!({ "pattern": format!("{}b", "(a*)*".repeat(10)) }).to_string(),
+                ),
+            ],
+        ),
+        "glob-bomb" if tool_results == 3 => (None, vec![write_valid(&path, &schema)]),
+        "nul-args" if tool_results == 0 => (
+            None,
+            vec![
+                tool_call(
+                    "call_nul",
+                    "write_file",
+                    json!({ "path": path, "content": "{\"a\u{0}\": 1}\u{0}" }).to_string(),
+                ),
+                tool_call("call_bell", "write\u{7}file\u{0}", "{}".into()),
+            ],
+        ),
+        "nul-args" if tool_results == 2 => (None, vec![write_valid(&path, &schema)]),
+        "exfiltrate" if tool_results == 0 => (
+            None,
+            vec![
+                tool_call(
+                    "call_environ",
+                    "read_file",
+                    json!({ "path": "/proc/self/environ" }).to_string(),
+                ),
+                tool_call(
+                    "call_dotenv",
+                    "read_file",
+                    json!({ "path": "../../.env" }).to_string(),
+                ),
+                tool_call(
+                    "call_ssh",
+                    "read_file",
+                    json!({ "path": "~/.ssh/id_rsa" }).to_string(),
+                ),
+                tool_call("call_ls", "ls", json!({ "path": ".." }).to_string()),
+            ],
+        ),
+        "exfiltrate" if tool_results == 4 => (None, vec![write_valid(&path, &schema)]),
         "multi-tool" if !finished => (
             None,
             vec![
@@ -240,7 +350,11 @@ async fn chat(
         "prompt_tokens_details": { "cached_tokens": 10 }, "completion_tokens_details": { "reasoning_tokens": 5 }
     });
     if !model.ends_with("-nocost") {
-        usage["cost"] = json!(0.0005);
+        usage["cost"] = match script.as_str() {
+            "negative-cost" => json!(-5.0),
+            "absurd-cost" => json!(1e12),
+            _ => json!(0.0005),
+        };
     }
     let mut headers = HeaderMap::new();
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("mock-req-{n}")) {

@@ -1,7 +1,10 @@
 //! The LLM call ledger and the tool-call audit: one row per model HTTP attempt (tokens,
 //! cost, latency, status, provider request id), one per tool call. Spending is added to
-//! the run as it happens, so the budget check before each call sees the whole fleet's
-//! spend on this run.
+//! the run as it happens (saturating), so the budget check before each call sees the
+//! whole fleet's spend on this run. The row written before a request refuses, in the
+//! same statement, when the run is no longer running: nothing is sent for an ended run.
+//! A row finished after its run ended re-composes the report, so the report's cost is
+//! always the ledger's sum.
 
 use super::AgentError;
 use crate::ids::RunId;
@@ -42,6 +45,19 @@ pub struct CallRecord<'a> {
     pub error: Option<&'a str>,
     /// The row [`Ledger::begin_call`] wrote before sending; `None` inserts a new row.
     pub call_id: Option<uuid::Uuid>,
+    /// What the provider said the call cost, when that differs in trust from `cost_usd`.
+    pub reported_cost_usd: Option<f64>,
+    /// Where `cost_usd` came from (`provider`, `config`, ...).
+    pub cost_source: Option<&'a str>,
+}
+
+/// Why [`Ledger::begin_call`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BeginError {
+    #[error("the run is no longer running")]
+    RunEnded,
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
 }
 
 impl Ledger {
@@ -97,20 +113,22 @@ impl Ledger {
 
     /// Record that a model HTTP attempt is about to be sent (status `in_flight`). A
     /// worker killed before [`Ledger::record_call`] leaves this row behind, so the
-    /// ledger still accounts for the request.
+    /// ledger still accounts for the request. Refuses, in the same statement, when the
+    /// run is no longer running (cancelled, ended): then nothing may be sent.
     ///
     /// # Errors
-    /// Database errors.
+    /// [`BeginError::RunEnded`]; database errors.
     pub async fn begin_call(
         &self,
         turn: i32,
         model: &str,
         backend: &str,
         call_id: uuid::Uuid,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<(), BeginError> {
+        let inserted = sqlx::query(
             "INSERT INTO llm_calls (run_id, phase_key, attempt, turn, model, backend, status, call_id)
-             VALUES ($1, $2, $3, $4, $5, $6, 'in_flight', $7)",
+             SELECT $1, $2, $3, $4, $5, $6, 'in_flight', $7
+              WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND state = 'running')",
         )
         .bind(self.run_id)
         .bind(&self.phase)
@@ -121,6 +139,9 @@ impl Ledger {
         .bind(call_id)
         .execute(&self.pool)
         .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(BeginError::RunEnded);
+        }
         Ok(())
     }
 
@@ -133,13 +154,15 @@ impl Ledger {
         sqlx::query(
             "INSERT INTO llm_calls (run_id, phase_key, attempt, turn, model, backend, status, tokens_in, tokens_out,
                                     tokens_cached, tokens_reasoning, cost_usd, latency_ms, provider_request_id, error,
-                                    call_id, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now())
+                                    call_id, reported_cost_usd, cost_source, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
              ON CONFLICT (call_id) WHERE call_id IS NOT NULL DO UPDATE SET
                 status = EXCLUDED.status, tokens_in = EXCLUDED.tokens_in, tokens_out = EXCLUDED.tokens_out,
                 tokens_cached = EXCLUDED.tokens_cached, tokens_reasoning = EXCLUDED.tokens_reasoning,
                 cost_usd = EXCLUDED.cost_usd, latency_ms = EXCLUDED.latency_ms,
-                provider_request_id = EXCLUDED.provider_request_id, error = EXCLUDED.error, finished_at = now()",
+                provider_request_id = EXCLUDED.provider_request_id, error = EXCLUDED.error,
+                reported_cost_usd = EXCLUDED.reported_cost_usd, cost_source = EXCLUDED.cost_source,
+                finished_at = now()",
         )
         .bind(self.run_id)
         .bind(&self.phase)
@@ -157,15 +180,27 @@ impl Ledger {
         .bind(c.provider_request_id)
         .bind(c.error)
         .bind(c.call_id)
+        .bind(c.reported_cost_usd.filter(|r| r.is_finite()))
+        .bind(c.cost_source)
         .execute(&mut *tx)
         .await?;
-        if c.tokens_in + c.tokens_out > 0 || c.cost_usd > 0.0 {
-            sqlx::query("UPDATE runs SET spent_usd = spent_usd + $2, spent_tokens = spent_tokens + $3 WHERE id = $1")
-                .bind(self.run_id)
-                .bind(c.cost_usd)
-                .bind(c.tokens_in + c.tokens_out)
-                .execute(&mut *tx)
-                .await?;
+        let tokens = c.tokens_in.saturating_add(c.tokens_out);
+        if tokens > 0 || c.cost_usd > 0.0 {
+            // Sums saturate: no provider report can overflow them or make them negative.
+            let (state,): (crate::runs::RunState,) = sqlx::query_as(
+                "UPDATE runs SET spent_usd = LEAST(spent_usd + GREATEST($2, 0), 1e15),
+                        spent_tokens = LEAST(spent_tokens::numeric + GREATEST($3, 0), 9223372036854775807)::bigint
+                  WHERE id = $1 RETURNING state",
+            )
+            .bind(self.run_id)
+            .bind(c.cost_usd)
+            .bind(tokens)
+            .fetch_one(&mut *tx)
+            .await?;
+            if state.is_terminal() {
+                // A call that finished after its run ended: the report must show it.
+                crate::report::compose_and_store(&mut tx, self.run_id).await?;
+            }
         }
         tx.commit().await?;
         let model = c.model.to_owned();
@@ -198,10 +233,23 @@ impl Ledger {
         ok: bool,
         summary: &str,
     ) -> Result<(), sqlx::Error> {
-        // Arguments are stored as JSON; unparseable ones are kept as a string.
-        let args = serde_json::from_str::<serde_json::Value>(arguments)
-            .unwrap_or_else(|_| serde_json::Value::String(arguments.to_owned()));
-        let summary: String = summary.chars().take(500).collect();
+        // Arguments are stored as JSON; unparseable ones are kept as a string. PostgreSQL
+        // holds no NUL, so a model's NUL becomes U+FFFD in the audit (never an error).
+        let mut end = arguments.len().min(64 * 1024);
+        while !arguments.is_char_boundary(end) {
+            end -= 1;
+        }
+        let clean = arguments[..end]
+            .replace('\0', "\u{FFFD}")
+            .replace("\\u0000", "\\uFFFD");
+        let args = serde_json::from_str::<serde_json::Value>(&clean)
+            .unwrap_or(serde_json::Value::String(clean));
+        let summary: String = summary
+            .chars()
+            .take(500)
+            .collect::<String>()
+            .replace('\0', "");
+        let tool = super::tools::printable(tool, 64);
         sqlx::query(
             "INSERT INTO tool_calls (run_id, phase_key, attempt, turn, tool, arguments, ok, result_summary)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

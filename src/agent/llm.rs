@@ -1,61 +1,57 @@
-//! The agent loop for OpenAI-compatible backends: system prompt from the persona, the
+//! The agent loop for OpenAI-compatible providers: system prompt from the persona, the
 //! phase envelope as the user message, file tools over the phase workspace, until the
 //! model stops calling tools, the turn bound is reached, or the token fires. Before
 //! every call: budget check (run still running, under budget) and a rate-limit permit.
+//! Tools run off the async threads under a deadline, so a slow tool never stops
+//! heartbeats, timeouts, cancel or shutdown.
 
-use super::ledger::CallRecord;
+use super::ledger::{BeginError, CallRecord};
 use super::limits::Limiter;
-use super::openai::{CallError, ChatClient, ChatRequest, Message, RetryPolicy, price_usd};
+use super::openai::{BeforeSend, CallError, CallOutcome, ChatRequest, Message, call_cost};
+use super::providers::{Provider, Providers};
 use super::{Agent, AgentError, AgentOutcome, AgentRequest, Workspace, tools};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long one tool call may run.
+pub const TOOL_DEADLINE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct LlmAgent {
+    providers: Providers,
     limiter: Limiter,
-    call_timeout: Duration,
-    retry: RetryPolicy,
 }
 
 impl LlmAgent {
     #[must_use]
-    pub fn new(limiter: Limiter, call_timeout: Duration, retry: RetryPolicy) -> Self {
-        Self {
-            limiter,
-            call_timeout,
-            retry,
-        }
+    pub fn new(providers: Providers, limiter: Limiter) -> Self {
+        Self { providers, limiter }
     }
 
-    fn client(&self, req: &AgentRequest) -> Result<ChatClient, AgentError> {
+    #[must_use]
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    fn provider(&self, req: &AgentRequest) -> Result<Arc<Provider>, AgentError> {
         let p = &req.persona;
-        let base_url = p
-            .base_url
-            .clone()
-            .or_else(|| {
-                std::env::var("PHASEFLEET_LLM_BASE_URL")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
-            .ok_or_else(|| {
-                AgentError::Fatal(format!(
-                    "persona {:?} has no base_url and PHASEFLEET_LLM_BASE_URL is not set",
-                    p.name
-                ))
-            })?;
-        let key_env = p
-            .api_key_env
-            .clone()
-            .unwrap_or_else(|| "PHASEFLEET_LLM_API_KEY".into());
-        let api_key = std::env::var(&key_env).ok().filter(|k| !k.is_empty());
-        if api_key.is_none() && p.api_key_env.is_some() {
+        let name = p
+            .provider
+            .as_deref()
+            .ok_or_else(|| AgentError::Fatal(format!("persona {:?} names no provider", p.name)))?;
+        let provider = self.providers.get(name).ok_or_else(|| {
+            AgentError::Fatal(format!(
+                "provider {name:?} is not configured on this worker, or its key is not set"
+            ))
+        })?;
+        if provider.config.model(&p.model).is_none() {
             return Err(AgentError::Fatal(format!(
-                "persona {:?} needs an API key in ${key_env}, which is not set",
-                p.name
+                "provider {name:?} does not allow model {:?}",
+                p.model
             )));
         }
-        ChatClient::new(&base_url, api_key, self.call_timeout, self.retry)
-            .map_err(|e| AgentError::Fatal(format!("building the HTTP client: {e}")))
+        Ok(provider.clone())
     }
 }
 
@@ -65,7 +61,7 @@ impl Agent for LlmAgent {
         req: AgentRequest,
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
-        let client = self.client(&req)?;
+        let provider = self.provider(&req)?;
         let p = &req.persona;
         let mut messages = vec![
             Message::text("system", p.system_prompt.clone()),
@@ -73,7 +69,6 @@ impl Agent for LlmAgent {
         ];
         let mut ws = Workspace::default();
         let mut turns = 0;
-        let transient = |e: sqlx::Error| AgentError::Transient(format!("ledger write failed: {e}"));
         for turn in 1..=p.max_turns {
             if cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);
@@ -107,43 +102,11 @@ impl Agent for LlmAgent {
                 turn: turn_i,
                 model: &p.model,
             };
-            let (outcomes, result) = client.chat(&chat, &cancel, &log).await;
+            let (outcomes, result) = provider.client.chat(&chat, &cancel, &log).await;
             drop(permit);
             turns = turn;
-            for o in &outcomes {
-                let u = o.usage.clone().unwrap_or_default();
-                let cost = u.cost.unwrap_or_else(|| {
-                    price_usd(&p.model, u.prompt_tokens, u.cached(), u.completion_tokens)
-                });
-                req.ledger
-                    .record_call(&CallRecord {
-                        turn: turn_i,
-                        model: &p.model,
-                        backend: "openai",
-                        status: &o.status,
-                        tokens_in: u.prompt_tokens,
-                        tokens_out: u.completion_tokens,
-                        tokens_cached: u.cached(),
-                        tokens_reasoning: u.reasoning(),
-                        cost_usd: if o.usage.is_some() { cost } else { 0.0 },
-                        latency_ms: o.latency_ms,
-                        provider_request_id: o.request_id.as_deref(),
-                        error: o.error.as_deref(),
-                        call_id: Some(o.call_id),
-                    })
-                    .await
-                    .map_err(transient)?;
-            }
-            let response = match result {
-                Ok(r) => r,
-                Err(CallError::Cancelled) => return Err(AgentError::Cancelled),
-                Err(e @ CallError::Refused { .. }) => {
-                    return Err(AgentError::Fatal(format!("model {}: {e}", p.model)));
-                }
-                Err(e @ (CallError::Exhausted { .. } | CallError::Ledger(_))) => {
-                    return Err(AgentError::Transient(format!("model {}: {e}", p.model)));
-                }
-            };
+            record_outcomes(&req, &provider, turn_i, &outcomes).await?;
+            let response = result.map_err(|e| call_failed(&p.model, e))?;
             let Some(choice) = response.choices.into_iter().next() else {
                 return Err(AgentError::Transient(format!(
                     "model {} returned no choices",
@@ -162,8 +125,9 @@ impl Agent for LlmAgent {
                 break;
             }
             for call in calls {
-                let (ok, output) =
-                    tools::execute(&mut ws, &call.function.name, &call.function.arguments);
+                let (next, ok, output) =
+                    run_tool(ws, &call.function.name, &call.function.arguments, &cancel).await?;
+                ws = next;
                 req.ledger
                     .record_tool(
                         turn_i,
@@ -173,7 +137,7 @@ impl Agent for LlmAgent {
                         &output,
                     )
                     .await
-                    .map_err(transient)?;
+                    .map_err(ledger_failed)?;
                 messages.push(Message::tool_result(&call.id, output));
             }
         }
@@ -181,6 +145,83 @@ impl Agent for LlmAgent {
             workspace: ws,
             turns,
         })
+    }
+}
+
+fn ledger_failed(e: sqlx::Error) -> AgentError {
+    AgentError::Transient(format!("ledger write failed: {e}"))
+}
+
+/// What a failed call means for the attempt.
+fn call_failed(model: &str, e: CallError) -> AgentError {
+    match e {
+        CallError::Cancelled => AgentError::Cancelled,
+        e @ (CallError::Refused { .. } | CallError::BadResponse(_)) => {
+            AgentError::Fatal(format!("model {model}: {e}"))
+        }
+        e @ (CallError::Exhausted { .. } | CallError::Ledger(_)) => {
+            AgentError::Transient(format!("model {model}: {e}"))
+        }
+    }
+}
+
+/// Finish the ledger row of every HTTP attempt of one turn, with its trusted cost.
+async fn record_outcomes(
+    req: &AgentRequest,
+    provider: &Provider,
+    turn: i32,
+    outcomes: &[CallOutcome],
+) -> Result<(), AgentError> {
+    let model = req.persona.model.as_str();
+    for o in outcomes {
+        let usage = o.usage.clone().unwrap_or_default();
+        let cost = call_cost(&usage, provider.price(model));
+        req.ledger
+            .record_call(&CallRecord {
+                turn,
+                model,
+                backend: "openai",
+                status: &o.status,
+                tokens_in: usage.prompt(),
+                tokens_out: usage.completion(),
+                tokens_cached: usage.cached(),
+                tokens_reasoning: usage.reasoning(),
+                cost_usd: if o.usage.is_some() { cost.usd } else { 0.0 },
+                latency_ms: o.latency_ms,
+                provider_request_id: o.request_id.as_deref(),
+                error: o.error.as_deref(),
+                call_id: Some(o.call_id),
+                reported_cost_usd: cost.reported,
+                cost_source: o.usage.is_some().then_some(cost.source.as_str()),
+            })
+            .await
+            .map_err(ledger_failed)?;
+    }
+    Ok(())
+}
+
+/// Run one tool on a blocking thread under [`TOOL_DEADLINE`]; the workspace travels
+/// there and back. A tool that overruns ends the attempt (its workspace is gone with it).
+async fn run_tool(
+    ws: Workspace,
+    name: &str,
+    arguments: &str,
+    cancel: &CancellationToken,
+) -> Result<(Workspace, bool, String), AgentError> {
+    let (tool, args) = (name.to_owned(), arguments.to_owned());
+    let task = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        let (ok, out) = tools::execute(&mut ws, &tool, &args);
+        (ws, ok, out)
+    });
+    tokio::select! {
+        () = cancel.cancelled() => Err(AgentError::Cancelled),
+        () = tokio::time::sleep(TOOL_DEADLINE) => Err(AgentError::Fatal(format!(
+            "tool {} ran past its {} s deadline",
+            tools::printable(name, 64),
+            TOOL_DEADLINE.as_secs()
+        ))),
+        joined = task => joined.map_err(|e| AgentError::Fatal(format!("tool {} failed: {e}", tools::printable(name, 64)))),
     }
 }
 
@@ -192,10 +233,15 @@ struct TurnLog<'a> {
 }
 
 impl super::openai::CallLog for TurnLog<'_> {
-    async fn before_send(&self, call_id: uuid::Uuid) -> Result<(), String> {
-        self.ledger
+    async fn before_send(&self, call_id: uuid::Uuid) -> Result<(), BeforeSend> {
+        match self
+            .ledger
             .begin_call(self.turn, self.model, "openai", call_id)
             .await
-            .map_err(|e| e.to_string())
+        {
+            Ok(()) => Ok(()),
+            Err(BeginError::RunEnded) => Err(BeforeSend::RunEnded),
+            Err(BeginError::Db(e)) => Err(BeforeSend::Ledger(e.to_string())),
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! The agent: given a phase envelope, produce files in a private workspace. The engine
 //! only sees this trait; backends (the offline `synthetic` one, OpenAI-compatible
-//! clients) live behind it.
+//! providers from the operator's configuration) live behind it.
 
 pub mod ledger;
 pub mod limits;
 pub mod llm;
 pub mod openai;
+pub mod providers;
 pub mod router;
 pub mod synthetic;
 pub mod tools;

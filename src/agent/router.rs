@@ -1,9 +1,13 @@
 //! Picks the backend a persona names: the offline synthetic one or an OpenAI-compatible
-//! endpoint. The synthetic backend is only used when a persona asks for it.
+//! provider from the operator's configuration. The synthetic backend is only used when
+//! a persona asks for it.
 
 use super::llm::LlmAgent;
+use super::openai::RetryPolicy;
+use super::providers::Providers;
 use super::synthetic::SyntheticAgent;
 use super::{Agent, AgentError, AgentOutcome, AgentRequest};
+use crate::config::Config;
 use crate::workflow::Backend;
 use tokio_util::sync::CancellationToken;
 
@@ -14,13 +18,13 @@ pub struct BackendRouter {
 }
 
 impl BackendRouter {
-    /// The production router: limits from `PHASEFLEET_MODEL_LIMITS` (through Redis when
-    /// `REDIS_URL` is set), a per-call timeout from `PHASEFLEET_LLM_CALL_TIMEOUT_SECS`
-    /// (default 300).
+    /// The production router: the providers of `config` (keys from the variables they
+    /// name), limits from `PHASEFLEET_MODEL_LIMITS` (through Redis when `REDIS_URL` is
+    /// set), a per-call timeout from `PHASEFLEET_LLM_CALL_TIMEOUT_SECS` (default 300).
     ///
     /// # Errors
-    /// A message when the limits or the timeout do not parse.
-    pub async fn from_env() -> Result<Self, String> {
+    /// A message when the limits or the timeout do not parse, or a client cannot be built.
+    pub async fn from_config(config: &Config) -> Result<Self, String> {
         let limiter = super::limits::Limiter::from_env().await?;
         let secs = match std::env::var("PHASEFLEET_LLM_CALL_TIMEOUT_SECS") {
             Ok(v) => v
@@ -28,13 +32,14 @@ impl BackendRouter {
                 .map_err(|e| format!("PHASEFLEET_LLM_CALL_TIMEOUT_SECS: {e}"))?,
             Err(_) => 300,
         };
+        let providers = Providers::from_config(
+            config,
+            std::time::Duration::from_secs(secs),
+            RetryPolicy::default(),
+        )?;
         Ok(Self {
             synthetic: SyntheticAgent,
-            llm: LlmAgent::new(
-                limiter,
-                std::time::Duration::from_secs(secs),
-                super::openai::RetryPolicy::default(),
-            ),
+            llm: LlmAgent::new(providers, limiter),
         })
     }
 }

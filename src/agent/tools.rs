@@ -1,13 +1,21 @@
 //! The agent's file tools over its phase workspace: ls, read_file, write_file,
 //! edit_file, glob, grep. Arguments come from the model and are untrusted: bad JSON,
-//! missing fields and paths outside the workspace are answered with an error message
-//! the model can act on, never a panic.
+//! missing fields, NUL or control characters, over-long arguments and paths outside
+//! the workspace are answered with an error message the model can act on, never a
+//! panic, a database error or a retry. `glob` and `grep` run in time linear in the
+//! workspace (globset and regex compile to automata; patterns are length-capped), and
+//! the caller runs every tool off the async threads under a deadline.
 
 use super::openai::ToolDef;
 use super::workspace::{Workspace, check_relative_path};
 use serde_json::{Value, json};
 
 const MAX_OUTPUT: usize = 20_000;
+/// Largest arguments text accepted (a 1 MiB file, JSON-escaped, fits).
+pub const MAX_ARGUMENT_BYTES: usize = 3 * 1024 * 1024;
+/// Longest glob or grep pattern.
+pub const MAX_PATTERN_BYTES: usize = 1000;
+const TOOL_NAMES: &[&str] = &["ls", "read_file", "write_file", "edit_file", "glob", "grep"];
 
 /// The tool definitions sent to the model.
 #[must_use]
@@ -40,107 +48,63 @@ pub fn definitions() -> Vec<ToolDef> {
         ),
         def(
             "glob",
-            "Find files whose path matches a pattern (* within a segment, ** across, ?).",
+            "Find files whose path matches a glob (* within a segment, ** across, ?, [abc], {a,b}).",
             json!({ "type": "object", "properties": { "pattern": { "type": "string" } }, "required": ["pattern"], "additionalProperties": false }),
         ),
         def(
             "grep",
-            "Find lines containing a text, in all files or under a path.",
-            json!({ "type": "object", "properties": { "text": { "type": "string" }, "path": path }, "required": ["text"], "additionalProperties": false }),
+            "Find lines matching a regular expression, in all files or under a path.",
+            json!({ "type": "object", "properties": { "pattern": { "type": "string", "description": "a regular expression" }, "path": path }, "required": ["pattern"], "additionalProperties": false }),
         ),
     ]
 }
 
-/// Run one tool call. Returns (ok, output for the model).
-pub fn execute(ws: &mut Workspace, name: &str, arguments: &str) -> (bool, String) {
-    let args: Value = match serde_json::from_str(if arguments.trim().is_empty() {
+/// A name or text as it may be shown back: control characters escaped, bounded.
+#[must_use]
+pub fn printable(s: &str, max_chars: usize) -> String {
+    let escaped: String = s.chars().flat_map(char::escape_default).collect();
+    if escaped.chars().count() > max_chars {
+        let cut: String = escaped.chars().take(max_chars).collect();
+        format!("{cut}…")
+    } else {
+        escaped
+    }
+}
+
+fn parse_arguments(name: &str, arguments: &str) -> Result<Value, String> {
+    if !TOOL_NAMES.contains(&name) {
+        return Err(format!(
+            "error: unknown tool {}; tools are {}",
+            printable(name, 64),
+            TOOL_NAMES.join(", ")
+        ));
+    }
+    if arguments.len() > MAX_ARGUMENT_BYTES {
+        return Err(format!(
+            "error: arguments are {} bytes; at most {MAX_ARGUMENT_BYTES}",
+            arguments.len()
+        ));
+    }
+    let text = if arguments.trim().is_empty() {
         "{}"
     } else {
         arguments
-    }) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return (false, "error: arguments must be a JSON object".into()),
-        Err(e) => {
-            return (
-                false,
-                format!("error: arguments are not valid JSON ({e}); send a JSON object"),
-            );
-        }
     };
-    let s = |k: &str| args.get(k).and_then(Value::as_str);
-    let need = |k: &str| {
-        s(k).map(str::to_owned)
-            .ok_or_else(|| format!("error: missing string argument `{k}`"))
-    };
-    let result: Result<String, String> = (|| match name {
-        "ls" => {
-            let prefix = match s("path") {
-                Some(p) if !p.is_empty() && p != "." => {
-                    check_relative_path(p.trim_end_matches('/'))?;
-                    format!("{}/", p.trim_end_matches('/'))
-                }
-                _ => String::new(),
-            };
-            let files: Vec<&str> = ws.paths().filter(|p| p.starts_with(&prefix)).collect();
-            Ok(if files.is_empty() {
-                "(no files)".into()
-            } else {
-                files.join("\n")
-            })
+    match serde_json::from_str(text) {
+        Ok(v @ Value::Object(_)) if crate::submit::has_nul(&v) => {
+            Err("error: arguments contain a NUL character (\\u0000); send text without it".into())
         }
-        "read_file" => ws.read(&need("path")?).map(str::to_owned),
-        "write_file" => {
-            let path = need("path")?;
-            let content = need("content")?;
-            ws.write(&path, content.clone())?;
-            Ok(format!("wrote {} bytes to {path}", content.len()))
-        }
-        "edit_file" => {
-            let path = need("path")?;
-            let old = need("old_text")?;
-            let new = need("new_text")?;
-            let current = ws.read(&path)?.to_owned();
-            match current.matches(old.as_str()).count() {
-                1 => {
-                    ws.write(&path, current.replacen(old.as_str(), &new, 1))?;
-                    Ok(format!("edited {path}"))
-                }
-                0 => Err(format!("error: old_text not found in {path}")),
-                n => Err(format!(
-                    "error: old_text occurs {n} times in {path}; make it unique"
-                )),
-            }
-        }
-        "glob" => {
-            let pattern = need("pattern")?;
-            let hits: Vec<&str> = ws.paths().filter(|p| glob_match(&pattern, p)).collect();
-            Ok(if hits.is_empty() {
-                "(no match)".into()
-            } else {
-                hits.join("\n")
-            })
-        }
-        "grep" => {
-            let text = need("text")?;
-            let prefix = s("path").unwrap_or("").to_owned();
-            let mut out = Vec::new();
-            for p in ws.paths().filter(|p| p.starts_with(&prefix)) {
-                for (i, line) in ws.get(p).unwrap_or_default().lines().enumerate() {
-                    if line.contains(text.as_str()) {
-                        out.push(format!("{p}:{}: {line}", i + 1));
-                    }
-                }
-            }
-            Ok(if out.is_empty() {
-                "(no match)".into()
-            } else {
-                out.join("\n")
-            })
-        }
-        other => Err(format!(
-            "error: unknown tool {other:?}; tools are ls, read_file, write_file, edit_file, glob, grep"
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err("error: arguments must be a JSON object".into()),
+        Err(e) => Err(format!(
+            "error: arguments are not valid JSON ({e}); send a JSON object"
         )),
-    })();
+    }
+}
+
+/// Run one tool call. Returns (ok, output for the model).
+pub fn execute(ws: &mut Workspace, name: &str, arguments: &str) -> (bool, String) {
+    let result = parse_arguments(name, arguments).and_then(|args| dispatch(ws, name, &args));
     let (ok, mut text) = match result {
         Ok(t) => (true, t),
         Err(e) if e.starts_with("error:") => (false, e),
@@ -157,24 +121,118 @@ pub fn execute(ws: &mut Workspace, name: &str, arguments: &str) -> (bool, String
     (ok, text)
 }
 
-/// `*` matches within a path segment, `**` across segments, `?` one character.
-#[must_use]
-pub fn glob_match(pattern: &str, path: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match p {
-            [] => s.is_empty(),
-            [b'*', b'*', rest @ ..] => {
-                let rest = rest.strip_prefix(b"/").unwrap_or(rest);
-                (0..=s.len()).any(|i| go(rest, &s[i..]))
+fn dispatch(ws: &mut Workspace, name: &str, args: &Value) -> Result<String, String> {
+    let s = |k: &str| args.get(k).and_then(Value::as_str);
+    let need = |k: &str| {
+        s(k).map(str::to_owned)
+            .ok_or_else(|| format!("error: missing string argument `{k}`"))
+    };
+    match name {
+        "ls" => {
+            let prefix = match s("path") {
+                Some(p) if !p.is_empty() && p != "." => {
+                    check_relative_path(p.trim_end_matches('/'))?;
+                    format!("{}/", p.trim_end_matches('/'))
+                }
+                _ => String::new(),
+            };
+            let files: Vec<&str> = ws.paths().filter(|p| p.starts_with(&prefix)).collect();
+            Ok(listing(&files, "(no files)"))
+        }
+        "read_file" => ws.read(&need("path")?).map(str::to_owned),
+        "write_file" => {
+            let path = need("path")?;
+            let content = need("content")?;
+            let n = content.len();
+            ws.write(&path, content)?;
+            Ok(format!("wrote {n} bytes to {path}"))
+        }
+        "edit_file" => {
+            let path = need("path")?;
+            let old = need("old_text")?;
+            let new = need("new_text")?;
+            if old.is_empty() {
+                return Err("error: old_text is empty".into());
             }
-            [b'*', rest @ ..] => (0..=s.len())
-                .take_while(|&i| i == 0 || s[i - 1] != b'/')
-                .any(|i| go(rest, &s[i..])),
-            [b'?', rest @ ..] => !s.is_empty() && s[0] != b'/' && go(rest, &s[1..]),
-            [c, rest @ ..] => !s.is_empty() && s[0] == *c && go(rest, &s[1..]),
+            let current = ws.read(&path)?.to_owned();
+            match current.matches(old.as_str()).count() {
+                1 => {
+                    ws.write(&path, current.replacen(old.as_str(), &new, 1))?;
+                    Ok(format!("edited {path}"))
+                }
+                0 => Err(format!("error: old_text not found in {path}")),
+                n => Err(format!(
+                    "error: old_text occurs {n} times in {path}; make it unique"
+                )),
+            }
+        }
+        "glob" => {
+            let matcher = glob_matcher(&need("pattern")?)?;
+            let hits: Vec<&str> = ws.paths().filter(|p| matcher.is_match(p)).collect();
+            Ok(listing(&hits, "(no match)"))
+        }
+        "grep" => grep(ws, &need("pattern")?, s("path").unwrap_or("")),
+        other => Err(format!("error: unknown tool {}", printable(other, 64))),
+    }
+}
+
+fn listing(items: &[&str], empty: &str) -> String {
+    if items.is_empty() {
+        empty.into()
+    } else {
+        items.join("\n")
+    }
+}
+
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "error: the pattern is {} bytes; at most {MAX_PATTERN_BYTES}",
+            pattern.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A glob matcher: `*` and `?` stay within a path segment, `**` crosses segments.
+///
+/// # Errors
+/// A message for an over-long or malformed pattern.
+pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    check_pattern(pattern)?;
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("error: bad glob pattern: {e}"))
+}
+
+fn grep(ws: &Workspace, pattern: &str, prefix: &str) -> Result<String, String> {
+    check_pattern(pattern)?;
+    let re = regex::RegexBuilder::new(pattern)
+        .size_limit(1024 * 1024)
+        .dfa_size_limit(1024 * 1024)
+        .build()
+        .map_err(|e| format!("error: bad regular expression: {e}"))?;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    'files: for (p, content) in ws.files().filter(|(p, _)| p.starts_with(prefix)) {
+        for (i, line) in content.lines().enumerate() {
+            if re.is_match(line) {
+                let hit = format!("{p}:{}: {line}", i + 1);
+                bytes += hit.len() + 1;
+                out.push(hit);
+                if bytes > MAX_OUTPUT {
+                    break 'files;
+                }
+            }
         }
     }
-    go(pattern.as_bytes(), path.as_bytes())
+    Ok(if out.is_empty() {
+        "(no match)".into()
+    } else {
+        out.join("\n")
+    })
 }
 
 #[cfg(test)]
@@ -210,7 +268,7 @@ mod tests {
             "a/b.json"
         );
         assert_eq!(
-            execute(&mut ws, "grep", r#"{"text":"2nd"}"#).1,
+            execute(&mut ws, "grep", r#"{"pattern":"2n."}"#).1,
             "a/b.json:2: 2nd"
         );
         for (name, args) in [
@@ -220,14 +278,21 @@ mod tests {
             ("read_file", "{not json"),
             ("read_file", "[1]"),
             ("write_file", r#"{"path":"x"}"#),
+            ("write_file", r#"{"path":"x","content":"a\u0000b"}"#),
+            ("write_file\u{7}", r#"{"path":"x","content":""}"#),
             (
                 "edit_file",
                 r#"{"path":"a/b.json","old_text":"nope","new_text":""}"#,
             ),
+            ("grep", r#"{"pattern":"(unclosed"}"#),
             ("rm", "{}"),
         ] {
             let (ok, out) = execute(&mut ws, name, args);
             assert!(!ok && out.starts_with("error:"), "{name} {args} -> {out}");
+            assert!(
+                !out.contains('\u{7}'),
+                "control characters are escaped: {out}"
+            );
         }
         assert_eq!(
             ws.paths().count(),
@@ -238,10 +303,36 @@ mod tests {
 
     #[test]
     fn glob_semantics() {
-        assert!(glob_match("*.json", "a.json"));
-        assert!(!glob_match("*.json", "d/a.json"));
-        assert!(glob_match("**/*.json", "d/e/a.json"));
-        assert!(glob_match("**/*.json", "a.json"));
-        assert!(glob_match("d/?.json", "d/a.json"));
+        let m = |p: &str, s: &str| glob_matcher(p).unwrap().is_match(s);
+        assert!(m("*.json", "a.json"));
+        assert!(!m("*.json", "d/a.json"));
+        assert!(m("**/*.json", "d/e/a.json"));
+        assert!(m("**/*.json", "a.json"));
+        assert!(m("d/?.json", "d/a.json"));
+    }
+
+    #[test]
+    fn backtracking_patterns_finish_at_once() {
+        let mut ws = Workspace::default();
+        ws.write(&"a".repeat(200), "a".repeat(100_000)).unwrap();
+        // A backtracking matcher never returns from these (nextest's timeout fails it).
+        let (ok, out) = execute(
+            &mut ws,
+            "glob",
+            &json!({ "pattern": format!("{}b", "*a".repeat(30)) }).to_string(),
+        );
+        assert!(ok && out == "(no match)", "{out}");
+        let (ok, out) = execute(
+            &mut ws,
+            "grep",
+            &json!({ "pattern": format!("{}b", "(a*)*".repeat(10)) }).to_string(),
+        );
+        assert!(ok && out == "(no match)", "{out}");
+        let (ok, out) = execute(
+            &mut ws,
+            "glob",
+            &json!({ "pattern": "*".repeat(MAX_PATTERN_BYTES + 1) }).to_string(),
+        );
+        assert!(!ok && out.contains("at most"), "{out}");
     }
 }

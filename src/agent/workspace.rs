@@ -1,7 +1,16 @@
 //! A phase's private, in-memory workspace. Paths are relative, normalised, and can
-//! never name anything outside it: no absolute paths, no `..`, no empty segments.
+//! never name anything outside it: no absolute paths, no `..`, no empty segments. Its
+//! size is bounded: bytes per file, bytes in all, and the number of files; content is
+//! text without NUL (it is stored in PostgreSQL).
 
 use std::collections::BTreeMap;
+
+/// Largest file the agent may write.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// Largest total of all files.
+pub const MAX_WORKSPACE_BYTES: usize = 16 * 1024 * 1024;
+/// Most files in one workspace.
+pub const MAX_FILES: usize = 1000;
 
 /// Check a workspace-relative path; the error says what is wrong with it.
 ///
@@ -19,8 +28,10 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
             "{path:?} is absolute; paths are relative to the phase workspace"
         ));
     }
-    if path.contains('\\') || path.contains('\0') || path.contains(':') {
-        return Err(format!("{path:?} contains a backslash, colon or NUL"));
+    if path.contains('\\') || path.contains(':') || path.chars().any(char::is_control) {
+        return Err(format!(
+            "{path:?} contains a backslash, colon or control character"
+        ));
     }
     for seg in path.split('/') {
         if seg == ".." {
@@ -36,13 +47,35 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
 #[derive(Debug, Clone, Default)]
 pub struct Workspace {
     files: BTreeMap<String, String>,
+    bytes: usize,
 }
 
 impl Workspace {
     /// # Errors
-    /// When `path` is not a valid workspace path.
+    /// When `path` is not a valid workspace path, the content holds a NUL, or a size
+    /// bound would be passed.
     pub fn write(&mut self, path: &str, content: String) -> Result<(), String> {
         check_relative_path(path)?;
+        if content.contains('\0') {
+            return Err("content contains a NUL character; files hold text".into());
+        }
+        if content.len() > MAX_FILE_BYTES {
+            return Err(format!(
+                "content is {} bytes; a file holds at most {MAX_FILE_BYTES}",
+                content.len()
+            ));
+        }
+        let replaced = self.files.get(path).map_or(0, String::len);
+        let total = self.bytes - replaced + content.len();
+        if total > MAX_WORKSPACE_BYTES {
+            return Err(format!(
+                "the workspace would hold {total} bytes; at most {MAX_WORKSPACE_BYTES}"
+            ));
+        }
+        if !self.files.contains_key(path) && self.files.len() >= MAX_FILES {
+            return Err(format!("the workspace holds {MAX_FILES} files already"));
+        }
+        self.bytes = total;
         self.files.insert(path.to_owned(), content);
         Ok(())
     }
@@ -65,6 +98,17 @@ impl Workspace {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
+
+    /// Every file, in path order.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.files.iter().map(|(p, c)| (p.as_str(), c.as_str()))
+    }
+
+    /// Bytes held by all files.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +127,7 @@ mod tests {
             "a\\b",
             "~/x",
             "c:x",
+            "a\u{7}b",
         ] {
             assert!(check_relative_path(bad).is_err(), "{bad:?} accepted");
         }
@@ -92,5 +137,32 @@ mod tests {
         let mut w = Workspace::default();
         assert!(w.write("../escape", String::new()).is_err());
         assert!(w.read("nope").is_err());
+    }
+
+    #[test]
+    fn sizes_and_nul_are_bounded() {
+        let mut w = Workspace::default();
+        assert!(w.write("a", "x\0y".into()).is_err());
+        assert!(w.write("big", "x".repeat(MAX_FILE_BYTES + 1)).is_err());
+        for i in 0..16 {
+            w.write(&format!("f{i}"), "x".repeat(MAX_FILE_BYTES))
+                .unwrap();
+        }
+        assert!(
+            w.write("one-more", "x".into()).is_err(),
+            "total bytes bounded"
+        );
+        w.write("f0", "small".into()).unwrap();
+        assert_eq!(
+            w.bytes(),
+            15 * MAX_FILE_BYTES + 5,
+            "a rewrite frees its old bytes"
+        );
+        let mut many = Workspace::default();
+        for i in 0..MAX_FILES {
+            many.write(&format!("f{i}"), String::new()).unwrap();
+        }
+        assert!(many.write("f-extra", String::new()).is_err());
+        assert!(many.write("f0", "again".into()).is_ok());
     }
 }

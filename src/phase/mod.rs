@@ -208,7 +208,8 @@ impl<A: Agent> Engine<A> {
                     None => Produced::Missing(format!("the agent finished without writing {path}")),
                 }
             }
-            Some(Err(AgentError::Cancelled)) => return Err(PhaseError::Interrupted),
+            // The run ended (a cancel this worker has not heard of yet): nothing to record.
+            Some(Err(AgentError::Cancelled)) => return self.complete_only(job, worker).await,
             Some(Err(AgentError::Transient(m))) if job.attempts < job.max_attempts => {
                 return Err(PhaseError::Retry(m));
             }
@@ -585,6 +586,18 @@ impl<A: Agent> Engine<A> {
             .await?;
         }
         Ok(())
+    }
+
+    /// Complete the job and change nothing else (its run ended meanwhile).
+    async fn complete_only(
+        &self,
+        job: &ClaimedJob,
+        worker: WorkerId,
+    ) -> Result<Completed, PhaseError> {
+        let mut tx = self.pool.begin().await?;
+        let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// End the run as failed because its agent cannot go on, and complete the job.

@@ -62,7 +62,8 @@ pub async fn is_paused(conn: &mut PgConnection, queue: &str) -> Result<bool, Que
 pub enum CancelOutcome {
     /// It was waiting; it is cancelled now.
     Cancelled,
-    /// It is running; its worker will interrupt it at the next heartbeat.
+    /// It is running; its worker interrupts it when the notification arrives (at the
+    /// latest at its next heartbeat).
     Requested,
     /// It had already finished; nothing changed.
     AlreadyFinished(JobState),
@@ -94,6 +95,7 @@ pub async fn cancel(conn: &mut PgConnection, id: JobId) -> Result<CancelOutcome,
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
+            super::notify::cancel_job(conn, id).await?;
             Ok(CancelOutcome::Requested)
         }
         done => Ok(CancelOutcome::AlreadyFinished(done)),
@@ -278,8 +280,8 @@ pub struct QueueStats {
 /// # Errors
 /// [`QueueError::Db`] on database failure.
 pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
-    // Unfinished states are served by partial indexes; finished ones are counted from
-    // the planner's view of the last minute only, so the cost stays flat with history.
+    // Unfinished states are served by partial indexes; finished ones are counted over
+    // the last hour only, so the cost stays flat with history.
     let by_state = sqlx::query_as::<_, StateCount>(
         "SELECT queue, state, count(*) AS count FROM jobs
           WHERE state IN ('ready', 'running') OR finished_at > now() - interval '1 hour'

@@ -2,6 +2,7 @@
 //! hashing that stores each distinct definition once.
 
 mod canonical;
+pub mod document;
 mod persona;
 mod template;
 
@@ -30,23 +31,21 @@ pub enum DefinitionError {
 }
 
 /// Parse YAML or JSON (chosen by extension; `.json` is JSON, anything else YAML, which
-/// also accepts JSON). Unknown fields are errors, reported with the path to the field.
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+/// also accepts JSON). Unknown fields are errors, reported with the path to the field;
+/// what the document may expand to is bounded (see [`document`]).
+pub(crate) fn parse<T: serde::de::DeserializeOwned + serde::Serialize>(
     file: &str,
     text: &str,
 ) -> Result<T, DefinitionError> {
     let is_json = Path::new(file)
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let result = if is_json {
-        serde_json::from_str(text).map_err(|e| e.to_string())
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
-    };
-    result.map_err(|message| DefinitionError::Parse {
-        file: file.to_owned(),
-        message,
-    })
+    document::parse_value(text, is_json)
+        .and_then(|v| document::from_value(v).map_err(String::from))
+        .map_err(|message| DefinitionError::Parse {
+            file: file.to_owned(),
+            message,
+        })
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, DefinitionError> {

@@ -1,4 +1,6 @@
-//! Personas: which model plays a role, through which backend, with which prompt.
+//! Personas: which model plays a role, through which provider, with which prompt. A
+//! persona names an operator-configured provider (`[providers.NAME]` in the
+//! configuration) and a model; it can never carry a URL or the name of a variable.
 
 use super::{DefinitionError, canonical_json, parse, read, sha256_hex};
 use serde::{Deserialize, Serialize};
@@ -9,8 +11,8 @@ use std::path::Path;
 pub enum Backend {
     /// Built-in offline backend that writes a schema-valid artifact. For demos and tests.
     Synthetic,
-    /// Any OpenAI-compatible Chat Completions endpoint (OpenRouter, OpenAI, Ollama,
-    /// vLLM, llama.cpp).
+    /// An OpenAI-compatible Chat Completions provider (OpenRouter, OpenAI, Ollama,
+    /// vLLM, llama.cpp) that the operator configured; the persona names it in `provider`.
     Openai,
 }
 
@@ -22,13 +24,15 @@ pub struct Persona {
     pub backend: Backend,
     pub model: String,
     pub system_prompt: String,
-    /// Base URL of the OpenAI-compatible API (e.g. `https://openrouter.ai/api/v1` or
-    /// `http://127.0.0.1:8080/v1` for llama.cpp). Default: `$PHASEFLEET_LLM_BASE_URL`.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// Name of the env var that holds the API key. The key itself is never stored.
-    #[serde(default)]
-    pub api_key_env: Option<String>,
+    /// The operator-configured provider that serves `model` (backend `openai` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Refused: providers are operator configuration. Kept so the error names the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<serde_json::Value>,
+    /// Refused, like `base_url`: the key's variable is the provider's, in the configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<serde_json::Value>,
     #[serde(default)]
     pub temperature: Option<f64>,
     #[serde(default)]
@@ -91,21 +95,61 @@ impl Persona {
                 format!("must be 1..=200, got {}", self.max_turns),
             ));
         }
-        if let Some(url) = &self.base_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
+        for (field, present) in [
+            ("base_url", self.base_url.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+        ] {
+            if present {
+                return Err(bad(
+                    field,
+                    format!(
+                        "a persona cannot carry `{field}`: providers are operator configuration; name one with `provider`"
+                    ),
+                ));
+            }
+        }
+        for (field, text, max) in [
+            ("name", &self.name, 64),
+            ("version", &self.version, 64),
+            ("model", &self.model, 200),
+            ("system_prompt", &self.system_prompt, 64 * 1024),
+        ] {
+            if text.len() > max {
+                return Err(bad(
+                    field,
+                    format!("at most {max} bytes, got {}", text.len()),
+                ));
+            }
+        }
+        if !crate::config::is_name(&self.name) {
             return Err(bad(
-                "base_url",
-                format!("must start with http:// or https://, got {url:?}"),
+                "name",
+                "persona names use letters, digits, '_', '-', '.'".into(),
             ));
         }
-        if let Some(env) = &self.api_key_env
-            && (env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        {
-            return Err(bad(
-                "api_key_env",
-                "must be the NAME of an environment variable, not a key".into(),
-            ));
+        match (self.backend, &self.provider) {
+            (Backend::Openai, None) => {
+                return Err(bad(
+                    "provider",
+                    "backend openai needs the name of an operator-configured provider".into(),
+                ));
+            }
+            (Backend::Synthetic, Some(_)) => {
+                return Err(bad(
+                    "provider",
+                    "the synthetic backend uses no provider".into(),
+                ));
+            }
+            (_, Some(p)) if !crate::config::is_name(p) => {
+                return Err(bad(
+                    "provider",
+                    "provider names use letters, digits, '_', '-', '.'".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.max_tokens.is_some_and(|t| t == 0 || t > 1_000_000) {
+            return Err(bad("max_tokens", "must be 1..=1000000".into()));
         }
         Ok(())
     }

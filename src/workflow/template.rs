@@ -111,6 +111,28 @@ impl WorkflowTemplate {
                 format!("at most 100 phases, found {}", self.phases.len()),
             ));
         }
+        if self.roles.len() > 32 {
+            return Err(bad(
+                "roles".into(),
+                format!("at most 32 roles, found {}", self.roles.len()),
+            ));
+        }
+        for (field, text, max) in [
+            ("name", self.name.as_str(), 128),
+            ("version", self.version.as_str(), 64),
+            (
+                "description",
+                self.description.as_deref().unwrap_or(""),
+                4096,
+            ),
+        ] {
+            if text.len() > max {
+                return Err(bad(
+                    field.into(),
+                    format!("at most {max} bytes, got {}", text.len()),
+                ));
+            }
+        }
         for (role, d) in &self.roles {
             if !is_identifier(role) {
                 return Err(bad(
@@ -118,10 +140,10 @@ impl WorkflowTemplate {
                     "role names use letters, digits, '_', '-', '.'".into(),
                 ));
             }
-            if d.persona.trim().is_empty() {
+            if !is_identifier(&d.persona) {
                 return Err(bad(
                     format!("roles.{role}.persona"),
-                    "must not be empty".into(),
+                    "persona names use letters, digits, '_', '-', '.' (at most 64)".into(),
                 ));
             }
         }
@@ -153,6 +175,26 @@ impl WorkflowTemplate {
             }
             if p.instructions.trim().is_empty() {
                 return Err(bad(at("instructions"), "must not be empty".into()));
+            }
+            if p.instructions.len() > 64 * 1024 {
+                return Err(bad(
+                    at("instructions"),
+                    format!("at most 65536 bytes, got {}", p.instructions.len()),
+                ));
+            }
+            if p.gates.len() > 16 {
+                return Err(bad(
+                    at("gates"),
+                    format!("at most 16 gates, found {}", p.gates.len()),
+                ));
+            }
+            if let Some(g) = p.gates.iter().find(|g| !is_identifier(g)) {
+                return Err(bad(
+                    at("gates"),
+                    format!(
+                        "{g:?} is not a gate name (letters, digits, '_', '-', '.'; at most 64)"
+                    ),
+                ));
             }
             if let Err(msg) =
                 crate::agent::workspace::check_relative_path(&p.expected_artifact.path)

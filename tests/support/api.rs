@@ -12,10 +12,19 @@ pub const ADMIN: &str = "admin-token-0123456789abcdef";
 pub const SUBMIT: &str = "submit-token-0123456789abcdef";
 pub const APPROVE: &str = "approve-token-0123456789abcdef";
 pub const READ: &str = "read-token-0123456789abcdef";
+/// Tokens of two more teams, for isolation tests.
+pub const TEAM_A_SUBMIT: &str = "team-a-submit-0123456789abcdef";
+pub const TEAM_A_APPROVE: &str = "team-a-approve-0123456789abcdef";
+pub const TEAM_A_ADMIN: &str = "team-a-admin-0123456789abcdef";
+pub const TEAM_B_SUBMIT: &str = "team-b-submit-0123456789abcdef";
+pub const TEAM_B_APPROVE: &str = "team-b-approve-0123456789abcdef";
+pub const TEAM_B_READ: &str = "team-b-read-0123456789abcdef";
 
 pub fn tokens() -> Tokens {
     Tokens::parse(&format!(
-        "admin:{ADMIN},submit:{SUBMIT},approve:{APPROVE},read:{READ}"
+        "admin:{ADMIN},submit:{SUBMIT},approve:{APPROVE},read:{READ},\
+         team-a/submit:{TEAM_A_SUBMIT},team-a/approve:{TEAM_A_APPROVE},team-a/admin:{TEAM_A_ADMIN},\
+         team-b/submit:{TEAM_B_SUBMIT},team-b/approve:{TEAM_B_APPROVE},team-b/read:{TEAM_B_READ}"
     ))
     .unwrap()
 }
@@ -31,16 +40,34 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
+        let mut config = super::engine::config();
+        for team in ["team-a", "team-b"] {
+            config.teams.insert(
+                team.into(),
+                phasefleet::config::TeamConfig {
+                    queues: Some(vec!["*".into()]),
+                    ..Default::default()
+                },
+            );
+        }
         let state = AppState::new(
             pool.clone(),
             super::engine::schemas(),
+            config,
             tokens(),
             redis_url.map(str::to_owned),
             stop.clone(),
         );
         let s = stop.clone();
         let handle = tokio::spawn(async move {
-            phasefleet_api::serve(listener, state, s).await.unwrap();
+            phasefleet_api::serve(
+                listener,
+                state,
+                phasefleet_api::server::Limits::default(),
+                s,
+            )
+            .await
+            .unwrap();
         });
         Self { base, stop, handle }
     }

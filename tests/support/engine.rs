@@ -4,6 +4,7 @@
 use phasefleet::RunId;
 use phasefleet::agent::synthetic::SyntheticAgent;
 use phasefleet::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
+use phasefleet::config::Config;
 use phasefleet::phase::Engine;
 use phasefleet::runs::RunState;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
@@ -49,11 +50,68 @@ pub fn request(queue: &str, extra: serde_json::Value) -> SubmitRequest {
         idempotency_key: None,
         submitted_by: Some("tests".into()),
         queue: queue.to_owned(),
+        team: phasefleet::teams::DEFAULT_TEAM.into(),
+        may_define_provider_personas: true,
     }
 }
 
+/// The configuration tests submit with: the scripted mock as provider `mock` (any model,
+/// priced $1 / $0.5 cached / $2 per million tokens), and the queues of every test open to
+/// the default team.
+pub fn config() -> Config {
+    config_with_mock("http://127.0.0.1:9/v1")
+}
+
+/// [`config`] with the mock provider at `base_url` (a worker's view).
+pub fn config_with_mock(base_url: &str) -> Config {
+    Config::from_toml(&mock_config_toml(base_url)).unwrap()
+}
+
+/// A `phasefleet.toml` file with the mock provider at `base_url`, for worker processes
+/// (`PHASEFLEET_CONFIG`). Removed when the returned guard drops.
+pub fn mock_config_file(base_url: &str) -> ConfigFile {
+    let path = std::env::temp_dir().join(format!(
+        "phasefleet-test-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, mock_config_toml(base_url)).unwrap();
+    ConfigFile(path)
+}
+
+/// A configuration file that is removed on drop.
+pub struct ConfigFile(pub std::path::PathBuf);
+
+impl ConfigFile {
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The TOML of [`config_with_mock`].
+pub fn mock_config_toml(base_url: &str) -> String {
+    format!(
+        r#"
+        [providers.mock]
+        base_url = "{base_url}"
+        allow_insecure_loopback = true
+        [providers.mock.models."*"]
+        input_usd_per_mtok = 1.0
+        cached_input_usd_per_mtok = 0.5
+        output_usd_per_mtok = 2.0
+        [teams.default]
+        queues = ["*"]
+        "#
+    )
+}
+
 pub async fn submit(pool: &PgPool, req: SubmitRequest) -> RunId {
-    match phasefleet::submit::submit(pool, &schemas(), req)
+    match phasefleet::submit::submit(pool, &schemas(), &config(), req)
         .await
         .unwrap()
     {

@@ -1,8 +1,8 @@
 //! The jobs this worker holds right now, with the token that interrupts each one and
 //! the reason it was interrupted.
 
-use phasefleet::JobId;
 use phasefleet::queue::Lease;
+use phasefleet::{JobId, RunId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ pub(crate) enum StopReason {
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub lease: Lease,
+    pub run_id: Option<RunId>,
     pub cancel: CancellationToken,
     pub reason: Option<StopReason>,
 }
@@ -37,11 +38,12 @@ impl InFlight {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn insert(&self, lease: Lease, cancel: CancellationToken) {
+    pub fn insert(&self, lease: Lease, run_id: Option<RunId>, cancel: CancellationToken) {
         self.lock().insert(
             lease.job_id,
             Entry {
                 lease,
+                run_id,
                 cancel,
                 reason: None,
             },
@@ -64,6 +66,14 @@ impl InFlight {
     /// Interrupt one job, keeping the first reason given.
     pub fn stop(&self, id: JobId, reason: StopReason) {
         if let Some(e) = self.lock().get_mut(&id) {
+            e.reason.get_or_insert(reason);
+            e.cancel.cancel();
+        }
+    }
+
+    /// Interrupt the jobs of one run.
+    pub fn stop_run(&self, run: RunId, reason: StopReason) {
+        for e in self.lock().values_mut().filter(|e| e.run_id == Some(run)) {
             e.reason.get_or_insert(reason);
             e.cancel.cancel();
         }

@@ -83,7 +83,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(name) = args.name {
         cfg.name = name;
     }
-    let agent = BackendRouter::from_env()
+    let config = phasefleet::config::Config::from_env()?;
+    let agent = BackendRouter::from_config(&config)
         .await
         .map_err(anyhow::Error::msg)?;
     let engine = Engine::new(pool.clone(), schemas, agent, args.queue);

@@ -41,6 +41,19 @@ struct Shared {
     draining: AtomicBool,
 }
 
+impl Shared {
+    /// Act on a notification: look for work, or stop a cancelled job now.
+    fn hear(&self, notice: notify::Notice) {
+        match notice {
+            notify::Notice::JobReady => self.wake.notify_one(),
+            notify::Notice::CancelRun(run) => {
+                self.inflight.stop_run(run, StopReason::Cancelled);
+            }
+            notify::Notice::CancelJob(job) => self.inflight.stop(job, StopReason::Cancelled),
+        }
+    }
+}
+
 impl<H: JobHandler> Worker<H> {
     #[must_use]
     pub fn new(pool: PgPool, cfg: WorkerConfig, handler: H) -> Self {
@@ -96,11 +109,11 @@ impl<H: JobHandler> Worker<H> {
             tracing::info!(name = %shared.cfg.name, concurrency = shared.cfg.concurrency, "worker started");
             let services_stop = CancellationToken::new();
             let mut services = JoinSet::new();
+            let heard = shared.clone();
             services.spawn(notify::forward(
                 shared.pool.clone(),
-                notify::JOBS_CHANNEL,
                 shared.cfg.queue.clone(),
-                shared.wake.clone(),
+                move |notice| heard.hear(notice),
                 services_stop.clone(),
             ));
             services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
@@ -174,7 +187,7 @@ impl<H: JobHandler> Worker<H> {
     fn spawn_job(&self, shared: &Arc<Shared>, jobs: &mut JoinSet<()>, job: ClaimedJob) {
         let lease = job.lease();
         let cancel = CancellationToken::new();
-        shared.inflight.insert(lease, cancel.clone());
+        shared.inflight.insert(lease, job.run_id, cancel.clone());
         let span = tracing::info_span!(
             "job",
             job_id = %job.id,

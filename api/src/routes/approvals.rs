@@ -32,7 +32,7 @@ pub async fn pending(
     }
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::approval::pending(&mut conn, q.limit.unwrap_or(100)).await?,
+        phasefleet::approval::pending(&mut conn, &caller.scope, q.limit.unwrap_or(100)).await?,
     ))
 }
 
@@ -70,6 +70,7 @@ pub async fn decide(
         .map_err(|e: String| ApiError::invalid("action", e))?;
     let out = phasefleet::approval::decide(
         &state.pool,
+        &caller.scope,
         id,
         action,
         body.comment.as_deref(),

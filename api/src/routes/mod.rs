@@ -1,5 +1,6 @@
 //! Handlers, one module per resource.
 
+pub mod admin;
 pub mod approvals;
 pub mod runs;
 pub mod stream;

@@ -9,16 +9,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use phasefleet::RunId;
+use phasefleet::runs::Run;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::views::{RunFilter, RunPage};
-use phasefleet::workflow::{DefinitionError, Persona, WorkflowTemplate};
+use phasefleet::workflow::{DefinitionError, Persona, WorkflowTemplate, document};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 
 /// A run to start.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// The workflow template: a JSON object, or YAML (or JSON) text.
@@ -36,12 +37,16 @@ pub struct SubmitBody {
     pub bindings: BTreeMap<String, String>,
     #[serde(default)]
     pub budget: Option<BudgetBody>,
-    /// Queue for the run's phase jobs (default `default`).
+    /// Queue for the run's phase jobs (default `default`); one the team may use.
     #[serde(default)]
     pub queue: Option<String>,
+    /// The run's team: a team's token submits for its own team; a fleet-wide admin
+    /// may name any (default `default`).
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetBody {
     pub usd: Option<f64>,
@@ -96,6 +101,7 @@ fn build_request(
     key: Option<String>,
     caller: &Caller,
 ) -> Result<SubmitRequest, ApiError> {
+    let team = caller.submit_team(body.team.as_deref())?;
     let (file, text) = text_or_object("template", &body.template)?;
     let template = WorkflowTemplate::from_str_named(&file, &text)
         .map_err(|e| definition_error("template", e))?;
@@ -121,15 +127,20 @@ fn build_request(
             extra: serde_json::json!({}),
             ..RunInputs::default()
         },
-        Some(v) => {
-            serde_json::from_value(v).map_err(|e| ApiError::invalid("inputs", e.to_string()))?
-        }
+        Some(v) => document::from_value(v).map_err(|e| {
+            let field = e
+                .path
+                .as_ref()
+                .map_or("inputs".to_owned(), |p| format!("inputs.{p}"));
+            ApiError::invalid(field, e.message)
+        })?,
     };
     let budget = body.budget.map_or(Budget::default(), |b| Budget {
         usd: b.usd,
         tokens: b.tokens,
     });
-    // Inputs, budget and queue name are checked by `phasefleet::submit`, for every caller.
+    // Inputs, budget, queue and team limits are checked by `phasefleet::submit`, for
+    // every caller.
     let queue = body
         .queue
         .unwrap_or_else(|| phasefleet::queue::DEFAULT_QUEUE.to_owned());
@@ -142,41 +153,33 @@ fn build_request(
         idempotency_key: key,
         submitted_by: Some(caller.name.clone()),
         queue,
+        team,
+        may_define_provider_personas: caller.role == Role::Admin,
     })
 }
 
 /// Submit a run.
 #[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = SubmitBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key returns the same run")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key (and the same request) returns the same run")),
     responses((status = 201, body = SubmitResponse), (status = 200, body = SubmitResponse, description = "existing run for this key"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "key reused for another template"), (status = 422, body = ErrorBody)),
+              (status = 409, body = ErrorBody, description = "key reused with a different request"), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Body(body): Body<SubmitBody>,
+    Body(body): Body<Value>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Submit)?;
     let key = idempotency_key(&headers)?;
+    let body: SubmitBody = document::from_value(body)
+        .map_err(|e| ApiError::invalid(e.path.as_deref().unwrap_or("body"), e.message))?;
     let req = build_request(body, key, &caller)?;
-    let template_hash = req.template.canonical().1;
-    let out = phasefleet::submit::submit(&state.pool, &state.schemas, req).await?;
+    let out = phasefleet::submit::submit(&state.pool, &state.schemas, &state.config, req).await?;
     let (status, outcome, run_id) = match out {
         Submitted::Created(id) => (StatusCode::CREATED, "created", id),
-        Submitted::Existing(id) => {
-            let mut conn = state.pool.acquire().await?;
-            let run = phasefleet::runs::get(&mut conn, id)
-                .await?
-                .ok_or_else(|| ApiError::internal(&"idempotent run vanished"))?;
-            if run.template_hash != template_hash {
-                return Err(ApiError::conflict(format!(
-                    "Idempotency-Key was used for run {id} with a different template"
-                )));
-            }
-            (StatusCode::OK, "existing", id)
-        }
+        Submitted::Existing(id) => (StatusCode::OK, "existing", id),
     };
     metrics::counter!("phasefleet_api_runs_submitted_total", "outcome" => outcome).increment(1);
     Ok((
@@ -195,6 +198,8 @@ pub struct ListQuery {
     /// Template name.
     pub template: Option<String>,
     pub submitted_by: Option<String>,
+    /// Only this team's runs (a team's token always sees its own team only).
+    pub team: Option<String>,
     /// 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -211,7 +216,12 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Role::Read)?;
+    let team = match caller.scope.team() {
+        Some(own) => Some(own.to_owned()),
+        None => q.team,
+    };
     let filter = RunFilter {
+        team,
         state: q
             .state
             .as_deref()
@@ -243,6 +253,16 @@ fn run_not_found(id: RunId) -> ApiError {
     ApiError::not_found(format!("run {id} not found"))
 }
 
+/// The run, when it exists and the caller's team may see it (404 otherwise, so another
+/// team's run ids reveal nothing).
+pub async fn visible_run(state: &AppState, caller: &Caller, id: RunId) -> Result<Run, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    phasefleet::runs::get(&mut conn, id)
+        .await?
+        .filter(|r| caller.scope.sees(&r.team))
+        .ok_or_else(|| run_not_found(id))
+}
+
 /// One run: phases, artifacts (without content), approvals, costs, report.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
@@ -253,6 +273,7 @@ pub async fn show(
     Path(id): Path<RunId>,
 ) -> Result<Json<phasefleet::views::RunDetail>, ApiError> {
     caller.require(Role::Read)?;
+    visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     phasefleet::views::run_detail(&mut conn, id)
         .await?
@@ -282,10 +303,8 @@ pub async fn events(
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
+    visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
-    phasefleet::runs::get(&mut conn, id)
-        .await?
-        .ok_or_else(|| run_not_found(id))?;
     Ok(Json(
         phasefleet::events::list(&mut conn, id, q.after.unwrap_or(0), q.limit.unwrap_or(500))
             .await?,
@@ -310,10 +329,8 @@ pub async fn report(
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
+    let run = visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
-    let run = phasefleet::runs::get(&mut conn, id)
-        .await?
-        .ok_or_else(|| run_not_found(id))?;
     let Some((json, md)) = phasefleet::report::get(&mut conn, id).await? else {
         return Err(ApiError::not_found(format!(
             "run {id} is {} and has no report yet; reports are written when a run ends",
@@ -341,6 +358,7 @@ pub async fn artifact(
     Path((id, artifact_id)): Path<(RunId, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Read)?;
+    visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     let (meta, content) = phasefleet::views::artifact_content(&mut conn, id, artifact_id)
         .await?
@@ -380,7 +398,8 @@ pub async fn cancel(
         return Err(ApiError::invalid("reason", "longer than 2000 bytes"));
     }
     let reason = body.reason.map(|r| format!("{r} (by {})", caller.name));
-    let out = phasefleet::cancel::cancel_run(&state.pool, id, reason.as_deref()).await?;
+    let out =
+        phasefleet::cancel::cancel_run(&state.pool, &caller.scope, id, reason.as_deref()).await?;
     Ok(Json(match out {
         phasefleet::cancel::Cancelled::Cancelled => serde_json::json!({ "outcome": "cancelled" }),
         phasefleet::cancel::Cancelled::AlreadyEnded(s) => {

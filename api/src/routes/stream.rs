@@ -53,12 +53,7 @@ pub async fn stream(
         None => None,
     };
     let after = last.or(q.after).unwrap_or(0);
-    {
-        let mut conn = state.pool.acquire().await?;
-        phasefleet::runs::get(&mut conn, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
-    }
+    super::runs::visible_run(&state, &caller, id).await?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(pump(state, id, after, tx));
     metrics::counter!("phasefleet_api_sse_streams_total").increment(1);

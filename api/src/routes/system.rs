@@ -32,11 +32,36 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+/// Prometheus metrics: this process's counters and the fleet gauges of the last
+/// refresh (no database work per scrape). With `PHASEFLEET_METRICS_TOKEN` set, the
+/// scraper sends it as a bearer token.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain"), (status = 401, body = Object)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(expected) = state.metrics_token {
+        use sha2::Digest;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.trim().as_bytes())));
+        let matches = given.is_some_and(|g| {
+            g.iter()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        });
+        if !matches {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "metrics need the metrics token: Authorization: Bearer <PHASEFLEET_METRICS_TOKEN>",
+            ));
+        }
+    }
     let mut text = state.metrics.render();
-    text.push_str(&crate::metrics::fleet_gauges(&state.pool).await?);
+    text.push_str(&state.gauges.render());
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,12 +1,19 @@
-//! One logical model call = one or more HTTP attempts. Retries 429, 5xx, timeouts and
-//! connection errors with exponential backoff and jitter, honouring `Retry-After`; never
-//! retries 400/401/402/403/404 (a clear terminal error). A cancel stops it at once,
+//! One logical model call = one or more HTTP attempts. Retries 429, 408, 5xx, timeouts
+//! and connection errors with exponential backoff and jitter, honouring `Retry-After`;
+//! never retries other 4xx (a clear terminal error). A cancel stops it at once,
 //! mid-request or mid-backoff. Every HTTP attempt is returned for the ledger.
+//!
+//! What a provider sends is untrusted: the body is read as a stream up to a cap, and no
+//! part of an error body ever reaches a user-visible message (status, the provider's
+//! request id and a fixed description only; the body goes to the worker's log).
 
 use super::types::{ChatRequest, ChatResponse, Usage};
 use crate::queue::Backoff;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// Default cap on a response body.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -30,12 +37,22 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Records an HTTP attempt before it is sent (the ledger's `in_flight` row).
+/// Records an HTTP attempt before it is sent (the ledger's `in_flight` row). An error
+/// means the request must not be sent.
 pub trait CallLog: Sync {
     fn before_send(
         &self,
         call_id: uuid::Uuid,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    ) -> impl std::future::Future<Output = Result<(), BeforeSend>> + Send;
+}
+
+/// Why [`CallLog::before_send`] refused.
+#[derive(Debug)]
+pub enum BeforeSend {
+    /// The run is no longer active: nothing may be sent for it.
+    RunEnded,
+    /// The row could not be written.
+    Ledger(String),
 }
 
 /// What one HTTP attempt did (a ledger row).
@@ -43,7 +60,8 @@ pub trait CallLog: Sync {
 pub struct CallOutcome {
     /// Sent to the provider as `X-Phasefleet-Call`; the ledger row's key.
     pub call_id: uuid::Uuid,
-    /// `ok`, `http_<code>`, `timeout`, `connect_error`, `decode_error`, `cancelled`.
+    /// `ok`, `http_<code>`, `timeout`, `connect_error`, `decode_error`, `too_large`,
+    /// `cancelled`.
     pub status: String,
     pub latency_ms: i64,
     pub request_id: Option<String>,
@@ -57,22 +75,41 @@ pub enum CallError {
     #[error("could not record the call in the ledger: {0}")]
     Ledger(String),
     /// The provider refused in a way retrying cannot fix.
-    #[error("provider refused the request with HTTP {code}: {body}")]
-    Refused { code: u16, body: String },
-    #[error("gave up after {attempts} attempt(s): {last}")]
+    #[error("{message}")]
+    Refused { code: u16, message: String },
+    /// The response was larger than the cap, or not a chat completion.
+    #[error("{0}")]
+    BadResponse(String),
+    #[error("gave up after {attempts} HTTP attempt(s) of this call: {last}")]
     Exhausted { attempts: u32, last: String },
     #[error("cancelled")]
     Cancelled,
 }
 
-#[derive(Debug, Clone)]
+/// A client for one provider: one connection pool and TLS setup shared by every phase
+/// of the worker. Redirects are never followed.
+#[derive(Clone)]
 pub struct ChatClient {
     http: reqwest::Client,
-    base_url: String,
-    api_key: Option<String>,
+    url: String,
+    api_key: Option<ApiKey>,
     timeout: Duration,
     retry: RetryPolicy,
+    max_response_bytes: usize,
 }
+
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatClient")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API key read from the environment; never printed.
+#[derive(Clone)]
+pub struct ApiKey(pub String);
 
 impl ChatClient {
     /// `base_url` like `https://openrouter.ai/api/v1` (the `/chat/completions` suffix is added).
@@ -81,7 +118,7 @@ impl ChatClient {
     /// When the HTTP client cannot be built (TLS setup).
     pub fn new(
         base_url: &str,
-        api_key: Option<String>,
+        api_key: Option<ApiKey>,
         timeout: Duration,
         retry: RetryPolicy,
     ) -> Result<Self, reqwest::Error> {
@@ -90,18 +127,27 @@ impl ChatClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
             timeout,
             retry,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         })
     }
 
+    /// Cap response bodies at `bytes`.
+    #[must_use]
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
     /// Make one logical call. Returns every HTTP attempt's outcome and the result.
-    /// `log` records each HTTP attempt before it is sent; if it fails, nothing is sent.
+    /// `log` records each HTTP attempt before it is sent; if it refuses, nothing is sent.
     pub async fn chat(
         &self,
         req: &ChatRequest,
@@ -109,31 +155,27 @@ impl ChatClient {
         log: &impl CallLog,
     ) -> (Vec<CallOutcome>, Result<ChatResponse, CallError>) {
         let mut outcomes = Vec::new();
-        let url = format!("{}/chat/completions", self.base_url);
+        let body = match serde_json::to_vec(req) {
+            Ok(b) => b,
+            Err(e) => return (outcomes, Err(CallError::BadResponse(e.to_string()))),
+        };
         for attempt in 1..=self.retry.max_attempts {
             if cancel.is_cancelled() {
                 return (outcomes, Err(CallError::Cancelled));
             }
             let call_id = uuid::Uuid::new_v4();
-            if let Err(e) = log.before_send(call_id).await {
-                return (outcomes, Err(CallError::Ledger(e)));
+            match log.before_send(call_id).await {
+                Ok(()) => {}
+                Err(BeforeSend::RunEnded) => return (outcomes, Err(CallError::Cancelled)),
+                Err(BeforeSend::Ledger(e)) => return (outcomes, Err(CallError::Ledger(e))),
             }
             let started = Instant::now();
-            let mut builder = self
-                .http
-                .post(&url)
-                .timeout(self.timeout)
-                .header("X-Phasefleet-Call", call_id.to_string())
-                .json(req);
-            if let Some(key) = &self.api_key {
-                builder = builder.bearer_auth(key);
-            }
             let sent = tokio::select! {
                 () = cancel.cancelled() => {
                     outcomes.push(outcome(call_id, "cancelled", started, None, None, Some("cancelled mid-request".into())));
                     return (outcomes, Err(CallError::Cancelled));
                 }
-                r = send(builder) => r,
+                r = self.send(call_id, body.clone()) => r,
             };
             let (retry_after, last) = match sent {
                 Ok(Sent::Ok {
@@ -142,15 +184,15 @@ impl ChatClient {
                 }) => {
                     let usage = response.usage.clone();
                     outcomes.push(outcome(call_id, "ok", started, request_id, usage, None));
-                    return (outcomes, Ok(response));
+                    return (outcomes, Ok(*response));
                 }
                 Ok(Sent::Status {
                     code,
-                    body,
+                    described,
                     retry_after,
                     request_id,
                 }) => {
-                    let msg = format!("HTTP {code}: {}", truncate(&body, 500));
+                    let msg = format!("HTTP {code}: {described}{}", id_note(request_id.as_deref()));
                     outcomes.push(outcome(
                         call_id,
                         &format!("http_{code}"),
@@ -160,13 +202,7 @@ impl ChatClient {
                         Some(msg.clone()),
                     ));
                     if !(code == 429 || code == 408 || code >= 500) {
-                        return (
-                            outcomes,
-                            Err(CallError::Refused {
-                                code,
-                                body: truncate(&body, 2000),
-                            }),
-                        );
+                        return (outcomes, Err(CallError::Refused { code, message: msg }));
                     }
                     (retry_after, msg)
                 }
@@ -179,14 +215,8 @@ impl ChatClient {
                         None,
                         Some(message.clone()),
                     ));
-                    if status == "decode_error" {
-                        return (
-                            outcomes,
-                            Err(CallError::Exhausted {
-                                attempts: attempt,
-                                last: message,
-                            }),
-                        );
+                    if matches!(status, "decode_error" | "too_large") {
+                        return (outcomes, Err(CallError::BadResponse(message)));
                     }
                     (None, message)
                 }
@@ -219,16 +249,67 @@ impl ChatClient {
             }),
         )
     }
+
+    async fn send(&self, call_id: uuid::Uuid, body: Vec<u8>) -> Result<Sent, Failure> {
+        let mut builder = self
+            .http
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header("X-Phasefleet-Call", call_id.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(&key.0);
+        }
+        let resp = builder.send().await.map_err(|e| send_failure(&e))?;
+        let code = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let request_id = header("x-request-id")
+            .or_else(|| header("x-generation-id"))
+            .and_then(|id| sanitize_request_id(&id));
+        let retry_after = header("retry-after")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+        let body = read_capped(resp, self.max_response_bytes).await?;
+        if !(200..300).contains(&code) {
+            let excerpt = String::from_utf8_lossy(&body[..body.len().min(2000)])
+                .escape_debug()
+                .to_string();
+            tracing::warn!(code, request_id = request_id.as_deref(), body = %excerpt, "provider answered with an error");
+            return Ok(Sent::Status {
+                code,
+                described: describe_refusal(code, &body),
+                retry_after,
+                request_id,
+            });
+        }
+        let response: ChatResponse = serde_json::from_slice(&body).map_err(|e| Failure {
+            status: "decode_error",
+            message: format!("the response is not a chat completion ({e})"),
+        })?;
+        let request_id =
+            request_id.or_else(|| response.id.as_deref().and_then(sanitize_request_id));
+        Ok(Sent::Ok {
+            response: Box::new(response),
+            request_id,
+        })
+    }
 }
 
 enum Sent {
     Ok {
-        response: ChatResponse,
+        response: Box<ChatResponse>,
         request_id: Option<String>,
     },
     Status {
         code: u16,
-        body: String,
+        described: String,
         retry_after: Option<Duration>,
         request_id: Option<String>,
     },
@@ -239,55 +320,102 @@ struct Failure {
     message: String,
 }
 
-async fn send(builder: reqwest::RequestBuilder) -> Result<Sent, Failure> {
-    let resp = builder.send().await.map_err(|e| Failure {
-        status: if e.is_timeout() {
-            "timeout"
-        } else {
-            "connect_error"
-        },
-        message: e.to_string(),
-    })?;
-    let code = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let request_id = header("x-request-id").or_else(|| header("x-generation-id"));
-    let retry_after = header("retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
-    let body = resp.text().await.map_err(|e| Failure {
-        status: if e.is_timeout() {
-            "timeout"
-        } else {
-            "connect_error"
-        },
-        message: format!("reading the response body: {e}"),
-    })?;
-    if !(200..300).contains(&code) {
-        return Ok(Sent::Status {
-            code,
-            body,
-            retry_after,
-            request_id,
-        });
-    }
-    let response: ChatResponse = serde_json::from_str(&body).map_err(|e| Failure {
-        status: "decode_error",
+/// Read the body as a stream, refusing it once it passes `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, Failure> {
+    let too_large = || Failure {
+        status: "too_large",
         message: format!(
-            "response is not a chat completion: {e}: {}",
-            truncate(&body, 300)
+            "the model's response is larger than {} MiB",
+            cap.div_ceil(1024 * 1024)
         ),
-    })?;
-    let request_id = request_id.or_else(|| response.id.clone());
-    Ok(Sent::Ok {
-        response,
-        request_id,
-    })
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(cap).unwrap_or(u64::MAX))
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                let mut f = send_failure(&e);
+                f.message = format!("reading the response: {}", f.message);
+                return Err(f);
+            }
+        }
+    }
+}
+
+/// A send error as a status and its root cause ("connection refused"), without the URL.
+fn send_failure(e: &reqwest::Error) -> Failure {
+    let status = if e.is_timeout() {
+        "timeout"
+    } else {
+        "connect_error"
+    };
+    let mut root: Option<String> = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        root = Some(s.to_string());
+        source = s.source();
+    }
+    let message = match (status, root) {
+        ("timeout", _) => "the request timed out".to_owned(),
+        (_, Some(cause)) => format!("connection failed: {}", cause.to_lowercase()),
+        (_, None) => "connection failed".to_owned(),
+    };
+    Failure { status, message }
+}
+
+/// A fixed description of a refusal; the provider's words stay in the worker's log.
+fn describe_refusal(code: u16, body: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).to_ascii_lowercase();
+    let context = [
+        "context_length",
+        "context length",
+        "maximum context",
+        "context window",
+        "too many tokens",
+    ];
+    if (code == 400 || code == 413) && context.iter().any(|c| head.contains(c)) {
+        return "the request does not fit the model's context window".into();
+    }
+    match code {
+        400 => "the provider rejected the request as invalid",
+        401 => "the provider refused the API key (check the provider's api_key_env)",
+        402 => "the provider requires payment (credits exhausted?)",
+        403 => "the provider forbids this request (model access, region or policy)",
+        404 => "the provider does not know this model or endpoint",
+        408 => "the provider timed out",
+        413 => "the request is too large for the provider",
+        422 => "the provider could not process the request",
+        429 => "rate limited by the provider",
+        500..=599 => "the provider failed",
+        _ => "the provider refused the request",
+    }
+    .into()
+}
+
+/// A provider request id as safe text: visible ASCII, at most 128 characters.
+fn sanitize_request_id(id: &str) -> Option<String> {
+    let clean: String = id
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(128)
+        .collect();
+    (!clean.is_empty()).then_some(clean)
+}
+
+fn id_note(request_id: Option<&str>) -> String {
+    request_id.map_or_else(String::new, |id| format!(" (provider request id {id})"))
 }
 
 fn outcome(
@@ -308,13 +436,24 @@ fn outcome(
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_never_echo_the_body() {
+        let body = br#"{"error":{"message":"SECRET internal detail"}}"#;
+        for code in [400, 401, 402, 403, 404, 418, 503] {
+            assert!(!describe_refusal(code, body).contains("SECRET"));
+        }
+        assert!(
+            describe_refusal(400, br#"{"error":{"code":"context_length_exceeded"}}"#)
+                .contains("context window")
+        );
+        assert_eq!(
+            sanitize_request_id("id-1\u{0}\n<x>"),
+            Some("id-1<x>".into())
+        );
+        assert_eq!(sanitize_request_id("\u{7}"), None);
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

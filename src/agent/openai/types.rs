@@ -107,20 +107,43 @@ pub struct CompletionDetails {
     pub reasoning_tokens: Option<i64>,
 }
 
+/// Token counts a provider reports are clamped to this: no call is larger, and sums of
+/// them cannot overflow.
+const MAX_TOKENS_PER_CALL: i64 = 100_000_000;
+
+fn clamp_tokens(n: i64) -> i64 {
+    n.clamp(0, MAX_TOKENS_PER_CALL)
+}
+
 impl Usage {
+    /// Prompt tokens, clamped to a plausible range.
+    #[must_use]
+    pub fn prompt(&self) -> i64 {
+        clamp_tokens(self.prompt_tokens)
+    }
+    /// Completion tokens, clamped to a plausible range.
+    #[must_use]
+    pub fn completion(&self) -> i64 {
+        clamp_tokens(self.completion_tokens)
+    }
     #[must_use]
     pub fn cached(&self) -> i64 {
-        self.prompt_tokens_details
-            .as_ref()
-            .and_then(|d| d.cached_tokens)
-            .unwrap_or(0)
+        clamp_tokens(
+            self.prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        )
+        .min(self.prompt())
     }
     #[must_use]
     pub fn reasoning(&self) -> i64 {
-        self.completion_tokens_details
-            .as_ref()
-            .and_then(|d| d.reasoning_tokens)
-            .unwrap_or(0)
+        clamp_tokens(
+            self.completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        )
     }
 }
 

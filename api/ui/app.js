@@ -1,0 +1,239 @@
+"use strict";
+const $ = (sel, root = document) => root.querySelector(sel);
+const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const when = (t) => (t ? new Date(t).toLocaleString() : "");
+let stopStream = null;
+
+// A link may carry a token (`#token=...`, printed by `phasefleet dev`). It is taken out
+// of the address at once (history, bookmarks and Referer never see it), and it never
+// silently replaces a different token this browser already holds.
+function takeTokenFromFragment() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (!m) return;
+  const offered = decodeURIComponent(m[1]);
+  history.replaceState(null, "", location.pathname + location.search + "#/runs");
+  const stored = localStorage.getItem("pf_token");
+  if (!stored || stored === offered
+      || confirm("This link carries an API token that differs from the one this browser holds. Replace the stored token?")) {
+    localStorage.setItem("pf_token", offered);
+  }
+}
+takeTokenFromFragment();
+$("#token").value = localStorage.getItem("pf_token") || "";
+$("#save-token").onclick = () => { localStorage.setItem("pf_token", $("#token").value.trim()); route(); };
+
+function showError(e) { $("#error").textContent = e ? String(e.message || e) : ""; }
+
+async function api(path, opts = {}) {
+  const headers = Object.assign({ "Accept": "application/json" }, opts.headers || {});
+  const token = localStorage.getItem("pf_token");
+  if (token) headers["Authorization"] = "Bearer " + token;
+  if (opts.body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { method: opts.method || "GET", headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body) });
+  const text = await res.text();
+  let data = null; try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!res.ok) {
+    const msg = data && data.error ? `${data.error.code}: ${data.error.message}${data.error.field ? " (" + data.error.field + ")" : ""}` : `HTTP ${res.status}`;
+    throw new Error(res.status === 401 ? msg + " — paste a token above" : msg);
+  }
+  return data;
+}
+
+function stateSpan(s) { return `<span class="state s-${esc(s)}" data-state="${esc(s)}">${esc(s)}</span>`; }
+
+async function runsPage(params) {
+  const q = new URLSearchParams(params);
+  const page = await api("/v1/runs?" + q.toString());
+  $("#main").innerHTML = `<section><h2>Runs</h2>
+    <div class="row"><label>State <select id="f-state">${["", "queued", "running", "awaiting_approval", "completed", "failed", "aborted", "cancelled"]
+      .map((s) => `<option ${params.state === s ? "selected" : ""}>${s}</option>`).join("")}</select></label></div>
+    <table id="runs"><thead><tr><th>Run</th><th>Template</th><th>State</th><th>Created</th><th>Cost</th><th>Error</th></tr></thead><tbody>
+    ${page.runs.map((r) => `<tr><td><a href="#/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td><td>${esc(r.template)} v${esc(r.template_version)}</td>
+      <td>${stateSpan(r.state)}${r.pending_approvals ? ' <span class="muted">(needs approval)</span>' : ""}</td><td>${when(r.created_at)}</td><td>$${Number(r.spent_usd).toFixed(4)}</td><td>${esc((r.error || "").slice(0, 80))}</td></tr>`).join("")}
+    </tbody></table>
+    ${page.next_cursor ? `<p><button id="next">Next page</button></p>` : ""}</section>`;
+  $("#f-state").onchange = (e) => { location.hash = "#/runs" + (e.target.value ? "?state=" + e.target.value : ""); };
+  if (page.next_cursor) $("#next").onclick = () => runsPage(Object.assign({}, params, { cursor: page.next_cursor }));
+}
+
+function decisionControls(a) {
+  return `<div class="row approval" data-approval="${esc(a.id)}">
+    <span>Approval on <b>${esc(a.phase_key)}</b> (round ${esc(a.round)}, gates: ${esc(a.gates.join(", "))})</span>
+    <input class="comment" placeholder="comment (needed for revise)" size="30">
+    ${["approve", "reject", "abort", "revise"].map((x) => `<button class="decide ${x === "approve" ? "primary" : ""}" data-action="${x}">${x}</button>`).join("")}
+  </div>`;
+}
+
+function wireDecisions(root, after) {
+  root.querySelectorAll(".approval").forEach((el) => {
+    el.querySelectorAll("button.decide").forEach((b) => {
+      b.onclick = async () => {
+        try {
+          showError(null);
+          const comment = $(".comment", el).value.trim();
+          await api(`/v1/approvals/${el.dataset.approval}/decision`, { method: "POST", body: { action: b.dataset.action, comment: comment || null } });
+          el.innerHTML = `<span class="muted">decided: ${esc(b.dataset.action)}</span>`;
+          if (after) after();
+        } catch (e) { showError(e); }
+      };
+    });
+  });
+}
+
+async function runPage(id) {
+  $("#main").innerHTML = `<section><h2>Run <code>${esc(id)}</code> <span id="run-state"></span></h2><div id="run-error" class="err"></div>
+    <div class="row"><button id="cancel">Cancel run</button></div></section>
+    <section><h3>Approvals</h3><div id="approvals"></div></section>
+    <section><h3>Phases</h3><div id="phases"></div></section>
+    <section><h3>Artifacts</h3><div id="artifacts"></div><pre id="artifact-view" hidden></pre></section>
+    <section><h3>Costs</h3><div id="costs"></div></section>
+    <section><h3>Timeline <span class="muted" id="live"></span></h3><ol class="timeline" id="timeline"></ol></section>
+    <section><h3>Report</h3><pre id="report" class="muted">written when the run ends</pre></section>`;
+  $("#cancel").onclick = async () => { try { await api(`/v1/runs/${id}/cancel`, { method: "POST", body: { reason: "cancelled from the UI" } }); refresh(); } catch (e) { showError(e); } };
+  let pending = false, again = false, approvalsKey = null;
+  async function refresh() {
+    if (pending) { again = true; return; }
+    pending = true;
+    try {
+      const d = await api(`/v1/runs/${id}`);
+      $("#run-state").innerHTML = stateSpan(d.run.state);
+      $("#run-error").textContent = d.run.error || "";
+      $("#cancel").hidden = ["completed", "failed", "aborted", "cancelled"].includes(d.run.state);
+      const open = d.approvals.filter((a) => !a.action && d.run.state === "awaiting_approval");
+      // Re-render only when something changed, so a comment being typed survives live updates.
+      const key = JSON.stringify([d.run.state, d.approvals.map((a) => [a.id, a.action])]);
+      if (key !== approvalsKey) {
+        approvalsKey = key;
+        $("#approvals").innerHTML = open.length ? open.map(decisionControls).join("")
+          : (d.approvals.length ? d.approvals.map((a) => `<div>${esc(a.phase_key)} r${esc(a.round)}: <b>${esc(a.action || "pending")}</b> ${esc(a.decided_by || "")} ${esc(a.comment || "")}</div>`).join("") : `<span class="muted">none</span>`);
+        wireDecisions($("#approvals"), refresh);
+      }
+      $("#phases").innerHTML = `<table><thead><tr><th>Phase</th><th>Role</th><th>State</th><th>Attempts</th><th>Round</th><th>Error</th></tr></thead><tbody>
+        ${d.phases.map((p) => `<tr data-phase="${esc(p.phase_key)}"><td>${esc(p.phase_key)}</td><td>${esc(p.role)}</td><td>${stateSpan(p.state)}</td><td>${esc(p.attempts)}/${esc(p.max_attempts)}</td><td>${esc(p.round)}</td><td>${esc(p.error || "")}</td></tr>`).join("")}</tbody></table>`;
+      $("#artifacts").innerHTML = d.artifacts.length ? `<table><thead><tr><th>Phase</th><th>Attempt</th><th>Path</th><th>Schema</th><th>Valid</th><th>sha256</th><th></th></tr></thead><tbody>
+        ${d.artifacts.map((a) => `<tr><td>${esc(a.phase_key)}</td><td>r${esc(a.round)} a${esc(a.attempt)}</td><td>${esc(a.path)}</td><td>${esc(a.schema_id)}</td><td>${a.valid ? "yes" : "no"}</td><td><code>${esc((a.sha256 || "").slice(0, 12))}</code></td>
+          <td><button class="view" data-artifact="${esc(a.id)}">view</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">none yet</span>`;
+      $("#artifacts").querySelectorAll("button.view").forEach((b) => {
+        b.onclick = async () => {
+          try {
+            const a = await api(`/v1/runs/${id}/artifacts/${b.dataset.artifact}`);
+            const v = $("#artifact-view"); v.hidden = false;
+            v.textContent = (a.json ? JSON.stringify(a.json, null, 2) : (a.content || "(no content)")) +
+              (a.artifact.valid ? "" : "\n\nvalidation errors:\n" + JSON.stringify(a.artifact.validation_errors, null, 2));
+          } catch (e) { showError(e); }
+        };
+      });
+      $("#costs").innerHTML = d.costs.length ? `<table><thead><tr><th>Phase</th><th>Model</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th></tr></thead><tbody>
+        ${d.costs.map((c) => `<tr><td>${esc(c.phase_key)}</td><td>${esc(c.model)}</td><td>${esc(c.calls)}</td><td>${esc(c.tokens_in)}/${esc(c.tokens_out)}</td><td>$${Number(c.cost_usd).toFixed(4)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no model calls</span>`;
+      if (d.report) {
+        const res = await fetch(`/v1/runs/${id}/report?format=markdown`, { headers: { Authorization: "Bearer " + (localStorage.getItem("pf_token") || "") } });
+        $("#report").textContent = await res.text(); $("#report").className = "";
+      }
+    } catch (e) { showError(e); } finally {
+      pending = false;
+      // An event arrived while we were reading: read once more so the page ends current.
+      if (again) { again = false; refresh(); }
+    }
+  }
+  await refresh();
+  stopStream = followEvents(id, (ev) => {
+    const li = document.createElement("li");
+    li.dataset.kind = ev.kind;
+    li.textContent = `#${ev.seq} ${new Date(ev.at).toLocaleTimeString()} ${ev.kind}${ev.phase ? " [" + ev.phase + "]" : ""}`;
+    $("#timeline").appendChild(li);
+    refresh();
+  });
+}
+
+// Server-Sent Events over fetch (EventSource cannot send an Authorization header);
+// resumes from the last seq after a dropped connection.
+function followEvents(runId, onEvent) {
+  let last = 0, stopped = false, ctrl = null;
+  async function connect() {
+    while (!stopped) {
+      ctrl = new AbortController();
+      try {
+        $("#live").textContent = "(live)";
+        const headers = { Accept: "text/event-stream" };
+        const token = localStorage.getItem("pf_token"); if (token) headers.Authorization = "Bearer " + token;
+        if (last) headers["Last-Event-ID"] = String(last);
+        const res = await fetch(`/v1/runs/${runId}/events/stream`, { headers, signal: ctrl.signal });
+        if ([401, 403, 404].includes(res.status)) { stopped = true; $("#live").textContent = "(no live events: HTTP " + res.status + ")"; return; }
+        if (!res.ok) throw new Error("event stream: HTTP " + res.status);
+        const reader = res.body.getReader(); const dec = new TextDecoder(); let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const block = buf.slice(0, i); buf = buf.slice(i + 2);
+            let kind = "message", data = "", id = null;
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event:")) kind = line.slice(6).trim();
+              else if (line.startsWith("data:")) data += line.slice(5).trim();
+              else if (line.startsWith("id:")) id = line.slice(3).trim();
+            }
+            if (kind === "end") { stopped = true; $("#live").textContent = "(run ended)"; return; }
+            if (id) last = Number(id);
+            if (data && id) onEvent(JSON.parse(data));
+          }
+        }
+      } catch (e) { if (stopped) return; }
+      $("#live").textContent = "(reconnecting)";
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  connect();
+  return () => { stopped = true; if (ctrl) ctrl.abort(); };
+}
+
+async function approvalsPage() {
+  const list = await api("/v1/approvals");
+  $("#main").innerHTML = `<section><h2>Approvals inbox</h2><div id="inbox">${list.length ? list.map((a) =>
+    `<div><a href="#/runs/${esc(a.run_id)}">run ${esc(a.run_id.slice(0, 8))}</a> — ${when(a.created_at)}${decisionControls(a)}</div>`).join("") : `<span class="muted">nothing waits on you</span>`}</div></section>`;
+  wireDecisions($("#inbox"));
+}
+
+function submitPage() {
+  $("#main").innerHTML = `<section><h2>Submit a run</h2>
+    <div class="row"><button id="example">Use the example workflow</button><label>Queue <input id="queue" value="default" size="16"></label>
+      <label>Budget USD <input id="budget" size="6"></label></div>
+    <h3>Template (YAML or JSON)</h3><textarea id="template" rows="12"></textarea>
+    <h3>Personas (YAML documents separated by a line with ---)</h3><textarea id="personas" rows="8"></textarea>
+    <h3>Requirements (markdown)</h3><textarea id="requirements" rows="5"></textarea>
+    <div class="row"><button class="primary" id="submit">Submit</button></div></section>`;
+  $("#example").onclick = async () => {
+    try {
+      const ex = await api("/v1/examples/spec-review-verify");
+      $("#template").value = ex.template; $("#personas").value = ex.personas.join("\n---\n"); $("#requirements").value = ex.requirements;
+    } catch (e) { showError(e); }
+  };
+  $("#submit").onclick = async () => {
+    try {
+      showError(null);
+      const personas = $("#personas").value.split(/^---\s*$/m).map((s) => s.trim()).filter(Boolean);
+      const budget = $("#budget").value.trim();
+      const out = await api("/v1/runs", { method: "POST", headers: { "Idempotency-Key": "ui-" + crypto.randomUUID() },
+        body: { template: $("#template").value, personas, inputs: { requirements: $("#requirements").value },
+                queue: $("#queue").value.trim() || "default", budget: budget ? { usd: Number(budget) } : null } });
+      location.hash = "#/runs/" + out.run_id;
+    } catch (e) { showError(e); }
+  };
+}
+
+async function route() {
+  takeTokenFromFragment();
+  if (stopStream) { stopStream(); stopStream = null; }
+  showError(null);
+  const h = location.hash.replace(/^#/, "") || "/runs";
+  const [path, query] = h.split("?");
+  try {
+    if (path.startsWith("/runs/")) await runPage(path.slice(6));
+    else if (path === "/approvals") await approvalsPage();
+    else if (path === "/submit") submitPage();
+    else await runsPage(Object.fromEntries(new URLSearchParams(query || "")));
+  } catch (e) { $("#main").innerHTML = ""; showError(e); }
+}
+window.addEventListener("hashchange", route);
+route();
