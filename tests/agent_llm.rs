@@ -10,31 +10,19 @@ use phasefleet::agent::llm::LlmAgent;
 use phasefleet::agent::openai::RetryPolicy;
 use phasefleet::agent::providers::Providers;
 use phasefleet::agent::router::BackendRouter;
-use phasefleet::approval::{self, Action};
 use phasefleet::queue::Backoff;
 use phasefleet::runs::{PhaseState, RunState};
 use phasefleet::workflow::{Backend, Persona};
-use phasefleet_mockllm::Stats;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::engine::*;
+use support::mock::Mock;
 use support::*;
 
-struct Mock {
-    base_url: String,
-    stats: Arc<Stats>,
-}
-
 async fn mock() -> Mock {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    Mock {
-        base_url: format!("http://{addr}/v1"),
-        stats: phasefleet_mockllm::spawn(listener),
-    }
+    Mock::start().await
 }
 
 fn persona(model: &str) -> Persona {
@@ -93,32 +81,6 @@ async fn submit_llm(
     req.bindings.insert("reviewer".into(), "llm".into());
     edit(&mut req);
     submit(pool, req).await
-}
-
-async fn drive(pool: &sqlx::PgPool, run: RunId) -> RunState {
-    eventually(Duration::from_secs(60), "run ends", || async {
-        let mut c = pool.acquire().await.unwrap();
-        for a in approval::pending(&mut c, &phasefleet::teams::Scope::Fleet, 100)
-            .await
-            .unwrap()
-        {
-            if a.run_id == run {
-                approval::decide(
-                    pool,
-                    &phasefleet::teams::Scope::Fleet,
-                    a.id,
-                    Action::Approve,
-                    None,
-                    Some("tests"),
-                )
-                .await
-                .unwrap();
-            }
-        }
-        let s = run_state(pool, run).await;
-        s.is_terminal().then_some(s)
-    })
-    .await
 }
 
 async fn ledger_rows(

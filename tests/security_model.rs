@@ -9,30 +9,19 @@ mod support;
 use phasefleet::RunId;
 use phasefleet::runs::RunState;
 use phasefleet::workflow::Persona;
-use phasefleet_mockllm::Stats;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::api::{ADMIN, APPROVE, ApiServer, SUBMIT, error_code, example_body};
 use support::engine::*;
+use support::mock::Mock;
 use support::*;
 
 const MOCK_KEY: &str = "mock-provider-key-0123456789";
 
-struct Mock {
-    base_url: String,
-    stats: Arc<Stats>,
-}
-
 async fn mock() -> Mock {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    Mock {
-        base_url: format!("http://{addr}/v1"),
-        stats: phasefleet_mockllm::spawn(listener),
-    }
+    Mock::start().await
 }
 
 /// A worker process on `queue` whose configuration names the mock as provider `mock`
@@ -77,31 +66,6 @@ async fn submit_llm(pool: &sqlx::PgPool, queue: &str, model: &str) -> RunId {
     req.bindings.insert("author".into(), "llm".into());
     req.bindings.insert("reviewer".into(), "llm".into());
     submit(pool, req).await
-}
-
-/// Approve whatever the run waits on until it ends.
-async fn drive(pool: &sqlx::PgPool, run: RunId) -> RunState {
-    eventually(Duration::from_secs(90), "run ends", || async {
-        if let Some(a) = phasefleet::approval::for_run(&mut pool.acquire().await.unwrap(), run)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|a| a.action.is_none())
-        {
-            let _ = phasefleet::approval::decide(
-                pool,
-                &phasefleet::teams::Scope::Fleet,
-                a.id,
-                phasefleet::approval::Action::Approve,
-                None,
-                Some("tests"),
-            )
-            .await;
-        }
-        let s = run_state(pool, run).await;
-        s.is_terminal().then_some(s)
-    })
-    .await
 }
 
 async fn run_error(pool: &sqlx::PgPool, run: RunId) -> String {

@@ -121,6 +121,18 @@ fn write_valid(path: &str, schema: &Value) -> Value {
     )
 }
 
+/// HTTP 429 with `Retry-After: 1`.
+fn rate_limited() -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        headers,
+        Json(json!({ "error": { "message": "rate limited" } })),
+    )
+        .into_response()
+}
+
 async fn chat(
     State(stats): State<Arc<Stats>>,
     headers: HeaderMap,
@@ -195,16 +207,7 @@ async fn chat(
                 "MOCK-PROVIDER-SECRET: internal routing table 10.0.0.7, key sk-live-123",
             );
         }
-        "always-429" => {
-            let mut headers = HeaderMap::new();
-            headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                headers,
-                Json(json!({ "error": { "message": "rate limited" } })),
-            )
-                .into_response();
-        }
+        "always-429" => return rate_limited(),
         s if s.starts_with("huge-") => {
             let mib: usize = s
                 .strip_prefix("huge-")
@@ -216,16 +219,7 @@ async fn chat(
                 "usage": { "prompt_tokens": 1, "completion_tokens": 1 } }))
             .into_response();
         }
-        "rate-limited" if hits == 1 => {
-            let mut headers = HeaderMap::new();
-            headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                headers,
-                Json(json!({ "error": { "message": "rate limited" } })),
-            )
-                .into_response();
-        }
+        "rate-limited" if hits == 1 => return rate_limited(),
         "server-error" if hits <= 2 => {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded");
         }

@@ -198,6 +198,34 @@ pub async fn run_state(pool: &PgPool, run: RunId) -> RunState {
         .state
 }
 
+/// Approve whatever the run waits on, as a reviewer would, until it ends.
+pub async fn drive(pool: &PgPool, run: RunId) -> RunState {
+    super::eventually(
+        Duration::from_secs(90),
+        &format!("run {run} ends"),
+        || async {
+            let mut c = pool.acquire().await.unwrap();
+            let waiting = phasefleet::approval::for_run(&mut c, run).await.unwrap();
+            drop(c);
+            for a in waiting.into_iter().filter(|a| a.action.is_none()) {
+                // A run that ended meanwhile refuses the decision; the loop sees it end.
+                let _ = phasefleet::approval::decide(
+                    pool,
+                    &phasefleet::teams::Scope::Fleet,
+                    a.id,
+                    phasefleet::approval::Action::Approve,
+                    None,
+                    Some("tests"),
+                )
+                .await;
+            }
+            let s = run_state(pool, run).await;
+            s.is_terminal().then_some(s)
+        },
+    )
+    .await
+}
+
 /// Wait until the run reaches one of `states`.
 pub async fn wait_for(pool: &PgPool, run: RunId, states: &[RunState]) -> RunState {
     super::eventually(

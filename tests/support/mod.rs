@@ -7,6 +7,7 @@
 use phasefleet::JobId;
 pub mod api;
 pub mod engine;
+pub mod mock;
 
 use phasefleet::queue::{self, JobRow, JobState, NewJob};
 use sqlx::PgPool;
