@@ -1,126 +1,178 @@
 //! Moving a run forward after a phase is accepted (validated, or approved): enqueue the
 //! next phase, or complete the run; and ending a run in any terminal state with its
-//! report. Always called inside the caller's transaction, with the run row locked.
+//! report. Always called inside the caller's transaction, with the run row locked; the
+//! events go into the caller's batch (appended once, at the end of the transaction).
 
-use crate::events;
-use crate::ids::RunId;
-use crate::phase::enqueue_first_attempt;
+use crate::events::NewEvent;
+use crate::phase_job::PhaseJob;
 use crate::queue::QueueError;
 use crate::report;
-use crate::runs::{self, PhaseState, RunState};
+use crate::state::{PhaseState, RunState};
+use crate::store::StoreError;
+use crate::store::run_phases::{self, PhaseRow};
+use crate::store::runs::{self, RunRow};
+
 use sqlx::PgConnection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdvanceError {
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+/// A run read under its lock, with its phases, and the events the transaction appends.
+pub struct LockedRun {
+    pub run: RunRow,
+    pub phases: Vec<PhaseRow>,
+    pub events: Vec<NewEvent>,
+}
+
+impl LockedRun {
+    #[must_use]
+    pub fn new(run: RunRow, phases: Vec<PhaseRow>) -> Self {
+        Self {
+            run,
+            phases,
+            events: Vec::new(),
+        }
+    }
+
+    /// The phase `key`, as read under the lock (and changed since, through `self`).
+    #[must_use]
+    pub fn phase(&self, key: &str) -> Option<&PhaseRow> {
+        self.phases.iter().find(|p| p.phase_key == key)
+    }
+
+    /// Move the run to `next` (checked against the transition table).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn set_state(
+        &mut self,
+        conn: &mut PgConnection,
+        next: RunState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        runs::runs_set_state(conn, &self.run, next, error).await?;
+        if self.run.state == RunState::Failed && next == RunState::Running {
+            // Re-opened by an operator (see `runs_set_state`).
+            self.run.retries += 1;
+            self.run.error = None;
+        }
+        self.run.state = next;
+        Ok(())
+    }
+
+    /// Move phase `key` to `next` (checked against the transition table).
+    ///
+    /// # Errors
+    /// [`StoreError`]; a phase the run does not have is [`StoreError::Stale`].
+    pub async fn set_phase_state(
+        &mut self,
+        conn: &mut PgConnection,
+        key: &str,
+        next: PhaseState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let phase = self
+            .phases
+            .iter_mut()
+            .find(|p| p.phase_key == key)
+            .ok_or(StoreError::Stale("phase"))?;
+        run_phases::run_phases_set_state(conn, self.run.id, phase, next, error).await?;
+        phase.state = next;
+        phase.error = error.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Append the collected events (one statement).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let events = std::mem::take(&mut self.events);
+        crate::store::events::events_append(conn, self.run.id, &events).await?;
+        Ok(())
+    }
 }
 
 /// Mark `phase` completed and start the next phase, or complete the run.
 ///
 /// # Errors
-/// Database errors.
+/// [`AdvanceError`].
 pub async fn phase_accepted(
     conn: &mut PgConnection,
-    run: RunId,
-    phase: &str,
-    round: i32,
-    queue_name: &str,
+    locked: &mut LockedRun,
+    key: &str,
 ) -> Result<(), AdvanceError> {
-    runs::set_phase_state(conn, run, phase, PhaseState::Completed, None).await?;
-    events::append(
-        conn,
-        run,
-        "phase.completed",
-        Some(phase),
-        &format!("phase:{phase}:r{round}:completed"),
-        serde_json::json!({ "round": round }),
-    )
-    .await?;
-    let next: Option<(String, i32)> = sqlx::query_as(
-        "SELECT phase_key, round FROM run_phases
-          WHERE run_id = $1 AND position > (SELECT position FROM run_phases WHERE run_id = $1 AND phase_key = $2)
-          ORDER BY position LIMIT 1",
-    )
-    .bind(run)
-    .bind(phase)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let run_id = locked.run.id;
+    locked
+        .set_phase_state(conn, key, PhaseState::Completed, None)
+        .await?;
+    let (position, round) = locked
+        .phase(key)
+        .map(|p| (p.position, p.round))
+        .ok_or(StoreError::Stale("phase"))?;
+    locked.events.push(NewEvent::phase_completed(key, round));
+    let next = locked
+        .phases
+        .iter()
+        .filter(|p| p.position > position)
+        .min_by_key(|p| p.position)
+        .cloned();
     match next {
-        Some((key, next_round)) => {
-            runs::set_state(conn, run, RunState::Running, None).await?;
-            enqueue_first_attempt(conn, run, &key, next_round, queue_name).await?;
-            events::append(
-                conn,
-                run,
-                "phase.queued",
-                Some(&key),
-                &format!("phase:{key}:r{next_round}:queued"),
-                serde_json::json!({}),
-            )
-            .await?;
+        Some(next) => {
+            if locked.run.state != RunState::Running {
+                locked.set_state(conn, RunState::Running, None).await?;
+            }
+            PhaseJob::first_attempt(run_id, &next.phase_key, next.round)
+                .enqueue(conn, &locked.run.queue)
+                .await?;
+            locked
+                .events
+                .push(NewEvent::phase_queued(&next.phase_key, next.round, false));
         }
-        None => end_run(conn, run, RunState::Completed, None).await?,
+        None => end_run(conn, locked, RunState::Completed, None).await?,
     }
     Ok(())
 }
 
 /// End the run in `state` (completed, failed, aborted or cancelled): skip unfinished
-/// phases, cancel its remaining jobs, record the event and store the report.
+/// phases, cancel its remaining jobs (a running one's worker is told at commit), record
+/// the event and store the report.
 ///
 /// # Errors
-/// Database errors.
+/// [`AdvanceError`].
 pub async fn end_run(
     conn: &mut PgConnection,
-    run: RunId,
+    locked: &mut LockedRun,
     state: RunState,
     error: Option<&str>,
 ) -> Result<(), AdvanceError> {
-    runs::set_state(conn, run, state, error).await?;
-    // A run re-opened by an operator ends again under a new key (see `retry`).
-    let (retries,): (i32,) = sqlx::query_as("SELECT retries FROM runs WHERE id = $1")
-        .bind(run)
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::query(
-        "UPDATE run_phases SET state = 'skipped', finished_at = now()
-          WHERE run_id = $1 AND state IN ('pending', 'running', 'validating', 'awaiting_approval')",
-    )
-    .bind(run)
-    .execute(&mut *conn)
-    .await?;
-    // Waiting jobs of the run are cancelled; running ones are interrupted by their
-    // worker, which hears of it at commit (NOTIFY) and at its next heartbeat.
-    let running: Vec<(bool,)> = sqlx::query_as(
-        "UPDATE jobs SET state = CASE WHEN state = 'ready' THEN 'cancelled'::job_state ELSE state END,
-                finished_at = CASE WHEN state = 'ready' THEN now() ELSE finished_at END,
-                cancel_requested = (state = 'running')
-          WHERE run_id = $1 AND state IN ('ready', 'running') RETURNING cancel_requested",
-    )
-    .bind(run)
-    .fetch_all(&mut *conn)
-    .await?;
-    if running.iter().any(|(r,)| *r) {
-        crate::queue::notify::cancel_run(conn, run).await?;
+    let run_id = locked.run.id;
+    locked.set_state(conn, state, error).await?;
+    let mut unfinished = false;
+    for p in &mut locked.phases {
+        if p.state.can_become(PhaseState::Skipped) {
+            p.state = PhaseState::Skipped;
+            unfinished = true;
+        }
     }
-    let kind = format!("run.{}", state.as_str());
-    let key = if retries == 0 {
-        kind.clone()
-    } else {
-        format!("{kind}:retry{retries}")
-    };
-    events::append(
-        conn,
-        run,
-        &kind,
-        None,
-        &key,
-        serde_json::json!({ "error": error }),
-    )
-    .await?;
-    report::compose_and_store(conn, run).await?;
-    tracing::info!(run_id = %run, state = state.as_str(), "run ended");
+    if unfinished {
+        run_phases::run_phases_skip_unfinished(conn, run_id).await?;
+    }
+    // A run completes only when its last phase was accepted: no other job is left.
+    if state != RunState::Completed {
+        crate::queue::cancel_run_jobs(conn, run_id).await?;
+    }
+    locked
+        .events
+        .push(NewEvent::run_ended(state, error, locked.run.retries));
+    report::compose_and_store(conn, run_id).await?;
+    tracing::info!(run_id = %run_id, state = state.as_str(), "run ended");
     Ok(())
 }

@@ -1,55 +1,21 @@
-//! Flow 5, decisions on approval requests. One transaction records the decision and
-//! enqueues the next phase, re-runs the phase (revise) or ends the run. The same
-//! decision twice is a no-op; a different second decision is refused.
+//! Decisions on approval requests. One transaction records the decision and enqueues
+//! the next phase, re-runs the phase (revise) or ends the run. The same decision twice
+//! is a no-op; a different second decision is refused.
 
-use crate::advance::{self, AdvanceError};
-use crate::events;
+use crate::advance::{self, AdvanceError, LockedRun};
+use crate::events::NewEvent;
 use crate::ids::{ApprovalId, RunId};
-use crate::phase::enqueue_first_attempt;
+use crate::phase_job::PhaseJob;
 use crate::queue::QueueError;
-use crate::runs::{self, PhaseState, RunState};
+use crate::state::{PhaseState, RunState};
+use crate::store::StoreError;
+use crate::store::approvals;
+use crate::store::run_phases;
 use crate::teams::Scope;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
-#[sqlx(type_name = "approval_action", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Approve,
-    Reject,
-    Abort,
-    /// Re-run the phase with the reviewer's comment (a new round).
-    Revise,
-}
-
-impl Action {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Approve => "approve",
-            Self::Reject => "reject",
-            Self::Abort => "abort",
-            Self::Revise => "revise",
-        }
-    }
-}
-
-impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "approve" => Ok(Self::Approve),
-            "reject" => Ok(Self::Reject),
-            "abort" => Ok(Self::Abort),
-            "revise" => Ok(Self::Revise),
-            o => Err(format!(
-                "unknown action {o:?}: expected approve, reject, abort or revise"
-            )),
-        }
-    }
-}
+pub use crate::store::approvals::{Action, ApprovalRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,7 +30,8 @@ pub enum ApprovalError {
     #[error("approval request {0} not found")]
     NotFound(ApprovalId),
     #[error(
-        "approval request {id} was already decided as {existing:?}; a different decision is refused"
+        "approval request {id} was already decided as {}; a different decision is refused",
+        existing.as_str()
     )]
     Conflict { id: ApprovalId, existing: Action },
     #[error("run is {0} and no longer waits on this approval")]
@@ -73,6 +40,8 @@ pub enum ApprovalError {
     Invalid(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -81,33 +50,13 @@ impl From<AdvanceError> for ApprovalError {
     fn from(e: AdvanceError) -> Self {
         match e {
             AdvanceError::Queue(q) => Self::Queue(q),
+            AdvanceError::Store(s) => Self::Store(s),
             AdvanceError::Db(d) => Self::Db(d),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct ApprovalRow {
-    pub id: ApprovalId,
-    pub run_id: RunId,
-    pub phase_key: String,
-    pub round: i32,
-    pub gates: Vec<String>,
-    pub artifact_id: i64,
-    pub created_at: DateTime<Utc>,
-    pub action: Option<Action>,
-    pub comment: Option<String>,
-    pub decided_by: Option<String>,
-    pub decided_at: Option<DateTime<Utc>>,
-}
-
-const APPROVAL_SELECT: &str =
-    "SELECT r.id, r.run_id, r.phase_key, r.round, r.gates, r.artifact_id, r.created_at,
-        d.action, d.comment, d.decided_by, d.decided_at
-   FROM approval_requests r LEFT JOIN approval_decisions d ON d.request_id = r.id";
-
-/// Requests that wait on a human (their run is parked on them), oldest first; only
-/// those of runs `scope` sees.
+/// Requests that wait on a human, oldest first; only those of runs `scope` sees.
 ///
 /// # Errors
 /// Database errors.
@@ -116,16 +65,7 @@ pub async fn pending(
     scope: &Scope,
     limit: i64,
 ) -> Result<Vec<ApprovalRow>, sqlx::Error> {
-    sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
-        "{APPROVAL_SELECT} JOIN runs ON runs.id = r.run_id
-          WHERE r.state = 'pending' AND runs.state = 'awaiting_approval'
-            AND ($2::text IS NULL OR runs.team = $2)
-          ORDER BY r.created_at LIMIT $1"
-    )))
-    .bind(limit)
-    .bind(scope.team())
-    .fetch_all(&mut *conn)
-    .await
+    approvals::approvals_pending(conn, scope, limit).await
 }
 
 /// Every request of a run, with decisions.
@@ -133,12 +73,35 @@ pub async fn pending(
 /// # Errors
 /// Database errors.
 pub async fn for_run(conn: &mut PgConnection, run: RunId) -> Result<Vec<ApprovalRow>, sqlx::Error> {
-    sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
-        "{APPROVAL_SELECT} WHERE r.run_id = $1 ORDER BY r.created_at"
-    )))
-    .bind(run)
-    .fetch_all(&mut *conn)
-    .await
+    approvals::approvals_for_run(conn, run).await
+}
+
+/// A decision as the caller gave it.
+struct Decision<'a> {
+    action: Action,
+    comment: Option<&'a str>,
+    by: Option<&'a str>,
+}
+
+fn check_decision(
+    action: Action,
+    comment: Option<&str>,
+    by: Option<&str>,
+) -> Result<(), ApprovalError> {
+    let invalid = |m: &str| Err(ApprovalError::Invalid(m.to_owned()));
+    if action == Action::Revise && comment.is_none() {
+        return invalid("revise needs a comment telling the agent what to change");
+    }
+    if comment.is_some_and(|c| c.contains('\0')) {
+        return invalid("comment contains a NUL character, which cannot be stored");
+    }
+    if by.is_some_and(|c| c.contains('\0')) {
+        return invalid("decided_by contains a NUL character");
+    }
+    if comment.is_some_and(|c| c.len() > 20_000) {
+        return invalid("comment longer than 20000 bytes");
+    }
+    Ok(())
 }
 
 /// Decide a request of a run `scope` sees.
@@ -157,52 +120,27 @@ pub async fn decide(
     decided_by: Option<&str>,
 ) -> Result<Decided, ApprovalError> {
     let comment = comment.map(str::trim).filter(|c| !c.is_empty());
-    if action == Action::Revise && comment.is_none() {
-        return Err(ApprovalError::Invalid(
-            "revise needs a comment telling the agent what to change".into(),
-        ));
-    }
-    if comment.is_some_and(|c| c.contains('\0')) {
-        return Err(ApprovalError::Invalid(
-            "comment contains a NUL character, which cannot be stored".into(),
-        ));
-    }
-    if decided_by.is_some_and(|c| c.contains('\0')) {
-        return Err(ApprovalError::Invalid(
-            "decided_by contains a NUL character".into(),
-        ));
-    }
-    if comment.is_some_and(|c| c.len() > 20_000) {
-        return Err(ApprovalError::Invalid(
-            "comment longer than 20000 bytes".into(),
-        ));
-    }
-    let mut tx = pool.begin().await?;
-    let run_id: Option<(RunId,)> =
-        sqlx::query_as("SELECT run_id FROM approval_requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((run_id,)) = run_id else {
-        return Err(ApprovalError::NotFound(id));
+    check_decision(action, comment, decided_by)?;
+    let decision = Decision {
+        action,
+        comment,
+        by: decided_by,
     };
-    // Lock order: run, then request (as every engine transaction).
-    let run = runs::lock(&mut tx, run_id)
+    let mut tx = pool.begin().await?;
+    // 1. Lock the run, then the request (the order of every engine transaction).
+    let run_id = approvals::approvals_get_run(&mut tx, id)
         .await?
-        .filter(|r| scope.sees(&r.team))
         .ok_or(ApprovalError::NotFound(id))?;
-    let (phase_key, round): (String, i32) =
-        sqlx::query_as("SELECT phase_key, round FROM approval_requests WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let existing: Option<(Action, Option<String>)> =
-        sqlx::query_as("SELECT action, comment FROM approval_decisions WHERE request_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if let Some((prev, prev_comment)) = existing {
-        return if prev == action && prev_comment.as_deref() == comment {
+    let (run, phases) = crate::store::runs::runs_lock_with_phases(&mut tx, run_id)
+        .await?
+        .filter(|(r, _)| scope.sees(&r.team))
+        .ok_or(ApprovalError::NotFound(id))?;
+    let request = approvals::approvals_lock(&mut tx, id)
+        .await?
+        .ok_or(ApprovalError::NotFound(id))?;
+    // 2. A repeated decision changes nothing; a different one is refused.
+    if let Some(prev) = request.action {
+        return if prev == action && request.comment.as_deref() == comment {
             Ok(Decided::AlreadyDecided)
         } else {
             Err(ApprovalError::Conflict { id, existing: prev })
@@ -211,79 +149,60 @@ pub async fn decide(
     if run.state != RunState::AwaitingApproval {
         return Err(ApprovalError::RunNotWaiting(run.state.as_str()));
     }
-    sqlx::query("INSERT INTO approval_decisions (request_id, run_id, action, comment, decided_by) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(run_id)
-        .bind(action)
-        .bind(comment)
-        .bind(decided_by)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE approval_requests SET state = 'decided' WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    events::append(
-        &mut tx,
-        run_id,
-        "approval.decided",
-        Some(&phase_key),
-        &format!("approval:{id}:decided"),
-        serde_json::json!({ "approval_id": id, "action": action, "comment": comment, "by": decided_by }),
-    )
-    .await?;
-    let who = decided_by.unwrap_or("a reviewer");
-    match action {
-        Action::Approve => {
-            advance::phase_accepted(&mut tx, run_id, &phase_key, round, &run.queue).await?
-        }
-        Action::Reject => {
-            let error = format!(
-                "phase {phase_key} rejected by {who}{}",
-                comment.map(|c| format!(": {c}")).unwrap_or_default()
-            );
-            runs::set_phase_state(
-                &mut tx,
-                run_id,
-                &phase_key,
-                PhaseState::Failed,
-                Some(&error),
-            )
-            .await?;
-            advance::end_run(&mut tx, run_id, RunState::Failed, Some(&error)).await?;
-        }
-        Action::Abort => {
-            let error = format!(
-                "aborted at phase {phase_key} by {who}{}",
-                comment.map(|c| format!(": {c}")).unwrap_or_default()
-            );
-            advance::end_run(&mut tx, run_id, RunState::Aborted, Some(&error)).await?;
-        }
-        Action::Revise => {
-            let next_round = round + 1;
-            sqlx::query(
-                "UPDATE run_phases SET state = 'pending', round = $3, attempts = 0, revise_comment = $4, finished_at = NULL
-                  WHERE run_id = $1 AND phase_key = $2",
-            )
-            .bind(run_id)
-            .bind(&phase_key)
-            .bind(next_round)
-            .bind(comment)
-            .execute(&mut *tx)
-            .await?;
-            runs::set_state(&mut tx, run_id, RunState::Running, None).await?;
-            enqueue_first_attempt(&mut tx, run_id, &phase_key, next_round, &run.queue).await?;
-            events::append(
-                &mut tx,
-                run_id,
-                "phase.queued",
-                Some(&phase_key),
-                &format!("phase:{phase_key}:r{next_round}:queued"),
-                serde_json::json!({ "revise": true }),
-            )
-            .await?;
-        }
-    }
+    // 3. Record it and act on it; 4. append the events; commit.
+    let mut locked = LockedRun::new(run, phases);
+    approvals::approvals_record_decision(&mut tx, &request, action, comment, decided_by).await?;
+    locked.events.push(NewEvent::approval_decided(
+        &request.phase_key,
+        id,
+        action.as_str(),
+        comment,
+        decided_by,
+    ));
+    act(&mut tx, &mut locked, &request, &decision).await?;
+    locked.flush_events(&mut tx).await?;
     tx.commit().await?;
     Ok(Decided::Recorded)
+}
+
+/// What a decision does to the run.
+async fn act(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    request: &ApprovalRow,
+    d: &Decision<'_>,
+) -> Result<(), ApprovalError> {
+    let phase = request.phase_key.as_str();
+    let who = d.by.unwrap_or("a reviewer");
+    let because = d.comment.map(|c| format!(": {c}")).unwrap_or_default();
+    match d.action {
+        Action::Approve => advance::phase_accepted(conn, locked, phase).await?,
+        Action::Reject => {
+            let error = format!("phase {phase} rejected by {who}{because}");
+            locked
+                .set_phase_state(conn, phase, PhaseState::Failed, Some(&error))
+                .await?;
+            advance::end_run(conn, locked, RunState::Failed, Some(&error)).await?;
+        }
+        Action::Abort => {
+            let error = format!("aborted at phase {phase} by {who}{because}");
+            advance::end_run(conn, locked, RunState::Aborted, Some(&error)).await?;
+        }
+        Action::Revise => {
+            let row = locked
+                .phase(phase)
+                .cloned()
+                .ok_or(StoreError::Stale("phase"))?;
+            let round =
+                run_phases::run_phases_new_round(conn, locked.run.id, &row, d.comment).await?;
+            locked.set_state(conn, RunState::Running, None).await?;
+            PhaseJob::first_attempt(locked.run.id, phase, round)
+                .enqueue(conn, &locked.run.queue)
+                .await?;
+            locked
+                .events
+                .push(NewEvent::phase_queued(phase, round, true));
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,10 @@
 //! Cancel: the run stops, its waiting jobs are cancelled and its running job is
-//! interrupted by its worker (which makes no further LLM call for it).
+//! interrupted by its worker (told at commit), which makes no further model call.
 
-use crate::advance::{self, AdvanceError};
+use crate::advance::{self, AdvanceError, LockedRun};
 use crate::ids::RunId;
-use crate::runs::{self, RunState};
+use crate::state::RunState;
+use crate::store::runs;
 use crate::teams::Scope;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -26,8 +27,7 @@ pub enum CancelError {
     Db(#[from] sqlx::Error),
 }
 
-/// Cancel a run `scope` sees. Its running job's worker hears of it at once (a
-/// NOTIFY sent at commit) and aborts the in-flight model request.
+/// Cancel a run `scope` sees.
 ///
 /// # Errors
 /// [`CancelError::NotFound`] (also for another team's run); database errors.
@@ -38,9 +38,9 @@ pub async fn cancel_run(
     reason: Option<&str>,
 ) -> Result<Cancelled, CancelError> {
     let mut tx = pool.begin().await?;
-    let r = runs::lock(&mut tx, run)
+    let (r, phases) = runs::runs_lock_with_phases(&mut tx, run)
         .await?
-        .filter(|r| scope.sees(&r.team))
+        .filter(|(r, _)| scope.sees(&r.team))
         .ok_or(CancelError::NotFound(run))?;
     if r.state.is_terminal() {
         return Ok(Cancelled::AlreadyEnded(r.state));
@@ -52,7 +52,9 @@ pub async fn cancel_run(
             .map(|r| format!(": {}", r.replace('\0', "\u{FFFD}")))
             .unwrap_or_default()
     );
-    advance::end_run(&mut tx, run, RunState::Cancelled, Some(&error)).await?;
+    let mut locked = LockedRun::new(r, phases);
+    advance::end_run(&mut tx, &mut locked, RunState::Cancelled, Some(&error)).await?;
+    locked.flush_events(&mut tx).await?;
     tx.commit().await?;
     Ok(Cancelled::Cancelled)
 }

@@ -97,6 +97,38 @@ pub async fn migrate_tolerating_newer(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Whether the database answers.
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
+/// Take the session advisory lock `key` if nobody holds it (on this connection).
+///
+/// # Errors
+/// Database errors.
+pub async fn try_advisory_lock(
+    conn: &mut sqlx::PgConnection,
+    key: i64,
+) -> Result<bool, sqlx::Error> {
+    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(got)
+}
+
+/// Release the session advisory lock `key` taken on this connection.
+///
+/// # Errors
+/// Database errors.
+pub async fn advisory_unlock(conn: &mut sqlx::PgConnection, key: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// A database URL without its password, for logs and error messages.
 #[must_use]
 pub fn redact(url: &str) -> String {

@@ -1,102 +1,224 @@
-//! The run event log: append-only, a dense per-run sequence, idempotency keys scoped to
-//! the run. Appending locks the run row, reads the next seq from it (never counts rows),
-//! and ignores a key the run has already used. Any other error is returned.
+//! The run event log: what happened to a run, in order. One constructor per kind of
+//! event builds its kind, payload and idempotency key; `store::events::events_append`
+//! writes a transaction's events in one statement with a dense per-run sequence (read
+//! from the run row, never by counting) and skips keys the run already used, so a
+//! replayed step appends nothing.
 
-use crate::ids::RunId;
+use crate::ids::ApprovalId;
+use crate::state::RunState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
+use serde_json::{Value, json};
 
 /// Channel notified with `run_id:seq` after each append (for live event streams).
 pub const EVENTS_CHANNEL: &str = "phasefleet_events";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    New(i64),
-    /// The key was used before in this run; nothing was written.
-    Duplicate(i64),
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub phase: Option<String>,
+    /// Unique per run: appending the same key again changes nothing.
+    pub key: String,
+    pub data: Value,
 }
 
-/// Append an event. Call inside the transaction that makes the change it records.
-///
-/// # Errors
-/// Database errors (including a missing run: foreign key violation).
-pub async fn append(
-    conn: &mut PgConnection,
-    run: RunId,
-    kind: &str,
-    phase: Option<&str>,
-    idempotency_key: &str,
-    data: serde_json::Value,
-) -> Result<Appended, sqlx::Error> {
-    // The run row lock serialises appends per run, so the seq has no gaps and the
-    // duplicate check cannot race.
-    let (next,): (i64,) =
-        sqlx::query_as("SELECT next_event_seq FROM runs WHERE id = $1 FOR UPDATE")
-            .bind(run)
-            .fetch_one(&mut *conn)
-            .await?;
-    if let Some((seq,)) = sqlx::query_as::<_, (i64,)>(
-        "SELECT seq FROM run_events WHERE run_id = $1 AND idempotency_key = $2",
-    )
-    .bind(run)
-    .bind(idempotency_key)
-    .fetch_optional(&mut *conn)
-    .await?
-    {
-        return Ok(Appended::Duplicate(seq));
+fn phase_event(kind: &'static str, phase: &str, key: String, data: Value) -> NewEvent {
+    NewEvent {
+        kind,
+        phase: Some(phase.to_owned()),
+        key,
+        data,
     }
-    sqlx::query(
-        "INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(run)
-    .bind(next)
-    .bind(kind)
-    .bind(phase)
-    .bind(idempotency_key)
-    .bind(&data)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE runs SET next_event_seq = $2, updated_at = now() WHERE id = $1")
-        .bind(run)
-        .bind(next + 1)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
-        .bind(format!("{run}:{next}"))
-        .execute(&mut *conn)
-        .await?;
-    Ok(Appended::New(next))
 }
 
+impl NewEvent {
+    #[must_use]
+    pub fn run_submitted(template: &str, template_hash: &str, phases: usize, team: &str) -> Self {
+        Self {
+            kind: "run.submitted",
+            phase: None,
+            key: "run.submitted".into(),
+            data: json!({ "template": template, "template_hash": template_hash, "phases": phases, "team": team }),
+        }
+    }
+
+    #[must_use]
+    pub fn run_started() -> Self {
+        Self {
+            kind: "run.started",
+            phase: None,
+            key: "run.started".into(),
+            data: json!({}),
+        }
+    }
+
+    /// The run ended in `state`; a run an operator re-opened ends again under a new key.
+    #[must_use]
+    pub fn run_ended(state: RunState, error: Option<&str>, retries: i32) -> Self {
+        let kind = match state {
+            RunState::Completed => "run.completed",
+            RunState::Failed => "run.failed",
+            RunState::Aborted => "run.aborted",
+            RunState::Cancelled => "run.cancelled",
+            // Not an end; never built (the callers end runs only).
+            RunState::Queued | RunState::Running | RunState::AwaitingApproval => "run.ended",
+        };
+        Self {
+            kind,
+            phase: None,
+            key: if retries == 0 {
+                kind.to_owned()
+            } else {
+                format!("{kind}:retry{retries}")
+            },
+            data: json!({ "error": error }),
+        }
+    }
+
+    #[must_use]
+    pub fn run_retried(
+        phase: &str,
+        round: i32,
+        retries: i32,
+        previous_error: Option<&str>,
+        by: Option<&str>,
+    ) -> Self {
+        phase_event(
+            "run.retried",
+            phase,
+            format!("run.retried:{retries}"),
+            json!({ "phase": phase, "round": round, "previous_error": previous_error, "by": by }),
+        )
+    }
+
+    #[must_use]
+    pub fn phase_started(phase: &str, round: i32, attempt: i32) -> Self {
+        phase_event(
+            "phase.started",
+            phase,
+            format!("phase:{phase}:r{round}:a{attempt}:started"),
+            json!({ "round": round, "attempt": attempt }),
+        )
+    }
+
+    /// Attempt 1 of `round` was enqueued (the next phase, or a revision).
+    #[must_use]
+    pub fn phase_queued(phase: &str, round: i32, revise: bool) -> Self {
+        let data = if revise {
+            json!({ "revise": true })
+        } else {
+            json!({})
+        };
+        phase_event(
+            "phase.queued",
+            phase,
+            format!("phase:{phase}:r{round}:queued"),
+            data,
+        )
+    }
+
+    #[must_use]
+    pub fn phase_completed(phase: &str, round: i32) -> Self {
+        phase_event(
+            "phase.completed",
+            phase,
+            format!("phase:{phase}:r{round}:completed"),
+            json!({ "round": round }),
+        )
+    }
+
+    #[must_use]
+    pub fn phase_failed(phase: &str, round: i32, attempt: i32, error: &str) -> Self {
+        phase_event(
+            "phase.failed",
+            phase,
+            format!("phase:{phase}:r{round}:a{attempt}:failed"),
+            json!({ "error": error }),
+        )
+    }
+
+    #[must_use]
+    pub fn phase_repair_scheduled(phase: &str, round: i32, attempt: i32) -> Self {
+        phase_event(
+            "phase.repair_scheduled",
+            phase,
+            format!("phase:{phase}:r{round}:a{attempt}:repair"),
+            json!({ "next_attempt": attempt + 1 }),
+        )
+    }
+
+    /// An attempt's artifact was stored (`artifact.valid` or `artifact.invalid`).
+    #[must_use]
+    pub fn artifact_recorded(
+        phase: &str,
+        round: i32,
+        attempt: i32,
+        artifact: &RecordedArtifact<'_>,
+    ) -> Self {
+        phase_event(
+            if artifact.valid {
+                "artifact.valid"
+            } else {
+                "artifact.invalid"
+            },
+            phase,
+            format!("phase:{phase}:r{round}:a{attempt}:artifact"),
+            json!({ "artifact_id": artifact.id, "path": artifact.path, "sha256": artifact.sha256,
+                    "issues": artifact.issues }),
+        )
+    }
+
+    /// `request_key` is the approval request's own idempotency key.
+    #[must_use]
+    pub fn approval_requested(
+        phase: &str,
+        approval: ApprovalId,
+        gates: &[String],
+        round: i32,
+        request_key: &str,
+    ) -> Self {
+        phase_event(
+            "approval.requested",
+            phase,
+            format!("approval:{request_key}"),
+            json!({ "approval_id": approval, "gates": gates, "round": round }),
+        )
+    }
+
+    #[must_use]
+    pub fn approval_decided(
+        phase: &str,
+        approval: ApprovalId,
+        action: &str,
+        comment: Option<&str>,
+        by: Option<&str>,
+    ) -> Self {
+        phase_event(
+            "approval.decided",
+            phase,
+            format!("approval:{approval}:decided"),
+            json!({ "approval_id": approval, "action": action, "comment": comment, "by": by }),
+        )
+    }
+}
+
+/// What the `artifact.*` events say about a stored artifact.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedArtifact<'a> {
+    pub id: i64,
+    pub path: &'a str,
+    pub sha256: Option<&'a str>,
+    pub valid: bool,
+    pub issues: &'a Value,
+}
+
+/// An event as read back.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Event {
     pub seq: i64,
     pub kind: String,
     pub phase_key: Option<String>,
-    pub data: serde_json::Value,
+    pub data: Value,
     pub created_at: DateTime<Utc>,
-}
-
-/// Events of a run after `after_seq`, in order.
-///
-/// # Errors
-/// Database errors.
-pub async fn list(
-    conn: &mut PgConnection,
-    run: RunId,
-    after_seq: i64,
-    limit: i64,
-) -> Result<Vec<Event>, sqlx::Error> {
-    sqlx::query_as::<_, Event>(
-        "SELECT seq, kind, phase_key, data, created_at FROM run_events
-          WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
-    .bind(run)
-    .bind(after_seq)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await
 }

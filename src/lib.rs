@@ -2,8 +2,9 @@
 //!
 //! Data flow, one module each: [`submit`] -> [`queue`] -> worker (crate
 //! `phasefleet-worker`) -> [`phase`] (runs the [`agent`], [`validate`]s the artifact) ->
-//! [`approval`] or [`advance`] (next phase) -> [`report`]. [`events`] records every step;
-//! [`runs`] owns run and phase state. See ARCHITECTURE.md.
+//! [`approval`] or [`advance`] (next phase) -> [`report`]. Below them: [`store`] (all
+//! SQL of the domain tables), [`state`] (the transition tables), [`events`] (typed
+//! events), [`phase_job`], [`workflow`] (definitions). See ARCHITECTURE.md.
 
 pub mod advance;
 pub mod agent;
@@ -11,15 +12,16 @@ pub mod approval;
 pub mod cancel;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod events;
 pub mod ids;
-pub mod invariants;
 pub mod local_pg;
 pub mod phase;
+pub mod phase_job;
 pub mod queue;
 pub mod report;
 pub mod retry;
-pub mod runs;
+pub mod state;
 pub mod store;
 pub mod submit;
 pub mod teams;

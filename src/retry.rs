@@ -1,13 +1,16 @@
 //! Re-open a failed run at the phase that failed (operator action, `admin requeue
-//! --run`). One transaction: the phase and every later one go back to pending, the
-//! failed phase starts a new round of attempts, the run is running again, its stale
-//! report is removed and the phase job is enqueued on the run's queue.
+//! --run`). One transaction: the failed phase starts a new round, the phases skipped
+//! after it are pending again, the run is running again (its retry count goes up), its
+//! stale report is removed and the phase job is enqueued on the run's queue.
 
-use crate::events;
+use crate::advance::LockedRun;
+use crate::events::NewEvent;
 use crate::ids::RunId;
-use crate::phase::enqueue_first_attempt;
+use crate::phase_job::PhaseJob;
 use crate::queue::QueueError;
-use crate::runs::{self, RunState};
+use crate::state::{PhaseState, RunState};
+use crate::store::StoreError;
+use crate::store::{reports, run_phases, runs};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -30,6 +33,8 @@ pub enum RetryError {
     NothingToRetry(RunId),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -47,7 +52,7 @@ pub async fn retry_failed_run(
     dry_run: bool,
 ) -> Result<Retried, RetryError> {
     let mut tx = pool.begin().await?;
-    let run = runs::lock(&mut tx, run_id)
+    let (run, phases) = runs::runs_lock_with_phases(&mut tx, run_id)
         .await?
         .ok_or(RetryError::NotFound(run_id))?;
     if run.state != RunState::Failed {
@@ -56,55 +61,38 @@ pub async fn retry_failed_run(
             state: run.state.as_str(),
         });
     }
-    let phase: Option<(String, i32, i32)> = sqlx::query_as(
-        "SELECT phase_key, round, position FROM run_phases
-          WHERE run_id = $1 AND state <> 'completed' ORDER BY position LIMIT 1",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (phase, round, position) = phase.ok_or(RetryError::NothingToRetry(run_id))?;
+    let phase = phases
+        .iter()
+        .find(|p| p.state != PhaseState::Completed)
+        .cloned()
+        .ok_or(RetryError::NothingToRetry(run_id))?;
     let retried = Retried {
         run_id,
-        phase: phase.clone(),
-        round: round + 1,
+        phase: phase.phase_key.clone(),
+        round: phase.round + 1,
         retries: run.retries + 1,
     };
     if dry_run {
         return Ok(retried);
     }
-    sqlx::query(
-        "UPDATE run_phases SET state = 'pending', error = NULL, finished_at = NULL,
-                attempts = CASE WHEN position = $2 THEN 0 ELSE attempts END,
-                round = CASE WHEN position = $2 THEN round + 1 ELSE round END
-          WHERE run_id = $1 AND position >= $2",
-    )
-    .bind(run_id)
-    .bind(position)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE runs SET state = 'running', error = NULL, finished_at = NULL,
-                retries = retries + 1, updated_at = now() WHERE id = $1",
-    )
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM reports WHERE run_id = $1")
-        .bind(run_id)
-        .execute(&mut *tx)
+    let previous_error = run.error.clone();
+    let mut locked = LockedRun::new(run, phases);
+    run_phases::run_phases_new_round(&mut tx, run_id, &phase, None).await?;
+    run_phases::run_phases_reopen_after(&mut tx, run_id, phase.position).await?;
+    locked.set_state(&mut tx, RunState::Running, None).await?;
+    reports::reports_delete(&mut tx, run_id).await?;
+    locked.events.push(NewEvent::run_retried(
+        &phase.phase_key,
+        retried.round,
+        retried.retries,
+        previous_error.as_deref(),
+        by,
+    ));
+    PhaseJob::first_attempt(run_id, &phase.phase_key, retried.round)
+        .enqueue(&mut tx, &locked.run.queue)
         .await?;
-    events::append(
-        &mut tx,
-        run_id,
-        "run.retried",
-        Some(&phase),
-        &format!("run.retried:{}", retried.retries),
-        serde_json::json!({ "phase": phase, "round": retried.round, "previous_error": run.error, "by": by }),
-    )
-    .await?;
-    enqueue_first_attempt(&mut tx, run_id, &phase, retried.round, &run.queue).await?;
+    locked.flush_events(&mut tx).await?;
     tx.commit().await?;
-    tracing::info!(run_id = %run_id, phase = %phase, round = retried.round, "failed run re-opened");
+    tracing::info!(run_id = %run_id, phase = %phase.phase_key, round = retried.round, "failed run re-opened");
     Ok(retried)
 }

@@ -4,40 +4,19 @@
 //! same key with a different request is a conflict.
 
 use crate::config::Config;
-use crate::events;
+use crate::events::NewEvent;
 use crate::ids::RunId;
-use crate::phase::enqueue_first_attempt;
-use crate::queue::QueueError;
+use crate::phase_job::PhaseJob;
 use crate::store::persona_registry;
+use crate::store::runs::{self, NewRun};
 use crate::validate::SchemaRegistry;
+use crate::workflow::Definition;
 use crate::workflow::{Backend, Persona, WorkflowTemplate, canonical_json, sha256_hex};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
 
-/// The run's inputs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunInputs {
-    /// Requirements, as markdown.
-    #[serde(default)]
-    pub requirements: String,
-    #[serde(default = "empty_object")]
-    pub objective: serde_json::Value,
-    #[serde(default = "empty_object")]
-    pub extra: serde_json::Value,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budget {
-    pub usd: Option<f64>,
-    pub tokens: Option<i64>,
-}
+pub use crate::workflow::{Budget, RunInputs};
 
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
@@ -85,8 +64,6 @@ pub enum SubmitError {
         "Idempotency-Key was used for run {run} with a different request (template, personas, inputs, budget or queue)"
     )]
     KeyReused { run: RunId },
-    #[error(transparent)]
-    Queue(#[from] QueueError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -379,107 +356,111 @@ pub async fn submit(
     config: &Config,
     mut req: SubmitRequest,
 ) -> Result<Submitted, SubmitError> {
+    // 1. Check what the request can be judged on alone, and the team's limits.
     check_template(&req, schemas)?;
     check_personas(&req)?;
     check_inputs(&req)?;
     apply_team_limits(&mut req, config)?;
+    // 2. Bind roles to personas (supplied, or registered) and check their providers.
     let mut conn = pool.acquire().await?;
     let registered = registered_personas(&mut conn, &req).await?;
-    drop(conn);
     let bound = bind(&req, &registered, &req.personas)?;
     check_providers(&bound, config)?;
+    // 3. Store the run whole, in one statement; a used key returns its run or conflicts.
     let (template_body, template_hash) = req.template.canonical();
     let request_hash = request_hash(&req, &template_hash, &bound);
+    let new = new_run(
+        &req,
+        &bound,
+        (&template_hash, &template_body),
+        &request_hash,
+    )?;
+    match runs::runs_insert_submitted(&mut conn, &new).await? {
+        Some(run_id) => {
+            tracing::info!(run_id = %run_id, template = %req.template.name, team = %req.team, "run submitted");
+            Ok(Submitted::Created(run_id))
+        }
+        None => existing_run(&mut conn, &req, &request_hash).await,
+    }
+}
+
+/// Everything the run starts with, as the store takes it.
+fn new_run<'a>(
+    req: &'a SubmitRequest,
+    bound: &BTreeMap<String, Bound<'_>>,
+    template: (&'a str, &'a serde_json::Value),
+    request_hash: &'a str,
+) -> Result<NewRun<'a>, SubmitError> {
     let run_id = RunId::new();
-    let mut tx = pool.begin().await?;
-
-    sqlx::query("INSERT INTO templates (hash, name, version, body) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING")
-        .bind(&template_hash)
-        .bind(&req.template.name)
-        .bind(&req.template.version)
-        .bind(&template_body)
-        .execute(&mut *tx)
-        .await?;
-
-    let inserted: Option<(RunId,)> = sqlx::query_as(
-        "INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd, budget_tokens, queue,
-                           team, request_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (team, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
-    )
-    .bind(run_id)
-    .bind(&template_hash)
-    .bind(&req.idempotency_key)
-    .bind(&req.submitted_by)
-    .bind(req.budget.usd)
-    .bind(req.budget.tokens)
-    .bind(&req.queue)
-    .bind(&req.team)
-    .bind(&request_hash)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_none() {
-        tx.rollback().await?;
-        return existing_run(pool, &req, &request_hash).await;
-    }
-
-    sqlx::query(
-        "INSERT INTO run_inputs (run_id, requirements, objective, extra) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(run_id)
-    .bind(&req.inputs.requirements)
-    .bind(&req.inputs.objective)
-    .bind(&req.inputs.extra)
-    .execute(&mut *tx)
-    .await?;
-
-    for (role, b) in &bound {
-        let (body, persona_hash) = b.persona.canonical();
-        crate::store::personas::personas_insert(&mut tx, b.persona, &body, &persona_hash).await?;
-        let binding_hash = sha256_hex(format!("{role}\n{persona_hash}"));
-        sqlx::query(
-            "INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(run_id)
-        .bind(role)
-        .bind(&persona_hash)
-        .bind(&binding_hash)
-        .bind(b.overridden)
-        .execute(&mut *tx)
-        .await?;
-    }
-
-    for (i, p) in req.template.phases.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(run_id)
-        .bind(i32::try_from(i).unwrap_or(i32::MAX))
-        .bind(&p.key)
-        .bind(&p.role)
-        .bind(i32::try_from(p.max_attempts).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await?;
-    }
-
-    events::append(
-        &mut tx,
-        run_id,
-        "run.submitted",
-        None,
-        "run.submitted",
-        serde_json::json!({ "template": req.template.name, "template_hash": template_hash, "phases": req.template.phases.len(), "team": req.team }),
-    )
-    .await?;
     let first = req
         .template
         .phases
         .first()
         .ok_or_else(|| invalid("template.phases", "a template needs at least one phase"))?;
-    enqueue_first_attempt(&mut tx, run_id, &first.key, 1, &req.queue).await?;
-    tx.commit().await?;
-    tracing::info!(run_id = %run_id, template = %req.template.name, team = %req.team, "run submitted");
-    Ok(Submitted::Created(run_id))
+    let mut personas: Vec<(String, String, String, serde_json::Value)> = Vec::new();
+    let mut bindings = Vec::new();
+    for (role, b) in bound {
+        let (body, hash) = b.persona.canonical();
+        bindings.push((
+            role.clone(),
+            hash.clone(),
+            sha256_hex(format!("{role}\n{hash}")),
+            b.overridden,
+        ));
+        if !personas.iter().any(|(h, ..)| h == &hash) {
+            personas.push((
+                hash,
+                b.persona.name.clone(),
+                b.persona.version.clone(),
+                body,
+            ));
+        }
+    }
+    let phases = req
+        .template
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                i32::try_from(i).unwrap_or(i32::MAX),
+                p.key.clone(),
+                p.role.clone(),
+                i32::try_from(p.max_attempts).unwrap_or(i32::MAX),
+            )
+        })
+        .collect();
+    Ok(NewRun {
+        id: run_id,
+        template: (
+            template.0,
+            &req.template.name,
+            &req.template.version,
+            template.1,
+        ),
+        personas,
+        idempotency_key: req.idempotency_key.as_deref(),
+        submitted_by: req.submitted_by.as_deref(),
+        budget_usd: req.budget.usd,
+        budget_tokens: req.budget.tokens,
+        queue: &req.queue,
+        team: &req.team,
+        request_hash,
+        inputs: (
+            &req.inputs.requirements,
+            &req.inputs.objective,
+            &req.inputs.extra,
+        ),
+        bindings,
+        phases,
+        event: NewEvent::run_submitted(
+            &req.template.name,
+            template.0,
+            req.template.phases.len(),
+            &req.team,
+        ),
+        first_job: PhaseJob::first_attempt(run_id, &first.key, 1).to_job(&req.queue),
+    })
 }
 
 /// The personas the request binds by name without supplying them.
@@ -504,17 +485,14 @@ async fn registered_personas(
 
 /// The team's run under the same key: the same request is that run; another is a conflict.
 async fn existing_run(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     req: &SubmitRequest,
     request_hash: &str,
 ) -> Result<Submitted, SubmitError> {
-    let (existing, hash): (RunId, Option<String>) = sqlx::query_as(
-        "SELECT id, request_hash FROM runs WHERE team = $1 AND idempotency_key = $2",
-    )
-    .bind(&req.team)
-    .bind(&req.idempotency_key)
-    .fetch_one(pool)
-    .await?;
+    let key = req.idempotency_key.as_deref().unwrap_or_default();
+    let (existing, hash) = runs::runs_find_by_key(conn, &req.team, key)
+        .await?
+        .ok_or_else(|| invalid("idempotency_key", "the run under this key was just deleted"))?;
     if hash.as_deref() == Some(request_hash) {
         Ok(Submitted::Existing(existing))
     } else {

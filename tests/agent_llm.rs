@@ -11,7 +11,7 @@ use phasefleet::agent::openai::RetryPolicy;
 use phasefleet::agent::providers::Providers;
 use phasefleet::agent::router::BackendRouter;
 use phasefleet::queue::Backoff;
-use phasefleet::runs::{PhaseState, RunState};
+use phasefleet::state::{PhaseState, RunState};
 use phasefleet::workflow::{Backend, Persona};
 use serde_json::json;
 use std::collections::HashMap;
@@ -96,7 +96,7 @@ async fn ledger_rows(
 
 async fn error_of(pool: &sqlx::PgPool, run: RunId) -> String {
     let mut c = pool.acquire().await.unwrap();
-    phasefleet::runs::get(&mut c, run)
+    phasefleet::store::runs::runs_get(&mut c, run)
         .await
         .unwrap()
         .unwrap()
@@ -151,7 +151,9 @@ async fn invalid_then_valid_is_repaired_on_the_second_attempt() {
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
-    let phases = phasefleet::runs::phases(&mut c, run).await.unwrap();
+    let phases = phasefleet::store::run_phases::run_phases_list(&mut c, run)
+        .await
+        .unwrap();
     assert!(
         phases
             .iter()

@@ -5,7 +5,7 @@
 
 mod support;
 
-use phasefleet::runs::RunState;
+use phasefleet::state::RunState;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::api::*;
@@ -193,7 +193,7 @@ async fn a_team_gets_its_queues_and_its_budget_ceiling() {
         .await
         .unwrap();
     let mut c = pool.acquire().await.unwrap();
-    let run = phasefleet::runs::get(&mut c, submitted.run_id())
+    let run = phasefleet::store::runs::runs_get(&mut c, submitted.run_id())
         .await
         .unwrap()
         .unwrap();

@@ -267,11 +267,11 @@ async fn a_person_submits_a_run_in_the_browser_approves_it_and_sees_it_complete(
 
     // What the UI showed is what the database holds.
     let mut c = pool.acquire().await.unwrap();
-    let db_run = phasefleet::runs::get(&mut c, run_id)
+    let db_run = phasefleet::store::runs::runs_get(&mut c, run_id)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(db_run.state, phasefleet::runs::RunState::Completed);
+    assert_eq!(db_run.state, phasefleet::state::RunState::Completed);
     assert_eq!(db_run.queue, q);
     let approvals = phasefleet::approval::for_run(&mut c, run_id).await.unwrap();
     assert_eq!(approvals.len(), 1);

@@ -15,6 +15,7 @@ use phasefleet::RunId;
 use phasefleet::approval::{self, Action};
 use phasefleet::local_pg::LocalPg;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -342,7 +343,7 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
     }
 
     let mut c = pool.acquire().await.unwrap();
-    let violations = phasefleet::invariants::check(&mut c, Some(&runs), 0.0)
+    let violations = phasefleet::store::invariants::check(&mut c, Some(&runs), 0.0)
         .await
         .unwrap();
     assert!(violations.is_empty(), "invariants broken: {violations:#?}");

@@ -6,7 +6,7 @@
 mod support;
 
 use phasefleet::queue::{JobState, NewJob};
-use phasefleet::runs::RunState;
+use phasefleet::state::RunState;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::engine::{Fleet, request, submit, wait_for};
@@ -331,7 +331,7 @@ async fn listings_print_json_and_exit_codes_tell_errors_apart() {
         (&["admin", "requeue", "--run", unknown.as_str()], 3),
         (&["runs", "show", "not-a-uuid"], 2),
         (&["admin", "requeue"], 2),
-        (&["admin", "prune", "--older-than", "3 weeks"], 2),
+        (&["admin", "prune", "--older-than", "3 fortnights"], 2),
         (&["no-such-command"], 2),
     ] {
         let out = cli(args).await;

@@ -9,7 +9,7 @@ use phasefleet::agent::synthetic::SyntheticAgent;
 use phasefleet::approval::{self, Action, ApprovalError, Decided};
 use phasefleet::phase::{Engine, PhaseJob};
 use phasefleet::queue::{self, JobState, NewJob};
-use phasefleet::runs::{PhaseState, RunState};
+use phasefleet::state::{PhaseState, RunState};
 use phasefleet::submit::{SubmitError, Submitted};
 use serde_json::json;
 use std::time::Duration;
@@ -60,7 +60,9 @@ async fn hundred_runs_of_one_template_on_a_shared_database_all_complete() {
     fleet.shutdown().await;
     for run in &runs {
         let mut c = pool.acquire().await.unwrap();
-        let phases = phasefleet::runs::phases(&mut c, *run).await.unwrap();
+        let phases = phasefleet::store::run_phases::run_phases_list(&mut c, *run)
+            .await
+            .unwrap();
         assert!(
             phases
                 .iter()
@@ -121,10 +123,7 @@ async fn repair_succeeds_on_the_second_attempt_with_the_errors_in_the_prompt() {
     wait_for(&pool, run, &[RunState::Completed]).await;
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
-    let spec = phasefleet::runs::phase(&mut c, run, "spec")
-        .await
-        .unwrap()
-        .unwrap();
+    let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
     assert_eq!((spec.state, spec.attempts), (PhaseState::Completed, 2));
     let arts: Vec<(i32, bool)> = sqlx::query_as("SELECT attempt, valid FROM artifacts WHERE run_id = $1 AND phase_key = 'spec' ORDER BY attempt")
         .bind(run)
@@ -172,13 +171,18 @@ async fn repair_fails_cleanly_after_max_attempts() {
     wait_for(&pool, run, &[RunState::Failed]).await;
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
-    let phases = phasefleet::runs::phases(&mut c, run).await.unwrap();
+    let phases = phasefleet::store::run_phases::run_phases_list(&mut c, run)
+        .await
+        .unwrap();
     assert_eq!(
         (phases[0].state, phases[0].attempts),
         (PhaseState::Failed, 2)
     );
     assert!(phases[1..].iter().all(|p| p.state == PhaseState::Skipped));
-    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    let r = phasefleet::store::runs::runs_get(&mut c, run)
+        .await
+        .unwrap()
+        .unwrap();
     let err = r.error.unwrap();
     assert!(
         err.contains("no valid artifact after 2 attempt(s)") && err.contains("required property"),
@@ -203,7 +207,10 @@ async fn a_missing_artifact_counts_as_an_invalid_attempt() {
     wait_for(&pool, run, &[RunState::Failed]).await;
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
-    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    let r = phasefleet::store::runs::runs_get(&mut c, run)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(r.error.unwrap().contains("without writing spec.json"));
     report(&pool, run).await;
 }
@@ -297,7 +304,7 @@ async fn two_workers_racing_on_one_run_never_complete_a_phase_twice() {
         .pop()
         .unwrap();
     drop(c);
-    let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent, q.clone());
+    let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent);
     let (ra, rb) = tokio::join!(
         engine.run_phase_job(&ja, a, Default::default()),
         engine.run_phase_job(&jb, b, Default::default())
@@ -453,10 +460,7 @@ async fn decisions_reject_abort_revise_and_their_idempotency() {
     .unwrap();
     wait_for(&pool, run, &[RunState::Completed]).await;
     let mut c = pool.acquire().await.unwrap();
-    let review = phasefleet::runs::phase(&mut c, run, "review")
-        .await
-        .unwrap()
-        .unwrap();
+    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
     assert_eq!((review.round, review.state), (2, PhaseState::Completed));
     assert_eq!(report(&pool, run).await.0, "completed");
     assert_event_log_sound(&pool, run).await;
@@ -489,10 +493,7 @@ async fn cancel_interrupts_the_in_flight_agent_and_reports() {
     .await;
     eventually(Duration::from_secs(30), "phase running", || async {
         let mut c = pool.acquire().await.unwrap();
-        let p = phasefleet::runs::phase(&mut c, run, "spec")
-            .await
-            .unwrap()
-            .unwrap();
+        let p = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
         (p.state == PhaseState::Running).then_some(())
     })
     .await;
@@ -551,17 +552,17 @@ async fn token_budget_stops_the_run_before_the_next_phase() {
     wait_for(&pool, run, &[RunState::Failed, RunState::AwaitingApproval]).await;
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
-    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
+    let r = phasefleet::store::runs::runs_get(&mut c, run)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.state, RunState::Failed, "{r:?}");
     assert!(
         r.error
             .unwrap()
             .contains("budget exhausted: spent 500 of 400 tokens")
     );
-    let review = phasefleet::runs::phase(&mut c, run, "review")
-        .await
-        .unwrap()
-        .unwrap();
+    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
     assert_eq!(review.state, PhaseState::Skipped);
     assert_eq!(report(&pool, run).await.0, "failed");
 }
@@ -577,12 +578,12 @@ async fn phase_timeout_fails_the_attempt_and_then_the_run() {
     wait_for(&pool, run, &[RunState::Failed]).await;
     fleet.shutdown().await;
     let mut c = pool.acquire().await.unwrap();
-    let r = phasefleet::runs::get(&mut c, run).await.unwrap().unwrap();
-    assert!(r.error.unwrap().contains("timed out after 1s"));
-    let spec = phasefleet::runs::phase(&mut c, run, "spec")
+    let r = phasefleet::store::runs::runs_get(&mut c, run)
         .await
         .unwrap()
         .unwrap();
+    assert!(r.error.unwrap().contains("timed out after 1s"));
+    let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
     assert_eq!(spec.attempts, 2);
 }
 

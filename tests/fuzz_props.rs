@@ -5,7 +5,9 @@
 
 mod support;
 
-use phasefleet::events::{self, Appended};
+use phasefleet::events::NewEvent;
+use phasefleet::store::events::{events_append, events_list};
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use proptest::prelude::*;
 use reqwest::StatusCode;
@@ -116,28 +118,41 @@ fn event_appends_with_repeated_keys_stay_dense_and_idempotent() {
     let pool = rt.block_on(pool());
     let q = unique_queue("fuzz-events");
     let mut runner = runner_with(40);
+    let batches = prop::collection::vec(prop::collection::vec(0u8..12, 1..5), 1..12);
     runner
-        .run(&prop::collection::vec(0u8..12, 1..40), |keys| {
+        .run(&batches, |batches| {
             rt.block_on(async {
                 let run = engine::submit(&pool, engine::request(&q, json!({}))).await;
-                let mut tx = pool.begin().await.unwrap();
-                let mut first_seq = std::collections::HashMap::new();
-                for k in &keys {
-                    let key = format!("fuzz:{k}");
-                    let out = events::append(&mut tx, run, "fuzz", None, &key, json!({ "k": k }))
+                let mut seen = std::collections::HashSet::new();
+                for batch in &batches {
+                    // One transaction, one statement per batch (keys distinct within it).
+                    let mut keys: Vec<u8> = Vec::new();
+                    for k in batch {
+                        if !keys.contains(k) {
+                            keys.push(*k);
+                        }
+                    }
+                    let events: Vec<NewEvent> = keys
+                        .iter()
+                        .map(|k| NewEvent {
+                            kind: "fuzz",
+                            phase: None,
+                            key: format!("fuzz:{k}"),
+                            data: json!({ "k": k }),
+                        })
+                        .collect();
+                    let mut tx = pool.begin().await.unwrap();
+                    phasefleet::store::runs::runs_lock(&mut tx, run)
                         .await
                         .unwrap();
-                    match (out, first_seq.get(k)) {
-                        (Appended::New(seq), None) => {
-                            first_seq.insert(*k, seq);
-                        }
-                        (Appended::Duplicate(seq), Some(first)) => assert_eq!(seq, *first),
-                        (other, prior) => panic!("key {key}: {other:?} after {prior:?}"),
-                    }
+                    let seqs = events_append(&mut tx, run, &events).await.unwrap();
+                    tx.commit().await.unwrap();
+                    let new = keys.iter().filter(|k| seen.insert(**k)).count();
+                    assert_eq!(seqs.len(), new, "only keys not used before are appended");
                 }
-                tx.commit().await.unwrap();
+                let first_seq = seen;
                 let mut c = pool.acquire().await.unwrap();
-                let all = events::list(&mut c, run, 0, 10_000).await.unwrap();
+                let all = events_list(&mut c, run, 0, 10_000).await.unwrap();
                 let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
                 assert_eq!(
                     seqs,

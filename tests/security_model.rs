@@ -7,7 +7,8 @@
 mod support;
 
 use phasefleet::RunId;
-use phasefleet::runs::RunState;
+use phasefleet::state::RunState;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::Persona;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -150,11 +150,7 @@ enum RelayError {
 
 async fn relay_once(pool: &PgPool, url: &str, stop: &CancellationToken) -> Result<(), RelayError> {
     let mut lock_conn = pool.acquire().await?;
-    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-        .bind(RELAY_LOCK)
-        .fetch_one(&mut *lock_conn)
-        .await?;
-    if !got {
+    if !phasefleet::db::try_advisory_lock(&mut lock_conn, RELAY_LOCK).await? {
         return Ok(());
     }
     let outcome = async {
@@ -168,10 +164,7 @@ async fn relay_once(pool: &PgPool, url: &str, stop: &CancellationToken) -> Resul
     }
     .await;
     // Release explicitly; a dropped connection would keep the lock while pooled.
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(RELAY_LOCK)
-        .execute(&mut *lock_conn)
-        .await;
+    let _ = phasefleet::db::advisory_unlock(&mut lock_conn, RELAY_LOCK).await;
     outcome
 }
 

@@ -5,10 +5,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use phasefleet::approval::ApprovalError;
-use phasefleet::cancel::CancelError;
-use phasefleet::submit::SubmitError;
-use phasefleet::views::ViewError;
+use phasefleet::error::{Classify, ErrorKind};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -110,62 +107,30 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-            tracing::warn!(error = %e, "database unavailable");
-            return Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable; retry",
-            );
-        }
-        Self::internal(&e)
-    }
-}
-
-impl From<SubmitError> for ApiError {
-    fn from(e: SubmitError) -> Self {
-        match e {
-            SubmitError::Invalid { field, message } => Self::invalid(field, message),
-            SubmitError::KeyReused { .. } => Self::conflict(e.to_string()),
-            SubmitError::Db(d) => d.into(),
-            other => Self::internal(&other),
-        }
-    }
-}
-
-impl From<ApprovalError> for ApiError {
-    fn from(e: ApprovalError) -> Self {
-        match e {
-            ApprovalError::NotFound(_) => Self::not_found(e.to_string()),
-            ApprovalError::Conflict { .. } | ApprovalError::RunNotWaiting(_) => {
-                Self::conflict(e.to_string())
-            }
-            ApprovalError::Invalid(m) => Self::invalid("comment", m),
-            ApprovalError::Db(d) => d.into(),
-            other => Self::internal(&other),
-        }
-    }
-}
-
-impl From<CancelError> for ApiError {
-    fn from(e: CancelError) -> Self {
-        match e {
-            CancelError::NotFound(_) => Self::not_found(e.to_string()),
-            CancelError::Db(d) => d.into(),
-            other => Self::internal(&other),
-        }
-    }
-}
-
-impl From<ViewError> for ApiError {
-    fn from(e: ViewError) -> Self {
-        match e {
-            ViewError::Cursor(c) => Self {
-                field: Some("cursor".into()),
-                ..Self::bad_request(c.to_string())
+impl ApiError {
+    /// The one mapping from a library error's kind to a status.
+    fn from_classified(kind: ErrorKind, error: &dyn std::fmt::Display) -> Self {
+        match kind {
+            ErrorKind::NotFound => Self::not_found(error.to_string()),
+            ErrorKind::Conflict => Self::conflict(error.to_string()),
+            ErrorKind::Invalid { field } => Self {
+                field,
+                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
             },
-            ViewError::Db(d) => d.into(),
+            ErrorKind::Unavailable => {
+                tracing::warn!(error = %error, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable; retry",
+                )
+            }
+            ErrorKind::Internal => Self::internal(error),
         }
+    }
+}
+
+impl<E: Classify + std::fmt::Display> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        Self::from_classified(e.kind(), &e)
     }
 }

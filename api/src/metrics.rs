@@ -77,79 +77,50 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Gauges computed from PostgreSQL.
-///
-/// # Errors
-/// Database errors.
+/// The gauges, read through the store and rendered.
 async fn fleet_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let g = phasefleet::store::fleet::fleet_gauges(&mut *pool.acquire().await?).await?;
     let mut out = String::new();
-    let depth: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT queue, state::text, count(*) FROM jobs
-          WHERE state IN ('ready', 'running', 'dead') GROUP BY queue, state ORDER BY 1, 2",
-    )
-    .fetch_all(pool)
-    .await?;
     out.push_str("# HELP phasefleet_queue_jobs Jobs by queue and state (ready, running, dead).\n# TYPE phasefleet_queue_jobs gauge\n");
-    for (q, s, n) in &depth {
+    for (q, s, n) in &g.jobs_by_state {
         let _ = writeln!(
             out,
             "phasefleet_queue_jobs{{queue=\"{}\",state=\"{s}\"}} {n}",
             escape(q)
         );
     }
-    let ready_now: Vec<(String, i64, f64)> = sqlx::query_as(
-        "SELECT queue, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(run_at)), 0)::float8
-           FROM jobs WHERE state = 'ready' AND run_at <= now() GROUP BY queue ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
     out.push_str("# HELP phasefleet_queue_depth Jobs ready to run now (autoscale on this).\n# TYPE phasefleet_queue_depth gauge\n");
-    for (q, n, _) in &ready_now {
+    for (q, n, _) in &g.ready_now {
         let _ = writeln!(out, "phasefleet_queue_depth{{queue=\"{}\"}} {n}", escape(q));
     }
     out.push_str("# HELP phasefleet_queue_oldest_ready_seconds Age of the oldest job ready to run.\n# TYPE phasefleet_queue_oldest_ready_seconds gauge\n");
-    for (q, _, age) in &ready_now {
+    for (q, _, age) in &g.ready_now {
         let _ = writeln!(
             out,
             "phasefleet_queue_oldest_ready_seconds{{queue=\"{}\"}} {age:.3}",
             escape(q)
         );
     }
-    let runs: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT state::text, count(*) FROM runs
-          WHERE state IN ('queued', 'running', 'awaiting_approval') GROUP BY state ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
     out.push_str("# HELP phasefleet_runs_active Runs not yet ended, by state.\n# TYPE phasefleet_runs_active gauge\n");
-    for (s, n) in &runs {
+    for (s, n) in &g.active_runs {
         let _ = writeln!(out, "phasefleet_runs_active{{state=\"{s}\"}} {n}");
     }
-    let (pending,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM approval_requests WHERE state = 'pending'")
-            .fetch_one(pool)
-            .await?;
     let _ = writeln!(
         out,
-        "# HELP phasefleet_approvals_pending Approval requests waiting on a human.\n# TYPE phasefleet_approvals_pending gauge\nphasefleet_approvals_pending {pending}"
+        "# HELP phasefleet_approvals_pending Approval requests waiting on a human.\n# TYPE phasefleet_approvals_pending gauge\nphasefleet_approvals_pending {}",
+        g.pending_approvals
     );
-    let workers: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT state, count(*), COALESCE(sum(in_flight), 0)::bigint FROM workers
-          WHERE state <> 'stopped' AND heartbeat_at > now() - interval '1 minute' GROUP BY state ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
     out.push_str(
         "# HELP phasefleet_workers Live workers by state.\n# TYPE phasefleet_workers gauge\n",
     );
-    for (s, n, _) in &workers {
+    for (s, n, _) in &g.workers {
         let _ = writeln!(out, "phasefleet_workers{{state=\"{}\"}} {n}", escape(s));
     }
     out.push_str("# HELP phasefleet_jobs_in_flight Jobs held by live workers.\n# TYPE phasefleet_jobs_in_flight gauge\n");
     let _ = writeln!(
         out,
         "phasefleet_jobs_in_flight {}",
-        workers.iter().map(|w| w.2).sum::<i64>()
+        g.workers.iter().map(|w| w.2).sum::<i64>()
     );
     Ok(out)
 }

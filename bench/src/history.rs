@@ -16,6 +16,7 @@ use phasefleet::local_pg::LocalPg;
 use phasefleet::phase::Engine;
 use phasefleet::submit::SubmitRequest;
 use phasefleet::validate::SchemaRegistry;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_bench::{bench_request, load, runtime, stop_and_rate};
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
@@ -93,7 +94,7 @@ async fn engine(pool: &PgPool, fx: &Fixture, n: usize, label: &str) -> anyhow::R
             poll_interval: Duration::from_millis(50),
             ..WorkerConfig::default()
         };
-        let engine = Engine::new(pool.clone(), fx.schemas.clone(), SyntheticAgent, &queue);
+        let engine = Engine::new(pool.clone(), fx.schemas.clone(), SyntheticAgent);
         handles.push(tokio::spawn(
             Worker::new(pool.clone(), cfg, EngineHandler::new(engine)).run(stop.clone()),
         ));
@@ -136,15 +137,14 @@ async fn appends(pool: &PgPool, fx: &Fixture, n: usize) -> anyhow::Result<f64> {
             for run in chunk {
                 for i in 0..20 {
                     let mut tx = pool.begin().await?;
-                    phasefleet::events::append(
-                        &mut tx,
-                        run,
-                        "bench",
-                        None,
-                        &format!("bench:{i}"),
-                        serde_json::json!({}),
-                    )
-                    .await?;
+                    phasefleet::store::runs::runs_lock(&mut tx, run).await?;
+                    let event = phasefleet::events::NewEvent {
+                        kind: "bench",
+                        phase: None,
+                        key: format!("bench:{i}"),
+                        data: serde_json::json!({}),
+                    };
+                    phasefleet::store::events::events_append(&mut tx, run, &[event]).await?;
                     tx.commit().await?;
                 }
             }
@@ -276,7 +276,12 @@ async fn main() -> anyhow::Result<()> {
     while phasefleet::queue::prune(&mut conn, Duration::from_secs(7 * 86_400), true, 50_000).await?
         > 0
     {}
-    while phasefleet::runs::prune_ended(&mut conn, Duration::from_secs(7 * 86_400), 2_000).await?
+    while phasefleet::store::runs::runs_prune_ended(
+        &mut conn,
+        Duration::from_secs(7 * 86_400),
+        2_000,
+    )
+    .await?
         > 0
     {}
     drop(conn);

@@ -11,6 +11,7 @@ use phasefleet::agent::router::BackendRouter;
 use phasefleet::local_pg::LocalPg;
 use phasefleet::phase::Engine;
 use phasefleet::validate::SchemaRegistry;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
 use std::time::{Duration, Instant};
@@ -104,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         let agent = BackendRouter::from_config(&config)
             .await
             .map_err(anyhow::Error::msg)?;
-        let engine = Engine::new(pool.clone(), schemas.clone(), agent, queue.clone());
+        let engine = Engine::new(pool.clone(), schemas.clone(), agent);
         let cfg = WorkerConfig {
             queue: queue.clone(),
             concurrency: slots,

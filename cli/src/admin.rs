@@ -1,10 +1,9 @@
 //! `phasefleet admin …`: operate the queue and the fleet through PostgreSQL.
 
-use crate::exit::CliError;
-use crate::output::{Output, print_one, print_rows};
+use crate::exit::{CliError, FAILURE, NOT_FOUND, USAGE};
+use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::queue::{self, JobState};
-use phasefleet::retry::RetryError;
 use phasefleet::{JobId, RunId, WorkerId};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -107,25 +106,10 @@ pub enum Admin {
     },
 }
 
-/// Parse `90s`, `30m`, `12h`, `7d`.
+/// Parse `90s`, `30m`, `12h`, `7d` (or `1h 30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 30m, 12h or 7d, got {s:?}"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {s:?}: use s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(secs))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration like 30m, 12h or 7d, got {s:?}: {e}"))
 }
 
 /// Apply a drain/undrain to every worker (`all`) or to each named one.
@@ -146,10 +130,7 @@ where
     for w in workers {
         let got = f(Some(*w)).await?;
         if got.is_empty() {
-            return Err(CliError::new(
-                crate::exit::NOT_FOUND,
-                format!("no live worker {w}"),
-            ));
+            return Err(CliError::new(NOT_FOUND, format!("no live worker {w}")));
         }
         ids.extend(got);
     }
@@ -157,271 +138,308 @@ where
 }
 
 pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliError> {
-    let mut conn = pool.acquire().await?;
     match cmd {
         Admin::Drain {
             worker,
             all,
             wait,
             timeout_secs,
-        } => {
-            let ids = for_each_target(all, &worker, |t| phasefleet_worker::drain(pool, t)).await?;
-            if ids.is_empty() {
-                return Err(CliError::new(
-                    crate::exit::NOT_FOUND,
-                    "no live worker matched",
-                ));
-            }
-            eprintln!("drain requested for {} worker(s)", ids.len());
-            if wait {
-                let end = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
-                loop {
-                    let workers = phasefleet_worker::list_workers(pool, false).await?;
-                    let pending: Vec<_> = workers
-                        .iter()
-                        .filter(|w| ids.contains(&w.id) && w.state != "drained")
-                        .collect();
-                    if pending.is_empty() {
-                        eprintln!("all drained");
-                        break;
-                    }
-                    if tokio::time::Instant::now() > end {
-                        return Err(CliError::new(
-                            crate::exit::FAILURE,
-                            format!(
-                                "{} worker(s) still draining after {timeout_secs}s",
-                                pending.len()
-                            ),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            print_rows(output, &ids, &["worker"], |id| vec![id.to_string()])?;
-        }
+        } => drain(pool, &worker, all, wait.then_some(timeout_secs), output).await,
         Admin::Undrain { worker, all } => {
             let ids =
                 for_each_target(all, &worker, |t| phasefleet_worker::undrain(pool, t)).await?;
-            print_rows(output, &ids, &["worker"], |id| vec![id.to_string()])?;
+            Ok(print_rows(output, &ids, &["worker"], |id| {
+                vec![id.to_string()]
+            })?)
         }
         Admin::Requeue {
-            job,
+            job: None,
             run: Some(run),
             dry_run,
             ..
-        } if job.is_none() => {
-            let by = crate::submit::whoami();
-            let out = phasefleet::retry::retry_failed_run(pool, run, Some(&by), dry_run)
-                .await
-                .map_err(|e| match e {
-                    RetryError::NotFound(_) => CliError::new(crate::exit::NOT_FOUND, e.to_string()),
-                    RetryError::NotFailed { .. } | RetryError::NothingToRetry(_) => {
-                        CliError::new(crate::exit::CONFLICT, e.to_string())
-                    }
-                    other => CliError::new(crate::exit::FAILURE, other.to_string()),
-                })?;
-            if dry_run {
-                eprintln!("dry run: nothing changed");
-            }
-            print_one(output, &out, |r| {
-                format!(
-                    "run {} re-opened at phase {} (round {}, retry {})",
-                    r.run_id, r.phase, r.round, r.retries
-                )
-            })?;
-        }
+        } => reopen_run(pool, run, dry_run, output).await,
         Admin::Requeue {
             job,
             dead,
             stuck,
             dry_run,
             ..
-        } => {
-            let ids: Vec<JobId> = if let Some(id) = job {
-                let row = queue::get(&mut conn, JobId(id)).await?;
-                if !dry_run {
-                    queue::requeue(&mut conn, JobId(id)).await?;
-                }
-                vec![row.id]
-            } else if let Some(q) = dead {
-                queue::requeue_dead(&mut conn, &q, dry_run).await?
-            } else if stuck {
-                if dry_run {
-                    queue::list(&mut conn, Some(JobState::Running), None, None, 10_000)
-                        .await?
-                        .into_iter()
-                        .filter(|j| j.lease_expires_at.is_some_and(|e| e < chrono::Utc::now()))
-                        .map(|j| j.id)
-                        .collect()
-                } else {
-                    queue::rescue_expired(&mut conn, 10_000)
-                        .await?
-                        .into_iter()
-                        .map(|r| r.id)
-                        .collect()
-                }
-            } else {
-                return Err(CliError::new(
-                    2,
-                    "say what to requeue: --job ID, --run RUN, --dead QUEUE or --stuck",
-                ));
-            };
-            if dry_run {
-                eprintln!("dry run: {} job(s) would be requeued", ids.len());
-            }
-            print_rows(output, &ids, &["job"], |id| vec![id.to_string()])?;
-        }
+        } => requeue(pool, job, dead, stuck, dry_run, output).await,
         Admin::Jobs {
             state,
             queue: q,
             run,
             limit,
-        } => {
-            let rows = queue::list(&mut conn, state, q.as_deref(), run, limit).await?;
-            print_rows(
-                output,
-                &rows,
-                &[
-                    "ID",
-                    "QUEUE",
-                    "KIND",
-                    "STATE",
-                    "ATTEMPTS",
-                    "RUN",
-                    "LAST ERROR",
-                ],
-                |j| {
-                    vec![
-                        j.id.to_string(),
-                        j.queue.clone(),
-                        j.kind.clone(),
-                        j.state.as_str().to_owned(),
-                        format!("{}/{}", j.attempts, j.max_attempts),
-                        j.run_id.map(|r| r.to_string()).unwrap_or_default(),
-                        j.last_error
-                            .clone()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(60)
-                            .collect(),
-                    ]
-                },
-            )?;
-        }
+        } => jobs(pool, state, q, run, limit, output).await,
         Admin::Job { id } => {
-            let row = queue::get(&mut conn, JobId(id)).await?;
-            print_one(output, &row, |j| {
+            let row = queue::get(&mut *pool.acquire().await?, JobId(id)).await?;
+            Ok(print_one(output, &row, |j| {
                 serde_json::to_string_pretty(j).unwrap_or_default()
-            })?;
+            })?)
         }
-        Admin::Workers { all } => {
-            let rows = phasefleet_worker::list_workers(pool, all).await?;
-            print_rows(
-                output,
-                &rows,
-                &["ID", "NAME", "STATE", "IN FLIGHT", "HEARTBEAT AGE", "DRAIN"],
-                |w| {
-                    vec![
-                        w.id.to_string(),
-                        w.name.clone(),
-                        w.state.clone(),
-                        format!("{}/{}", w.in_flight, w.concurrency),
-                        format!("{:.1}s", w.heartbeat_age_secs),
-                        w.drain_requested.to_string(),
-                    ]
-                },
-            )?;
-        }
+        Admin::Workers { all } => workers(pool, all, output).await,
         Admin::Check {
             run,
             lease_grace_secs,
-        } => {
-            let runs = (!run.is_empty()).then_some(run.as_slice());
-            let violations =
-                phasefleet::invariants::check(&mut conn, runs, lease_grace_secs).await?;
-            print_rows(output, &violations, &["INVARIANT", "VIOLATION"], |v| {
-                vec![v.invariant.to_owned(), v.detail.clone()]
-            })?;
-            if !violations.is_empty() {
-                return Err(CliError::new(
-                    crate::exit::FAILURE,
-                    format!("{} invariant violation(s)", violations.len()),
-                ));
-            }
-            eprintln!("all invariants hold");
-        }
-        Admin::Stats => {
-            let s = queue::stats(&mut conn).await?;
-            print_one(output, &s, |s| {
-                let mut out = String::new();
-                for c in &s.by_state {
-                    out.push_str(&format!(
-                        "{:<20} {:<10} {}\n",
-                        c.queue,
-                        c.state.as_str(),
-                        c.count
-                    ));
-                }
-                out.push_str(&format!(
-                    "ready now: {}\noldest ready: {}\ncompleted in the last minute: {}\nrunning with expired lease: {}",
-                    s.ready_now,
-                    s.oldest_ready_age_secs.map_or("-".into(), |a| format!("{a:.1}s")),
-                    s.completed_last_minute,
-                    s.running_with_expired_lease
-                ));
-                out
-            })?;
-        }
+        } => check(pool, &run, lease_grace_secs, output).await,
+        Admin::Stats => stats(pool, output).await,
         Admin::Pause { queue: q, reason } => {
-            queue::pause(&mut conn, &q, reason.as_deref()).await?;
+            queue::pause(&mut *pool.acquire().await?, &q, reason.as_deref()).await?;
             eprintln!("paused {q}");
+            Ok(())
         }
         Admin::Resume { queue: q } => {
-            if !queue::resume(&mut conn, &q).await? {
+            if !queue::resume(&mut *pool.acquire().await?, &q).await? {
                 eprintln!("{q} was not paused");
             }
+            Ok(())
         }
-        Admin::Cancel { id } => {
-            let outcome = queue::cancel(&mut conn, JobId(id)).await?;
-            print_one(output, &outcome, |o| match o {
-                queue::CancelOutcome::Cancelled => "cancelled".to_owned(),
-                queue::CancelOutcome::Requested => {
-                    "cancel requested; its worker stops it now".to_owned()
-                }
-                queue::CancelOutcome::AlreadyFinished(s) => {
-                    format!("already finished ({})", s.as_str())
-                }
-            })?;
-        }
+        Admin::Cancel { id } => cancel(pool, id, output).await,
         Admin::Prune {
             older_than,
             include_dead,
             runs,
-        } => {
-            let mut total = 0;
-            loop {
-                let n = queue::prune(&mut conn, older_than, include_dead, 5_000).await?;
-                total += n;
-                if n == 0 {
-                    break;
-                }
+        } => prune(pool, older_than, include_dead, runs, output).await,
+    }
+}
+
+/// Ask workers to drain; with `wait_secs`, wait until they report drained.
+async fn drain(
+    pool: &PgPool,
+    worker: &[WorkerId],
+    all: bool,
+    wait_secs: Option<u64>,
+    output: Output,
+) -> Result<(), CliError> {
+    let ids = for_each_target(all, worker, |t| phasefleet_worker::drain(pool, t)).await?;
+    if ids.is_empty() {
+        return Err(CliError::new(NOT_FOUND, "no live worker matched"));
+    }
+    eprintln!("drain requested for {} worker(s)", ids.len());
+    if let Some(timeout_secs) = wait_secs {
+        let end = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+        loop {
+            let workers = phasefleet_worker::list_workers(pool, false).await?;
+            let pending = workers
+                .iter()
+                .filter(|w| ids.contains(&w.id) && w.state != "drained")
+                .count();
+            if pending == 0 {
+                eprintln!("all drained");
+                break;
             }
-            let mut runs_deleted = 0;
-            if runs {
-                loop {
-                    let n = phasefleet::runs::prune_ended(&mut conn, older_than, 500).await?;
-                    runs_deleted += n;
-                    if n == 0 {
-                        break;
-                    }
-                }
+            if tokio::time::Instant::now() > end {
+                return Err(CliError::new(
+                    FAILURE,
+                    format!("{pending} worker(s) still draining after {timeout_secs}s"),
+                ));
             }
-            print_one(
-                output,
-                &serde_json::json!({ "deleted": total, "runs_deleted": runs_deleted }),
-                |_| format!("deleted {total} job(s) and {runs_deleted} run(s)"),
-            )?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    Ok(print_rows(output, &ids, &["worker"], |id| {
+        vec![id.to_string()]
+    })?)
+}
+
+/// Re-open a failed run at its failed phase.
+async fn reopen_run(
+    pool: &PgPool,
+    run: RunId,
+    dry_run: bool,
+    output: Output,
+) -> Result<(), CliError> {
+    let by = crate::submit::whoami();
+    let out = phasefleet::retry::retry_failed_run(pool, run, Some(&by), dry_run).await?;
+    if dry_run {
+        eprintln!("dry run: nothing changed");
+    }
+    Ok(print_one(output, &out, |r| {
+        format!(
+            "run {} re-opened at phase {} (round {}, retry {})",
+            r.run_id, r.phase, r.round, r.retries
+        )
+    })?)
+}
+
+/// Requeue one job, a queue's dead jobs, or stuck jobs.
+async fn requeue(
+    pool: &PgPool,
+    job: Option<i64>,
+    dead: Option<String>,
+    stuck: bool,
+    dry_run: bool,
+    output: Output,
+) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let ids: Vec<JobId> = if let Some(id) = job {
+        let row = queue::get(&mut conn, JobId(id)).await?;
+        if !dry_run {
+            queue::requeue(&mut conn, JobId(id)).await?;
+        }
+        vec![row.id]
+    } else if let Some(q) = dead {
+        queue::requeue_dead(&mut conn, &q, dry_run).await?
+    } else if stuck && dry_run {
+        queue::list(&mut conn, Some(JobState::Running), None, None, 10_000)
+            .await?
+            .into_iter()
+            .filter(|j| j.lease_expires_at.is_some_and(|e| e < chrono::Utc::now()))
+            .map(|j| j.id)
+            .collect()
+    } else if stuck {
+        queue::rescue_expired(&mut conn, 10_000)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    } else {
+        return Err(CliError::new(
+            USAGE,
+            "say what to requeue: --job ID, --run RUN, --dead QUEUE or --stuck",
+        ));
+    };
+    if dry_run {
+        eprintln!("dry run: {} job(s) would be requeued", ids.len());
+    }
+    Ok(print_rows(output, &ids, &["job"], |id| {
+        vec![id.to_string()]
+    })?)
+}
+
+async fn jobs(
+    pool: &PgPool,
+    state: Option<JobState>,
+    q: Option<String>,
+    run: Option<RunId>,
+    limit: i64,
+    output: Output,
+) -> Result<(), CliError> {
+    let rows = queue::list(&mut *pool.acquire().await?, state, q.as_deref(), run, limit).await?;
+    let header = [
+        "ID",
+        "QUEUE",
+        "KIND",
+        "STATE",
+        "ATTEMPTS",
+        "RUN",
+        "LAST ERROR",
+    ];
+    Ok(print_rows(output, &rows, &header, |j| {
+        vec![
+            j.id.to_string(),
+            j.queue.clone(),
+            j.kind.clone(),
+            j.state.as_str().to_owned(),
+            format!("{}/{}", j.attempts, j.max_attempts),
+            j.run_id.map(|r| r.to_string()).unwrap_or_default(),
+            cell(j.last_error.as_deref().unwrap_or_default(), 60),
+        ]
+    })?)
+}
+
+async fn workers(pool: &PgPool, all: bool, output: Output) -> Result<(), CliError> {
+    let rows = phasefleet_worker::list_workers(pool, all).await?;
+    let header = ["ID", "NAME", "STATE", "IN FLIGHT", "HEARTBEAT AGE", "DRAIN"];
+    Ok(print_rows(output, &rows, &header, |w| {
+        vec![
+            w.id.to_string(),
+            w.name.clone(),
+            w.state.clone(),
+            format!("{}/{}", w.in_flight, w.concurrency),
+            format!("{:.1}s", w.heartbeat_age_secs),
+            w.drain_requested.to_string(),
+        ]
+    })?)
+}
+
+/// Check the invariants; exit 1 when one is broken.
+async fn check(
+    pool: &PgPool,
+    run: &[RunId],
+    lease_grace_secs: f64,
+    output: Output,
+) -> Result<(), CliError> {
+    let runs = (!run.is_empty()).then_some(run);
+    let violations =
+        phasefleet::store::invariants::check(&mut *pool.acquire().await?, runs, lease_grace_secs)
+            .await?;
+    print_rows(output, &violations, &["INVARIANT", "VIOLATION"], |v| {
+        vec![v.invariant.to_owned(), v.detail.clone()]
+    })?;
+    if !violations.is_empty() {
+        return Err(CliError::new(
+            FAILURE,
+            format!("{} invariant violation(s)", violations.len()),
+        ));
+    }
+    eprintln!("all invariants hold");
     Ok(())
+}
+
+async fn stats(pool: &PgPool, output: Output) -> Result<(), CliError> {
+    let s = queue::stats(&mut *pool.acquire().await?).await?;
+    Ok(print_one(output, &s, |s| {
+        let mut out = String::new();
+        for c in &s.by_state {
+            out.push_str(&format!(
+                "{:<20} {:<10} {}\n",
+                c.queue,
+                c.state.as_str(),
+                c.count
+            ));
+        }
+        out.push_str(&format!(
+            "ready now: {}\noldest ready: {}\ncompleted in the last minute: {}\nrunning with expired lease: {}",
+            s.ready_now,
+            s.oldest_ready_age_secs.map_or("-".into(), |a| format!("{a:.1}s")),
+            s.completed_last_minute,
+            s.running_with_expired_lease
+        ));
+        out
+    })?)
+}
+
+async fn cancel(pool: &PgPool, id: i64, output: Output) -> Result<(), CliError> {
+    let outcome = queue::cancel(&mut *pool.acquire().await?, JobId(id)).await?;
+    Ok(print_one(output, &outcome, |o| match o {
+        queue::CancelOutcome::Cancelled => "cancelled".to_owned(),
+        queue::CancelOutcome::Requested => "cancel requested; its worker stops it now".to_owned(),
+        queue::CancelOutcome::AlreadyFinished(s) => format!("already finished ({})", s.as_str()),
+    })?)
+}
+
+/// Delete finished jobs (and, with `runs`, ended runs) older than `older_than`, in
+/// small batches.
+async fn prune(
+    pool: &PgPool,
+    older_than: Duration,
+    include_dead: bool,
+    runs: bool,
+    output: Output,
+) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let mut jobs_deleted = 0;
+    loop {
+        let n = queue::prune(&mut conn, older_than, include_dead, 5_000).await?;
+        jobs_deleted += n;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut runs_deleted = 0;
+    if runs {
+        loop {
+            let n = phasefleet::store::runs::runs_prune_ended(&mut conn, older_than, 500).await?;
+            runs_deleted += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(print_one(
+        output,
+        &serde_json::json!({ "deleted": jobs_deleted, "runs_deleted": runs_deleted }),
+        |_| format!("deleted {jobs_deleted} job(s) and {runs_deleted} run(s)"),
+    )?)
 }

@@ -1,10 +1,10 @@
 //! `phasefleet approvals …`: the inbox and decisions.
 
-use crate::exit::{CONFLICT, CliError, NOT_FOUND};
+use crate::exit::CliError;
 use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::ApprovalId;
-use phasefleet::approval::{self, Action, ApprovalError, Decided};
+use phasefleet::approval::{self, Action, Decided};
 use phasefleet::teams::Scope;
 use sqlx::PgPool;
 
@@ -26,17 +26,6 @@ pub enum Approvals {
         #[arg(long)]
         by: Option<String>,
     },
-}
-
-pub fn map_err(e: ApprovalError) -> CliError {
-    match e {
-        ApprovalError::NotFound(_) => CliError::new(NOT_FOUND, e.to_string()),
-        ApprovalError::Conflict { .. } | ApprovalError::RunNotWaiting(_) => {
-            CliError::new(CONFLICT, e.to_string())
-        }
-        ApprovalError::Invalid(_) => CliError::new(2, e.to_string()),
-        other => other.into(),
-    }
 }
 
 pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), CliError> {
@@ -75,8 +64,7 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
                 comment.as_deref(),
                 Some(&by),
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
             print_one(output, &out, |o| match o {
                 Decided::Recorded => format!("recorded: {}", action.as_str()),
                 Decided::AlreadyDecided => format!("already decided: {}", action.as_str()),

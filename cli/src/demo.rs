@@ -7,7 +7,7 @@ use crate::local;
 use crate::submit::{SubmitArgs, build_request, submit};
 use clap::Args;
 use phasefleet::approval::{self, Action};
-use phasefleet::runs::RunState;
+use phasefleet::state::RunState;
 use phasefleet::validate::SchemaRegistry;
 use std::path::PathBuf;
 use tokio::task::JoinSet;

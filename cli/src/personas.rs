@@ -6,6 +6,7 @@ use crate::exit::{CliError, NOT_FOUND};
 use crate::output::{Output, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::store::persona_registry;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Backend, Persona};
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ pub async fn run(pool: &PgPool, cmd: Personas, output: Output) -> Result<(), Cli
             let config = phasefleet::config::Config::from_env()?;
             let mut registered = Vec::new();
             for file in &files {
-                let persona = Persona::load(file).map_err(|e| CliError::new(2, e.to_string()))?;
+                let persona = Persona::load(file)?;
                 if persona.backend == Backend::Openai {
                     config
                         .check_model(

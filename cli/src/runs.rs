@@ -4,7 +4,8 @@ use crate::exit::{CliError, FAILURE, NOT_FOUND};
 use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::RunId;
-use phasefleet::runs::{self, RunState};
+use phasefleet::state::RunState;
+use phasefleet::store::runs;
 use phasefleet::teams::Scope;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
     let mut conn = pool.acquire().await?;
     match cmd {
         Runs::List { state, limit } => {
-            let rows = runs::list(&mut conn, state, None, limit.clamp(1, 1000)).await?;
+            let rows = runs::runs_list(&mut conn, state, limit.clamp(1, 1000)).await?;
             print_rows(
                 output,
                 &rows,
@@ -52,15 +53,14 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
             )?;
         }
         Runs::Show { id } => {
-            let run = runs::get(&mut conn, id)
+            let detail = phasefleet::views::run_detail(&mut conn, id)
                 .await?
                 .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} not found")))?;
-            let phases = runs::phases(&mut conn, id).await?;
-            let approvals = phasefleet::approval::for_run(&mut conn, id).await?;
-            let report = phasefleet::report::get(&mut conn, id).await?;
-            let detail = serde_json::json!({ "run": run, "phases": phases, "approvals": approvals,
-                                             "report": report.as_ref().map(|(j, _)| j) });
-            print_one(output, &detail, |_| {
+            let markdown = phasefleet::report::get(&mut conn, id)
+                .await?
+                .map(|(_, md)| md);
+            print_one(output, &detail, |d| {
+                let (run, phases, approvals) = (&d.run, &d.phases, &d.approvals);
                 let mut s = format!(
                     "run {} — {} (team {})\n",
                     run.id,
@@ -70,7 +70,7 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                 if let Some(e) = &run.error {
                     s.push_str(&format!("  error: {}\n", cell(e, 2000)));
                 }
-                for p in &phases {
+                for p in phases {
                     s.push_str(&format!(
                         "  {:<12} {:<18} attempts {}/{} round {}\n",
                         cell(&p.phase_key, 64),
@@ -80,7 +80,7 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                         p.round
                     ));
                 }
-                for a in &approvals {
+                for a in approvals {
                     s.push_str(&format!(
                         "  approval {} on {}: {}\n",
                         a.id,
@@ -88,7 +88,7 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                         a.action.map_or("pending", |x| x.as_str())
                     ));
                 }
-                if let Some((_, md)) = &report {
+                if let Some(md) = &markdown {
                     s.push('\n');
                     s.push_str(md);
                 }
@@ -106,14 +106,8 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
             }
         }
         Runs::Cancel { id, reason } => {
-            let out = phasefleet::cancel::cancel_run(pool, &Scope::Fleet, id, reason.as_deref())
-                .await
-                .map_err(|e| match e {
-                    phasefleet::cancel::CancelError::NotFound(_) => {
-                        CliError::new(NOT_FOUND, e.to_string())
-                    }
-                    other => other.into(),
-                })?;
+            let out =
+                phasefleet::cancel::cancel_run(pool, &Scope::Fleet, id, reason.as_deref()).await?;
             print_one(output, &out, |o| match o {
                 phasefleet::cancel::Cancelled::Cancelled => "cancelled".to_owned(),
                 phasefleet::cancel::Cancelled::AlreadyEnded(s) => {
@@ -135,10 +129,10 @@ pub async fn watch(
     let mut after = 0;
     loop {
         let mut conn = pool.acquire().await?;
-        let run = runs::get(&mut conn, id)
+        let run = runs::runs_get(&mut conn, id)
             .await?
             .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} not found")))?;
-        let events = phasefleet::events::list(&mut conn, id, after, 500).await?;
+        let events = phasefleet::store::events::events_list(&mut conn, id, after, 500).await?;
         drop(conn);
         for e in &events {
             after = e.seq;

@@ -25,7 +25,7 @@ pub fn spawn_workers(
             concurrency: 8,
             ..WorkerConfig::default()
         };
-        let engine = Engine::new(pool.clone(), schemas.clone(), agent.clone(), queue);
+        let engine = Engine::new(pool.clone(), schemas.clone(), agent.clone());
         let worker = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
         set.spawn(worker.run(stop.clone()));
     }

@@ -3,8 +3,9 @@
 use crate::exit::CliError;
 use crate::output::{Output, print_one};
 use clap::Args;
-use phasefleet::submit::{Budget, RunInputs, SubmitError, SubmitRequest, Submitted};
+use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::validate::SchemaRegistry;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -55,11 +56,11 @@ fn usage(msg: impl Into<String>) -> CliError {
 }
 
 pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequest, CliError> {
-    let template = WorkflowTemplate::load(&args.template).map_err(|e| usage(e.to_string()))?;
+    let template = WorkflowTemplate::load(&args.template)?;
     let personas = args
         .personas
         .iter()
-        .map(|p| Persona::load(p).map_err(|e| usage(e.to_string())))
+        .map(|p| Persona::load(p))
         .collect::<Result<Vec<_>, _>>()?;
     let requirements = match &args.requirements {
         Some(p) => std::fs::read_to_string(p)
@@ -94,13 +95,7 @@ pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequ
 pub async fn submit(pool: &PgPool, req: SubmitRequest) -> Result<Submitted, CliError> {
     let schemas = SchemaRegistry::from_env()?;
     let config = phasefleet::config::Config::from_env()?;
-    phasefleet::submit::submit(pool, &schemas, &config, req)
-        .await
-        .map_err(|e| match e {
-            SubmitError::Invalid { .. } => usage(e.to_string()),
-            SubmitError::KeyReused { .. } => CliError::new(crate::exit::CONFLICT, e.to_string()),
-            other => other.into(),
-        })
+    Ok(phasefleet::submit::submit(pool, &schemas, &config, req).await?)
 }
 
 pub async fn run(pool: &PgPool, args: SubmitArgs, output: Output) -> Result<(), CliError> {

@@ -5,9 +5,11 @@
 //! Tools run off the async threads under a deadline, so a slow tool never stops
 //! heartbeats, timeouts, cancel or shutdown.
 
-use super::ledger::{BeginError, CallRecord};
+use super::ledger::{BeginError, CallRecord, Ledger};
 use super::limits::Limiter;
-use super::openai::{BeforeSend, CallError, CallOutcome, ChatRequest, Message, call_cost};
+use super::openai::{
+    BeforeSend, CallError, CallOutcome, ChatRequest, Message, ToolCall, call_cost,
+};
 use super::providers::{Provider, Providers};
 use super::{Agent, AgentError, AgentOutcome, AgentRequest, Workspace, tools};
 use std::sync::Arc;
@@ -62,88 +64,91 @@ impl Agent for LlmAgent {
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
         let provider = self.provider(&req)?;
-        let p = &req.persona;
         let mut messages = vec![
-            Message::text("system", p.system_prompt.clone()),
+            Message::text("system", req.persona.system_prompt.clone()),
             Message::text("user", req.envelope.clone()),
         ];
         let mut ws = Workspace::default();
         let mut turns = 0;
-        for turn in 1..=p.max_turns {
+        for turn in 1..=req.persona.max_turns {
             if cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);
             }
             req.ledger.check_budget().await?;
-            let estimate: usize = messages
-                .iter()
-                .map(|m| m.content.as_deref().map_or(0, str::len))
-                .sum::<usize>()
-                / 4;
-            let permit = self
-                .limiter
-                .acquire(
-                    &p.model,
-                    u64::try_from(estimate).unwrap_or(u64::MAX),
-                    &cancel,
-                )
-                .await?;
-            let chat = ChatRequest {
-                model: p.model.clone(),
-                messages: messages.clone(),
-                tools: tools::definitions(),
-                temperature: p.temperature,
-                top_p: p.top_p,
-                max_tokens: p.max_tokens,
-                usage: Some(serde_json::json!({ "include": true })),
-            };
-            let turn_i = i32::try_from(turn).unwrap_or(i32::MAX);
-            let log = TurnLog {
-                ledger: &req.ledger,
-                turn: turn_i,
-                model: &p.model,
-            };
-            let (outcomes, result) = provider.client.chat(&chat, &cancel, &log).await;
-            drop(permit);
             turns = turn;
-            record_outcomes(&req, &provider, turn_i, &outcomes).await?;
-            let response = result.map_err(|e| call_failed(&p.model, e))?;
-            let Some(choice) = response.choices.into_iter().next() else {
-                return Err(AgentError::Transient(format!(
-                    "model {} returned no choices",
-                    p.model
-                )));
-            };
-            let msg = choice.message;
-            let calls = msg.tool_calls.clone();
-            messages.push(Message {
-                role: "assistant".into(),
-                content: msg.content,
-                tool_calls: msg.tool_calls,
-                tool_call_id: None,
-            });
+            let turn = i32::try_from(turn).unwrap_or(i32::MAX);
+            let reply = self
+                .call_model(&req, &provider, &messages, turn, &cancel)
+                .await?;
+            let calls = reply.tool_calls.clone();
+            messages.push(reply);
             if calls.is_empty() {
                 break;
             }
             for call in calls {
-                let (next, ok, output) =
-                    run_tool(ws, &call.function.name, &call.function.arguments, &cancel).await?;
+                let (next, output) = run_tool(ws, &call, &req.ledger, turn, &cancel).await?;
                 ws = next;
-                req.ledger
-                    .record_tool(
-                        turn_i,
-                        &call.function.name,
-                        &call.function.arguments,
-                        ok,
-                        &output,
-                    )
-                    .await
-                    .map_err(ledger_failed)?;
                 messages.push(Message::tool_result(&call.id, output));
             }
         }
         Ok(AgentOutcome {
             workspace: ws,
             turns,
+        })
+    }
+}
+
+impl LlmAgent {
+    /// One model call (with its retries): a rate-limit permit, the request, the ledger
+    /// rows of every HTTP attempt, and the assistant's reply.
+    async fn call_model(
+        &self,
+        req: &AgentRequest,
+        provider: &Provider,
+        messages: &[Message],
+        turn: i32,
+        cancel: &CancellationToken,
+    ) -> Result<Message, AgentError> {
+        let p = &req.persona;
+        let estimate = messages
+            .iter()
+            .map(|m| m.content.as_deref().map_or(0, str::len))
+            .sum::<usize>()
+            / 4;
+        let permit = self
+            .limiter
+            .acquire(
+                &p.model,
+                u64::try_from(estimate).unwrap_or(u64::MAX),
+                cancel,
+            )
+            .await?;
+        let chat = ChatRequest {
+            model: p.model.clone(),
+            messages: messages.to_vec(),
+            tools: tools::definitions(),
+            temperature: p.temperature,
+            top_p: p.top_p,
+            max_tokens: p.max_tokens,
+            usage: Some(serde_json::json!({ "include": true })),
+        };
+        let log = TurnLog {
+            ledger: &req.ledger,
+            turn,
+            model: &p.model,
+        };
+        let (outcomes, result) = provider.client.chat(&chat, cancel, &log).await;
+        drop(permit);
+        record_outcomes(req, provider, turn, &outcomes).await?;
+        let response = result.map_err(|e| call_failed(&p.model, e))?;
+        let choice = response.choices.into_iter().next().ok_or_else(|| {
+            AgentError::Transient(format!("model {} returned no choices", p.model))
+        })?;
+        Ok(Message {
+            role: "assistant".into(),
+            content: choice.message.content,
+            tool_calls: choice.message.tool_calls,
+            tool_call_id: None,
         })
     }
 }
@@ -200,29 +205,37 @@ async fn record_outcomes(
     Ok(())
 }
 
-/// Run one tool on a blocking thread under [`TOOL_DEADLINE`]; the workspace travels
-/// there and back. A tool that overruns ends the attempt (its workspace is gone with it).
+/// Run one tool call on a blocking thread under [`TOOL_DEADLINE`] and audit it; the
+/// workspace travels there and back. A tool that overruns ends the attempt (its
+/// workspace is gone with it). Returns the workspace and the tool's output.
 async fn run_tool(
     ws: Workspace,
-    name: &str,
-    arguments: &str,
+    call: &ToolCall,
+    ledger: &Ledger,
+    turn: i32,
     cancel: &CancellationToken,
-) -> Result<(Workspace, bool, String), AgentError> {
-    let (tool, args) = (name.to_owned(), arguments.to_owned());
+) -> Result<(Workspace, String), AgentError> {
+    let name = &call.function.name;
+    let (tool, args) = (name.clone(), call.function.arguments.clone());
     let task = tokio::task::spawn_blocking(move || {
         let mut ws = ws;
         let (ok, out) = tools::execute(&mut ws, &tool, &args);
         (ws, ok, out)
     });
-    tokio::select! {
-        () = cancel.cancelled() => Err(AgentError::Cancelled),
-        () = tokio::time::sleep(TOOL_DEADLINE) => Err(AgentError::Fatal(format!(
+    let (ws, ok, output) = tokio::select! {
+        () = cancel.cancelled() => return Err(AgentError::Cancelled),
+        () = tokio::time::sleep(TOOL_DEADLINE) => return Err(AgentError::Fatal(format!(
             "tool {} ran past its {} s deadline",
             tools::printable(name, 64),
             TOOL_DEADLINE.as_secs()
         ))),
-        joined = task => joined.map_err(|e| AgentError::Fatal(format!("tool {} failed: {e}", tools::printable(name, 64)))),
-    }
+        joined = task => joined.map_err(|e| AgentError::Fatal(format!("tool {} failed: {e}", tools::printable(name, 64))))?,
+    };
+    ledger
+        .record_tool(turn, name, &call.function.arguments, ok, &output)
+        .await
+        .map_err(ledger_failed)?;
+    Ok((ws, output))
 }
 
 /// Writes the ledger's `in_flight` row for each HTTP attempt of one turn.

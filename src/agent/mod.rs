@@ -24,7 +24,7 @@ pub use workspace::Workspace;
 pub struct AgentRequest {
     pub run_id: RunId,
     pub phase_key: String,
-    pub attempt: u32,
+    pub attempt: i32,
     /// 1, then +1 per revise decision or operator retry of the failed phase.
     pub round: i32,
     pub persona: Persona,

@@ -57,7 +57,7 @@ impl Agent for SyntheticAgent {
         }
         let invalid_attempts = d
             .get("invalid_attempts")
-            .and_then(Value::as_u64)
+            .and_then(Value::as_i64)
             .unwrap_or(0);
         let phase_selected = d
             .get("invalid_phases")
@@ -65,7 +65,7 @@ impl Agent for SyntheticAgent {
             .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(&req.phase_key)));
         let invalid_rounds = d.get("invalid_rounds").and_then(Value::as_i64).unwrap_or(0);
         let invalid =
-            u64::from(req.attempt) <= invalid_attempts || i64::from(req.round) <= invalid_rounds;
+            i64::from(req.attempt) <= invalid_attempts || i64::from(req.round) <= invalid_rounds;
         let content = if invalid && phase_selected {
             // Valid JSON that breaks the schema: an object without its required fields.
             json!({ "synthetic_invalid": true }).to_string()

@@ -1,19 +1,19 @@
 //! The prompt envelope for one phase attempt: inputs, prior artifacts, expected path,
 //! the schema inline and, on a repair, the previous attempt's validation errors.
 
-use crate::submit::RunInputs;
+use crate::store::run_inputs::PriorArtifact;
 use crate::validate::Issue;
-use crate::workflow::Phase;
+use crate::workflow::{Phase, RunInputs};
 use std::fmt::Write;
 
 pub struct Envelope<'a> {
     pub run_id: String,
     pub phase: &'a Phase,
     pub round: i32,
-    pub attempt: u32,
+    pub attempt: i32,
     pub inputs: &'a RunInputs,
-    /// (phase key, path, content) of earlier phases' accepted artifacts.
-    pub prior: &'a [(String, String, String)],
+    /// Earlier phases' accepted artifacts.
+    pub prior: &'a [PriorArtifact],
     pub schema: &'a serde_json::Value,
     /// Validation errors of the previous attempt, on a repair.
     pub repair_issues: Option<&'a [Issue]>,
@@ -55,8 +55,12 @@ impl Envelope<'_> {
         );
         if !self.prior.is_empty() {
             let _ = writeln!(s, "## Artifacts from earlier phases");
-            for (key, path, content) in self.prior {
-                let _ = writeln!(s, "### {key} ({path})\n```json\n{content}\n```");
+            for a in self.prior {
+                let _ = writeln!(
+                    s,
+                    "### {} ({})\n```json\n{}\n```",
+                    a.phase_key, a.path, a.content
+                );
             }
             s.push('\n');
         }

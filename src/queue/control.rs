@@ -102,6 +102,31 @@ pub async fn cancel(conn: &mut PgConnection, id: JobId) -> Result<CancelOutcome,
     }
 }
 
+/// A run ended: cancel its waiting jobs and ask the worker of its running job to stop
+/// (told at commit, through [`super::notify::CANCEL_CHANNEL`], and at its next
+/// heartbeat). One statement.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn cancel_run_jobs(conn: &mut PgConnection, run: RunId) -> Result<(), QueueError> {
+    sqlx::query(
+        "WITH changed AS (
+             UPDATE jobs SET state = CASE WHEN state = 'ready' THEN 'cancelled'::job_state ELSE state END,
+                    finished_at = CASE WHEN state = 'ready' THEN now() ELSE finished_at END,
+                    cancel_requested = (state = 'running')
+              WHERE run_id = $1 AND state IN ('ready', 'running')
+          RETURNING cancel_requested
+         )
+         SELECT count(*) FROM changed
+          WHERE cancel_requested AND pg_notify($2, $1::text)::text IS NOT NULL",
+    )
+    .bind(run)
+    .bind(super::notify::CANCEL_CHANNEL)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Delete finished jobs (completed and cancelled; dead too when `include_dead`) that
 /// finished more than `older_than` ago, at most `batch` rows per call so a large prune
 /// never holds long locks. Returns how many rows went.

@@ -14,12 +14,13 @@ mod control;
 mod enqueue;
 mod finish;
 pub mod notify;
+pub mod workers;
 
 pub use backoff::Backoff;
 pub use claim::{HeartbeatReport, Rescued, claim, heartbeat, rescue_expired};
 pub use control::{
-    CancelOutcome, JobRow, QueueStats, StateCount, cancel, get, is_paused, list, pause, prune,
-    requeue, requeue_dead, resume, stats,
+    CancelOutcome, JobRow, QueueStats, StateCount, cancel, cancel_run_jobs, get, is_paused, list,
+    pause, prune, requeue, requeue_dead, resume, stats,
 };
 pub use enqueue::{Enqueued, NewJob, enqueue};
 pub use finish::{Completed, RetryOutcome, complete, complete_many, fail, hand_back, retry};

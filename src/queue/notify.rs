@@ -24,19 +24,6 @@ pub enum Notice {
     CancelJob(JobId),
 }
 
-/// Tell workers, at commit, to stop the running job of `run`.
-///
-/// # Errors
-/// Database errors.
-pub async fn cancel_run(conn: &mut PgConnection, run: RunId) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CANCEL_CHANNEL)
-        .bind(run.to_string())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// Tell workers, at commit, to stop running job `id`.
 ///
 /// # Errors

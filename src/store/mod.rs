@@ -1,6 +1,34 @@
-//! The store: one module per table, functions named table + verb, rows read into named
-//! structs. Flow modules call these; SQL for domain tables lives here (and the queue's
-//! in `crate::queue`).
+//! The store: one module per table (or pair of tables that only live together),
+//! functions named table + verb, rows read into named structs. Flow modules, the API
+//! and the CLI call these; SQL lives here and in `crate::queue`, nowhere else.
+//! Functions take the caller's connection, so they compose into its transaction.
 
+pub mod approvals;
+pub mod artifacts;
+pub mod events;
+pub mod fleet;
+pub mod invariants;
+pub mod ledger;
 pub mod persona_registry;
 pub mod personas;
+pub mod reports;
+pub mod run_inputs;
+pub mod run_phases;
+pub mod runs;
+pub mod templates;
+
+use crate::state::ForbiddenTransition;
+
+/// Why a store write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The transition table does not allow the change.
+    #[error(transparent)]
+    Transition(#[from] ForbiddenTransition),
+    /// The row was not in the state read under the run's lock (a writer that did not
+    /// take the lock changed it).
+    #[error("the {0} changed under its lock")]
+    Stale(&'static str),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}

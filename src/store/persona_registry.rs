@@ -2,6 +2,7 @@
 //! registered persona by naming it; only personas registered here (or supplied by an
 //! admin or operator) may name a model provider.
 
+use crate::workflow::Definition;
 use crate::workflow::Persona;
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -2,9 +2,8 @@
 //! persona names an operator-configured provider (`[providers.NAME]` in the
 //! configuration) and a model; it can never carry a URL or the name of a variable.
 
-use super::{DefinitionError, canonical_json, parse, read, sha256_hex};
+use super::{Definition, Problem, at_most, problem};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,59 +47,24 @@ fn default_max_turns() -> u32 {
     20
 }
 
+impl Definition for Persona {
+    fn problems(&self) -> Result<(), Problem> {
+        self.refused_fields()?;
+        self.check_texts()?;
+        self.check_provider()?;
+        self.check_sampling()
+    }
+}
+
 impl Persona {
-    /// Load from a YAML or JSON file and check it.
-    ///
-    /// # Errors
-    /// [`DefinitionError`] naming the file and the field.
-    pub fn load(path: &Path) -> Result<Self, DefinitionError> {
-        Self::from_str_named(&path.display().to_string(), &read(path)?)
-    }
-
-    /// # Errors
-    /// [`DefinitionError`] naming the file and the field.
-    pub fn from_str_named(file: &str, text: &str) -> Result<Self, DefinitionError> {
-        let p: Self = parse(file, text)?;
-        p.check(file)?;
-        Ok(p)
-    }
-
-    /// # Errors
-    /// [`DefinitionError::Invalid`] naming the field.
-    pub fn check(&self, file: &str) -> Result<(), DefinitionError> {
-        let bad = |field: &str, message: String| DefinitionError::Invalid {
-            file: file.to_owned(),
-            field: field.to_owned(),
-            message,
-        };
-        if self.name.trim().is_empty() {
-            return Err(bad("name", "must not be empty".into()));
-        }
-        if self.model.trim().is_empty() {
-            return Err(bad("model", "must not be empty".into()));
-        }
-        if let Some(t) = self.temperature
-            && !(0.0..=2.0).contains(&t)
-        {
-            return Err(bad("temperature", format!("must be within 0..=2, got {t}")));
-        }
-        if let Some(p) = self.top_p
-            && !(0.0..=1.0).contains(&p)
-        {
-            return Err(bad("top_p", format!("must be within 0..=1, got {p}")));
-        }
-        if self.max_turns == 0 || self.max_turns > 200 {
-            return Err(bad(
-                "max_turns",
-                format!("must be 1..=200, got {}", self.max_turns),
-            ));
-        }
+    /// `base_url` and `api_key_env` are the operator's, never a persona's.
+    fn refused_fields(&self) -> Result<(), Problem> {
         for (field, present) in [
             ("base_url", self.base_url.is_some()),
             ("api_key_env", self.api_key_env.is_some()),
         ] {
             if present {
-                return Err(bad(
+                return Err(problem(
                     field,
                     format!(
                         "a persona cannot carry `{field}`: providers are operator configuration; name one with `provider`"
@@ -108,56 +72,70 @@ impl Persona {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn check_texts(&self) -> Result<(), Problem> {
         for (field, text, max) in [
             ("name", &self.name, 64),
             ("version", &self.version, 64),
             ("model", &self.model, 200),
             ("system_prompt", &self.system_prompt, 64 * 1024),
         ] {
-            if text.len() > max {
-                return Err(bad(
-                    field,
-                    format!("at most {max} bytes, got {}", text.len()),
-                ));
-            }
+            at_most(field, text, max)?;
+        }
+        if self.model.trim().is_empty() {
+            return Err(problem("model", "must not be empty"));
         }
         if !crate::config::is_name(&self.name) {
-            return Err(bad(
+            return Err(problem(
                 "name",
-                "persona names use letters, digits, '_', '-', '.'".into(),
+                "persona names use letters, digits, '_', '-', '.'",
             ));
-        }
-        match (self.backend, &self.provider) {
-            (Backend::Openai, None) => {
-                return Err(bad(
-                    "provider",
-                    "backend openai needs the name of an operator-configured provider".into(),
-                ));
-            }
-            (Backend::Synthetic, Some(_)) => {
-                return Err(bad(
-                    "provider",
-                    "the synthetic backend uses no provider".into(),
-                ));
-            }
-            (_, Some(p)) if !crate::config::is_name(p) => {
-                return Err(bad(
-                    "provider",
-                    "provider names use letters, digits, '_', '-', '.'".into(),
-                ));
-            }
-            _ => {}
-        }
-        if self.max_tokens.is_some_and(|t| t == 0 || t > 1_000_000) {
-            return Err(bad("max_tokens", "must be 1..=1000000".into()));
         }
         Ok(())
     }
 
-    #[must_use]
-    pub fn canonical(&self) -> (serde_json::Value, String) {
-        let body = serde_json::to_value(self).unwrap_or_default();
-        let hash = sha256_hex(canonical_json(&body));
-        (body, hash)
+    fn check_provider(&self) -> Result<(), Problem> {
+        match (self.backend, &self.provider) {
+            (Backend::Openai, None) => Err(problem(
+                "provider",
+                "backend openai needs the name of an operator-configured provider",
+            )),
+            (Backend::Synthetic, Some(_)) => Err(problem(
+                "provider",
+                "the synthetic backend uses no provider",
+            )),
+            (_, Some(p)) if !crate::config::is_name(p) => Err(problem(
+                "provider",
+                "provider names use letters, digits, '_', '-', '.'",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_sampling(&self) -> Result<(), Problem> {
+        if let Some(t) = self.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return Err(problem(
+                "temperature",
+                format!("must be within 0..=2, got {t}"),
+            ));
+        }
+        if let Some(p) = self.top_p.filter(|p| !(0.0..=1.0).contains(p)) {
+            return Err(problem("top_p", format!("must be within 0..=1, got {p}")));
+        }
+        if !(1..=200).contains(&self.max_turns) {
+            return Err(problem(
+                "max_turns",
+                format!("must be 1..=200, got {}", self.max_turns),
+            ));
+        }
+        if self
+            .max_tokens
+            .is_some_and(|t| !(1..=1_000_000).contains(&t))
+        {
+            return Err(problem("max_tokens", "must be 1..=1000000"));
+        }
+        Ok(())
     }
 }

@@ -1,9 +1,8 @@
 //! Workflow templates: roles and an ordered list of phases.
 
-use super::{DefinitionError, canonical_json, parse, read, sha256_hex};
+use super::{Definition, Problem, at_most, problem};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +56,18 @@ fn default_max_attempts() -> u32 {
     2
 }
 
+fn check_gates(gates: &[String]) -> Result<(), String> {
+    if gates.len() > 16 {
+        return Err(format!("at most 16 gates, found {}", gates.len()));
+    }
+    match gates.iter().find(|g| !is_identifier(g)) {
+        Some(g) => Err(format!(
+            "{g:?} is not a gate name (letters, digits, '_', '-', '.'; at most 64)"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -64,177 +75,128 @@ fn is_identifier(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
+impl Definition for WorkflowTemplate {
+    fn problems(&self) -> Result<(), Problem> {
+        self.check_header()?;
+        self.check_roles()?;
+        let (mut keys, mut paths) = (HashSet::new(), HashSet::new());
+        for (i, phase) in self.phases.iter().enumerate() {
+            self.check_phase(i, phase, &mut keys, &mut paths)?;
+        }
+        Ok(())
+    }
+}
+
 impl WorkflowTemplate {
-    /// Load from a YAML or JSON file and check it.
-    ///
-    /// # Errors
-    /// [`DefinitionError`] naming the file and the field.
-    pub fn load(path: &Path) -> Result<Self, DefinitionError> {
-        Self::from_str_named(&path.display().to_string(), &read(path)?)
-    }
-
-    /// Parse and check text; `file` names it in errors and picks the format.
-    ///
-    /// # Errors
-    /// [`DefinitionError`] naming the file and the field.
-    pub fn from_str_named(file: &str, text: &str) -> Result<Self, DefinitionError> {
-        let t: Self = parse(file, text)?;
-        t.check(file)?;
-        Ok(t)
-    }
-
-    /// Structural checks serde cannot express.
-    ///
-    /// # Errors
-    /// [`DefinitionError::Invalid`] naming the field.
-    pub fn check(&self, file: &str) -> Result<(), DefinitionError> {
-        let bad = |field: String, message: String| DefinitionError::Invalid {
-            file: file.to_owned(),
-            field,
-            message,
-        };
-        if self.name.trim().is_empty() {
-            return Err(bad("name".into(), "must not be empty".into()));
-        }
-        if self.version.trim().is_empty() {
-            return Err(bad("version".into(), "must not be empty".into()));
-        }
-        if self.phases.is_empty() {
-            return Err(bad(
-                "phases".into(),
-                "a template needs at least one phase".into(),
-            ));
-        }
-        if self.phases.len() > 100 {
-            return Err(bad(
-                "phases".into(),
-                format!("at most 100 phases, found {}", self.phases.len()),
-            ));
-        }
-        if self.roles.len() > 32 {
-            return Err(bad(
-                "roles".into(),
-                format!("at most 32 roles, found {}", self.roles.len()),
-            ));
-        }
+    fn check_header(&self) -> Result<(), Problem> {
         for (field, text, max) in [
             ("name", self.name.as_str(), 128),
             ("version", self.version.as_str(), 64),
-            (
-                "description",
-                self.description.as_deref().unwrap_or(""),
-                4096,
-            ),
         ] {
-            if text.len() > max {
-                return Err(bad(
-                    field.into(),
-                    format!("at most {max} bytes, got {}", text.len()),
-                ));
+            if text.trim().is_empty() {
+                return Err(problem(field, "must not be empty"));
             }
+            at_most(field, text, max)?;
         }
+        at_most(
+            "description",
+            self.description.as_deref().unwrap_or(""),
+            4096,
+        )?;
+        match self.phases.len() {
+            0 => Err(problem("phases", "a template needs at least one phase")),
+            n if n > 100 => Err(problem("phases", format!("at most 100 phases, found {n}"))),
+            _ if self.roles.len() > 32 => Err(problem(
+                "roles",
+                format!("at most 32 roles, found {}", self.roles.len()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_roles(&self) -> Result<(), Problem> {
         for (role, d) in &self.roles {
             if !is_identifier(role) {
-                return Err(bad(
+                return Err(problem(
                     format!("roles.{role}"),
-                    "role names use letters, digits, '_', '-', '.'".into(),
+                    "role names use letters, digits, '_', '-', '.'",
                 ));
             }
             if !is_identifier(&d.persona) {
-                return Err(bad(
+                return Err(problem(
                     format!("roles.{role}.persona"),
-                    "persona names use letters, digits, '_', '-', '.' (at most 64)".into(),
-                ));
-            }
-        }
-        let mut seen = HashSet::new();
-        let mut paths = HashSet::new();
-        for (i, p) in self.phases.iter().enumerate() {
-            let at = |f: &str| format!("phases[{i}].{f}");
-            if !is_identifier(&p.key) {
-                return Err(bad(
-                    at("key"),
-                    format!(
-                        "{:?} is not a valid key (letters, digits, '_', '-', '.'; at most 64)",
-                        p.key
-                    ),
-                ));
-            }
-            if !seen.insert(p.key.as_str()) {
-                return Err(bad(at("key"), format!("duplicate phase key {:?}", p.key)));
-            }
-            if !self.roles.contains_key(&p.role) {
-                return Err(bad(
-                    at("role"),
-                    format!(
-                        "role {:?} is not declared under `roles` (declared: {:?})",
-                        p.role,
-                        self.roles.keys().collect::<Vec<_>>()
-                    ),
-                ));
-            }
-            if p.instructions.trim().is_empty() {
-                return Err(bad(at("instructions"), "must not be empty".into()));
-            }
-            if p.instructions.len() > 64 * 1024 {
-                return Err(bad(
-                    at("instructions"),
-                    format!("at most 65536 bytes, got {}", p.instructions.len()),
-                ));
-            }
-            if p.gates.len() > 16 {
-                return Err(bad(
-                    at("gates"),
-                    format!("at most 16 gates, found {}", p.gates.len()),
-                ));
-            }
-            if let Some(g) = p.gates.iter().find(|g| !is_identifier(g)) {
-                return Err(bad(
-                    at("gates"),
-                    format!(
-                        "{g:?} is not a gate name (letters, digits, '_', '-', '.'; at most 64)"
-                    ),
-                ));
-            }
-            if let Err(msg) =
-                crate::agent::workspace::check_relative_path(&p.expected_artifact.path)
-            {
-                return Err(bad(at("expected_artifact.path"), msg));
-            }
-            if !paths.insert(p.expected_artifact.path.as_str()) {
-                return Err(bad(
-                    at("expected_artifact.path"),
-                    "two phases write the same artifact path".into(),
-                ));
-            }
-            if !is_identifier(&p.expected_artifact.schema) {
-                return Err(bad(
-                    at("expected_artifact.schema"),
-                    "schema ids use letters, digits, '_', '-', '.'".into(),
-                ));
-            }
-            if p.timeout == 0 || p.timeout > 86_400 {
-                return Err(bad(
-                    at("timeout"),
-                    format!("must be 1..=86400 seconds, got {}", p.timeout),
-                ));
-            }
-            if p.max_attempts == 0 || p.max_attempts > 10 {
-                return Err(bad(
-                    at("max_attempts"),
-                    format!("must be 1..=10, got {}", p.max_attempts),
+                    "persona names use letters, digits, '_', '-', '.' (at most 64)",
                 ));
             }
         }
         Ok(())
     }
 
-    /// The canonical JSON body and its sha256.
-    #[must_use]
-    pub fn canonical(&self) -> (serde_json::Value, String) {
-        let body = serde_json::to_value(self).unwrap_or_default();
-        let hash = sha256_hex(canonical_json(&body));
-        (body, hash)
+    fn check_phase<'a>(
+        &self,
+        i: usize,
+        p: &'a Phase,
+        keys: &mut HashSet<&'a str>,
+        paths: &mut HashSet<&'a str>,
+    ) -> Result<(), Problem> {
+        let at = |f: &str| format!("phases[{i}].{f}");
+        if !is_identifier(&p.key) {
+            return Err(problem(
+                at("key"),
+                format!(
+                    "{:?} is not a valid key (letters, digits, '_', '-', '.'; at most 64)",
+                    p.key
+                ),
+            ));
+        }
+        if !keys.insert(p.key.as_str()) {
+            return Err(problem(
+                at("key"),
+                format!("duplicate phase key {:?}", p.key),
+            ));
+        }
+        if !self.roles.contains_key(&p.role) {
+            return Err(problem(
+                at("role"),
+                format!(
+                    "role {:?} is not declared under `roles` (declared: {:?})",
+                    p.role,
+                    self.roles.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        if p.instructions.trim().is_empty() {
+            return Err(problem(at("instructions"), "must not be empty"));
+        }
+        at_most(&at("instructions"), &p.instructions, 64 * 1024)?;
+        check_gates(&p.gates).map_err(|m| problem(at("gates"), m))?;
+        crate::agent::workspace::check_relative_path(&p.expected_artifact.path)
+            .map_err(|m| problem(at("expected_artifact.path"), m))?;
+        if !paths.insert(p.expected_artifact.path.as_str()) {
+            return Err(problem(
+                at("expected_artifact.path"),
+                "two phases write the same artifact path",
+            ));
+        }
+        if !is_identifier(&p.expected_artifact.schema) {
+            return Err(problem(
+                at("expected_artifact.schema"),
+                "schema ids use letters, digits, '_', '-', '.'",
+            ));
+        }
+        if !(1..=86_400).contains(&p.timeout) {
+            return Err(problem(
+                at("timeout"),
+                format!("must be 1..=86400 seconds, got {}", p.timeout),
+            ));
+        }
+        if !(1..=10).contains(&p.max_attempts) {
+            return Err(problem(
+                at("max_attempts"),
+                format!("must be 1..=10, got {}", p.max_attempts),
+            ));
+        }
+        Ok(())
     }
 
     #[must_use]

@@ -6,9 +6,10 @@ use phasefleet::agent::synthetic::SyntheticAgent;
 use phasefleet::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
 use phasefleet::config::Config;
 use phasefleet::phase::Engine;
-use phasefleet::runs::RunState;
+use phasefleet::state::RunState;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::validate::SchemaRegistry;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
 use sqlx::PgPool;
@@ -123,7 +124,7 @@ pub async fn submit(pool: &PgPool, req: SubmitRequest) -> RunId {
 #[derive(Clone, Default)]
 pub struct Recording<A> {
     pub inner: A,
-    pub envelopes: Arc<Mutex<Vec<(String, u32, String)>>>,
+    pub envelopes: Arc<Mutex<Vec<(String, i32, String)>>>,
 }
 
 impl<A: Agent + Clone> Agent for Recording<A> {
@@ -166,7 +167,7 @@ impl Fleet {
                     shutdown_grace: Duration::from_secs(2),
                     ..WorkerConfig::default()
                 };
-                let engine = Engine::new(pool.clone(), schemas(), agent.clone(), queue);
+                let engine = Engine::new(pool.clone(), schemas(), agent.clone());
                 let w = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -191,7 +192,7 @@ impl Fleet {
 
 pub async fn run_state(pool: &PgPool, run: RunId) -> RunState {
     let mut c = pool.acquire().await.unwrap();
-    phasefleet::runs::get(&mut c, run)
+    phasefleet::store::runs::runs_get(&mut c, run)
         .await
         .unwrap()
         .unwrap()
@@ -224,6 +225,18 @@ pub async fn drive(pool: &PgPool, run: RunId) -> RunState {
         },
     )
     .await
+}
+
+/// One phase of a run, as stored.
+pub async fn phase_of(
+    c: &mut sqlx::PgConnection,
+    run: RunId,
+    key: &str,
+) -> Result<Option<phasefleet::store::run_phases::PhaseRow>, sqlx::Error> {
+    Ok(phasefleet::store::run_phases::run_phases_list(c, run)
+        .await?
+        .into_iter()
+        .find(|p| p.phase_key == key))
 }
 
 /// Wait until the run reaches one of `states`.

@@ -6,6 +6,7 @@ use crate::handler::{JobContext, JobError, JobHandler};
 use phasefleet::agent::Agent;
 use phasefleet::phase::{Engine, PHASE_JOB_KIND, PhaseError};
 use phasefleet::queue::Completed;
+use phasefleet::store::StoreError;
 
 pub struct EngineHandler<A> {
     engine: Engine<A>,
@@ -24,7 +25,9 @@ impl From<PhaseError> for JobError {
             PhaseError::Permanent(m) => JobError::Permanent(m),
             PhaseError::Interrupted => JobError::Interrupted,
             PhaseError::Queue(q) => JobError::Queue(q),
-            PhaseError::Db(d) => JobError::Db(d),
+            PhaseError::Db(d) | PhaseError::Store(StoreError::Db(d)) => JobError::Db(d),
+            PhaseError::Store(e @ StoreError::Stale(_)) => JobError::retry(e.to_string()),
+            PhaseError::Store(e @ StoreError::Transition(_)) => JobError::Permanent(e.to_string()),
         }
     }
 }

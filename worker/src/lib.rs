@@ -7,7 +7,6 @@ mod config;
 mod engine;
 mod handler;
 mod inflight;
-mod registry;
 mod runtime;
 pub mod shutdown;
 
@@ -15,5 +14,5 @@ pub use builtin::Builtins;
 pub use config::{WorkerConfig, default_name};
 pub use engine::EngineHandler;
 pub use handler::{JobContext, JobError, JobHandler};
-pub use registry::{WorkerRow, drain, list_workers, undrain};
+pub use phasefleet::queue::workers::{WorkerRow, drain, list_workers, undrain};
 pub use runtime::{Worker, WorkerError};

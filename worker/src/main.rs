@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let agent = BackendRouter::from_config(&config)
         .await
         .map_err(anyhow::Error::msg)?;
-    let engine = Engine::new(pool.clone(), schemas, agent, args.queue);
+    let engine = Engine::new(pool.clone(), schemas, agent);
     Worker::new(pool, cfg, EngineHandler::new(engine))
         .with_force(signals.force.clone())
         .run(signals.graceful)

@@ -4,9 +4,8 @@
 use crate::config::WorkerConfig;
 use crate::handler::{JobContext, JobError, JobHandler};
 use crate::inflight::{InFlight, StopReason};
-use crate::registry;
 use phasefleet::WorkerId;
-use phasefleet::queue::{self, ClaimedJob, Lease, QueueError, notify};
+use phasefleet::queue::{self, ClaimedJob, Lease, QueueError, notify, workers as registry};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -289,7 +288,17 @@ async fn claim(shared: &Shared, free: usize) -> Result<Vec<ClaimedJob>, QueueErr
 async fn register_with_retry(shared: &Shared, shutdown: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
-        match registry::register(&shared.pool, shared.id, &shared.cfg).await {
+        let host = crate::config::hostname();
+        let queues = [shared.cfg.queue.clone()];
+        let me = registry::NewWorker {
+            id: shared.id,
+            name: &shared.cfg.name,
+            host: &host,
+            pid: std::process::id(),
+            queues: &queues,
+            concurrency: shared.cfg.concurrency,
+        };
+        match registry::register(&shared.pool, &me).await {
             Ok(()) => return true,
             Err(err) => tracing::warn!(error = %err, "cannot register worker; retrying"),
         }

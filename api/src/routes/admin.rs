@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use phasefleet::store::persona_registry::{self, RegisteredPersona};
 use phasefleet::teams::Scope;
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Backend, DefinitionError, Persona};
 use serde_json::Value;
 

@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use phasefleet::RunId;
-use phasefleet::runs::Run;
+use phasefleet::store::runs::RunRow;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::views::{RunFilter, RunPage};
+use phasefleet::workflow::Definition;
 use phasefleet::workflow::{DefinitionError, Persona, WorkflowTemplate, document};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -237,15 +238,18 @@ pub async fn list(
     if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(phasefleet::views::Cursor::parse)
+        .transpose()
+        .map_err(|e| ApiError {
+            field: Some("cursor".into()),
+            ..ApiError::bad_request(e.to_string())
+        })?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::views::list_runs(
-            &mut conn,
-            &filter,
-            q.cursor.as_deref(),
-            q.limit.unwrap_or(50),
-        )
-        .await?,
+        phasefleet::views::list_runs(&mut conn, &filter, cursor, q.limit.unwrap_or(50)).await?,
     ))
 }
 
@@ -255,9 +259,9 @@ fn run_not_found(id: RunId) -> ApiError {
 
 /// The run, when it exists and the caller's team may see it (404 otherwise, so another
 /// team's run ids reveal nothing).
-pub async fn visible_run(state: &AppState, caller: &Caller, id: RunId) -> Result<Run, ApiError> {
+pub async fn visible_run(state: &AppState, caller: &Caller, id: RunId) -> Result<RunRow, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    phasefleet::runs::get(&mut conn, id)
+    phasefleet::store::runs::runs_get(&mut conn, id)
         .await?
         .filter(|r| caller.scope.sees(&r.team))
         .ok_or_else(|| run_not_found(id))
@@ -306,8 +310,13 @@ pub async fn events(
     visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::events::list(&mut conn, id, q.after.unwrap_or(0), q.limit.unwrap_or(500))
-            .await?,
+        phasefleet::store::events::events_list(
+            &mut conn,
+            id,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(500),
+        )
+        .await?,
     ))
 }
 

@@ -72,8 +72,8 @@ async fn pump(
     loop {
         let batch = async {
             let mut conn = state.pool.acquire().await?;
-            let events = phasefleet::events::list(&mut conn, run, after, 500).await?;
-            let ended = phasefleet::runs::get(&mut conn, run)
+            let events = phasefleet::store::events::events_list(&mut conn, run, after, 500).await?;
+            let ended = phasefleet::store::runs::runs_get(&mut conn, run)
                 .await?
                 .is_none_or(|r| r.state.is_terminal());
             Ok::<_, sqlx::Error>((events, ended))

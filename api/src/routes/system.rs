@@ -18,7 +18,7 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = Object), (status = 503, body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let db = phasefleet::db::ping(&state.pool).await;
     let status = if db {
         StatusCode::OK
     } else {

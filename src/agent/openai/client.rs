@@ -159,80 +159,25 @@ impl ChatClient {
             Ok(b) => b,
             Err(e) => return (outcomes, Err(CallError::BadResponse(e.to_string()))),
         };
-        for attempt in 1..=self.retry.max_attempts {
-            if cancel.is_cancelled() {
-                return (outcomes, Err(CallError::Cancelled));
-            }
-            let call_id = uuid::Uuid::new_v4();
-            match log.before_send(call_id).await {
-                Ok(()) => {}
-                Err(BeforeSend::RunEnded) => return (outcomes, Err(CallError::Cancelled)),
-                Err(BeforeSend::Ledger(e)) => return (outcomes, Err(CallError::Ledger(e))),
-            }
-            let started = Instant::now();
-            let sent = tokio::select! {
-                () = cancel.cancelled() => {
-                    outcomes.push(outcome(call_id, "cancelled", started, None, None, Some("cancelled mid-request".into())));
-                    return (outcomes, Err(CallError::Cancelled));
-                }
-                r = self.send(call_id, body.clone()) => r,
+        let max = self.retry.max_attempts.max(1);
+        for attempt in 1..=max {
+            let (retry_after, last) = match self.attempt(&body, cancel, log, &mut outcomes).await {
+                Step::Done(result) => return (outcomes, result),
+                Step::Retry { retry_after, last } => (retry_after, last),
             };
-            let (retry_after, last) = match sent {
-                Ok(Sent::Ok {
-                    response,
-                    request_id,
-                }) => {
-                    let usage = response.usage.clone();
-                    outcomes.push(outcome(call_id, "ok", started, request_id, usage, None));
-                    return (outcomes, Ok(*response));
-                }
-                Ok(Sent::Status {
-                    code,
-                    described,
-                    retry_after,
-                    request_id,
-                }) => {
-                    let msg = format!("HTTP {code}: {described}{}", id_note(request_id.as_deref()));
-                    outcomes.push(outcome(
-                        call_id,
-                        &format!("http_{code}"),
-                        started,
-                        request_id,
-                        None,
-                        Some(msg.clone()),
-                    ));
-                    if !(code == 429 || code == 408 || code >= 500) {
-                        return (outcomes, Err(CallError::Refused { code, message: msg }));
-                    }
-                    (retry_after, msg)
-                }
-                Err(Failure { status, message }) => {
-                    outcomes.push(outcome(
-                        call_id,
-                        status,
-                        started,
-                        None,
-                        None,
-                        Some(message.clone()),
-                    ));
-                    if matches!(status, "decode_error" | "too_large") {
-                        return (outcomes, Err(CallError::BadResponse(message)));
-                    }
-                    (None, message)
-                }
-            };
-            if attempt == self.retry.max_attempts {
-                return (
-                    outcomes,
-                    Err(CallError::Exhausted {
-                        attempts: attempt,
-                        last,
-                    }),
-                );
+            if attempt == max {
+                let err = CallError::Exhausted {
+                    attempts: attempt,
+                    last,
+                };
+                return (outcomes, Err(err));
             }
-            let i = i32::try_from(attempt).unwrap_or(i32::MAX);
             let wait = retry_after.map_or_else(
-                || self.retry.backoff.delay(i),
+                || {
+                    self.retry
+                        .backoff
+                        .delay(i32::try_from(attempt).unwrap_or(i32::MAX))
+                },
                 |ra| ra.min(self.retry.max_retry_after),
             );
             tracing::warn!(attempt, wait_ms = wait.as_millis(), error = %last, "model call failed; retrying");
@@ -241,13 +186,87 @@ impl ChatClient {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        (
-            outcomes,
-            Err(CallError::Exhausted {
-                attempts: self.retry.max_attempts,
-                last: "no attempt made".into(),
-            }),
-        )
+        (outcomes, Err(CallError::Cancelled))
+    }
+
+    /// One HTTP attempt: recorded before it is sent, its outcome pushed to `outcomes`.
+    async fn attempt(
+        &self,
+        body: &[u8],
+        cancel: &CancellationToken,
+        log: &impl CallLog,
+        outcomes: &mut Vec<CallOutcome>,
+    ) -> Step {
+        if cancel.is_cancelled() {
+            return Step::Done(Err(CallError::Cancelled));
+        }
+        let call_id = uuid::Uuid::new_v4();
+        match log.before_send(call_id).await {
+            Ok(()) => {}
+            Err(BeforeSend::RunEnded) => return Step::Done(Err(CallError::Cancelled)),
+            Err(BeforeSend::Ledger(e)) => return Step::Done(Err(CallError::Ledger(e))),
+        }
+        let started = Instant::now();
+        let sent = tokio::select! {
+            () = cancel.cancelled() => {
+                outcomes.push(outcome(call_id, "cancelled", started, None, None, Some("cancelled mid-request".into())));
+                return Step::Done(Err(CallError::Cancelled));
+            }
+            r = self.send(call_id, body.to_vec()) => r,
+        };
+        match sent {
+            Ok(Sent::Ok {
+                response,
+                request_id,
+            }) => {
+                let usage = response.usage.clone();
+                outcomes.push(outcome(call_id, "ok", started, request_id, usage, None));
+                Step::Done(Ok(*response))
+            }
+            Ok(Sent::Status {
+                code,
+                described,
+                retry_after,
+                request_id,
+            }) => {
+                let msg = format!("HTTP {code}: {described}{}", id_note(request_id.as_deref()));
+                let status = format!("http_{code}");
+                outcomes.push(outcome(
+                    call_id,
+                    &status,
+                    started,
+                    request_id,
+                    None,
+                    Some(msg.clone()),
+                ));
+                if code == 429 || code == 408 || code >= 500 {
+                    Step::Retry {
+                        retry_after,
+                        last: msg,
+                    }
+                } else {
+                    Step::Done(Err(CallError::Refused { code, message: msg }))
+                }
+            }
+            Err(Failure { status, message }) => {
+                outcomes.push(outcome(
+                    call_id,
+                    status,
+                    started,
+                    None,
+                    None,
+                    Some(message.clone()),
+                ));
+                if matches!(status, "decode_error" | "too_large") {
+                    Step::Done(Err(CallError::BadResponse(message)))
+                } else {
+                    Step::Retry {
+                        retry_after: None,
+                        last: message,
+                    }
+                }
+            }
+        }
     }
 
     async fn send(&self, call_id: uuid::Uuid, body: Vec<u8>) -> Result<Sent, Failure> {
@@ -300,6 +319,15 @@ impl ChatClient {
             request_id,
         })
     }
+}
+
+/// What one HTTP attempt means for the call.
+enum Step {
+    Done(Result<ChatResponse, CallError>),
+    Retry {
+        retry_after: Option<Duration>,
+        last: String,
+    },
 }
 
 enum Sent {

@@ -1,4 +1,4 @@
-//! The SPEC's invariants as queries: run after a chaos test (or by an operator via
+//! The invariants of ARCHITECTURE.md as queries: run after a chaos test (or by an operator via
 //! `phasefleet admin check`) to prove nothing was lost or done twice. Each check
 //! returns the rows that break it; an empty list means it holds.
 

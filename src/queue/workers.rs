@@ -1,34 +1,47 @@
 //! The `workers` table: who is alive, what they hold, and drain requests. Drain works
 //! across hosts because it is a row, not a signal.
 
-use crate::config::{WorkerConfig, hostname};
+use crate::ids::WorkerId;
 use chrono::{DateTime, Utc};
-use phasefleet::WorkerId;
 use serde::Serialize;
 use sqlx::PgPool;
 
-pub(crate) async fn register(
-    pool: &PgPool,
-    id: WorkerId,
-    cfg: &WorkerConfig,
-) -> Result<(), sqlx::Error> {
+/// A worker process as it registers.
+#[derive(Debug, Clone)]
+pub struct NewWorker<'a> {
+    pub id: WorkerId,
+    pub name: &'a str,
+    pub host: &'a str,
+    pub pid: u32,
+    pub queues: &'a [String],
+    pub concurrency: usize,
+}
+
+/// Register a worker process (its row lives until pruned; `state` tells if it runs).
+///
+/// # Errors
+/// Database errors.
+pub async fn register(pool: &PgPool, w: &NewWorker<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO workers (id, name, host, pid, queues, concurrency)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(id)
-    .bind(&cfg.name)
-    .bind(hostname())
-    .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
-    .bind(vec![cfg.queue.clone()])
-    .bind(i32::try_from(cfg.concurrency).unwrap_or(i32::MAX))
+    .bind(w.id)
+    .bind(w.name)
+    .bind(w.host)
+    .bind(i32::try_from(w.pid).unwrap_or(i32::MAX))
+    .bind(w.queues)
+    .bind(i32::try_from(w.concurrency).unwrap_or(i32::MAX))
     .execute(pool)
     .await?;
     Ok(())
 }
 
 /// Record liveness and load; returns whether a drain is requested.
-pub(crate) async fn heartbeat(
+///
+/// # Errors
+/// Database errors.
+pub async fn heartbeat(
     pool: &PgPool,
     id: WorkerId,
     in_flight: usize,
@@ -46,7 +59,11 @@ pub(crate) async fn heartbeat(
     Ok(row.is_some_and(|(d,)| d))
 }
 
-pub(crate) async fn mark_stopped(pool: &PgPool, id: WorkerId) -> Result<(), sqlx::Error> {
+/// Mark a worker stopped (it shut down).
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_stopped(pool: &PgPool, id: WorkerId) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE workers SET state = 'stopped', in_flight = 0, stopped_at = now() WHERE id = $1",
     )

@@ -1,0 +1,202 @@
+//! Step 4 of a phase job, in ONE transaction: store the artifact (a duplicate delivery
+//! stores nothing and changes nothing), then park on an approval, accept the phase,
+//! schedule a repair or fail the run; append the events; complete the job under its
+//! lease. A lost lease rolls all of it back.
+
+use super::PhaseError;
+use super::attempt::Validated;
+use super::start::Started;
+use crate::advance::{self, LockedRun};
+use crate::events::{NewEvent, RecordedArtifact};
+use crate::ids::{ApprovalId, WorkerId};
+use crate::phase_job::PhaseJob;
+use crate::queue::{self, ClaimedJob, Completed};
+use crate::state::{PhaseState, RunState};
+use crate::store::approvals::{self, NewRequest};
+use crate::store::artifacts::{self, NewArtifact};
+use crate::store::runs;
+use crate::workflow::sha256_hex;
+use sqlx::{PgConnection, PgPool};
+
+/// Record the attempt's outcome and complete the job.
+///
+/// # Errors
+/// [`PhaseError`]; a lost lease is [`PhaseError::Queue`] and nothing is written.
+pub(super) async fn record(
+    pool: &PgPool,
+    job: &ClaimedJob,
+    worker: WorkerId,
+    p: &PhaseJob,
+    started: &Started,
+    outcome: Validated,
+) -> Result<Completed, PhaseError> {
+    let mut tx = pool.begin().await?;
+    // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
+    let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+    if let Some((run, phases)) = current.filter(|(run, phases)| {
+        run.state == RunState::Running
+            && phases.iter().any(|ph| {
+                ph.phase_key == p.phase
+                    && ph.state == PhaseState::Running
+                    && ph.round == p.round
+                    && ph.attempts == p.attempt
+            })
+    }) {
+        let mut locked = LockedRun::new(run, phases);
+        // 2. Store the artifact, then act on it.
+        if let Some(artifact_id) =
+            store_artifact(&mut tx, &mut locked, p, started, &outcome).await?
+        {
+            act(&mut tx, &mut locked, p, started, &outcome, artifact_id).await?;
+        }
+        // 3. Append the events.
+        locked.flush_events(&mut tx).await?;
+    }
+    // 4. Complete the job under its lease; commit.
+    let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Store the artifact; `None` when this attempt's artifact is stored already.
+async fn store_artifact(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    p: &PhaseJob,
+    started: &Started,
+    outcome: &Validated,
+) -> Result<Option<i64>, PhaseError> {
+    let expected = &started.phase.expected_artifact;
+    let sha = outcome.content.as_deref().map(sha256_hex);
+    let issues = serde_json::to_value(&outcome.validation.issues).unwrap_or_default();
+    let id = artifacts::artifacts_insert(
+        conn,
+        &NewArtifact {
+            run: p.run_id,
+            phase: &p.phase,
+            round: p.round,
+            attempt: p.attempt,
+            path: &expected.path,
+            schema_id: &expected.schema,
+            content: outcome.content.as_deref(),
+            sha256: sha.as_deref(),
+            valid: outcome.validation.valid,
+            issues: &issues,
+        },
+    )
+    .await?;
+    if let Some(id) = id {
+        locked.events.push(NewEvent::artifact_recorded(
+            &p.phase,
+            p.round,
+            p.attempt,
+            &RecordedArtifact {
+                id,
+                path: &expected.path,
+                sha256: sha.as_deref(),
+                valid: outcome.validation.valid,
+                issues: &issues,
+            },
+        ));
+    }
+    Ok(id)
+}
+
+/// Park, accept, repair or fail, by the validation result and the attempts left.
+async fn act(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    p: &PhaseJob,
+    started: &Started,
+    outcome: &Validated,
+    artifact_id: i64,
+) -> Result<(), PhaseError> {
+    let phase = &started.phase;
+    if outcome.validation.valid && phase.gates.is_empty() {
+        advance::phase_accepted(conn, locked, &p.phase).await?;
+    } else if outcome.validation.valid {
+        park(conn, locked, p, started, artifact_id).await?;
+    } else if p.attempt < i32::try_from(phase.max_attempts).unwrap_or(i32::MAX) {
+        p.next_attempt().enqueue(conn, &locked.run.queue).await?;
+        locked.events.push(NewEvent::phase_repair_scheduled(
+            &p.phase, p.round, p.attempt,
+        ));
+    } else {
+        let error = failure_summary(p, outcome);
+        locked
+            .set_phase_state(conn, &p.phase, PhaseState::Failed, Some(&error))
+            .await?;
+        locked
+            .events
+            .push(NewEvent::phase_failed(&p.phase, p.round, p.attempt, &error));
+        advance::end_run(conn, locked, RunState::Failed, Some(&error)).await?;
+    }
+    Ok(())
+}
+
+fn failure_summary(p: &PhaseJob, outcome: &Validated) -> String {
+    let summary: Vec<String> = outcome
+        .validation
+        .issues
+        .iter()
+        .take(5)
+        .map(|i| {
+            format!(
+                "{} {}",
+                if i.path.is_empty() { "(root)" } else { &i.path },
+                i.message
+            )
+        })
+        .collect();
+    format!(
+        "phase {} produced no valid artifact after {} attempt(s): {}",
+        p.phase,
+        p.attempt,
+        summary.join("; ")
+    )
+}
+
+/// Park the run on a human: create the approval request (idempotently, keyed by run,
+/// phase, round and artifact path). No process waits.
+async fn park(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    p: &PhaseJob,
+    started: &Started,
+    artifact_id: i64,
+) -> Result<(), PhaseError> {
+    let phase = &started.phase;
+    let key = format!(
+        "{}:{}:r{}:{}",
+        p.run_id, p.phase, p.round, phase.expected_artifact.path
+    );
+    let inserted = approvals::approvals_insert_request(
+        conn,
+        &NewRequest {
+            id: ApprovalId::new(),
+            run: p.run_id,
+            phase: &p.phase,
+            round: p.round,
+            artifact_id,
+            gates: &phase.gates,
+            key: &key,
+        },
+    )
+    .await?;
+    locked
+        .set_phase_state(conn, &p.phase, PhaseState::AwaitingApproval, None)
+        .await?;
+    locked
+        .set_state(conn, RunState::AwaitingApproval, None)
+        .await?;
+    if let Some(id) = inserted {
+        locked.events.push(NewEvent::approval_requested(
+            &p.phase,
+            id,
+            &phase.gates,
+            p.round,
+            &key,
+        ));
+    }
+    Ok(())
+}

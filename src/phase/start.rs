@@ -1,0 +1,145 @@
+//! Step 1 of a phase job: in one transaction, lock the run, skip a stale delivery,
+//! read what the attempt starts from, and mark the attempt (and, on its first phase,
+//! the run) started.
+
+use super::PhaseError;
+use crate::advance::{self, LockedRun};
+use crate::events::NewEvent;
+use crate::phase_job::PhaseJob;
+use crate::state::{PhaseState, RunState};
+use crate::store::run_inputs::{self, AttemptContext, PriorArtifact};
+use crate::store::run_phases::{self, PhaseRow};
+use crate::store::runs::{self, RunRow};
+use crate::validate::Issue;
+use crate::workflow::{Persona, Phase, RunInputs, WorkflowTemplate};
+use sqlx::{PgConnection, PgPool};
+
+/// What the worker learned at the start of an attempt.
+pub(super) struct Started {
+    pub phase: Phase,
+    pub persona: Persona,
+    pub inputs: RunInputs,
+    pub prior: Vec<PriorArtifact>,
+    pub repair_issues: Option<Vec<Issue>>,
+    pub revise_comment: Option<String>,
+}
+
+/// Whether this delivery is not the attempt the phase is at (the run moved on, another
+/// delivery finished it, or it belongs to an older round).
+fn is_stale(run: &RunRow, phase: &PhaseRow, p: &PhaseJob) -> bool {
+    !matches!(run.state, RunState::Queued | RunState::Running)
+        || phase.state.is_terminal()
+        || phase.state == PhaseState::AwaitingApproval
+        || phase.round != p.round
+        || phase.attempts > p.attempt
+}
+
+/// Start the attempt; `None` when there is nothing to do.
+///
+/// # Errors
+/// [`PhaseError`].
+pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>, PhaseError> {
+    let mut tx = pool.begin().await?;
+    // 1. Lock the run with its phases.
+    let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await? else {
+        return Ok(None);
+    };
+    let phase = phases
+        .iter()
+        .find(|ph| ph.phase_key == p.phase)
+        .cloned()
+        .ok_or_else(|| {
+            PhaseError::Permanent(format!("run {} has no phase {:?}", p.run_id, p.phase))
+        })?;
+    if is_stale(&run, &phase, p) {
+        return Ok(None);
+    }
+    // 2. Read what the attempt starts from.
+    let ctx =
+        run_inputs::run_inputs_attempt_context(&mut tx, p.run_id, &p.phase, p.round, p.attempt)
+            .await?;
+    if ctx.recorded {
+        return Ok(None);
+    }
+    let mut locked = LockedRun::new(run, phases);
+    // 3. A run out of budget ends here, before any call.
+    if let Some(exhausted) = budget_exhausted(&locked.run) {
+        advance::end_run(&mut tx, &mut locked, RunState::Failed, Some(&exhausted)).await?;
+        locked.flush_events(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
+    // 4. Mark the attempt started.
+    mark_started(&mut tx, &mut locked, &phase, p).await?;
+    let started = parse_context(ctx, &phase, p)?;
+    tx.commit().await?;
+    Ok(Some(started))
+}
+
+fn budget_exhausted(run: &RunRow) -> Option<String> {
+    if let Some(limit) = run.budget_usd.filter(|l| run.spent_usd >= *l) {
+        return Some(format!(
+            "budget exhausted: spent ${:.4} of ${limit:.4}",
+            run.spent_usd
+        ));
+    }
+    run.budget_tokens
+        .filter(|l| run.spent_tokens >= *l)
+        .map(|limit| {
+            format!(
+                "budget exhausted: spent {} of {limit} tokens",
+                run.spent_tokens
+            )
+        })
+}
+
+async fn mark_started(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    phase: &PhaseRow,
+    p: &PhaseJob,
+) -> Result<(), PhaseError> {
+    if locked.run.state == RunState::Queued {
+        locked.set_state(conn, RunState::Running, None).await?;
+        locked.events.push(NewEvent::run_started());
+    }
+    run_phases::run_phases_start_attempt(conn, p.run_id, phase, p.attempt).await?;
+    locked
+        .events
+        .push(NewEvent::phase_started(&p.phase, p.round, p.attempt));
+    locked.flush_events(conn).await?;
+    Ok(())
+}
+
+fn parse_context(
+    ctx: AttemptContext,
+    phase: &PhaseRow,
+    p: &PhaseJob,
+) -> Result<Started, PhaseError> {
+    let template: WorkflowTemplate = serde_json::from_value(ctx.template)
+        .map_err(|e| PhaseError::Permanent(format!("stored template does not parse: {e}")))?;
+    let template_phase = template
+        .phase(&p.phase)
+        .map(|(_, ph)| ph.clone())
+        .ok_or_else(|| PhaseError::Permanent(format!("template has no phase {:?}", p.phase)))?;
+    let persona: Persona = serde_json::from_value(ctx.persona)
+        .map_err(|e| PhaseError::Permanent(format!("stored persona does not parse: {e}")))?;
+    let repair_issues = if p.attempt > 1 {
+        ctx.previous_issues
+            .and_then(|v| serde_json::from_value(v).ok())
+    } else {
+        None
+    };
+    Ok(Started {
+        phase: template_phase,
+        persona,
+        inputs: RunInputs {
+            requirements: ctx.requirements,
+            objective: ctx.objective,
+            extra: ctx.extra,
+        },
+        prior: ctx.prior.0,
+        repair_issues,
+        revise_comment: phase.revise_comment.clone(),
+    })
+}

@@ -1,0 +1,110 @@
+//! `artifacts`: what each attempt produced, with its sha256 and validation result.
+//! Unique per (run, phase, round, attempt): a duplicate delivery inserts nothing.
+
+use crate::ids::RunId;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+/// An attempt's artifact to store.
+#[derive(Debug, Clone)]
+pub struct NewArtifact<'a> {
+    pub run: RunId,
+    pub phase: &'a str,
+    pub round: i32,
+    pub attempt: i32,
+    pub path: &'a str,
+    pub schema_id: &'a str,
+    pub content: Option<&'a str>,
+    pub sha256: Option<&'a str>,
+    pub valid: bool,
+    pub issues: &'a serde_json::Value,
+}
+
+/// Store an attempt's artifact; `None` when this attempt's artifact is stored already.
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_insert(
+    conn: &mut PgConnection,
+    a: &NewArtifact<'_>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO artifacts (run_id, phase_key, round, attempt, path, schema_id, content, sha256, valid, validation_errors)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (run_id, phase_key, round, attempt) DO NOTHING RETURNING id",
+    )
+    .bind(a.run)
+    .bind(a.phase)
+    .bind(a.round)
+    .bind(a.attempt)
+    .bind(a.path)
+    .bind(a.schema_id)
+    .bind(a.content)
+    .bind(a.sha256)
+    .bind(a.valid)
+    .bind(a.issues)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+/// An artifact without its content.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct ArtifactMeta {
+    pub id: i64,
+    pub phase_key: String,
+    pub round: i32,
+    pub attempt: i32,
+    pub path: String,
+    pub schema_id: String,
+    pub sha256: Option<String>,
+    pub valid: bool,
+    pub validation_errors: serde_json::Value,
+    pub bytes: Option<i32>,
+    pub created_at: DateTime<Utc>,
+}
+
+const ARTIFACT_COLUMNS: &str = "id, phase_key, round, attempt, path, schema_id, sha256, valid,
+    validation_errors, octet_length(content) AS bytes, created_at";
+
+/// The artifacts of a run, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_list(
+    conn: &mut PgConnection,
+    run: RunId,
+) -> Result<Vec<ArtifactMeta>, sqlx::Error> {
+    sqlx::query_as::<_, ArtifactMeta>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE run_id = $1 ORDER BY id"
+    )))
+    .bind(run)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// One artifact with its content as stored (the agent's file, byte for byte).
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_get_with_content(
+    conn: &mut PgConnection,
+    run: RunId,
+    id: i64,
+) -> Result<Option<(ArtifactMeta, Option<String>)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct WithContent {
+        #[sqlx(flatten)]
+        meta: ArtifactMeta,
+        content: Option<String>,
+    }
+    let row = sqlx::query_as::<_, WithContent>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ARTIFACT_COLUMNS}, content FROM artifacts WHERE run_id = $1 AND id = $2"
+    )))
+    .bind(run)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| (r.meta, r.content)))
+}

@@ -1,0 +1,81 @@
+//! `run_events`: the append-only event log of each run.
+
+use crate::events::{EVENTS_CHANNEL, Event, NewEvent};
+use crate::ids::RunId;
+use sqlx::PgConnection;
+
+/// Append `events` to the run's log in one statement: keys the run already used are
+/// skipped, the rest get the next dense sequence numbers from `runs.next_event_seq`,
+/// and live streams are notified of the last one. Call inside the transaction that
+/// makes the change the events record, after locking the run (every engine transaction
+/// does), so sequences and the duplicate check cannot race. Returns the new seqs.
+///
+/// # Errors
+/// Database errors (including a missing run).
+pub async fn events_append(
+    conn: &mut PgConnection,
+    run: RunId,
+    events: &[NewEvent],
+) -> Result<Vec<i64>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let phases: Vec<Option<&str>> = events.iter().map(|e| e.phase.as_deref()).collect();
+    let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
+    let seqs: Vec<(i64,)> = sqlx::query_as(
+        "WITH new AS (
+             SELECT e.kind, e.phase, e.key, e.data, e.ord,
+                    row_number() OVER (ORDER BY e.ord) AS n
+               FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[])
+                    WITH ORDINALITY AS e(kind, phase, key, data, ord)
+              WHERE NOT EXISTS (SELECT 1 FROM run_events x
+                                 WHERE x.run_id = $1 AND x.idempotency_key = e.key)
+         ), bump AS (
+             UPDATE runs SET next_event_seq = next_event_seq + (SELECT count(*) FROM new),
+                    updated_at = now()
+              WHERE id = $1
+          RETURNING next_event_seq - (SELECT count(*) FROM new) AS first
+         ), inserted AS (
+             INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
+             SELECT $1, bump.first + new.n - 1, new.kind, new.phase, new.key, new.data
+               FROM new, bump
+          RETURNING seq
+         ), notified AS (
+             SELECT pg_notify($6, $1::text || ':' || max(seq)) FROM inserted HAVING count(*) > 0
+         )
+         SELECT seq FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
+         ORDER BY seq",
+    )
+    .bind(run)
+    .bind(&kinds)
+    .bind(&phases)
+    .bind(&keys)
+    .bind(&data)
+    .bind(EVENTS_CHANNEL)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(seqs.into_iter().map(|(s,)| s).collect())
+}
+
+/// Events of a run after `after_seq`, in order.
+///
+/// # Errors
+/// Database errors.
+pub async fn events_list(
+    conn: &mut PgConnection,
+    run: RunId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<Event>, sqlx::Error> {
+    sqlx::query_as::<_, Event>(
+        "SELECT seq, kind, phase_key, data, created_at FROM run_events
+          WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(run)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}

@@ -1,0 +1,97 @@
+//! `run_inputs` and `run_bindings`: what a run was given (requirements, objective,
+//! extra) and which persona plays each role; and everything an attempt reads before
+//! the agent starts, in one statement.
+
+use crate::ids::RunId;
+use serde::Deserialize;
+use sqlx::PgConnection;
+
+/// What an attempt of a phase starts from.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptContext {
+    /// The run's template, as stored.
+    pub template: serde_json::Value,
+    /// The persona bound to the phase's role, as stored.
+    pub persona: serde_json::Value,
+    pub requirements: String,
+    pub objective: serde_json::Value,
+    pub extra: serde_json::Value,
+    /// The accepted artifacts of completed phases.
+    pub prior: sqlx::types::Json<Vec<PriorArtifact>>,
+    /// The previous attempt's validation errors (a repair), if any.
+    pub previous_issues: Option<serde_json::Value>,
+    /// This attempt's artifact is stored already (a duplicate delivery).
+    pub recorded: bool,
+}
+
+/// An earlier phase's accepted artifact.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PriorArtifact {
+    pub phase_key: String,
+    pub path: String,
+    pub content: String,
+}
+
+/// Read what attempt `attempt` of `round` of `phase` starts from.
+///
+/// # Errors
+/// Database errors (a run without template, binding or inputs is one).
+pub async fn run_inputs_attempt_context(
+    conn: &mut PgConnection,
+    run: RunId,
+    phase: &str,
+    round: i32,
+    attempt: i32,
+) -> Result<AttemptContext, sqlx::Error> {
+    sqlx::query_as::<_, AttemptContext>(
+        "SELECT t.body AS template, pe.body AS persona, i.requirements, i.objective, i.extra,
+                (SELECT COALESCE(jsonb_agg(jsonb_build_object('phase_key', a.phase_key, 'path', a.path,
+                         'content', COALESCE(a.content, '')) ORDER BY ph.position), '[]'::jsonb)
+                   FROM run_phases ph
+                   JOIN LATERAL (SELECT phase_key, path, content FROM artifacts x
+                                  WHERE x.run_id = ph.run_id AND x.phase_key = ph.phase_key AND x.valid
+                                  ORDER BY x.round DESC, x.attempt DESC LIMIT 1) a ON true
+                  WHERE ph.run_id = r.id AND ph.state = 'completed') AS prior,
+                (SELECT v.validation_errors FROM artifacts v
+                  WHERE v.run_id = r.id AND v.phase_key = $2 AND v.round = $3 AND v.attempt = $4 - 1)
+                  AS previous_issues,
+                EXISTS (SELECT 1 FROM artifacts d
+                         WHERE d.run_id = r.id AND d.phase_key = $2 AND d.round = $3 AND d.attempt = $4)
+                  AS recorded
+           FROM runs r
+           JOIN templates t ON t.hash = r.template_hash
+           JOIN run_phases p ON p.run_id = r.id AND p.phase_key = $2
+           JOIN run_bindings b ON b.run_id = r.id AND b.role = p.role
+           JOIN personas pe ON pe.hash = b.persona_hash
+           JOIN run_inputs i ON i.run_id = r.id
+          WHERE r.id = $1",
+    )
+    .bind(run)
+    .bind(phase)
+    .bind(round)
+    .bind(attempt)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The run's inputs and bindings as the run detail shows them.
+///
+/// # Errors
+/// Database errors.
+pub async fn run_inputs_detail(
+    conn: &mut PgConnection,
+    run: RunId,
+) -> Result<(serde_json::Value, serde_json::Value), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT jsonb_build_object('requirements', requirements, 'objective', objective, 'extra', extra)
+                   FROM run_inputs WHERE run_id = $1),
+                (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                    'role', b.role, 'persona', p.name, 'persona_version', p.version, 'model', p.body->'model',
+                    'backend', p.body->'backend', 'provider', p.body->'provider', 'persona_hash', b.persona_hash,
+                    'binding_hash', b.binding_hash, 'overridden', b.overridden) ORDER BY b.role), '[]'::jsonb)
+                   FROM run_bindings b JOIN personas p ON p.hash = b.persona_hash WHERE b.run_id = $1)",
+    )
+    .bind(run)
+    .fetch_one(&mut *conn)
+    .await
+}

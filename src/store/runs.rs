@@ -1,0 +1,480 @@
+//! `runs`: one row per run, its state, budget and spend. Every engine transaction
+//! starts by locking the run row ([`runs_lock`]), so changes to one run are serialised.
+//! State changes go through [`runs_set_state`], which refuses what the transition table
+//! (`crate::state`) does not allow.
+
+use super::StoreError;
+use crate::events::NewEvent;
+use crate::ids::RunId;
+use crate::queue::NewJob;
+use crate::state::{ForbiddenTransition, RunState};
+use crate::store::run_phases::PhaseRow;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: RunId,
+    pub template_hash: String,
+    pub state: RunState,
+    pub idempotency_key: Option<String>,
+    pub submitted_by: Option<String>,
+    pub budget_usd: Option<f64>,
+    pub budget_tokens: Option<i64>,
+    pub spent_usd: f64,
+    pub spent_tokens: i64,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The queue its phase jobs go to.
+    pub queue: String,
+    /// How many times an operator re-opened it after it failed.
+    pub retries: i32,
+    /// The team it belongs to.
+    pub team: String,
+}
+
+const RUN_COLUMNS: &str = "r.id, r.template_hash, r.state, r.idempotency_key, r.submitted_by,
+    r.budget_usd, r.budget_tokens, r.spent_usd, r.spent_tokens, r.error, r.created_at,
+    r.started_at, r.finished_at, r.queue, r.retries, r.team";
+
+/// A run row joined with one of its phase rows.
+#[derive(sqlx::FromRow)]
+struct RunAndPhase {
+    #[sqlx(flatten)]
+    run: RunRow,
+    position: i32,
+    phase_key: String,
+    role: String,
+    phase_state: crate::state::PhaseState,
+    attempts: i32,
+    max_attempts: i32,
+    round: i32,
+    revise_comment: Option<String>,
+    phase_error: Option<String>,
+    phase_started_at: Option<DateTime<Utc>>,
+    phase_finished_at: Option<DateTime<Utc>>,
+}
+
+/// Lock and read a run. `None` when it does not exist.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_lock(conn: &mut PgConnection, id: RunId) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Lock a run and its phases and read them, in one statement. Locking the phase rows
+/// too makes a lock that waited for another transaction return what that transaction
+/// committed (a plain subquery would read its statement's older snapshot).
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_lock_with_phases(
+    conn: &mut PgConnection,
+    id: RunId,
+) -> Result<Option<(RunRow, Vec<PhaseRow>)>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, RunAndPhase>(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS}, p.position, p.phase_key, p.role, p.state AS phase_state, p.attempts,
+                p.max_attempts, p.round, p.revise_comment, p.error AS phase_error,
+                p.started_at AS phase_started_at, p.finished_at AS phase_finished_at
+           FROM runs r JOIN run_phases p ON p.run_id = r.id
+          WHERE r.id = $1 ORDER BY p.position FOR UPDATE OF r, p"
+    )))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut run = None;
+    let mut phases = Vec::with_capacity(rows.len());
+    for r in rows {
+        phases.push(PhaseRow {
+            position: r.position,
+            phase_key: r.phase_key,
+            role: r.role,
+            state: r.phase_state,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            round: r.round,
+            revise_comment: r.revise_comment,
+            error: r.phase_error,
+            started_at: r.phase_started_at,
+            finished_at: r.phase_finished_at,
+        });
+        run = Some(r.run);
+    }
+    Ok(run.map(|run| (run, phases)))
+}
+
+/// Read a run without locking it.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_get(conn: &mut PgConnection, id: RunId) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Runs, newest first, optionally in one state.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_list(
+    conn: &mut PgConnection,
+    state: Option<RunState>,
+    limit: i64,
+) -> Result<Vec<RunRow>, sqlx::Error> {
+    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE ($1::run_state IS NULL OR r.state = $1)
+          ORDER BY r.created_at DESC, r.id LIMIT $2"
+    )))
+    .bind(state)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Move `run` (read under its lock) to `next`, stamping start and finish times; an
+/// `error` replaces the stored one. Refuses what the transition table does not allow.
+///
+/// # Errors
+/// [`StoreError::Transition`]; database errors.
+pub async fn runs_set_state(
+    conn: &mut PgConnection,
+    run: &RunRow,
+    next: RunState,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    if !run.state.can_become(next) {
+        return Err(StoreError::Transition(ForbiddenTransition {
+            what: "a run",
+            from: run.state.as_str(),
+            to: next.as_str(),
+        }));
+    }
+    let done = sqlx::query(
+        "UPDATE runs SET state = $3, error = CASE WHEN $2 = 'failed' AND $3 = 'running' THEN NULL ELSE COALESCE($4, error) END,
+                updated_at = now(),
+                started_at = CASE WHEN $3 = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $3 IN ('completed', 'failed', 'aborted', 'cancelled') THEN now() END,
+                retries = retries + CASE WHEN $2 = 'failed' AND $3 = 'running' THEN 1 ELSE 0 END
+          WHERE id = $1 AND state = $2",
+    )
+    .bind(run.id)
+    .bind(run.state)
+    .bind(next)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Stale("run"))
+    }
+}
+
+/// What a run's budget check needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BudgetRow {
+    pub state: RunState,
+    pub budget_usd: Option<f64>,
+    pub budget_tokens: Option<i64>,
+    pub spent_usd: f64,
+    pub spent_tokens: i64,
+}
+
+/// The run's state, budget and spend (no lock).
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_get_budget(
+    conn: &mut PgConnection,
+    id: RunId,
+) -> Result<Option<BudgetRow>, sqlx::Error> {
+    sqlx::query_as::<_, BudgetRow>(
+        "SELECT state, budget_usd, budget_tokens, spent_usd, spent_tokens FROM runs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Add a model call's spend to the run (saturating: no report can overflow or lower
+/// the sums). Returns the run's state.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_add_spend(
+    conn: &mut PgConnection,
+    id: RunId,
+    usd: f64,
+    tokens: i64,
+) -> Result<RunState, sqlx::Error> {
+    let (state,): (RunState,) = sqlx::query_as(
+        "UPDATE runs SET spent_usd = LEAST(spent_usd + GREATEST($2, 0), 1e15),
+                spent_tokens = LEAST(spent_tokens::numeric + GREATEST($3, 0), 9223372036854775807)::bigint
+          WHERE id = $1 RETURNING state",
+    )
+    .bind(id)
+    .bind(usd)
+    .bind(tokens)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(state)
+}
+
+/// The team's run under an idempotency key, with its request hash.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_find_by_key(
+    conn: &mut PgConnection,
+    team: &str,
+    key: &str,
+) -> Result<Option<(RunId, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, request_hash FROM runs WHERE team = $1 AND idempotency_key = $2")
+        .bind(team)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+/// Everything a submitted run starts with, stored by [`runs_insert_submitted`].
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub id: RunId,
+    pub template: (&'a str, &'a str, &'a str, &'a serde_json::Value),
+    /// (hash, name, version, body) of each bound persona.
+    pub personas: Vec<(String, String, String, serde_json::Value)>,
+    pub idempotency_key: Option<&'a str>,
+    pub submitted_by: Option<&'a str>,
+    pub budget_usd: Option<f64>,
+    pub budget_tokens: Option<i64>,
+    pub queue: &'a str,
+    pub team: &'a str,
+    pub request_hash: &'a str,
+    pub inputs: (&'a str, &'a serde_json::Value, &'a serde_json::Value),
+    /// (role, persona hash, binding hash, overridden).
+    pub bindings: Vec<(String, String, String, bool)>,
+    /// (position, key, role, max attempts).
+    pub phases: Vec<(i32, String, String, i32)>,
+    pub event: NewEvent,
+    pub first_job: NewJob,
+}
+
+/// Store a submitted run whole, in ONE statement (so one commit): its template and
+/// personas (once per hash), the run, inputs, bindings, phases, the `run.submitted`
+/// event and the first phase job. Returns `None`, and stores nothing but definitions,
+/// when the team already has a run under the idempotency key.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_insert_submitted(
+    conn: &mut PgConnection,
+    new: &NewRun<'_>,
+) -> Result<Option<RunId>, sqlx::Error> {
+    let (t_hash, t_name, t_version, t_body) = new.template;
+    let col = |f: fn(&(String, String, String, serde_json::Value)) -> String| -> Vec<String> {
+        new.personas.iter().map(f).collect()
+    };
+    let persona_bodies: Vec<&serde_json::Value> = new.personas.iter().map(|p| &p.3).collect();
+    let job = &new.first_job;
+    let row: Option<(RunId,)> = sqlx::query_as(
+        "WITH template AS (
+             INSERT INTO templates (hash, name, version, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hash) DO NOTHING
+         ), persona AS (
+             INSERT INTO personas (hash, name, version, body)
+             SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::jsonb[])
+             ON CONFLICT (hash) DO NOTHING
+         ), run AS (
+             INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd,
+                               budget_tokens, queue, team, request_hash, next_event_seq)
+             VALUES ($9, $1, $10, $11, $12, $13, $14, $15, $16, 2)
+             ON CONFLICT (team, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id
+         ), inputs AS (
+             INSERT INTO run_inputs (run_id, requirements, objective, extra)
+             SELECT id, $17, $18, $19 FROM run
+         ), bindings AS (
+             INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden)
+             SELECT run.id, b.* FROM run, unnest($20::text[], $21::text[], $22::text[], $23::bool[]) AS b
+         ), phases AS (
+             INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts)
+             SELECT run.id, p.* FROM run, unnest($24::int[], $25::text[], $26::text[], $27::int[]) AS p
+         ), event AS (
+             INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
+             SELECT id, 1, $28, NULL, $29, $30 FROM run
+         ), job AS (
+             INSERT INTO jobs (queue, kind, payload, priority, max_attempts, unique_key, run_id)
+             SELECT $31, $32, $33, $34, $35, $36, id FROM run
+         )
+         SELECT id FROM run WHERE pg_notify($37, id::text || ':1')::text IS NOT NULL",
+    )
+    .bind(t_hash)
+    .bind(t_name)
+    .bind(t_version)
+    .bind(t_body)
+    .bind(col(|p| p.0.clone()))
+    .bind(col(|p| p.1.clone()))
+    .bind(col(|p| p.2.clone()))
+    .bind(&persona_bodies)
+    .bind(new.id)
+    .bind(new.idempotency_key)
+    .bind(new.submitted_by)
+    .bind(new.budget_usd)
+    .bind(new.budget_tokens)
+    .bind(new.queue)
+    .bind(new.team)
+    .bind(new.request_hash)
+    .bind(new.inputs.0)
+    .bind(new.inputs.1)
+    .bind(new.inputs.2)
+    .bind(new.bindings.iter().map(|b| b.0.clone()).collect::<Vec<_>>())
+    .bind(new.bindings.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
+    .bind(new.bindings.iter().map(|b| b.2.clone()).collect::<Vec<_>>())
+    .bind(new.bindings.iter().map(|b| b.3).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.0).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.1.clone()).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.2.clone()).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.3).collect::<Vec<_>>())
+    .bind(new.event.kind)
+    .bind(&new.event.key)
+    .bind(&new.event.data)
+    .bind(&job.queue)
+    .bind(&job.kind)
+    .bind(&job.payload)
+    .bind(job.priority)
+    .bind(job.max_attempts)
+    .bind(&job.unique_key)
+    .bind(crate::events::EVENTS_CHANNEL)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+/// Active runs whose phase job was dead-lettered and that have no live job (up to 100).
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_find_orphaned(
+    conn: &mut PgConnection,
+) -> Result<Vec<(RunId, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (r.id) r.id, j.last_error FROM runs r JOIN jobs j ON j.run_id = r.id
+          WHERE r.state IN ('queued', 'running') AND j.state = 'dead' AND j.kind = 'phase'
+            AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.run_id = r.id AND l.state IN ('ready', 'running'))
+          ORDER BY r.id, j.finished_at DESC LIMIT 100",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Whether the run has a job that is ready or running.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_has_live_job(conn: &mut PgConnection, id: RunId) -> Result<bool, sqlx::Error> {
+    let (live,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = $1 AND state IN ('ready', 'running'))",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(live)
+}
+
+/// Delete up to `batch` runs that ended more than `older_than` ago, with everything of
+/// theirs (by cascade). Returns how many. Call in a loop until it returns 0.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_prune_ended(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM runs WHERE id IN (
+             SELECT id FROM runs
+              WHERE state IN ('completed', 'failed', 'aborted', 'cancelled')
+                AND finished_at < now() - make_interval(secs => $1)
+              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(batch)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// A run as listed: with its template's name and pending approvals.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunSummary {
+    pub id: RunId,
+    pub state: RunState,
+    pub team: String,
+    pub template: String,
+    pub template_version: String,
+    pub submitted_by: Option<String>,
+    pub spent_usd: f64,
+    pub spent_tokens: i64,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub pending_approvals: i64,
+}
+
+/// Which runs [`runs_list_summaries`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this team's runs (a team's caller always has its own here).
+    pub team: Option<String>,
+    pub state: Option<RunState>,
+    pub template: Option<String>,
+    pub submitted_by: Option<String>,
+}
+
+/// Runs matching `filter`, newest first, after the keyset `(created_at, id)` of `after`.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_list_summaries(
+    conn: &mut PgConnection,
+    filter: &RunFilter,
+    after: Option<(DateTime<Utc>, RunId)>,
+    limit: i64,
+) -> Result<Vec<RunSummary>, sqlx::Error> {
+    sqlx::query_as::<_, RunSummary>(
+        "SELECT r.id, r.state, r.team, t.name AS template, t.version AS template_version, r.submitted_by,
+                r.spent_usd, r.spent_tokens, r.error, r.created_at, r.finished_at,
+                (SELECT count(*) FROM approval_requests a WHERE a.run_id = r.id AND a.state = 'pending') AS pending_approvals
+           FROM runs r JOIN templates t ON t.hash = r.template_hash
+          WHERE ($1::run_state IS NULL OR r.state = $1)
+            AND ($2::text IS NULL OR t.name = $2)
+            AND ($3::text IS NULL OR r.submitted_by = $3)
+            AND ($4::timestamptz IS NULL OR (r.created_at, r.id) < ($4, $5))
+            AND ($7::text IS NULL OR r.team = $7)
+          ORDER BY r.created_at DESC, r.id DESC
+          LIMIT $6",
+    )
+    .bind(filter.state)
+    .bind(&filter.template)
+    .bind(&filter.submitted_by)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .bind(&filter.team)
+    .fetch_all(&mut *conn)
+    .await
+}

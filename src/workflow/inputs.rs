@@ -1,0 +1,28 @@
+//! What a run is given: its inputs and its budget.
+
+use serde::{Deserialize, Serialize};
+
+/// The run's inputs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInputs {
+    /// Requirements, as markdown.
+    #[serde(default)]
+    pub requirements: String,
+    #[serde(default = "empty_object")]
+    pub objective: serde_json::Value,
+    #[serde(default = "empty_object")]
+    pub extra: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// A run's spending limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub usd: Option<f64>,
+    pub tokens: Option<i64>,
+}
