@@ -25,6 +25,7 @@ pub mod state;
 pub mod store;
 pub mod submit;
 pub mod teams;
+pub mod telemetry;
 pub mod validate;
 pub mod views;
 pub mod workflow;

@@ -189,6 +189,18 @@ impl LocalPg {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The cluster's data directory.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The directory of the server binaries (`pg_waldump`, `pgbench`, ...).
+    #[must_use]
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     #[must_use]
     pub fn port(&self) -> u16 {
         self.port

@@ -257,289 +257,215 @@ async fn listing_filters_and_pages_without_gaps_or_repeats() {
     api.shutdown().await;
 }
 
+/// The error code the API answers `status` with.
+fn code_of(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        other => panic!("no error code for {other}"),
+    }
+}
+
+/// Send `req` and check the status and the error body's shape and code.
+async fn check(c: &Client, what: &str, req: reqwest::RequestBuilder, status: u16) {
+    let (s, body) = c.send(req).await;
+    assert_eq!(s.as_u16(), status, "{what}: {body}");
+    assert_eq!(error_code(&body), code_of(status), "{what}: {body}");
+}
+
 #[tokio::test]
 async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_nothing() {
     let pool = pool().await;
     let q = unique_queue("api-bad");
     let api = ApiServer::start(&pool, None).await;
-    let (admin, reader, submitter, approver) = (
-        api.client(Some(ADMIN)),
-        api.client(Some(READ)),
-        api.client(Some(SUBMIT)),
-        api.client(Some(APPROVE)),
-    );
+    let admin = api.client(Some(ADMIN));
     let good = example_body(&q, json!({}));
-    let raw = |token: &str, ctype: &str, body: Vec<u8>| {
-        admin
-            .http
-            .post(format!("{}/v1/runs", admin.base))
-            .bearer_auth(token)
-            .header("content-type", ctype)
-            .body(body)
+    let with = |field: &str, value: Value| {
+        let mut b = good.clone();
+        b[field] = value;
+        b
     };
     let mut missing_template = good.clone();
     missing_template.as_object_mut().unwrap().remove("template");
-    let mut unknown_field = good.clone();
-    unknown_field["surprise"] = json!(1);
-    let mut bad_template = good.clone();
-    bad_template["template"] = json!("name: x\nversion: '1'\nroles: {}\nphases: []\n");
-    let mut bad_persona = good.clone();
-    bad_persona["personas"][0] = json!(17);
-    let mut bad_budget = good.clone();
-    bad_budget["budget"] = json!({ "usd": -1 });
-    let mut bad_binding = good.clone();
-    bad_binding["bindings"] = json!({ "nobody": "synthetic-author" });
-    let mut bad_queue = good.clone();
-    bad_queue["queue"] = json!("no spaces allowed");
-    let mut yaml_injection = good.clone();
-    yaml_injection["template"] = json!("{{{{ not yaml");
-    let oversize = vec![b' '; 2 * 1024 * 1024];
-    let submit_as_admin = |body: &Value| admin.request(Method::POST, "/v1/runs").json(body);
-
-    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
+    let raw = |ctype: &str, body: Vec<u8>| {
+        admin
+            .request(Method::POST, "/v1/runs")
+            .header("content-type", ctype)
+            .body(body)
+    };
+    let run = format!("/v1/runs/{}", uuid::Uuid::new_v4());
+    let decision = format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4());
+    let (get, post) = (Method::GET, Method::POST);
+    let as_ = |token: Option<&str>, m: Method, path: &str| api.client(token).request(m, path);
+    let submit = |body: &Value| admin.request(Method::POST, "/v1/runs").json(body);
+    let approve = json!({ "action": "approve" });
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
         (
             "malformed JSON",
-            raw(ADMIN, "application/json", b"{bad".to_vec()),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            raw("application/json", b"{bad".to_vec()),
+            400,
         ),
         (
             "not JSON content type",
-            raw(ADMIN, "text/plain", b"{}".to_vec()),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            raw("text/plain", b"{}".to_vec()),
+            415,
         ),
         (
             "oversize body",
-            raw(ADMIN, "application/json", oversize),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            raw("application/json", vec![b' '; 2 << 20]),
+            413,
         ),
-        (
-            "missing field",
-            submit_as_admin(&missing_template),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-        ),
-        (
-            "unknown field",
-            submit_as_admin(&unknown_field),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-        ),
+        ("missing field", submit(&missing_template), 422),
+        ("unknown field", submit(&with("surprise", json!(1))), 422),
         (
             "invalid template",
-            submit_as_admin(&bad_template),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            submit(&with(
+                "template",
+                json!("name: x\nversion: '1'\nroles: {}\nphases: []\n"),
+            )),
+            422,
         ),
         (
             "unparsable template",
-            submit_as_admin(&yaml_injection),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            submit(&with("template", json!("{{{{ not yaml"))),
+            422,
         ),
         (
             "persona not an object",
-            submit_as_admin(&bad_persona),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            submit(&with("personas", json!([17]))),
+            422,
         ),
         (
             "negative budget",
-            submit_as_admin(&bad_budget),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            submit(&with("budget", json!({ "usd": -1 }))),
+            422,
         ),
         (
             "binding to unknown role",
-            submit_as_admin(&bad_binding),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            submit(&with("bindings", json!({ "nobody": "x" }))),
+            422,
         ),
         (
             "bad queue name",
-            submit_as_admin(&bad_queue),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            submit(&with("queue", json!("no spaces allowed"))),
+            422,
         ),
         (
             "no token",
-            api.client(None)
-                .request(Method::POST, "/v1/runs")
-                .json(&good),
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            as_(None, post.clone(), "/v1/runs").json(&good),
+            401,
         ),
         (
             "unknown token",
-            api.client(Some("not-a-real-token-at-all"))
-                .request(Method::GET, "/v1/runs"),
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            as_(Some("not-a-real-token-at-all"), get.clone(), "/v1/runs"),
+            401,
         ),
         (
             "read role submits",
-            reader.request(Method::POST, "/v1/runs").json(&good),
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            as_(Some(READ), post.clone(), "/v1/runs").json(&good),
+            403,
         ),
         (
             "approve role submits",
-            approver.request(Method::POST, "/v1/runs").json(&good),
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            as_(Some(APPROVE), post.clone(), "/v1/runs").json(&good),
+            403,
         ),
         (
             "submit role lists approvals",
-            submitter.request(Method::GET, "/v1/approvals"),
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            as_(Some(SUBMIT), get.clone(), "/v1/approvals"),
+            403,
         ),
         (
             "submit role decides",
-            submitter
-                .request(
-                    Method::POST,
-                    &format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4()),
-                )
-                .json(&json!({"action": "approve"})),
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            as_(Some(SUBMIT), post.clone(), &decision).json(&approve),
+            403,
         ),
         (
             "approve role cancels",
-            approver.request(
-                Method::POST,
-                &format!("/v1/runs/{}/cancel", uuid::Uuid::new_v4()),
-            ),
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            as_(Some(APPROVE), post.clone(), &format!("{run}/cancel")),
+            403,
         ),
-        (
-            "unknown run",
-            reader.request(Method::GET, &format!("/v1/runs/{}", uuid::Uuid::new_v4())),
-            StatusCode::NOT_FOUND,
-            "not_found",
-        ),
+        ("unknown run", as_(Some(READ), get.clone(), &run), 404),
         (
             "unknown run events",
-            reader.request(
-                Method::GET,
-                &format!("/v1/runs/{}/events/stream", uuid::Uuid::new_v4()),
-            ),
-            StatusCode::NOT_FOUND,
-            "not_found",
+            as_(Some(READ), get.clone(), &format!("{run}/events/stream")),
+            404,
         ),
         (
             "unknown run report",
-            reader.request(
-                Method::GET,
-                &format!("/v1/runs/{}/report", uuid::Uuid::new_v4()),
-            ),
-            StatusCode::NOT_FOUND,
-            "not_found",
+            as_(Some(READ), get.clone(), &format!("{run}/report")),
+            404,
         ),
         (
             "unknown run cancel",
-            submitter.request(
-                Method::POST,
-                &format!("/v1/runs/{}/cancel", uuid::Uuid::new_v4()),
-            ),
-            StatusCode::NOT_FOUND,
-            "not_found",
+            as_(Some(SUBMIT), post.clone(), &format!("{run}/cancel")),
+            404,
         ),
         (
             "unknown approval",
-            approver
-                .request(
-                    Method::POST,
-                    &format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4()),
-                )
-                .json(&json!({"action": "approve"})),
-            StatusCode::NOT_FOUND,
-            "not_found",
+            as_(Some(APPROVE), post.clone(), &decision).json(&approve),
+            404,
         ),
         (
             "bad action",
-            approver
-                .request(
-                    Method::POST,
-                    &format!("/v1/approvals/{}/decision", uuid::Uuid::new_v4()),
-                )
-                .json(&json!({"action": "maybe"})),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            as_(Some(APPROVE), post.clone(), &decision).json(&json!({ "action": "maybe" })),
+            422,
         ),
         (
             "bad run id",
-            reader.request(Method::GET, "/v1/runs/not-a-uuid"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            as_(Some(READ), get.clone(), "/v1/runs/not-a-uuid"),
+            400,
         ),
         (
             "bad state filter",
-            reader.request(Method::GET, "/v1/runs?state=sleeping"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            as_(Some(READ), get.clone(), "/v1/runs?state=sleeping"),
+            400,
         ),
         (
             "bad cursor",
-            reader.request(Method::GET, "/v1/runs?cursor=garbage"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            as_(Some(READ), get.clone(), "/v1/runs?cursor=garbage"),
+            400,
         ),
         (
             "bad limit",
-            reader.request(Method::GET, "/v1/runs?limit=100000"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            as_(Some(READ), get.clone(), "/v1/runs?limit=100000"),
+            400,
         ),
         (
             "unknown query parameter",
-            reader.request(Method::GET, "/v1/runs?colour=red"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            as_(Some(READ), get.clone(), "/v1/runs?colour=red"),
+            400,
         ),
         (
             "bad Last-Event-ID",
-            reader
-                .request(
-                    Method::GET,
-                    &format!("/v1/runs/{}/events/stream", uuid::Uuid::new_v4()),
-                )
+            as_(Some(READ), get.clone(), &format!("{run}/events/stream"))
                 .header("Last-Event-ID", "x"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            400,
         ),
         (
             "bad cancel body",
-            submitter
-                .request(
-                    Method::POST,
-                    &format!("/v1/runs/{}/cancel", uuid::Uuid::new_v4()),
-                )
-                .body("{nope"),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            as_(Some(SUBMIT), post.clone(), &format!("{run}/cancel")).body("{nope"),
+            400,
         ),
         (
             "unknown route",
-            reader.request(Method::GET, "/v1/nothing-here"),
-            StatusCode::NOT_FOUND,
-            "not_found",
+            as_(Some(READ), get.clone(), "/v1/nothing-here"),
+            404,
         ),
         (
             "wrong method",
-            reader.request(Method::DELETE, "/v1/runs"),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            as_(Some(READ), Method::DELETE, "/v1/runs"),
+            405,
         ),
     ];
-    for (what, req, status, code) in cases {
-        let (s, body) = admin.send(req).await;
-        assert_eq!(s, status, "{what}: {body}");
-        assert_eq!(error_code(&body), code, "{what}: {body}");
+    for (what, req, status) in cases {
+        check(&admin, what, req, status).await;
     }
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE queue = $1")
         .bind(&q)
@@ -548,10 +474,18 @@ async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_noth
         .unwrap();
     assert_eq!(n, 0, "no bad request created a run");
     // The error names the field at fault.
-    let (_, e) = admin.post("/v1/runs", &bad_budget).await;
-    assert_eq!(e["error"]["field"], "budget.usd");
-    let (_, e) = admin.post("/v1/runs", &bad_binding).await;
-    assert_eq!(e["error"]["field"], "bindings.nobody");
+    for (body, field) in [
+        (with("budget", json!({ "usd": -1 })), "budget.usd"),
+        (
+            with("bindings", json!({ "nobody": "x" })),
+            "bindings.nobody",
+        ),
+        (with("budget", json!([0.5, 1000])), "budget"),
+        (with("inputs", json!([])), "inputs"),
+    ] {
+        let (_, e) = admin.post("/v1/runs", &body).await;
+        assert_eq!(e["error"]["field"], field, "{e}");
+    }
     api.shutdown().await;
 }
 

@@ -31,12 +31,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .init();
+    phasefleet::telemetry::init("info,sqlx=warn");
     let args = Args::parse();
     let tokens = match (&args.tokens, args.no_auth) {
         (Some(spec), _) => Tokens::parse(spec)?,

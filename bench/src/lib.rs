@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmarks: loading no-op jobs and draining them with the worker
 //! runtime.
 
+use anyhow::{Context, bail};
+use phasefleet::local_pg::LocalPg;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_worker::{Builtins, Worker, WorkerConfig};
@@ -104,4 +106,70 @@ pub async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_and_rate(&stop, handles, n, start).await
+}
+
+/// The queue's claim of one ready job of queue `bench`, as the worker issues it.
+pub const CLAIM_ONE: &str = "WITH next AS (
+    SELECT id FROM jobs
+    WHERE state = 'ready' AND queue = 'bench' AND run_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN ('bench', '*'))
+    ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+  UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
+      lease_owner = '00000000-0000-0000-0000-000000000001', lease_expires_at = now() + interval '30 seconds',
+      started_at = now()
+  FROM next WHERE j.id = next.id RETURNING j.id, j.lease_token";
+
+/// pgbench running the queue's claim statement and fenced completion, one job per
+/// transaction, on the jobs [`load`]ed into queue `bench`: the floor any client can
+/// reach with this SQL. Returns transactions (= jobs) per second.
+///
+/// # Errors
+/// When pgbench is missing or fails.
+pub fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {
+    let script = std::env::temp_dir().join(format!(
+        "phasefleet-bench-{}.sql",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(
+        &script,
+        format!(
+            "{}\n\\gset\nUPDATE jobs SET state = 'completed', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND lease_token = :lease_token AND state = 'running';\n",
+            CLAIM_ONE.replace('\n', " ")
+        ),
+    )?;
+    let per_client = n / clients;
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+        ])
+        .args(["-t", &per_client.to_string(), "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .output()
+        .context("running pgbench (install postgresql-contrib / postgresql client)")?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("no tps line in pgbench output")?;
+    Ok(tps)
 }

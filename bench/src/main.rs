@@ -3,12 +3,12 @@
 //!
 //! `cargo run --release -p phasefleet-bench --bin queue-bench -- --jobs 20000`
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use phasefleet::WorkerId;
 use phasefleet::local_pg::LocalPg;
 use phasefleet::queue::{self, NewJob};
-use phasefleet_bench::{load, runtime};
+use phasefleet_bench::{load, pgbench, runtime};
 use phasefleet_worker::{Builtins, Worker, WorkerConfig};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -29,16 +29,6 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     latency_jobs: usize,
 }
-
-const CLAIM_ONE: &str = "WITH next AS (
-    SELECT id FROM jobs
-    WHERE state = 'ready' AND queue = 'bench' AND run_at <= now()
-      AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN ('bench', '*'))
-    ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-  UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
-      lease_owner = '00000000-0000-0000-0000-000000000001', lease_expires_at = now() + interval '30 seconds',
-      started_at = now()
-  FROM next WHERE j.id = next.id RETURNING j.id, j.lease_token";
 
 async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::Result<f64> {
     load(pool, n).await?;
@@ -77,55 +67,6 @@ async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::
         bail!("completed {total} of {n}");
     }
     Ok(total as f64 / secs)
-}
-
-fn pgbench(pg: &LocalPg, clients: usize, n: usize) -> anyhow::Result<f64> {
-    let script = std::env::temp_dir().join(format!(
-        "phasefleet-bench-{}.sql",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(
-        &script,
-        format!(
-            "{}\n\\gset\nUPDATE jobs SET state = 'completed', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL WHERE id = :id AND lease_token = :lease_token AND state = 'running';\n",
-            CLAIM_ONE.replace('\n', " ")
-        ),
-    )?;
-    let per_client = n / clients;
-    let out = std::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            "2",
-        ])
-        .args(["-t", &per_client.to_string(), "-f"])
-        .arg(&script)
-        .arg("postgres")
-        .output()
-        .context("running pgbench (install postgresql-contrib / postgresql client)")?;
-    let _ = std::fs::remove_file(&script);
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "pgbench failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tps = text
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse::<f64>().ok())
-        .context("no tps line in pgbench output")?;
-    Ok(tps)
 }
 
 async fn latency(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64, f64)> {
