@@ -41,9 +41,14 @@ async function api(path, opts = {}) {
 
 function stateSpan(s) { return `<span class="state s-${esc(s)}" data-state="${esc(s)}">${esc(s)}</span>`; }
 
-async function runsPage(params) {
+// Every route() bumps this; a page whose data arrives after the user moved on renders
+// nothing (otherwise a slow list could overwrite the page navigated to since).
+let routeGen = 0;
+
+async function runsPage(params, gen) {
   const q = new URLSearchParams(params);
   const page = await api("/v1/runs?" + q.toString());
+  if (gen !== routeGen) return;
   $("#main").innerHTML = `<section><h2>Runs</h2>
     <div class="row"><label>State <select id="f-state">${["", "queued", "running", "awaiting_approval", "completed", "failed", "aborted", "cancelled"]
       .map((s) => `<option ${params.state === s ? "selected" : ""}>${s}</option>`).join("")}</select></label></div>
@@ -53,7 +58,7 @@ async function runsPage(params) {
     </tbody></table>
     ${page.next_cursor ? `<p><button id="next">Next page</button></p>` : ""}</section>`;
   $("#f-state").onchange = (e) => { location.hash = "#/runs" + (e.target.value ? "?state=" + e.target.value : ""); };
-  if (page.next_cursor) $("#next").onclick = () => runsPage(Object.assign({}, params, { cursor: page.next_cursor }));
+  if (page.next_cursor) $("#next").onclick = () => runsPage(Object.assign({}, params, { cursor: page.next_cursor }), routeGen);
 }
 
 function decisionControls(a) {
@@ -188,8 +193,9 @@ function followEvents(runId, onEvent) {
   return () => { stopped = true; if (ctrl) ctrl.abort(); };
 }
 
-async function approvalsPage() {
+async function approvalsPage(gen) {
   const list = await api("/v1/approvals");
+  if (gen !== routeGen) return;
   $("#main").innerHTML = `<section><h2>Approvals inbox</h2><div id="inbox">${list.length ? list.map((a) =>
     `<div><a href="#/runs/${esc(a.run_id)}">run ${esc(a.run_id.slice(0, 8))}</a> — ${when(a.created_at)}${decisionControls(a)}</div>`).join("") : `<span class="muted">nothing waits on you</span>`}</div></section>`;
   wireDecisions($("#inbox"));
@@ -223,6 +229,7 @@ function submitPage() {
 }
 
 async function route() {
+  const gen = ++routeGen;
   takeTokenFromFragment();
   if (stopStream) { stopStream(); stopStream = null; }
   showError(null);
@@ -230,9 +237,9 @@ async function route() {
   const [path, query] = h.split("?");
   try {
     if (path.startsWith("/runs/")) await runPage(path.slice(6));
-    else if (path === "/approvals") await approvalsPage();
+    else if (path === "/approvals") await approvalsPage(gen);
     else if (path === "/submit") submitPage();
-    else await runsPage(Object.fromEntries(new URLSearchParams(query || "")));
+    else await runsPage(Object.fromEntries(new URLSearchParams(query || "")), gen);
   } catch (e) { $("#main").innerHTML = ""; showError(e); }
 }
 window.addEventListener("hashchange", route);

@@ -63,7 +63,9 @@ async fn counters(pool: &PgPool) -> anyhow::Result<Counters> {
 /// something (and so waited for a flush). Read-only ones write none.
 async fn wal_commits(pg: &LocalPg, pool: &PgPool, from: &str, to: &str) -> anyhow::Result<f64> {
     // The last segment must be complete before pg_waldump reads to `to`.
-    sqlx::query("SELECT /* engine-bench */ pg_switch_wal()").execute(pool).await?;
+    sqlx::query("SELECT /* engine-bench */ pg_switch_wal()")
+        .execute(pool)
+        .await?;
     let out = std::process::Command::new(pg.bin_dir().join("pg_waldump"))
         .args(["--stats=record", "--start", from, "--end", to, "--path"])
         .arg(pg.data_dir().join("pg_wal"))
@@ -74,7 +76,12 @@ async fn wal_commits(pg: &LocalPg, pool: &PgPool, from: &str, to: &str) -> anyho
         .find(|l| l.trim_start().starts_with("Transaction/COMMIT "))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no commit count in pg_waldump output: {text}{}", String::from_utf8_lossy(&out.stderr)))
+        .with_context(|| {
+            format!(
+                "no commit count in pg_waldump output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 fn workload() -> anyhow::Result<(WorkflowTemplate, Vec<Persona>)> {

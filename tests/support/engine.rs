@@ -266,6 +266,32 @@ pub async fn pending_approval(pool: &PgPool, run: RunId) -> phasefleet::Approval
     .await
 }
 
+/// The run's events, in order.
+pub async fn events_of(pool: &PgPool, run: RunId) -> Vec<phasefleet::events::Event> {
+    let mut c = pool.acquire().await.unwrap();
+    phasefleet::store::events::events_list(&mut c, run, 0, 100_000)
+        .await
+        .unwrap()
+}
+
+/// The run completed: every phase completed, its report says so, its log is sound.
+pub async fn assert_run_completed(pool: &PgPool, run: RunId) {
+    assert_eq!(run_state(pool, run).await, RunState::Completed, "run {run}");
+    let mut c = pool.acquire().await.unwrap();
+    let phases = phasefleet::store::run_phases::run_phases_list(&mut c, run)
+        .await
+        .unwrap();
+    assert!(
+        phases
+            .iter()
+            .all(|p| p.state == phasefleet::state::PhaseState::Completed),
+        "{phases:?}"
+    );
+    drop(c);
+    assert_eq!(report(pool, run).await.0, "completed");
+    assert_event_log_sound(pool, run).await;
+}
+
 /// Check the run's event log: seq dense from 1, idempotency keys unique.
 pub async fn assert_event_log_sound(pool: &PgPool, run: RunId) {
     let rows: Vec<(i64, String)> = sqlx::query_as(
