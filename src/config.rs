@@ -83,6 +83,10 @@ pub struct ProviderConfig {
     /// Models personas may name, with their prices. The key `*` allows any model.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+    /// The provider enforces a tool's parameter schema when asked (`strict: true` on
+    /// `submit_artifact`; OpenAI and OpenRouter do).
+    #[serde(default)]
+    pub strict_tools: bool,
 }
 
 /// Prices in USD per million tokens, or `free`.

@@ -165,7 +165,7 @@ impl NewEvent {
             phase,
             format!("phase:{phase}:r{round}:a{attempt}:artifact"),
             json!({ "artifact_id": artifact.id, "path": artifact.path, "sha256": artifact.sha256,
-                    "issues": artifact.issues }),
+                    "files": artifact.files, "issues": artifact.issues }),
         )
     }
 
@@ -207,7 +207,10 @@ impl NewEvent {
 #[derive(Debug, Clone, Copy)]
 pub struct RecordedArtifact<'a> {
     pub id: i64,
-    pub path: &'a str,
+    /// `None` for a phase whose output is files.
+    pub path: Option<&'a str>,
+    /// How many files the attempt wrote.
+    pub files: usize,
     pub sha256: Option<&'a str>,
     pub valid: bool,
     pub issues: &'a Value,

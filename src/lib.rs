@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod input_files;
 pub mod local_pg;
 pub mod phase;
 pub mod phase_job;

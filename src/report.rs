@@ -132,7 +132,11 @@ pub fn render_markdown(r: &ReportInputs) -> String {
             let _ = writeln!(
                 md,
                 "- {} round {} attempt {} ({}): {}",
-                a.phase_key, a.round, a.attempt, a.path, a.validation_errors
+                a.phase_key,
+                a.round,
+                a.attempt,
+                a.path.as_deref().unwrap_or("files"),
+                a.validation_errors
             );
         }
     }

@@ -1,12 +1,15 @@
-//! Submit: check the template, personas, bindings, inputs and the team's limits; then,
-//! in one transaction, store the run skeleton and enqueue its first phase job. A client
+//! Submit: check the template, personas, bindings, inputs, input files and the team's
+//! limits; then, in one transaction, store the run skeleton (and its files) and enqueue
+//! its first phase job. A client
 //! idempotency key (the team's own) makes a repeated submit return the same run; the
 //! same key with a different request is a conflict.
 
 use crate::config::Config;
 use crate::events::NewEvent;
 use crate::ids::RunId;
+use crate::input_files::{self, InputFile};
 use crate::phase_job::PhaseJob;
+use crate::store::files::{self, Blob};
 use crate::store::persona_registry;
 use crate::store::runs::{self, NewRun};
 use crate::validate::SchemaRegistry;
@@ -24,6 +27,8 @@ pub struct SubmitRequest {
     /// Personas supplied with the request; roles may also bind registered personas.
     pub personas: Vec<Persona>,
     pub inputs: RunInputs,
+    /// Files the agent's workspace starts with, in every phase.
+    pub files: Vec<InputFile>,
     /// role -> persona name, overriding the template's default for this run.
     pub bindings: BTreeMap<String, String>,
     pub budget: Budget,
@@ -61,7 +66,7 @@ pub enum SubmitError {
     Invalid { field: String, message: String },
     /// The idempotency key names an earlier run submitted with a different request.
     #[error(
-        "Idempotency-Key was used for run {run} with a different request (template, personas, inputs, budget or queue)"
+        "Idempotency-Key was used for run {run} with a different request (template, personas, inputs, files, budget or queue)"
     )]
     KeyReused { run: RunId },
     #[error("database error: {0}")]
@@ -316,7 +321,10 @@ fn check_template(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), S
         .check("template")
         .map_err(|e| invalid("template", e.to_string()))?;
     for (i, p) in req.template.phases.iter().enumerate() {
-        if let Err(e) = schemas.schema(&p.expected_artifact.schema) {
+        let Some(artifact) = &p.expected_artifact else {
+            continue;
+        };
+        if let Err(e) = schemas.schema(&artifact.schema) {
             return Err(invalid(
                 format!("template.phases[{i}].expected_artifact.schema"),
                 e.to_string(),
@@ -331,6 +339,7 @@ fn request_hash(
     req: &SubmitRequest,
     template_hash: &str,
     bound: &BTreeMap<String, Bound<'_>>,
+    manifest: &BTreeMap<String, String>,
 ) -> String {
     let personas: BTreeMap<&str, String> = bound
         .iter()
@@ -340,6 +349,7 @@ fn request_hash(
         "template": template_hash,
         "personas": personas,
         "inputs": req.inputs,
+        "files": manifest,
         "budget": req.budget,
         "queue": req.queue,
     })))
@@ -361,27 +371,95 @@ pub async fn submit(
     check_personas(&req)?;
     check_inputs(&req)?;
     apply_team_limits(&mut req, config)?;
-    // 2. Bind roles to personas (supplied, or registered) and check their providers.
+    let (blobs, manifest) = input_files::digest(&req.files).map_err(|m| invalid("files", m))?;
+    // 2. Bind roles to personas (supplied, or registered) and check their providers;
+    //    uploaded files must be the team's own uploads.
     let mut conn = pool.acquire().await?;
     let registered = registered_personas(&mut conn, &req).await?;
     let bound = bind(&req, &registered, &req.personas)?;
     check_providers(&bound, config)?;
-    // 3. Store the run whole, in one statement; a used key returns its run or conflicts.
+    check_uploads(&mut conn, &req, &blobs, &manifest).await?;
+    // 3. Store the run whole (one statement, and its files in the same transaction);
+    //    a used key returns its run or conflicts.
     let (template_body, template_hash) = req.template.canonical();
-    let request_hash = request_hash(&req, &template_hash, &bound);
+    let request_hash = request_hash(&req, &template_hash, &bound, &manifest);
     let new = new_run(
         &req,
         &bound,
         (&template_hash, &template_body),
         &request_hash,
     )?;
-    match runs::runs_insert_submitted(&mut conn, &new).await? {
+    let created = if manifest.is_empty() {
+        runs::runs_insert_submitted(&mut conn, &new).await?
+    } else {
+        insert_with_files(&mut conn, &new, &blobs, &manifest).await?
+    };
+    match created {
         Some(run_id) => {
-            tracing::info!(run_id = %run_id, template = %req.template.name, team = %req.team, "run submitted");
+            tracing::info!(run_id = %run_id, template = %req.template.name, team = %req.team, files = manifest.len(), "run submitted");
             Ok(Submitted::Created(run_id))
         }
         None => existing_run(&mut conn, &req, &request_hash).await,
     }
+}
+
+/// Files named by sha256 must be content this team uploaded.
+async fn check_uploads(
+    conn: &mut PgConnection,
+    req: &SubmitRequest,
+    blobs: &[Blob],
+    manifest: &BTreeMap<String, String>,
+) -> Result<(), SubmitError> {
+    let carried: std::collections::HashSet<&str> =
+        blobs.iter().map(|b| b.sha256.as_str()).collect();
+    let named: Vec<&str> = manifest
+        .values()
+        .map(String::as_str)
+        .filter(|s| !carried.contains(s))
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    let missing = files::team_uploads_missing(conn, &req.team, &named).await?;
+    match missing.first() {
+        None => Ok(()),
+        Some(sha) => {
+            let path = manifest
+                .iter()
+                .find(|(_, s)| *s == sha)
+                .map_or("", |(p, _)| p.as_str());
+            Err(invalid(
+                format!("files.{path}"),
+                format!(
+                    "sha256 {sha} is not content team {:?} uploaded (POST /v1/uploads first)",
+                    req.team
+                ),
+            ))
+        }
+    }
+}
+
+/// The run and its input files, in one transaction (the first job becomes visible with
+/// the files).
+async fn insert_with_files(
+    conn: &mut PgConnection,
+    new: &NewRun<'_>,
+    blobs: &[Blob],
+    manifest: &BTreeMap<String, String>,
+) -> Result<Option<RunId>, SubmitError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    let Some(run_id) = runs::runs_insert_submitted(&mut tx, new).await? else {
+        return Ok(None);
+    };
+    files::file_blobs_put(&mut tx, &blobs.iter().collect::<Vec<_>>()).await?;
+    let entries: Vec<(&str, &str)> = manifest
+        .iter()
+        .map(|(p, s)| (p.as_str(), s.as_str()))
+        .collect();
+    files::run_files_replace(&mut tx, run_id, "", (0, 0), &entries).await?;
+    tx.commit().await?;
+    Ok(Some(run_id))
 }
 
 /// Everything the run starts with, as the store takes it.

@@ -1,5 +1,8 @@
 //! The schema registry: JSON Schema 2020-12 documents loaded once at start (with
-//! format checks on), and artifact validation against them.
+//! format checks on), and artifact validation against them. Validation messages are
+//! written for the model that must fix the artifact: every allowed value of an enum,
+//! the expected type beside the offending value, the properties an object may have;
+//! each issue carries its schema location so a repair prompt can show that fragment.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -26,7 +29,36 @@ pub enum SchemaError {
 pub struct Issue {
     pub path: String,
     pub message: String,
+    /// JSON pointer into the schema of the keyword that failed (empty when the
+    /// artifact did not parse).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schema_path: String,
 }
+
+impl Issue {
+    /// An issue about the artifact as a whole (missing, not JSON).
+    #[must_use]
+    pub fn whole(message: impl Into<String>) -> Self {
+        Self {
+            path: String::new(),
+            message: message.into(),
+            schema_path: String::new(),
+        }
+    }
+
+    /// Where, for people: the JSON pointer or `(root)`.
+    #[must_use]
+    pub fn at(&self) -> &str {
+        if self.path.is_empty() {
+            "(root)"
+        } else {
+            &self.path
+        }
+    }
+}
+
+/// Most issues reported for one artifact.
+pub const MAX_ISSUES: usize = 50;
 
 /// The result of validating one artifact.
 #[derive(Debug, Clone)]
@@ -136,25 +168,149 @@ impl SchemaRegistry {
             Err(e) => {
                 return Ok(Validation {
                     valid: false,
-                    issues: vec![Issue {
-                        path: String::new(),
-                        message: format!("not valid JSON: {e}"),
-                    }],
+                    issues: vec![Issue::whole(format!("not valid JSON: {e}"))],
                 });
             }
         };
+        Ok(Self::validate_value(entry, &value))
+    }
+
+    /// Validate an artifact that is already a JSON value.
+    ///
+    /// # Errors
+    /// [`SchemaError::Unknown`] when `id` is not registered.
+    pub fn validate_json(&self, id: &str, value: &Value) -> Result<Validation, SchemaError> {
+        let entry = self.entries.get(id).ok_or_else(|| self.unknown(id))?;
+        Ok(Self::validate_value(entry, value))
+    }
+
+    fn validate_value(entry: &Entry, value: &Value) -> Validation {
         let issues: Vec<Issue> = entry
             .validator
-            .iter_errors(&value)
-            .take(50)
-            .map(|e| Issue {
-                path: e.instance_path().to_string(),
-                message: e.to_string(),
+            .iter_errors(value)
+            .take(MAX_ISSUES)
+            .map(|e| {
+                let schema_path = e.schema_path().to_string();
+                Issue {
+                    path: e.instance_path().to_string(),
+                    message: explain(&e, &entry.schema, &schema_path),
+                    schema_path,
+                }
             })
             .collect();
-        Ok(Validation {
+        Validation {
             valid: issues.is_empty(),
             issues,
-        })
+        }
+    }
+
+    /// The schema object that holds the keyword at `schema_path` (e.g. for
+    /// `/properties/a/enum`, the schema of `a`), following local `$ref`s; `None` when
+    /// the path does not resolve.
+    #[must_use]
+    pub fn fragment(&self, id: &str, schema_path: &str) -> Option<Value> {
+        let entry = self.entries.get(id)?;
+        let (parent, _keyword) = schema_path.rsplit_once('/')?;
+        resolve(&entry.schema, parent).cloned()
+    }
+}
+
+/// Follow a keyword location through `schema`, resolving `$ref` segments to local
+/// (`#/...`) targets.
+fn resolve<'a>(root: &'a Value, pointer: &str) -> Option<&'a Value> {
+    let mut node = root;
+    for raw in pointer.split('/').skip(1) {
+        let segment = raw.replace("~1", "/").replace("~0", "~");
+        if segment == "$ref" {
+            let target = node.get("$ref")?.as_str()?.strip_prefix('#')?;
+            node = root.pointer(target)?;
+            continue;
+        }
+        node = match node {
+            Value::Object(map) => map.get(&segment)?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// A value as it may be quoted in a message: compact JSON, at most 200 characters.
+#[must_use]
+pub fn quote(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 200 {
+        let cut: String = text.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// One validation error as a message a model can act on.
+fn explain(e: &jsonschema::ValidationError<'_>, schema: &Value, schema_path: &str) -> String {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+    let got = e.instance();
+    let got = format!("{} {}", type_name(got), quote(got));
+    match e.kind() {
+        K::Enum { options } => {
+            let allowed: Vec<String> = options
+                .as_array()
+                .map(|a| a.iter().map(quote).collect())
+                .unwrap_or_default();
+            format!(
+                "{got} is not allowed; the value must be exactly one of: {}",
+                allowed.join(", ")
+            )
+        }
+        K::Constant { expected_value } => {
+            format!(
+                "{got} is not allowed; the value must be exactly {}",
+                quote(expected_value)
+            )
+        }
+        K::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => t.to_string(),
+                TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            format!("expected {expected}, got {got}")
+        }
+        K::Required { property } => format!("missing required property {property}"),
+        K::AdditionalProperties { unexpected } => {
+            let allowed = schema_path
+                .rsplit_once('/')
+                .and_then(|(parent, _)| resolve(schema, parent))
+                .and_then(|p| p.get("properties"))
+                .and_then(Value::as_object)
+                .map(|props| props.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>());
+            let names: Vec<String> = unexpected.iter().map(|u| format!("{u:?}")).collect();
+            match allowed {
+                Some(allowed) => format!(
+                    "properties not allowed here: {}; this object may only have: {}",
+                    names.join(", "),
+                    allowed.join(", ")
+                ),
+                None => format!("properties not allowed here: {}", names.join(", ")),
+            }
+        }
+        K::Format { format } => format!("{got} is not a valid {format}"),
+        _ => format!("{e} (got {got})"),
     }
 }

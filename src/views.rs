@@ -4,6 +4,7 @@
 use crate::ids::RunId;
 use crate::store::approvals::ApprovalRow;
 use crate::store::artifacts::{self, ArtifactMeta};
+use crate::store::files::{self, RunFile};
 use crate::store::ledger::{self, CostLine};
 use crate::store::run_phases::{self, PhaseRow};
 use crate::store::runs::{self, RunRow, RunSummary};
@@ -87,6 +88,8 @@ pub struct RunDetail {
     pub bindings: serde_json::Value,
     pub phases: Vec<PhaseRow>,
     pub artifacts: Vec<ArtifactMeta>,
+    /// The run's files: inputs (`origin` "") and what accepted phases wrote.
+    pub files: Vec<RunFile>,
     pub approvals: Vec<ApprovalRow>,
     pub costs: Vec<CostLine>,
     pub report: Option<serde_json::Value>,
@@ -111,6 +114,7 @@ pub async fn run_detail(
         bindings,
         phases: run_phases::run_phases_list(conn, id).await?,
         artifacts: artifacts::artifacts_list(conn, id).await?,
+        files: files::run_files_list(conn, id).await?,
         approvals: approvals::approvals_for_run(conn, id).await?,
         costs: ledger::llm_calls_cost_lines(conn, id).await?,
         report: reports::reports_get(conn, id).await?.map(|(j, _)| j),
@@ -128,4 +132,16 @@ pub async fn artifact_content(
     id: i64,
 ) -> Result<Option<(ArtifactMeta, Option<String>)>, sqlx::Error> {
     artifacts::artifacts_get_with_content(conn, run, id).await
+}
+
+/// The latest artifact of a phase with its content (what an approval shows).
+///
+/// # Errors
+/// Database errors.
+pub async fn phase_artifact(
+    conn: &mut PgConnection,
+    run: RunId,
+    phase: &str,
+) -> Result<Option<(ArtifactMeta, Option<String>)>, sqlx::Error> {
+    artifacts::artifacts_latest_for_phase(conn, run, phase).await
 }

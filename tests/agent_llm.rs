@@ -6,13 +6,9 @@ mod support;
 
 use phasefleet::RunId;
 use phasefleet::agent::limits::{Limiter, ModelLimits};
-use phasefleet::agent::llm::LlmAgent;
-use phasefleet::agent::openai::RetryPolicy;
-use phasefleet::agent::providers::Providers;
 use phasefleet::agent::router::BackendRouter;
-use phasefleet::queue::Backoff;
 use phasefleet::state::{PhaseState, RunState};
-use phasefleet::workflow::{Backend, Persona};
+use phasefleet::workflow::Persona;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,44 +22,11 @@ async fn mock() -> Mock {
 }
 
 fn persona(model: &str) -> Persona {
-    Persona {
-        name: "llm".into(),
-        version: "1".into(),
-        backend: Backend::Openai,
-        model: model.into(),
-        system_prompt: "You write JSON artifacts with the write_file tool.".into(),
-        provider: Some("mock".into()),
-        base_url: None,
-        api_key_env: None,
-        temperature: Some(0.2),
-        top_p: None,
-        max_tokens: Some(2000),
-        max_turns: 6,
-    }
+    support::mock::persona(model)
 }
 
-/// The production router against `m`: the mock is provider `mock`, as configured.
 fn agent(m: &Mock) -> BackendRouter {
-    let retry = RetryPolicy {
-        max_attempts: 4,
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            max: Duration::from_millis(400),
-        },
-        max_retry_after: Duration::from_secs(2),
-    };
-    BackendRouter {
-        synthetic: Default::default(),
-        llm: LlmAgent::new(
-            Providers::from_config(
-                &config_with_mock(&m.base_url),
-                Duration::from_secs(10),
-                retry,
-            )
-            .unwrap(),
-            Limiter::default(),
-        ),
-    }
+    m.agent()
 }
 
 /// Submit the example workflow with every role played by `model` on the mock.
@@ -114,7 +77,11 @@ async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
     let rows = ledger_rows(&pool, run).await;
-    assert_eq!(rows.len(), 6, "two calls per phase: write, then stop");
+    assert_eq!(
+        rows.len(),
+        3,
+        "one call per phase: the valid write ends the attempt"
+    );
     assert_eq!(
         u64::try_from(rows.len()).unwrap(),
         m.stats.requests.load(Ordering::SeqCst),
@@ -135,10 +102,10 @@ async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((tools, spent_tokens), (3, 6 * 120));
-    assert!((spent_usd - 0.003).abs() < 1e-9);
+    assert_eq!((tools, spent_tokens), (3, 3 * 120));
+    assert!((spent_usd - 0.0015).abs() < 1e-9);
     let (_, report_json, _) = report(&pool, run).await;
-    assert_eq!(report_json["costs"]["llm_calls"], json!(6));
+    assert_eq!(report_json["costs"]["llm_calls"], json!(3));
 }
 
 #[tokio::test]
@@ -178,8 +145,8 @@ async fn never_writes_fails_after_max_attempts_with_a_clear_error() {
     );
     assert_eq!(
         ledger_rows(&pool, run).await.len(),
-        2,
-        "one call per attempt"
+        4,
+        "per attempt: one call, and one after the reminder"
     );
 }
 

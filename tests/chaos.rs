@@ -164,6 +164,7 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
                 objective: serde_json::json!({}),
                 extra: serde_json::json!({}),
             },
+            files: Vec::new(),
             bindings,
             budget: Budget::default(),
             idempotency_key: Some(format!("chaos-{i}")),

@@ -468,3 +468,147 @@ async fn a_reused_idempotency_key_with_another_request_is_a_conflict_in_the_cli_
     );
     let _ = std::fs::remove_file(other);
 }
+
+#[tokio::test]
+async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli() {
+    let pool = pool().await;
+    let q = unique_queue("cli-files");
+    let repo_dir = std::env::temp_dir().join(format!(
+        "phasefleet-cli-repo-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let readme = "# A repository\nThe agent reads this.\n";
+    std::fs::write(repo_dir.join("README.md"), readme).unwrap();
+    std::fs::write(repo_dir.join("huge.bin"), vec![7u8; 2 * 1024 * 1024]).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "-m",
+            "one",
+        ],
+    ] {
+        assert!(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo_dir)
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let repo = |p: &str| support::engine::repo(p).display().to_string();
+    let (template, a, r) = (
+        repo("examples/repo-review.yaml"),
+        repo("examples/personas/synthetic-author.yaml"),
+        repo("examples/personas/synthetic-reviewer.yaml"),
+    );
+    let at_head = format!("{}@HEAD", repo_dir.display());
+    let submit_args = |exclude: bool| {
+        let mut v = vec![
+            "submit",
+            &template,
+            "--persona",
+            &a,
+            "--persona",
+            &r,
+            "--queue",
+            &q,
+            "--repo",
+            &at_head,
+            "--output",
+            "json",
+        ];
+        if exclude {
+            v.extend(["--exclude", "*.bin"]);
+        }
+        v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let too_big = cli(&submit_args(false)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
+    .await;
+    assert_eq!(too_big.code, 2, "{}", too_big.stderr);
+    assert!(
+        too_big.stderr.contains("huge.bin") && too_big.stderr.contains("--exclude"),
+        "{}",
+        too_big.stderr
+    );
+    let submitted = cli(&submit_args(true)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
+    .await;
+    ok(&submitted);
+    assert!(
+        submitted
+            .stderr
+            .contains("left out 1 path(s): huge.bin (excluded)"),
+        "{}",
+        submitted.stderr
+    );
+    let run = submitted.json()["run_id"].as_str().unwrap().to_owned();
+    let run_id = phasefleet::RunId(run.parse().unwrap());
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let approval = support::engine::pending_approval(&pool, run_id)
+        .await
+        .to_string();
+    // The reviewer sees what they approve.
+    let shown = cli(&["approvals", "show", &approval]).await;
+    ok(&shown);
+    assert!(
+        shown.stdout.contains("review.json") && shown.stdout.contains("\"verdict\""),
+        "{}",
+        shown.stdout
+    );
+    let survey = cli(&["runs", "artifact", &run, "survey", "--output", "json"]).await;
+    ok(&survey);
+    let cited: Value = serde_json::from_str(survey.json()["content"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        cited["files"][0],
+        json!({ "path": "README.md", "sha256": phasefleet::workflow::sha256_hex(readme) })
+    );
+    ok(&cli(&["approvals", "decide", &approval, "--action", "approve"]).await);
+    assert_eq!(
+        wait_for(&pool, run_id, &[RunState::Completed, RunState::Failed]).await,
+        RunState::Completed
+    );
+    fleet.shutdown().await;
+    let files = cli(&["runs", "files", &run, "--output", "json"]).await;
+    ok(&files);
+    let listed: Vec<(String, String)> = files
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["origin"].as_str().unwrap().to_owned(),
+                f["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&(String::new(), "README.md".into())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("handover".into(), "synthetic/handover.txt".into())),
+        "the files-only phase's output: {listed:?}"
+    );
+    let content = cli(&["runs", "file", &run, "README.md"]).await;
+    ok(&content);
+    assert_eq!(content.stdout, readme);
+    let missing = cli(&["runs", "file", &run, "nope.txt"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    let _ = std::fs::remove_dir_all(repo_dir);
+}

@@ -132,8 +132,13 @@ async fn repair_succeeds_on_the_second_attempt_with_the_errors_in_the_prompt() {
         .unwrap();
     assert!(repair.2.contains("[REPAIR ATTEMPT]"), "repair prompt sent");
     assert!(
-        repair.2.contains("\"title\" is a required property"),
+        repair.2.contains("missing required property \"title\""),
         "with the previous errors: {}",
+        repair.2
+    );
+    assert!(
+        repair.2.contains("\"synthetic_invalid\":true"),
+        "with the previous artifact: {}",
         repair.2
     );
     let first = envelopes
@@ -607,7 +612,9 @@ async fn bad_submissions_are_refused_and_store_nothing_and_keys_are_idempotent()
             .is_err()
     );
     let mut bad = request(&q, json!({}));
-    bad.template.phases[0].expected_artifact.schema = "nope.v9".into();
+    if let Some(a) = &mut bad.template.phases[0].expected_artifact {
+        a.schema = "nope.v9".into();
+    }
     let err = phasefleet::submit::submit(&pool, &schemas(), &config(), bad)
         .await
         .unwrap_err()

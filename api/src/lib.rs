@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use error::ApiError;
 use phasefleet::config::Config;
 use phasefleet::validate::SchemaRegistry;
-use routes::{admin, approvals, runs, stream, system, ui};
+use routes::{admin, approvals, files, runs, stream, system, ui};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -138,6 +138,16 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/runs/{id}/events/stream", get(stream::stream))
         .route("/runs/{id}/report", get(runs::report))
         .route("/runs/{id}/artifacts/{artifact_id}", get(runs::artifact))
+        .route(
+            "/runs/{id}/phases/{phase}/artifact",
+            get(files::phase_artifact),
+        )
+        .route("/runs/{id}/files", get(files::list))
+        .route("/runs/{id}/files/{*path}", get(files::download))
+        .route(
+            "/uploads",
+            post(files::upload).layer(DefaultBodyLimit::max(files::UPLOAD_BODY_LIMIT)),
+        )
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/approvals", get(approvals::pending))
         .route("/approvals/{id}/decision", post(approvals::decide))

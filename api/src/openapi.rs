@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
-use crate::routes::{admin, approvals, runs, stream, system};
+use crate::routes::{admin, approvals, files, runs, stream, system};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -10,12 +10,13 @@ use utoipa::{Modify, OpenApi};
     paths(
         runs::submit, runs::list, runs::show, runs::events, runs::report, runs::artifact, runs::cancel,
         stream::stream, approvals::pending, approvals::decide,
+        files::upload, files::list, files::download, files::phase_artifact,
         admin::list_personas, admin::register_persona, admin::delete_persona,
         system::healthz, system::readyz, system::metrics, system::example,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&Bearer),
-    tags((name = "runs"), (name = "approvals"), (name = "admin"), (name = "system"))
+    tags((name = "runs"), (name = "files"), (name = "approvals"), (name = "admin"), (name = "system"))
 )]
 pub struct ApiDoc;
 

@@ -39,6 +39,16 @@ async function api(path, opts = {}) {
   return data;
 }
 
+// Save a file the API serves (the token goes in a header, so a plain link cannot).
+async function download(path, name) {
+  const res = await fetch(path, { headers: { Authorization: "Bearer " + (localStorage.getItem("pf_token") || "") } });
+  if (!res.ok) throw new Error(`download failed: HTTP ${res.status}`);
+  const url = URL.createObjectURL(await res.blob());
+  const a = document.createElement("a");
+  a.href = url; a.download = name.split("/").pop(); a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
 function stateSpan(s) { return `<span class="state s-${esc(s)}" data-state="${esc(s)}">${esc(s)}</span>`; }
 
 // Every route() bumps this; a page whose data arrives after the user moved on renders
@@ -91,6 +101,7 @@ async function runPage(id) {
     <section><h3>Approvals</h3><div id="approvals"></div></section>
     <section><h3>Phases</h3><div id="phases"></div></section>
     <section><h3>Artifacts</h3><div id="artifacts"></div><pre id="artifact-view" hidden></pre></section>
+    <section><h3>Files</h3><div id="files"></div></section>
     <section><h3>Costs</h3><div id="costs"></div></section>
     <section><h3>Timeline <span class="muted" id="live"></span></h3><ol class="timeline" id="timeline"></ol></section>
     <section><h3>Report</h3><pre id="report" class="muted">written when the run ends</pre></section>`;
@@ -127,6 +138,12 @@ async function runPage(id) {
               (a.artifact.valid ? "" : "\n\nvalidation errors:\n" + JSON.stringify(a.artifact.validation_errors, null, 2));
           } catch (e) { showError(e); }
         };
+      });
+      $("#files").innerHTML = d.files.length ? `<table><thead><tr><th>From</th><th>Path</th><th>Bytes</th><th>Kind</th><th>sha256</th><th></th></tr></thead><tbody>
+        ${d.files.map((f) => `<tr><td>${f.origin ? esc(f.origin) : "input"}</td><td>${esc(f.path)}</td><td>${esc(f.size)}</td><td>${f.is_binary ? "binary" : "text"}</td><td><code>${esc(f.sha256.slice(0, 12))}</code></td>
+          <td><button class="download" data-path="${esc(f.path)}" data-origin="${esc(f.origin)}">download</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">none</span>`;
+      $("#files").querySelectorAll("button.download").forEach((b) => {
+        b.onclick = () => download(`/v1/runs/${id}/files/${b.dataset.path.split("/").map(encodeURIComponent).join("/")}?origin=${encodeURIComponent(b.dataset.origin)}`, b.dataset.path).catch(showError);
       });
       $("#costs").innerHTML = d.costs.length ? `<table><thead><tr><th>Phase</th><th>Model</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th></tr></thead><tbody>
         ${d.costs.map((c) => `<tr><td>${esc(c.phase_key)}</td><td>${esc(c.model)}</td><td>${esc(c.calls)}</td><td>${esc(c.tokens_in)}/${esc(c.tokens_out)}</td><td>$${Number(c.cost_usd).toFixed(4)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no model calls</span>`;

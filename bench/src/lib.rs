@@ -26,6 +26,7 @@ pub fn bench_request(
             objective: serde_json::json!({}),
             extra: serde_json::json!({}),
         },
+        files: Vec::new(),
         bindings: Default::default(),
         budget: Budget::default(),
         idempotency_key: None,

@@ -1,6 +1,6 @@
 //! `phasefleet approvals …`: the inbox and decisions.
 
-use crate::exit::CliError;
+use crate::exit::{CliError, NOT_FOUND};
 use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::ApprovalId;
@@ -15,6 +15,8 @@ pub enum Approvals {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// One request with the artifact it asks a human to approve.
+    Show { id: ApprovalId },
     /// Decide a request: approve, reject, abort or revise (revise needs --comment).
     Decide {
         id: ApprovalId,
@@ -46,6 +48,35 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
                         a.gates.join(","),
                         a.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     ]
+                },
+            )?;
+        }
+        Approvals::Show { id } => {
+            let mut conn = pool.acquire().await?;
+            let request = phasefleet::store::approvals::approvals_get(&mut conn, id)
+                .await?
+                .ok_or_else(|| CliError::new(NOT_FOUND, format!("approval {id} not found")))?;
+            let artifact =
+                phasefleet::views::artifact_content(&mut conn, request.run_id, request.artifact_id)
+                    .await?;
+            let content = artifact.as_ref().and_then(|(_, c)| c.clone());
+            print_one(
+                output,
+                &serde_json::json!({ "request": request, "artifact": artifact.as_ref().map(|a| &a.0), "content": content }),
+                |_| {
+                    let path = artifact
+                        .as_ref()
+                        .and_then(|(m, _)| m.path.clone())
+                        .unwrap_or_else(|| "(files: phasefleet runs files)".into());
+                    format!(
+                        "approval {id} — run {} phase {} round {}, gates {}: {}\n{path}\n{}",
+                        request.run_id,
+                        cell(&request.phase_key, 64),
+                        request.round,
+                        request.gates.join(","),
+                        request.action.map_or("pending", |a| a.as_str()),
+                        crate::output::terminal_text(content.as_deref().unwrap_or(""))
+                    )
                 },
             )?;
         }

@@ -35,6 +35,19 @@ pub struct DemoArgs {
     /// to watch a repair.
     #[arg(long, default_value = "{}")]
     extra: String,
+    /// Play a role with another persona: ROLE=PERSONA (repeatable), e.g.
+    /// author=llamacpp-author with --persona examples/personas-llm/llamacpp-author.yaml.
+    #[arg(long = "bind", value_parser = crate::submit::parse_binding)]
+    bindings: Vec<(String, String)>,
+    /// Give the agent the files under this directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "repo")]
+    input_dir: Option<PathBuf>,
+    /// Give the agent the tracked files of a git repository: PATH or PATH@REF.
+    #[arg(long, value_name = "PATH[@REF]")]
+    repo: Option<String>,
+    /// Leave out input files matching this glob (repeatable).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
 }
 
 pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliError> {
@@ -80,16 +93,19 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         requirements: Some(args.requirements.clone()),
         objective: r#"{"deliverable": "a reviewed specification with a verification plan"}"#.into(),
         extra: args.extra.clone(),
-        bindings: vec![],
+        bindings: args.bindings.clone(),
         budget_usd: None,
         budget_tokens: None,
         idempotency_key: None,
         queue: queue.into(),
         team: phasefleet::teams::DEFAULT_TEAM.into(),
+        input_dir: args.input_dir.clone(),
+        repo: args.repo.clone(),
+        excludes: args.excludes.clone(),
     };
     let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
-        let req = build_request(&submit_args, "demo")?;
+        let req = tokio::task::block_in_place(|| build_request(&submit_args, "demo"))?;
         let id = submit(&db.pool, req).await?.run_id();
         eprintln!("submitted run {id}");
         ids.push(id);

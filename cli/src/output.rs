@@ -22,6 +22,44 @@ pub fn emit(text: &str) -> std::io::Result<()> {
     out.flush()
 }
 
+/// A file's bytes to stdout. To a terminal, only text is written, with control
+/// characters other than newline and tab escaped (a model-written file must not drive
+/// the terminal); to a pipe, the bytes as stored.
+///
+/// # Errors
+/// A binary file on a terminal; write errors.
+pub fn emit_bytes(bytes: &[u8]) -> Result<(), crate::exit::CliError> {
+    use std::io::IsTerminal;
+    let mut out = std::io::stdout().lock();
+    if !out.is_terminal() {
+        out.write_all(bytes)?;
+        return Ok(out.flush()?);
+    }
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| !t.contains('\0'))
+        .ok_or_else(|| {
+            crate::exit::CliError::new(2, "a binary file: write it with --out FILE, or pipe it")
+        })?;
+    out.write_all(terminal_text(text).as_bytes())?;
+    Ok(out.flush()?)
+}
+
+/// Text as a terminal may show it: control characters other than newline and tab
+/// escaped.
+#[must_use]
+pub fn terminal_text(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Text for a table cell: control characters escaped, at most `max` characters.
 #[must_use]
 pub fn cell(text: &str, max: usize) -> String {

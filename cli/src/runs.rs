@@ -1,4 +1,5 @@
-//! `phasefleet runs …`: list, show, watch and cancel runs.
+//! `phasefleet runs …`: list, show, watch and cancel runs; read their artifacts and
+//! files.
 
 use crate::exit::{CliError, FAILURE, NOT_FOUND};
 use crate::output::{Output, cell, print_one, print_rows};
@@ -28,6 +29,22 @@ pub enum Runs {
         id: RunId,
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// The artifact of a phase (the latest: the one an approval waits on, or the
+    /// accepted one), as stored.
+    Artifact { id: RunId, phase: String },
+    /// The run's files: inputs, and what each accepted phase wrote.
+    Files { id: RunId },
+    /// One file's content, to stdout (or --out FILE).
+    File {
+        id: RunId,
+        path: String,
+        /// Which writer's version: a phase key, or "" for the input (default: the
+        /// latest phase that wrote it).
+        #[arg(long)]
+        origin: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -103,6 +120,76 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                     FAILURE,
                     format!("run {id} ended {}", state.as_str()),
                 ));
+            }
+        }
+        Runs::Artifact { id, phase } => {
+            let (meta, content) = phasefleet::views::phase_artifact(&mut conn, id, &phase)
+                .await?
+                .ok_or_else(|| {
+                    CliError::new(
+                        NOT_FOUND,
+                        format!("run {id} has no artifact for phase {phase:?}"),
+                    )
+                })?;
+            print_one(
+                output,
+                &serde_json::json!({ "artifact": meta, "content": content }),
+                |_| {
+                    let state = if meta.valid { "valid" } else { "invalid" };
+                    let mut s = format!(
+                        "{} — phase {}, round {}, attempt {}, {state}\n",
+                        meta.path.as_deref().unwrap_or("(files only)"),
+                        cell(&meta.phase_key, 64),
+                        meta.round,
+                        meta.attempt
+                    );
+                    s.push_str(&crate::output::terminal_text(
+                        content.as_deref().unwrap_or("(nothing written)"),
+                    ));
+                    s
+                },
+            )?;
+        }
+        Runs::Files { id } => {
+            let rows = phasefleet::store::files::run_files_list(&mut conn, id).await?;
+            print_rows(
+                output,
+                &rows,
+                &["ORIGIN", "PATH", "BYTES", "KIND", "SHA256"],
+                |f| {
+                    vec![
+                        if f.origin.is_empty() {
+                            "input".into()
+                        } else {
+                            cell(&f.origin, 64)
+                        },
+                        cell(&f.path, 200),
+                        f.size.to_string(),
+                        if f.is_binary { "binary" } else { "text" }.into(),
+                        f.sha256.chars().take(16).collect(),
+                    ]
+                },
+            )?;
+        }
+        Runs::File {
+            id,
+            path,
+            origin,
+            out,
+        } => {
+            let (_, bytes) = phasefleet::store::files::run_files_content(
+                &mut conn,
+                id,
+                &path,
+                origin.as_deref(),
+            )
+            .await?
+            .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} has no file {path:?}")))?;
+            match out {
+                Some(file) => std::fs::write(&file, &bytes).map_err(|e| {
+                    CliError::new(FAILURE, format!("cannot write {}: {e}", file.display()))
+                })?,
+                None => crate::output::emit_bytes(&bytes)?,
             }
         }
         Runs::Cancel { id, reason } => {

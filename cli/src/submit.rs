@@ -3,13 +3,14 @@
 use crate::exit::CliError;
 use crate::output::{Output, print_one};
 use clap::Args;
+use phasefleet::input_files::{self, InputFile};
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::validate::SchemaRegistry;
 use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -42,9 +43,21 @@ pub struct SubmitArgs {
     /// The team the run belongs to.
     #[arg(long, default_value = phasefleet::teams::DEFAULT_TEAM)]
     pub team: String,
+    /// Give the agent the files under this directory (symbolic links and `.git` are
+    /// left out).
+    #[arg(long, value_name = "DIR", conflicts_with = "repo")]
+    pub input_dir: Option<PathBuf>,
+    /// Give the agent the tracked files of a git repository at a ref: PATH or PATH@REF
+    /// (default ref HEAD).
+    #[arg(long, value_name = "PATH[@REF]")]
+    pub repo: Option<String>,
+    /// Leave out input files whose path matches this glob (repeatable), e.g.
+    /// 'target/**' or '*.png'.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
 }
 
-fn parse_binding(s: &str) -> Result<(String, String), String> {
+pub fn parse_binding(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(r, p)| (r.trim().to_owned(), p.trim().to_owned()))
         .filter(|(r, p)| !r.is_empty() && !p.is_empty())
@@ -53,6 +66,33 @@ fn parse_binding(s: &str) -> Result<(String, String), String> {
 
 fn usage(msg: impl Into<String>) -> CliError {
     CliError::new(2, msg)
+}
+
+/// The input files `--input-dir` or `--repo` name; what was left out goes to stderr.
+fn input_files(args: &SubmitArgs) -> Result<Vec<InputFile>, CliError> {
+    let exclude = input_files::excludes(&args.excludes).map_err(|e| usage(e.to_string()))?;
+    let collected = match (&args.input_dir, &args.repo) {
+        (Some(dir), _) => input_files::read_dir(dir, &exclude),
+        (None, Some(repo)) => {
+            // A path that exists is the repository itself (even with an '@' in it).
+            let (path, rev) = if Path::new(repo).exists() {
+                (repo.as_str(), "HEAD")
+            } else {
+                repo.rsplit_once('@').unwrap_or((repo.as_str(), "HEAD"))
+            };
+            input_files::read_git(Path::new(path), rev, &exclude)
+        }
+        (None, None) => return Ok(Vec::new()),
+    }
+    .map_err(|e| usage(e.to_string()))?;
+    if !collected.skipped.is_empty() {
+        eprintln!(
+            "left out {} path(s): {}",
+            collected.skipped.len(),
+            collected.skipped.join(", ")
+        );
+    }
+    Ok(collected.files)
 }
 
 pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequest, CliError> {
@@ -78,6 +118,7 @@ pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequ
             objective: json("objective", &args.objective)?,
             extra: json("extra", &args.extra)?,
         },
+        files: input_files(args)?,
         bindings: args.bindings.iter().cloned().collect::<BTreeMap<_, _>>(),
         budget: Budget {
             usd: args.budget_usd,
@@ -99,7 +140,8 @@ pub async fn submit(pool: &PgPool, req: SubmitRequest) -> Result<Submitted, CliE
 }
 
 pub async fn run(pool: &PgPool, args: SubmitArgs, output: Output) -> Result<(), CliError> {
-    let req = build_request(&args, &whoami())?;
+    // Reading input files is blocking I/O.
+    let req = tokio::task::block_in_place(|| build_request(&args, &whoami()))?;
     let submitted = submit(pool, req).await?;
     print_one(output, &submitted, |s| match s {
         Submitted::Created(id) => format!("{id}"),

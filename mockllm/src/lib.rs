@@ -20,6 +20,11 @@
 //! | `mock/nul-args` | tool calls with a NUL in the arguments and a control character in the name, then a valid write |
 //! | `mock/negative-cost`, `mock/absurd-cost` | valid, reporting a cost of -5 USD or 1e12 USD |
 //! | `mock/exfiltrate` | tries to read `/proc/self/environ`, `../../.env` and `~/.ssh/id_rsa`, then writes a valid artifact |
+//! | `mock/submit` | calls `submit_artifact` with a valid artifact as its arguments |
+//! | `mock/submit-object` | the same, with the arguments as a JSON object instead of a string |
+//! | `mock/fenced` | no tools: replies with the artifact in one fenced JSON block |
+//! | `mock/enum-wrong` | first attempt: submits an artifact with a value outside an enum, then stops; a repair submits a valid one |
+//! | `mock/read-cite` | reads every text file the envelope lists, writes `notes/<phase>.md`, then submits the artifact; where the schema has a `files` array it lists each file read with the sha256 of what it read |
 //!
 //! A `-nocost` suffix leaves `usage.cost` out (the client then prices the call itself).
 //! The artifact is built from the JSON Schema found in the prompt's envelope.
@@ -43,13 +48,24 @@ pub struct Stats {
     call_ids: Mutex<Vec<String>>,
     /// The `Authorization` header of every request received (empty when absent).
     authorizations: Mutex<Vec<String>>,
+    /// The last [`MAX_BODIES`] request bodies.
+    bodies: Mutex<Vec<Value>>,
 }
+
+/// How many request bodies [`Stats::bodies`] keeps.
+pub const MAX_BODIES: usize = 500;
 
 impl Stats {
     /// Call ids seen so far (one per request that carried the header).
     #[must_use]
     pub fn call_ids(&self) -> Vec<String> {
         self.call_ids.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The request bodies received (the last [`MAX_BODIES`]).
+    #[must_use]
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
     /// `Authorization` headers seen so far, one per request.
@@ -112,6 +128,128 @@ fn tool_call(id: &str, name: &str, arguments: String) -> Value {
     json!({ "id": id, "type": "function", "function": { "name": name, "arguments": arguments } })
 }
 
+fn submit_call(artifact: &Value) -> Value {
+    tool_call("call_submit", "submit_artifact", artifact.to_string())
+}
+
+/// Set the first value the schema constrains with `enum` to one it does not allow.
+fn break_first_enum(value: &mut Value, schema: &Value) -> bool {
+    if schema.get("enum").is_some() {
+        *value = Value::String("not-a-choice".into());
+        return true;
+    }
+    match value {
+        Value::Object(map) => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                return false;
+            };
+            props.iter().any(|(key, sub)| {
+                map.get_mut(key)
+                    .is_some_and(|child| break_first_enum(child, sub))
+            })
+        }
+        Value::Array(items) => schema
+            .get("items")
+            .is_some_and(|sub| items.iter_mut().any(|child| break_first_enum(child, sub))),
+        _ => false,
+    }
+}
+
+/// The files the envelope lists (text ones only).
+fn listed_files(envelope: &str) -> Vec<String> {
+    envelope
+        .split_once("## Files in your workspace")
+        .map(|(_, rest)| {
+            rest.lines()
+                .skip(1)
+                .map_while(|l| l.strip_prefix("- "))
+                .filter(|p| !p.ends_with(" (binary)") && !p.starts_with('…'))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `read-cite`: turn 1 reads every listed file; turn 2 writes a note and submits the
+/// artifact citing what was read; then it is done.
+fn read_cite(
+    envelope: &str,
+    messages: &[Value],
+    path: &str,
+    schema: &Value,
+) -> (Option<String>, Vec<Value>) {
+    let results: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+        .collect();
+    if results.is_empty() {
+        let reads: Vec<Value> = listed_files(envelope)
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                tool_call(
+                    &format!("call_read_{i}"),
+                    "read_file",
+                    json!({ "path": p }).to_string(),
+                )
+            })
+            .collect();
+        if !reads.is_empty() {
+            return (None, reads);
+        }
+    }
+    // What each read returned, by the path its call asked for.
+    let mut read = Vec::new();
+    for m in messages {
+        for call in m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+            let args: Value = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or(Value::Null);
+            let result = results
+                .iter()
+                .find(|r| r.get("tool_call_id").and_then(Value::as_str) == Some(id))
+                .and_then(|r| r.get("content").and_then(Value::as_str));
+            if let (Some(p), Some(text), true) = (
+                args.get("path").and_then(Value::as_str),
+                result,
+                call.pointer("/function/name").and_then(Value::as_str) == Some("read_file"),
+            ) {
+                read.push(json!({ "path": p, "sha256": phasefleet::workflow::sha256_hex(text) }));
+            }
+        }
+    }
+    let mut artifact = phasefleet::agent::synthetic::instance(schema, schema, 0);
+    if schema.pointer("/properties/files").is_some() {
+        artifact["files"] = Value::Array(read.clone());
+    }
+    let phase = envelope
+        .lines()
+        .find_map(|l| l.strip_prefix("Phase: "))
+        .unwrap_or("phase")
+        .trim();
+    let note = format!("# {phase}\nread {} file(s)\n", read.len());
+    let _ = path;
+    (
+        None,
+        vec![
+            tool_call(
+                "call_note",
+                "write_file",
+                json!({ "path": format!("notes/{phase}.md"), "content": note }).to_string(),
+            ),
+            submit_call(&artifact),
+        ],
+    )
+}
+
 fn write_valid(path: &str, schema: &Value) -> Value {
     let content = phasefleet::agent::synthetic::instance(schema, schema, 0).to_string();
     tool_call(
@@ -152,6 +290,12 @@ async fn chat(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         seen.push(auth.to_owned());
+    }
+    if let Ok(mut bodies) = stats.bodies.lock() {
+        if bodies.len() == MAX_BODIES {
+            bodies.remove(0);
+        }
+        bodies.push(body.clone());
     }
     let model = body
         .get("model")
@@ -307,6 +451,42 @@ async fn chat(
             ],
         ),
         "exfiltrate" if tool_results == 4 => (None, vec![write_valid(&path, &schema)]),
+        "submit" | "submit-object" if !finished => {
+            let artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
+            let arguments = if script == "submit" {
+                Value::String(artifact.to_string())
+            } else {
+                artifact
+            };
+            (
+                Some(String::new()),
+                vec![json!({ "id": "call_submit", "type": "function",
+                    "function": { "name": "submit_artifact", "arguments": arguments } })],
+            )
+        }
+        "fenced" => {
+            let artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
+            (
+                Some(format!(
+                    "Here is the artifact:\n```json\n{}\n```",
+                    serde_json::to_string_pretty(&artifact).unwrap_or_default()
+                )),
+                vec![],
+            )
+        }
+        "enum-wrong" if envelope.contains("[REPAIR ATTEMPT]") && !finished => (
+            None,
+            vec![submit_call(&phasefleet::agent::synthetic::instance(
+                &schema, &schema, 0,
+            ))],
+        ),
+        "enum-wrong" if !finished => {
+            let mut artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
+            break_first_enum(&mut artifact, &schema);
+            (None, vec![submit_call(&artifact)])
+        }
+        "enum-wrong" => (Some("I am done.".into()), vec![]),
+        "read-cite" => read_cite(&envelope, &messages, &path, &schema),
         "multi-tool" if !finished => (
             None,
             vec![

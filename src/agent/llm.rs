@@ -1,17 +1,26 @@
 //! The agent loop for OpenAI-compatible providers: system prompt from the persona, the
-//! phase envelope as the user message, file tools over the phase workspace, until the
-//! model stops calling tools, the turn bound is reached, or the token fires. Before
-//! every call: budget check (run still running, under budget) and a rate-limit permit.
-//! Tools run off the async threads under a deadline, so a slow tool never stops
+//! phase envelope as the user message, tools over the phase workspace, until the
+//! expected artifact is accepted, the model stops, the turn bound is reached, or the
+//! token fires. The artifact is accepted the moment it is valid, whichever way it
+//! arrives: `submit_artifact`, `write_file`/`edit_file` to its path, or a reply that is
+//! itself the JSON (bare or in one fenced block); an invalid one is answered with every
+//! error so the model can fix it in the same attempt. A model that stops without
+//! handing in the artifact is reminded once.
+//!
+//! Before every call: budget check (run still running, under budget) and a rate-limit
+//! permit. Tools run off the async threads under a deadline, so a slow tool never stops
 //! heartbeats, timeouts, cancel or shutdown.
 
-use super::ledger::{BeginError, CallRecord, Ledger};
+use super::artifact::{SUBMIT_TOOL, artifact_in_reply};
+use super::ledger::{BeginError, CallRecord};
 use super::limits::Limiter;
 use super::openai::{
-    BeforeSend, CallError, CallOutcome, ChatRequest, Message, ToolCall, call_cost,
+    BeforeSend, CallError, CallOutcome, ChatRequest, ChatResponse, Message, ToolDef, call_cost,
 };
 use super::providers::{Provider, Providers};
-use super::{Agent, AgentError, AgentOutcome, AgentRequest, Workspace, tools};
+use super::tools::{self, ToolOutput};
+use super::{Agent, AgentError, AgentOutcome, AgentRequest};
+use crate::workflow::ArtifactVia;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +66,16 @@ impl LlmAgent {
     }
 }
 
+/// What the loop does after a reply without tool calls.
+enum AfterReply {
+    /// The reply was the artifact, and it is valid.
+    Accepted,
+    /// Tell the model this and go on.
+    Say(String),
+    /// The conversation is over.
+    Stop,
+}
+
 impl Agent for LlmAgent {
     async fn run(
         &self,
@@ -64,48 +83,110 @@ impl Agent for LlmAgent {
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
         let provider = self.provider(&req)?;
+        let via_tool = req.persona.artifact_via == ArtifactVia::Tool;
+        let submit = req
+            .artifact
+            .as_ref()
+            .filter(|_| via_tool)
+            .map(|a| (a, provider.config.strict_tools));
+        let tools = tools::definitions(submit);
         let mut messages = vec![
             Message::text("system", req.persona.system_prompt.clone()),
             Message::text("user", req.envelope.clone()),
         ];
-        let mut ws = Workspace::default();
-        let mut turns = 0;
+        let mut reminded = false;
         for turn in 1..=req.persona.max_turns {
             if cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);
             }
             req.ledger.check_budget().await?;
-            turns = turn;
+            let outcome = |accepted| AgentOutcome {
+                turns: turn,
+                accepted,
+            };
             let turn = i32::try_from(turn).unwrap_or(i32::MAX);
             let reply = self
-                .call_model(&req, &provider, &messages, turn, &cancel)
+                .call_model(&req, &provider, &messages, &tools, turn, &cancel)
                 .await?;
             let calls = reply.tool_calls.clone();
+            let text = reply.content.clone().unwrap_or_default();
             messages.push(reply);
             if calls.is_empty() {
-                break;
+                match after_reply(&req, &text, turn, &mut reminded, &cancel).await? {
+                    AfterReply::Accepted => return Ok(outcome(true)),
+                    AfterReply::Say(next) => messages.push(Message::text("user", next)),
+                    AfterReply::Stop => return Ok(outcome(false)),
+                }
+                continue;
             }
             for call in calls {
-                let (next, output) = run_tool(ws, &call, &req.ledger, turn, &cancel).await?;
-                ws = next;
-                messages.push(Message::tool_result(&call.id, output));
+                let out = run_tool(
+                    &req,
+                    &call.function.name,
+                    &call.function.arguments,
+                    turn,
+                    &cancel,
+                )
+                .await?;
+                messages.push(Message::tool_result(&call.id, out.text));
+                if out.accepted {
+                    return Ok(outcome(true));
+                }
             }
         }
         Ok(AgentOutcome {
-            workspace: ws,
-            turns,
+            turns: req.persona.max_turns,
+            accepted: false,
         })
     }
 }
 
+/// A reply without tool calls: the artifact itself (checked as a submission), or the
+/// model stopping; one reminder when the artifact is still missing or invalid.
+async fn after_reply(
+    req: &AgentRequest,
+    text: &str,
+    turn: i32,
+    reminded: &mut bool,
+    cancel: &CancellationToken,
+) -> Result<AfterReply, AgentError> {
+    let Some(artifact) = &req.artifact else {
+        return Ok(AfterReply::Stop);
+    };
+    if let Some(value) = artifact_in_reply(text) {
+        let out = run_tool(req, SUBMIT_TOOL, &value.to_string(), turn, cancel).await?;
+        return Ok(if out.accepted {
+            AfterReply::Accepted
+        } else {
+            AfterReply::Say(out.text)
+        });
+    }
+    if std::mem::replace(reminded, true) {
+        return Ok(AfterReply::Stop);
+    }
+    let how = if req.persona.artifact_via == ArtifactVia::Tool {
+        format!(
+            "Call the `{SUBMIT_TOOL}` tool with the artifact as its arguments (or write it to {} with `write_file`).",
+            artifact.path
+        )
+    } else {
+        "Reply with the artifact as a single JSON object and nothing else.".to_owned()
+    };
+    Ok(AfterReply::Say(format!(
+        "The artifact {} has not been accepted yet, so the phase is not done. {how}",
+        artifact.path
+    )))
+}
+
 impl LlmAgent {
     /// One model call (with its retries): a rate-limit permit, the request, the ledger
-    /// rows of every HTTP attempt, and the assistant's reply.
+    /// rows of every HTTP attempt, a progress line in the log, and the assistant's reply.
     async fn call_model(
         &self,
         req: &AgentRequest,
         provider: &Provider,
         messages: &[Message],
+        tools: &[ToolDef],
         turn: i32,
         cancel: &CancellationToken,
     ) -> Result<Message, AgentError> {
@@ -123,15 +204,7 @@ impl LlmAgent {
                 cancel,
             )
             .await?;
-        let chat = ChatRequest {
-            model: p.model.clone(),
-            messages: messages.to_vec(),
-            tools: tools::definitions(),
-            temperature: p.temperature,
-            top_p: p.top_p,
-            max_tokens: p.max_tokens,
-            usage: Some(serde_json::json!({ "include": true })),
-        };
+        let chat = chat_request(req, provider, messages, tools);
         let log = TurnLog {
             ledger: &req.ledger,
             turn,
@@ -141,6 +214,7 @@ impl LlmAgent {
         drop(permit);
         record_outcomes(req, provider, turn, &outcomes).await?;
         let response = result.map_err(|e| call_failed(&p.model, e))?;
+        log_turn(turn, &outcomes, &response);
         let choice = response.choices.into_iter().next().ok_or_else(|| {
             AgentError::Transient(format!("model {} returned no choices", p.model))
         })?;
@@ -151,6 +225,65 @@ impl LlmAgent {
             tool_call_id: None,
         })
     }
+}
+
+/// The request for one turn: a repair attempt may sample differently (persona
+/// `repair_temperature`, `seed` + attempt), and with `artifact_via: response_format`
+/// the reply is constrained to the artifact's schema.
+fn chat_request(
+    req: &AgentRequest,
+    provider: &Provider,
+    messages: &[Message],
+    tools: &[ToolDef],
+) -> ChatRequest {
+    let p = &req.persona;
+    let temperature = if req.attempt > 1 {
+        p.repair_temperature.or(p.temperature)
+    } else {
+        p.temperature
+    };
+    let response_format = req
+        .artifact
+        .as_ref()
+        .filter(|_| p.artifact_via == ArtifactVia::ResponseFormat)
+        .map(|a| a.response_format(provider.config.strict_tools));
+    ChatRequest {
+        model: p.model.clone(),
+        messages: messages.to_vec(),
+        tools: tools.to_vec(),
+        temperature,
+        top_p: p.top_p,
+        max_tokens: p.max_tokens,
+        seed: p.seed.map(|s| s.saturating_add(i64::from(req.attempt) - 1)),
+        response_format,
+        usage: Some(serde_json::json!({ "include": true })),
+    }
+}
+
+/// One line per model turn at info: what the model cost and what it asked for.
+fn log_turn(turn: i32, outcomes: &[CallOutcome], response: &ChatResponse) {
+    let usage = response.usage.clone().unwrap_or_default();
+    let choice = response.choices.first();
+    let tools: Vec<&str> = choice
+        .map(|c| {
+            c.message
+                .tool_calls
+                .iter()
+                .map(|t| t.function.name.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let latency_ms: i64 = outcomes.iter().map(|o| o.latency_ms).sum();
+    tracing::info!(
+        turn,
+        tokens_in = usage.prompt(),
+        tokens_out = usage.completion(),
+        latency_ms,
+        http_attempts = outcomes.len(),
+        tools = %tools.join(","),
+        finish = choice.and_then(|c| c.finish_reason.as_deref()).unwrap_or(""),
+        "model turn"
+    );
 }
 
 fn ledger_failed(e: sqlx::Error) -> AgentError {
@@ -205,24 +338,22 @@ async fn record_outcomes(
     Ok(())
 }
 
-/// Run one tool call on a blocking thread under [`TOOL_DEADLINE`] and audit it; the
-/// workspace travels there and back. A tool that overruns ends the attempt (its
-/// workspace is gone with it). Returns the workspace and the tool's output.
+/// Run one tool call on a blocking thread under [`TOOL_DEADLINE`] and audit it. The
+/// tool works on the shared workspace; one that overruns ends the attempt (what was
+/// written before stays for the engine to validate).
 async fn run_tool(
-    ws: Workspace,
-    call: &ToolCall,
-    ledger: &Ledger,
+    req: &AgentRequest,
+    name: &str,
+    arguments: &str,
     turn: i32,
     cancel: &CancellationToken,
-) -> Result<(Workspace, String), AgentError> {
-    let name = &call.function.name;
-    let (tool, args) = (name.clone(), call.function.arguments.clone());
+) -> Result<ToolOutput, AgentError> {
+    let (workspace, artifact) = (req.workspace.clone(), req.artifact.clone());
+    let (tool, args) = (name.to_owned(), arguments.to_owned());
     let task = tokio::task::spawn_blocking(move || {
-        let mut ws = ws;
-        let (ok, out) = tools::execute(&mut ws, &tool, &args);
-        (ws, ok, out)
+        tools::execute(&mut workspace.lock(), &tool, &args, artifact.as_ref())
     });
-    let (ws, ok, output) = tokio::select! {
+    let out = tokio::select! {
         () = cancel.cancelled() => return Err(AgentError::Cancelled),
         () = tokio::time::sleep(TOOL_DEADLINE) => return Err(AgentError::Fatal(format!(
             "tool {} ran past its {} s deadline",
@@ -231,11 +362,12 @@ async fn run_tool(
         ))),
         joined = task => joined.map_err(|e| AgentError::Fatal(format!("tool {} failed: {e}", tools::printable(name, 64))))?,
     };
-    ledger
-        .record_tool(turn, name, &call.function.arguments, ok, &output)
+    tracing::debug!(turn, tool = %tools::printable(name, 64), ok = out.ok, accepted = out.accepted, "tool call");
+    req.ledger
+        .record_tool(turn, name, arguments, out.ok, &out.text)
         .await
         .map_err(ledger_failed)?;
-    Ok((ws, output))
+    Ok(out)
 }
 
 /// Writes the ledger's `in_flight` row for each HTTP attempt of one turn.

@@ -2,6 +2,7 @@
 //! only sees this trait; backends (the offline `synthetic` one, OpenAI-compatible
 //! providers from the operator's configuration) live behind it.
 
+pub mod artifact;
 pub mod ledger;
 pub mod limits;
 pub mod llm;
@@ -14,10 +15,11 @@ pub mod workspace;
 
 use crate::ids::RunId;
 use crate::workflow::Persona;
+pub use artifact::ArtifactCheck;
 pub use ledger::Ledger;
 use std::future::Future;
 use tokio_util::sync::CancellationToken;
-pub use workspace::Workspace;
+pub use workspace::{SharedWorkspace, Workspace};
 
 /// One attempt of one phase, as the agent sees it.
 #[derive(Debug, Clone)]
@@ -30,19 +32,24 @@ pub struct AgentRequest {
     pub persona: Persona,
     /// The full user prompt (see `phase::envelope`).
     pub envelope: String,
-    pub expected_path: String,
-    pub schema: serde_json::Value,
+    /// The artifact the phase expects, with its validator; `None` when the phase's
+    /// output is the files it writes.
+    pub artifact: Option<ArtifactCheck>,
     /// Free-form run input `extra`, which the synthetic backend reads for directives.
     pub extra: serde_json::Value,
     /// Where model and tool calls are recorded, and the budget checked.
     pub ledger: Ledger,
+    /// The attempt's files (inputs and earlier phases' outputs to start with), shared
+    /// with the engine: whatever the agent wrote is there even if it never returns.
+    pub workspace: SharedWorkspace,
 }
 
-/// What an attempt produced.
+/// What an attempt did (its files are in the request's workspace).
 #[derive(Debug, Default)]
 pub struct AgentOutcome {
-    pub workspace: Workspace,
     pub turns: u32,
+    /// The expected artifact was checked and accepted during the attempt.
+    pub accepted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

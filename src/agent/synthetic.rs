@@ -9,10 +9,14 @@
 //! - `invalid_phases: [keys]`: limit those two to these phases;
 //! - `never_write: true`: write nothing (the attempt fails for lack of an artifact);
 //! - `delay_ms: N`: take N ms per attempt (interruptible);
+//! - `hang_after_write: true`: after writing, wait until interrupted (a timeout);
 //! - `tokens: N`: report N tokens used per attempt (to exercise budgets).
+//!
+//! A phase without an expected artifact gets `synthetic/<phase>.txt`, which lists the
+//! workspace's files with their sizes.
 
 use super::ledger::CallRecord;
-use super::{Agent, AgentError, AgentOutcome, AgentRequest, Workspace};
+use super::{Agent, AgentError, AgentOutcome, AgentRequest};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +37,6 @@ impl Agent for SyntheticAgent {
                 () = tokio::time::sleep(Duration::from_millis(ms)) => {}
             }
         }
-        let mut workspace = Workspace::default();
         if let Some(tokens) = d.get("tokens").and_then(Value::as_i64) {
             req.ledger.check_budget().await?;
             let record = CallRecord {
@@ -51,10 +54,27 @@ impl Agent for SyntheticAgent {
         }
         if d.get("never_write").and_then(Value::as_bool) == Some(true) {
             return Ok(AgentOutcome {
-                workspace,
                 turns: 1,
+                accepted: false,
             });
         }
+        let Some(artifact) = &req.artifact else {
+            let mut ws = req.workspace.lock();
+            let listing: Vec<String> = ws
+                .files()
+                .map(|(p, c)| format!("{p} {}", c.len()))
+                .collect();
+            ws.write(
+                &format!("synthetic/{}.txt", req.phase_key),
+                listing.join("\n"),
+            )
+            .map_err(AgentError::Fatal)?;
+            return Ok(AgentOutcome {
+                turns: 1,
+                accepted: false,
+            });
+        };
+        let schema = &artifact.schema;
         let invalid_attempts = d
             .get("invalid_attempts")
             .and_then(Value::as_i64)
@@ -70,10 +90,11 @@ impl Agent for SyntheticAgent {
             // Valid JSON that breaks the schema: an object without its required fields.
             json!({ "synthetic_invalid": true }).to_string()
         } else {
-            let mut v = instance(&req.schema, &req.schema, 0);
+            let mut v = instance(schema, schema, 0);
+            cite_workspace(&mut v, schema, &req.workspace.lock());
             if let Value::Object(m) = &mut v {
                 // Give consumers something run-specific to look at, where allowed.
-                if req.schema.get("additionalProperties") != Some(&Value::Bool(false)) {
+                if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
                     m.insert(
                         "synthetic_phase".into(),
                         Value::String(req.phase_key.clone()),
@@ -82,13 +103,37 @@ impl Agent for SyntheticAgent {
             }
             serde_json::to_string_pretty(&v).unwrap_or_default()
         };
-        workspace
-            .write(&req.expected_path, content)
+        req.workspace
+            .lock()
+            .write(&artifact.path, content)
             .map_err(AgentError::Fatal)?;
+        if d.get("hang_after_write").and_then(Value::as_bool) == Some(true) {
+            cancel.cancelled().await;
+            return Err(AgentError::Cancelled);
+        }
         Ok(AgentOutcome {
-            workspace,
             turns: 1,
+            accepted: false,
         })
+    }
+}
+
+/// Where the schema asks for `files: [{path, sha256}]`, list the workspace's text files
+/// (at most 20) with the sha256 of their content: the synthetic agent "read" them.
+fn cite_workspace(artifact: &mut Value, schema: &Value, ws: &super::Workspace) {
+    let wants = schema
+        .pointer("/properties/files/items/properties")
+        .is_some_and(|p| p.get("path").is_some() && p.get("sha256").is_some());
+    if !wants {
+        return;
+    }
+    let files: Vec<Value> = ws
+        .files()
+        .take(20)
+        .map(|(path, content)| json!({ "path": path, "sha256": crate::workflow::sha256_hex(content) }))
+        .collect();
+    if !files.is_empty() {
+        artifact["files"] = Value::Array(files);
     }
 }
 

@@ -1,11 +1,14 @@
-//! The agent's file tools over its phase workspace: ls, read_file, write_file,
-//! edit_file, glob, grep. Arguments come from the model and are untrusted: bad JSON,
+//! The agent's tools over its phase workspace: ls, read_file, write_file, edit_file,
+//! glob, grep, and `submit_artifact` when the phase expects an artifact. Writing or
+//! submitting the expected artifact validates it at once: the result says "accepted"
+//! (the attempt ends) or lists every error. Arguments come from the model and are untrusted: bad JSON,
 //! missing fields, NUL or control characters, over-long arguments and paths outside
 //! the workspace are answered with an error message the model can act on, never a
 //! panic, a database error or a retry. `glob` and `grep` run in time linear in the
 //! workspace (globset and regex compile to automata; patterns are length-capped), and
 //! the caller runs every tool off the async threads under a deadline.
 
+use super::artifact::{ArtifactCheck, SUBMIT_TOOL};
 use super::openai::ToolDef;
 use super::workspace::{Workspace, check_relative_path};
 use serde_json::{Value, json};
@@ -15,11 +18,33 @@ const MAX_OUTPUT: usize = 20_000;
 pub const MAX_ARGUMENT_BYTES: usize = 3 * 1024 * 1024;
 /// Longest glob or grep pattern.
 pub const MAX_PATTERN_BYTES: usize = 1000;
-const TOOL_NAMES: &[&str] = &["ls", "read_file", "write_file", "edit_file", "glob", "grep"];
+const FILE_TOOLS: &[&str] = &["ls", "read_file", "write_file", "edit_file", "glob", "grep"];
 
-/// The tool definitions sent to the model.
+/// What a tool call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    /// The call did what it was asked (a written artifact that does not validate is
+    /// still `ok`: the file was written).
+    pub ok: bool,
+    /// What the model reads.
+    pub text: String,
+    /// The expected artifact was written or submitted and is valid: the attempt ends.
+    pub accepted: bool,
+}
+
+/// The tool definitions sent to the model: the file tools, and `submit_artifact` with
+/// the artifact's schema as its parameters when the phase expects one (unless the
+/// artifact comes back as the reply, `response_format`).
 #[must_use]
-pub fn definitions() -> Vec<ToolDef> {
+pub fn definitions(submit: Option<(&ArtifactCheck, bool)>) -> Vec<ToolDef> {
+    let mut defs = file_tools();
+    if let Some((artifact, strict)) = submit {
+        defs.push(artifact.submit_tool(strict));
+    }
+    defs
+}
+
+fn file_tools() -> Vec<ToolDef> {
     let def = |name: &str, description: &str, params: Value| ToolDef {
         kind: "function",
         function: json!({ "name": name, "description": description, "parameters": params }),
@@ -71,12 +96,21 @@ pub fn printable(s: &str, max_chars: usize) -> String {
     }
 }
 
-fn parse_arguments(name: &str, arguments: &str) -> Result<Value, String> {
-    if !TOOL_NAMES.contains(&name) {
+fn parse_arguments(
+    name: &str,
+    arguments: &str,
+    artifact: Option<&ArtifactCheck>,
+) -> Result<Value, String> {
+    let known = FILE_TOOLS.contains(&name) || (name == SUBMIT_TOOL && artifact.is_some());
+    if !known {
+        let mut names = FILE_TOOLS.to_vec();
+        if artifact.is_some() {
+            names.push(SUBMIT_TOOL);
+        }
         return Err(format!(
             "error: unknown tool {}; tools are {}",
             printable(name, 64),
-            TOOL_NAMES.join(", ")
+            names.join(", ")
         ));
     }
     if arguments.len() > MAX_ARGUMENT_BYTES {
@@ -102,13 +136,34 @@ fn parse_arguments(name: &str, arguments: &str) -> Result<Value, String> {
     }
 }
 
-/// Run one tool call. Returns (ok, output for the model).
-pub fn execute(ws: &mut Workspace, name: &str, arguments: &str) -> (bool, String) {
-    let result = parse_arguments(name, arguments).and_then(|args| dispatch(ws, name, &args));
-    let (ok, mut text) = match result {
-        Ok(t) => (true, t),
-        Err(e) if e.starts_with("error:") => (false, e),
-        Err(e) => (false, format!("error: {e}")),
+/// Run one tool call (CPU work: call it off the async threads). `artifact` is the
+/// phase's expected artifact, checked whenever the call writes or submits it.
+pub fn execute(
+    ws: &mut Workspace,
+    name: &str,
+    arguments: &str,
+    artifact: Option<&ArtifactCheck>,
+) -> ToolOutput {
+    let result = parse_arguments(name, arguments, artifact).and_then(|args| {
+        if name == SUBMIT_TOOL {
+            return artifact.map_or_else(
+                || Err("error: this phase expects no artifact".to_owned()),
+                |a| Ok(submit(ws, a, args)),
+            );
+        }
+        let text = dispatch(ws, name, &args)?;
+        let wrote = args.get("path").and_then(Value::as_str);
+        Ok(match artifact {
+            Some(a) if matches!(name, "write_file" | "edit_file") && wrote == Some(&a.path) => {
+                check_written(ws, a, text)
+            }
+            _ => (text, false),
+        })
+    });
+    let (ok, mut text, accepted) = match result {
+        Ok((t, accepted)) => (true, t, accepted),
+        Err(e) if e.starts_with("error:") => (false, e, false),
+        Err(e) => (false, format!("error: {e}"), false),
     };
     if text.len() > MAX_OUTPUT {
         let mut end = MAX_OUTPUT;
@@ -118,7 +173,31 @@ pub fn execute(ws: &mut Workspace, name: &str, arguments: &str) -> (bool, String
         text.truncate(end);
         text.push_str("\n… (truncated)");
     }
-    (ok, text)
+    ToolOutput { ok, text, accepted }
+}
+
+/// `submit_artifact`: the arguments are the artifact. Written to the expected path
+/// (valid or not, so the next check and a repair see the latest), then checked.
+fn submit(ws: &mut Workspace, artifact: &ArtifactCheck, value: Value) -> (String, bool) {
+    let verdict = artifact.check_value(&value);
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    if let Err(e) = ws.write(&artifact.path, text) {
+        return (
+            format!("error: the artifact could not be stored: {e}"),
+            false,
+        );
+    }
+    (verdict.message(&artifact.path), verdict.accepted())
+}
+
+/// A file tool wrote the expected artifact: check what the file now holds.
+fn check_written(ws: &Workspace, artifact: &ArtifactCheck, done: String) -> (String, bool) {
+    let content = ws.get(&artifact.path).unwrap_or_default();
+    let verdict = artifact.check_text(content);
+    (
+        format!("{done}\n{}", verdict.message(&artifact.path)),
+        verdict.accepted(),
+    )
 }
 
 fn dispatch(ws: &mut Workspace, name: &str, args: &Value) -> Result<String, String> {
@@ -136,7 +215,17 @@ fn dispatch(ws: &mut Workspace, name: &str, args: &Value) -> Result<String, Stri
                 }
                 _ => String::new(),
             };
-            let files: Vec<&str> = ws.paths().filter(|p| p.starts_with(&prefix)).collect();
+            let files: Vec<String> = ws
+                .paths()
+                .filter(|p| p.starts_with(&prefix))
+                .map(|p| {
+                    if ws.is_binary(p) {
+                        format!("{p} (binary)")
+                    } else {
+                        p.to_owned()
+                    }
+                })
+                .collect();
             Ok(listing(&files, "(no files)"))
         }
         "read_file" => ws.read(&need("path")?).map(str::to_owned),
@@ -176,11 +265,15 @@ fn dispatch(ws: &mut Workspace, name: &str, args: &Value) -> Result<String, Stri
     }
 }
 
-fn listing(items: &[&str], empty: &str) -> String {
+fn listing(items: &[impl AsRef<str>], empty: &str) -> String {
     if items.is_empty() {
         empty.into()
     } else {
-        items.join("\n")
+        items
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -239,11 +332,16 @@ fn grep(ws: &Workspace, pattern: &str, prefix: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    fn exec(ws: &mut Workspace, name: &str, args: &str) -> (bool, String) {
+        let out = execute(ws, name, args, None);
+        (out.ok, out.text)
+    }
+
     #[test]
     fn tools_work_and_refuse_bad_input() {
         let mut ws = Workspace::default();
         assert!(
-            execute(
+            exec(
                 &mut ws,
                 "write_file",
                 r#"{"path":"a/b.json","content":"{\"x\":1}\nsecond"}"#
@@ -251,24 +349,24 @@ mod tests {
             .0
         );
         assert_eq!(
-            execute(&mut ws, "read_file", r#"{"path":"a/b.json"}"#).1,
+            exec(&mut ws, "read_file", r#"{"path":"a/b.json"}"#).1,
             "{\"x\":1}\nsecond"
         );
         assert!(
-            execute(
+            exec(
                 &mut ws,
                 "edit_file",
                 r#"{"path":"a/b.json","old_text":"second","new_text":"2nd"}"#
             )
             .0
         );
-        assert_eq!(execute(&mut ws, "ls", "{}").1, "a/b.json");
+        assert_eq!(exec(&mut ws, "ls", "{}").1, "a/b.json");
         assert_eq!(
-            execute(&mut ws, "glob", r#"{"pattern":"**/*.json"}"#).1,
+            exec(&mut ws, "glob", r#"{"pattern":"**/*.json"}"#).1,
             "a/b.json"
         );
         assert_eq!(
-            execute(&mut ws, "grep", r#"{"pattern":"2n."}"#).1,
+            exec(&mut ws, "grep", r#"{"pattern":"2n."}"#).1,
             "a/b.json:2: 2nd"
         );
         for (name, args) in [
@@ -287,7 +385,7 @@ mod tests {
             ("grep", r#"{"pattern":"(unclosed"}"#),
             ("rm", "{}"),
         ] {
-            let (ok, out) = execute(&mut ws, name, args);
+            let (ok, out) = exec(&mut ws, name, args);
             assert!(!ok && out.starts_with("error:"), "{name} {args} -> {out}");
             assert!(
                 !out.contains('\u{7}'),
@@ -316,19 +414,19 @@ mod tests {
         let mut ws = Workspace::default();
         ws.write(&"a".repeat(200), "a".repeat(100_000)).unwrap();
         // A backtracking matcher never returns from these (nextest's timeout fails it).
-        let (ok, out) = execute(
+        let (ok, out) = exec(
             &mut ws,
             "glob",
             &json!({ "pattern": format!("{}b", "*a".repeat(30)) }).to_string(),
         );
         assert!(ok && out == "(no match)", "{out}");
-        let (ok, out) = execute(
+        let (ok, out) = exec(
             &mut ws,
             "grep",
             &json!({ "pattern": format!("{}b", "(a*)*".repeat(10)) }).to_string(),
         );
         assert!(ok && out == "(no match)", "{out}");
-        let (ok, out) = execute(
+        let (ok, out) = exec(
             &mut ws,
             "glob",
             &json!({ "pattern": "*".repeat(MAX_PATTERN_BYTES + 1) }).to_string(),

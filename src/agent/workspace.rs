@@ -1,9 +1,13 @@
-//! A phase's private, in-memory workspace. Paths are relative, normalised, and can
-//! never name anything outside it: no absolute paths, no `..`, no empty segments. Its
-//! size is bounded: bytes per file, bytes in all, and the number of files; content is
-//! text without NUL (it is stored in PostgreSQL).
+//! A phase attempt's private, in-memory workspace: the run's input files and the files
+//! earlier accepted phases wrote, plus what this attempt writes. Paths are relative,
+//! normalised, and can never name anything outside it: no absolute paths, no `..`, no
+//! empty segments. Its size is bounded: bytes per file, bytes in all, and the number of
+//! files; what the agent writes is text without NUL. Binary input files are listed but
+//! hold no text. The engine and the agent share it ([`SharedWorkspace`]), so what the
+//! agent wrote survives a timeout or a failed model call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Largest file the agent may write.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -44,17 +48,89 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One file: text, or a binary file of which only the size is known here.
+#[derive(Debug, Clone)]
+enum Entry {
+    Text(String),
+    Binary(usize),
+}
+
+impl Entry {
+    fn text_len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(_) => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Workspace {
-    files: BTreeMap<String, String>,
+    files: BTreeMap<String, Entry>,
+    /// Bytes of text held.
     bytes: usize,
+    /// Paths written (or edited) since the workspace was seeded.
+    written: BTreeSet<String>,
+}
+
+/// A workspace shared by the agent and the engine for one attempt.
+#[derive(Debug, Clone, Default)]
+pub struct SharedWorkspace(Arc<Mutex<Workspace>>);
+
+impl SharedWorkspace {
+    #[must_use]
+    pub fn new(ws: Workspace) -> Self {
+        Self(Arc::new(Mutex::new(ws)))
+    }
+
+    /// Lock it (a tool that panicked mid-call leaves the files as they were: the lock
+    /// is taken back). Blocking: call it off the async threads when a tool may hold it.
+    pub fn lock(&self) -> MutexGuard<'_, Workspace> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Workspace {
+    /// Seed a text file (an input, or an earlier phase's output): not counted as
+    /// written by this attempt.
+    ///
+    /// # Errors
+    /// As [`Workspace::write`].
+    pub fn seed_text(&mut self, path: &str, content: String) -> Result<(), String> {
+        self.put(path, content)
+    }
+
+    /// Seed a binary file: listed, but not readable as text.
+    ///
+    /// # Errors
+    /// An invalid path, or too many files.
+    pub fn seed_binary(&mut self, path: &str, size: usize) -> Result<(), String> {
+        check_relative_path(path)?;
+        self.check_count(path)?;
+        let old = self.files.insert(path.to_owned(), Entry::Binary(size));
+        self.bytes -= old.map_or(0, |e| e.text_len());
+        Ok(())
+    }
+
+    /// Write a file as the agent (it becomes part of the attempt's output).
+    ///
     /// # Errors
     /// When `path` is not a valid workspace path, the content holds a NUL, or a size
     /// bound would be passed.
     pub fn write(&mut self, path: &str, content: String) -> Result<(), String> {
+        self.put(path, content)?;
+        self.written.insert(path.to_owned());
+        Ok(())
+    }
+
+    fn check_count(&self, path: &str) -> Result<(), String> {
+        if !self.files.contains_key(path) && self.files.len() >= MAX_FILES {
+            return Err(format!("the workspace holds {MAX_FILES} files already"));
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, path: &str, content: String) -> Result<(), String> {
         check_relative_path(path)?;
         if content.contains('\0') {
             return Err("content contains a NUL character; files hold text".into());
@@ -65,43 +141,75 @@ impl Workspace {
                 content.len()
             ));
         }
-        let replaced = self.files.get(path).map_or(0, String::len);
+        let replaced = self.files.get(path).map_or(0, Entry::text_len);
         let total = self.bytes - replaced + content.len();
         if total > MAX_WORKSPACE_BYTES {
             return Err(format!(
                 "the workspace would hold {total} bytes; at most {MAX_WORKSPACE_BYTES}"
             ));
         }
-        if !self.files.contains_key(path) && self.files.len() >= MAX_FILES {
-            return Err(format!("the workspace holds {MAX_FILES} files already"));
-        }
+        self.check_count(path)?;
         self.bytes = total;
-        self.files.insert(path.to_owned(), content);
+        self.files.insert(path.to_owned(), Entry::Text(content));
         Ok(())
     }
 
     /// # Errors
-    /// When `path` is invalid or absent.
+    /// When `path` is invalid, absent or binary.
     pub fn read(&self, path: &str) -> Result<&str, String> {
         check_relative_path(path)?;
-        self.files
-            .get(path)
-            .map(String::as_str)
-            .ok_or_else(|| format!("{path:?} does not exist"))
+        match self.files.get(path) {
+            Some(Entry::Text(t)) => Ok(t),
+            Some(Entry::Binary(size)) => Err(format!(
+                "{path:?} is a binary file ({size} bytes); it cannot be read as text"
+            )),
+            None => Err(format!("{path:?} does not exist")),
+        }
     }
 
+    /// A text file's content.
     #[must_use]
     pub fn get(&self, path: &str) -> Option<&str> {
-        self.files.get(path).map(String::as_str)
+        match self.files.get(path) {
+            Some(Entry::Text(t)) => Some(t),
+            _ => None,
+        }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
 
-    /// Every file, in path order.
+    /// Whether `path` is a binary file.
+    #[must_use]
+    pub fn is_binary(&self, path: &str) -> bool {
+        matches!(self.files.get(path), Some(Entry::Binary(_)))
+    }
+
+    /// Every text file, in path order.
     pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.files.iter().map(|(p, c)| (p.as_str(), c.as_str()))
+        self.files.iter().filter_map(|(p, e)| match e {
+            Entry::Text(t) => Some((p.as_str(), t.as_str())),
+            Entry::Binary(_) => None,
+        })
+    }
+
+    /// The files this attempt wrote, with their final content, in path order.
+    pub fn written(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.written
+            .iter()
+            .filter_map(|p| self.get(p).map(|c| (p.as_str(), c)))
+    }
+
+    /// How many files it holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
     }
 
     /// Bytes held by all files.

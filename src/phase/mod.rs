@@ -21,8 +21,9 @@ use crate::agent::Agent;
 use crate::ids::WorkerId;
 use crate::queue::{self, ClaimedJob, Completed, QueueError};
 use crate::state::{PhaseState, RunState};
-use crate::store::{StoreError, runs};
+use crate::store::{StoreError, ledger, runs};
 use crate::validate::SchemaRegistry;
+use attempt::AgentExit;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +127,7 @@ impl<A: Agent> Engine<A> {
             return self.complete_only(job, worker).await;
         };
         // 2. Run the agent under the phase timeout; a cancel interrupts it.
-        let produced = attempt::run_agent(
+        let attempted = attempt::run_agent(
             &*self.agent,
             &self.schemas,
             &self.pool,
@@ -135,25 +136,54 @@ impl<A: Agent> Engine<A> {
             &cancel,
         )
         .await?;
-        if cancel.is_cancelled() {
-            return Err(PhaseError::Interrupted);
+        if matches!(attempted.ended, AgentExit::RunEnded) {
+            return self.complete_only(job, worker).await;
         }
-        let produced = match produced {
-            attempt::Finish::Produced(produced) => produced,
-            attempt::Finish::RunEnded => return self.complete_only(job, worker).await,
-            attempt::Finish::AgentFailed { error, retry }
-                if retry && job.attempts < job.max_attempts =>
-            {
-                return Err(PhaseError::Retry(error));
+        // 3. Validate what the workspace holds, however the agent ended (CPU work, off
+        //    the async threads): a valid artifact is kept even after a timeout or a
+        //    failed call.
+        let validated = attempt::validate(&self.schemas, &started, &attempted).await?;
+        if validated.validation.valid {
+            if !matches!(attempted.ended, AgentExit::Finished) {
+                tracing::info!(
+                    "keeping the valid artifact written before the attempt was cut short"
+                );
             }
-            attempt::Finish::AgentFailed { error, .. } => {
-                return self.fail_run(job, worker, p, &error).await;
+        } else {
+            match attempted.ended {
+                AgentExit::Interrupted => return Err(PhaseError::Interrupted),
+                AgentExit::Failed { error, retry } if retry && job.attempts < job.max_attempts => {
+                    return Err(PhaseError::Retry(error));
+                }
+                AgentExit::Failed { error, retry } => {
+                    let error = if retry {
+                        self.out_of_deliveries(job, p, &error).await
+                    } else {
+                        error
+                    };
+                    return self.fail_run(job, worker, p, &error).await;
+                }
+                AgentExit::Finished | AgentExit::TimedOut | AgentExit::RunEnded => {}
             }
-        };
-        // 3. Validate (CPU work, off the async threads).
-        let validation = attempt::validate(&self.schemas, &started.phase, produced).await?;
+        }
         // 4. Record the outcome and complete the job, atomically.
-        record::record(&self.pool, job, worker, p, &started, validation).await
+        record::record(&self.pool, job, worker, p, &started, validated).await
+    }
+
+    /// The final error of a phase whose every delivery failed: with the delivery count
+    /// and the HTTP attempts its ledger holds (each delivery retries its calls too).
+    async fn out_of_deliveries(&self, job: &ClaimedJob, p: &PhaseJob, error: &str) -> String {
+        let calls = match self.pool.acquire().await {
+            Ok(mut conn) => ledger::llm_calls_count(&mut conn, p.run_id, &p.phase, p.attempt)
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        let calls = calls.map_or_else(String::new, |n| format!("; {n} HTTP attempts in all"));
+        format!(
+            "{error} (delivery {} of {}{calls})",
+            job.attempts, job.max_attempts
+        )
     }
 
     /// Complete the job and change nothing else (its run ended, or the attempt was

@@ -1,7 +1,8 @@
 //! Step 4 of a phase job, in ONE transaction: store the artifact (a duplicate delivery
-//! stores nothing and changes nothing), then park on an approval, accept the phase,
-//! schedule a repair or fail the run; append the events; complete the job under its
-//! lease. A lost lease rolls all of it back.
+//! stores nothing and changes nothing) and, when it is valid, the files the attempt
+//! wrote; then park on an approval, accept the phase, schedule a repair or fail the
+//! run; append the events; complete the job under its lease. A lost lease rolls all of
+//! it back.
 
 use super::PhaseError;
 use super::attempt::Validated;
@@ -14,6 +15,7 @@ use crate::queue::{self, ClaimedJob, Completed};
 use crate::state::{PhaseState, RunState};
 use crate::store::approvals::{self, NewRequest};
 use crate::store::artifacts::{self, NewArtifact};
+use crate::store::files::{self, Blob};
 use crate::store::runs;
 use crate::workflow::sha256_hex;
 use sqlx::{PgConnection, PgPool};
@@ -66,7 +68,7 @@ async fn store_artifact(
     started: &Started,
     outcome: &Validated,
 ) -> Result<Option<i64>, PhaseError> {
-    let expected = &started.phase.expected_artifact;
+    let expected = started.phase.expected_artifact.as_ref();
     let sha = outcome.content.as_deref().map(sha256_hex);
     let issues = serde_json::to_value(&outcome.validation.issues).unwrap_or_default();
     let id = artifacts::artifacts_insert(
@@ -76,8 +78,8 @@ async fn store_artifact(
             phase: &p.phase,
             round: p.round,
             attempt: p.attempt,
-            path: &expected.path,
-            schema_id: &expected.schema,
+            path: expected.map(|e| e.path.as_str()),
+            schema_id: expected.map(|e| e.schema.as_str()),
             content: outcome.content.as_deref(),
             sha256: sha.as_deref(),
             valid: outcome.validation.valid,
@@ -86,13 +88,17 @@ async fn store_artifact(
     )
     .await?;
     if let Some(id) = id {
+        if outcome.validation.valid {
+            store_written_files(conn, p, outcome).await?;
+        }
         locked.events.push(NewEvent::artifact_recorded(
             &p.phase,
             p.round,
             p.attempt,
             &RecordedArtifact {
                 id,
-                path: &expected.path,
+                path: expected.map(|e| e.path.as_str()),
+                files: outcome.written.len(),
                 sha256: sha.as_deref(),
                 valid: outcome.validation.valid,
                 issues: &issues,
@@ -100,6 +106,29 @@ async fn store_artifact(
         ));
     }
     Ok(id)
+}
+
+/// The files a valid attempt wrote become the phase's output (replacing an earlier
+/// round's), seen by later phases and downloadable.
+async fn store_written_files(
+    conn: &mut PgConnection,
+    p: &PhaseJob,
+    outcome: &Validated,
+) -> Result<(), PhaseError> {
+    let blobs: Vec<Blob> = outcome
+        .written
+        .iter()
+        .map(|(_, content)| Blob::new(content.clone().into_bytes()))
+        .collect();
+    files::file_blobs_put(conn, &blobs.iter().collect::<Vec<_>>()).await?;
+    let entries: Vec<(&str, &str)> = outcome
+        .written
+        .iter()
+        .zip(&blobs)
+        .map(|((path, _), blob)| (path.as_str(), blob.sha256.as_str()))
+        .collect();
+    files::run_files_replace(conn, p.run_id, &p.phase, (p.round, p.attempt), &entries).await?;
+    Ok(())
 }
 
 /// Park, accept, repair or fail, by the validation result and the attempts left.
@@ -140,13 +169,7 @@ fn failure_summary(p: &PhaseJob, outcome: &Validated) -> String {
         .issues
         .iter()
         .take(5)
-        .map(|i| {
-            format!(
-                "{} {}",
-                if i.path.is_empty() { "(root)" } else { &i.path },
-                i.message
-            )
-        })
+        .map(|i| format!("{} {}", i.at(), i.message))
         .collect();
     format!(
         "phase {} produced no valid artifact after {} attempt(s): {}",
@@ -166,10 +189,11 @@ async fn park(
     artifact_id: i64,
 ) -> Result<(), PhaseError> {
     let phase = &started.phase;
-    let key = format!(
-        "{}:{}:r{}:{}",
-        p.run_id, p.phase, p.round, phase.expected_artifact.path
-    );
+    let output = phase
+        .expected_artifact
+        .as_ref()
+        .map_or("files", |a| a.path.as_str());
+    let key = format!("{}:{}:r{}:{output}", p.run_id, p.phase, p.round);
     let inserted = approvals::approvals_insert_request(
         conn,
         &NewRequest {

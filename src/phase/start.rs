@@ -7,10 +7,10 @@ use crate::advance::{self, LockedRun};
 use crate::events::NewEvent;
 use crate::phase_job::PhaseJob;
 use crate::state::{PhaseState, RunState};
-use crate::store::run_inputs::{self, AttemptContext, PriorArtifact};
+use crate::store::files::{self, SeedFile};
+use crate::store::run_inputs::{self, AttemptContext, PreviousArtifact, PriorArtifact};
 use crate::store::run_phases::{self, PhaseRow};
 use crate::store::runs::{self, RunRow};
-use crate::validate::Issue;
 use crate::workflow::{Persona, Phase, RunInputs, WorkflowTemplate};
 use sqlx::{PgConnection, PgPool};
 
@@ -20,8 +20,12 @@ pub(super) struct Started {
     pub persona: Persona,
     pub inputs: RunInputs,
     pub prior: Vec<PriorArtifact>,
-    pub repair_issues: Option<Vec<Issue>>,
+    /// The latest earlier artifact of this phase (a repair, a retry or a revision
+    /// starts from it).
+    pub previous: Option<PreviousArtifact>,
     pub revise_comment: Option<String>,
+    /// The files the workspace starts with: inputs and earlier phases' outputs.
+    pub files: Vec<SeedFile>,
 }
 
 /// Whether this delivery is not the attempt the phase is at (the run moved on, another
@@ -69,9 +73,10 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>
         tx.commit().await?;
         return Ok(None);
     }
-    // 4. Mark the attempt started.
+    // 4. Mark the attempt started; read the files it starts with.
     mark_started(&mut tx, &mut locked, &phase, p).await?;
-    let started = parse_context(ctx, &phase, p)?;
+    let seed = files::run_files_seed(&mut tx, p.run_id, phase.position).await?;
+    let started = parse_context(ctx, &phase, p, seed)?;
     tx.commit().await?;
     Ok(Some(started))
 }
@@ -115,6 +120,7 @@ fn parse_context(
     ctx: AttemptContext,
     phase: &PhaseRow,
     p: &PhaseJob,
+    files: Vec<SeedFile>,
 ) -> Result<Started, PhaseError> {
     let template: WorkflowTemplate = serde_json::from_value(ctx.template)
         .map_err(|e| PhaseError::Permanent(format!("stored template does not parse: {e}")))?;
@@ -124,12 +130,6 @@ fn parse_context(
         .ok_or_else(|| PhaseError::Permanent(format!("template has no phase {:?}", p.phase)))?;
     let persona: Persona = serde_json::from_value(ctx.persona)
         .map_err(|e| PhaseError::Permanent(format!("stored persona does not parse: {e}")))?;
-    let repair_issues = if p.attempt > 1 {
-        ctx.previous_issues
-            .and_then(|v| serde_json::from_value(v).ok())
-    } else {
-        None
-    };
     Ok(Started {
         phase: template_phase,
         persona,
@@ -139,7 +139,8 @@ fn parse_context(
             extra: ctx.extra,
         },
         prior: ctx.prior.0,
-        repair_issues,
+        previous: ctx.previous.map(|p| p.0),
         revise_comment: phase.revise_comment.clone(),
+        files,
     })
 }

@@ -200,3 +200,19 @@ pub async fn approvals_for_run(
     .fetch_all(&mut *conn)
     .await
 }
+
+/// One request with its decision, if any.
+///
+/// # Errors
+/// Database errors.
+pub async fn approvals_get(
+    conn: &mut PgConnection,
+    id: ApprovalId,
+) -> Result<Option<ApprovalRow>, sqlx::Error> {
+    sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
+        "{APPROVAL_SELECT} WHERE r.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}

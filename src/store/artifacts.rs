@@ -13,8 +13,9 @@ pub struct NewArtifact<'a> {
     pub phase: &'a str,
     pub round: i32,
     pub attempt: i32,
-    pub path: &'a str,
-    pub schema_id: &'a str,
+    /// `None` for a phase whose output is files.
+    pub path: Option<&'a str>,
+    pub schema_id: Option<&'a str>,
     pub content: Option<&'a str>,
     pub sha256: Option<&'a str>,
     pub valid: bool,
@@ -56,8 +57,9 @@ pub struct ArtifactMeta {
     pub phase_key: String,
     pub round: i32,
     pub attempt: i32,
-    pub path: String,
-    pub schema_id: String,
+    /// `None` for a phase whose output is files.
+    pub path: Option<String>,
+    pub schema_id: Option<String>,
     pub sha256: Option<String>,
     pub valid: bool,
     pub validation_errors: serde_json::Value,
@@ -107,4 +109,28 @@ pub async fn artifacts_get_with_content(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|r| (r.meta, r.content)))
+}
+
+/// The latest artifact of one phase (the one an approval waits on, or the accepted
+/// one), with its content.
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_latest_for_phase(
+    conn: &mut PgConnection,
+    run: RunId,
+    phase: &str,
+) -> Result<Option<(ArtifactMeta, Option<String>)>, sqlx::Error> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM artifacts WHERE run_id = $1 AND phase_key = $2
+          ORDER BY round DESC, attempt DESC LIMIT 1",
+    )
+    .bind(run)
+    .bind(phase)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match id {
+        Some(id) => artifacts_get_with_content(conn, run, id).await,
+        None => Ok(None),
+    }
 }

@@ -176,3 +176,23 @@ pub async fn llm_calls_cost_lines(
     .fetch_all(&mut *conn)
     .await
 }
+
+/// How many model HTTP attempts one phase attempt made (over all its deliveries).
+///
+/// # Errors
+/// Database errors.
+pub async fn llm_calls_count(
+    conn: &mut PgConnection,
+    run: RunId,
+    phase: &str,
+    attempt: i32,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM llm_calls WHERE run_id = $1 AND phase_key = $2 AND attempt = $3",
+    )
+    .bind(run)
+    .bind(phase)
+    .bind(attempt)
+    .fetch_one(&mut *conn)
+    .await
+}

@@ -6,6 +6,7 @@
 pub mod approvals;
 pub mod artifacts;
 pub mod events;
+pub mod files;
 pub mod fleet;
 pub mod invariants;
 pub mod ledger;

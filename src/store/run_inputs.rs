@@ -18,8 +18,9 @@ pub struct AttemptContext {
     pub extra: serde_json::Value,
     /// The accepted artifacts of completed phases.
     pub prior: sqlx::types::Json<Vec<PriorArtifact>>,
-    /// The previous attempt's validation errors (a repair), if any.
-    pub previous_issues: Option<serde_json::Value>,
+    /// The latest artifact of this phase before this attempt (the previous attempt of
+    /// this round, or the last of an earlier round), if any.
+    pub previous: Option<sqlx::types::Json<PreviousArtifact>>,
     /// This attempt's artifact is stored already (a duplicate delivery).
     pub recorded: bool,
 }
@@ -30,6 +31,17 @@ pub struct PriorArtifact {
     pub phase_key: String,
     pub path: String,
     pub content: String,
+}
+
+/// What an earlier attempt of the same phase produced.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreviousArtifact {
+    pub round: i32,
+    pub attempt: i32,
+    /// `None` when the attempt wrote nothing.
+    pub content: Option<String>,
+    pub valid: bool,
+    pub validation_errors: serde_json::Value,
 }
 
 /// Read what attempt `attempt` of `round` of `phase` starts from.
@@ -49,12 +61,14 @@ pub async fn run_inputs_attempt_context(
                          'content', COALESCE(a.content, '')) ORDER BY ph.position), '[]'::jsonb)
                    FROM run_phases ph
                    JOIN LATERAL (SELECT phase_key, path, content FROM artifacts x
-                                  WHERE x.run_id = ph.run_id AND x.phase_key = ph.phase_key AND x.valid
+                                  WHERE x.run_id = ph.run_id AND x.phase_key = ph.phase_key AND x.valid AND x.path IS NOT NULL
                                   ORDER BY x.round DESC, x.attempt DESC LIMIT 1) a ON true
                   WHERE ph.run_id = r.id AND ph.state = 'completed') AS prior,
-                (SELECT v.validation_errors FROM artifacts v
-                  WHERE v.run_id = r.id AND v.phase_key = $2 AND v.round = $3 AND v.attempt = $4 - 1)
-                  AS previous_issues,
+                (SELECT jsonb_build_object('round', v.round, 'attempt', v.attempt, 'content', v.content,
+                        'valid', v.valid, 'validation_errors', v.validation_errors)
+                   FROM artifacts v
+                  WHERE v.run_id = r.id AND v.phase_key = $2 AND (v.round, v.attempt) < ($3, $4)
+                  ORDER BY v.round DESC, v.attempt DESC LIMIT 1) AS previous,
                 EXISTS (SELECT 1 FROM artifacts d
                          WHERE d.run_id = r.id AND d.phase_key = $2 AND d.round = $3 AND d.attempt = $4)
                   AS recorded

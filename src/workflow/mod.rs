@@ -9,7 +9,7 @@ mod template;
 
 pub use canonical::{canonical_json, sha256_hex};
 pub use inputs::{Budget, RunInputs};
-pub use persona::{Backend, Persona};
+pub use persona::{ArtifactVia, Backend, Persona};
 pub use template::{ExpectedArtifact, Phase, RoleDefault, WorkflowTemplate};
 
 use std::path::Path;

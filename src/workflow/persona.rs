@@ -41,6 +41,35 @@ pub struct Persona {
     /// Bound on model turns per attempt.
     #[serde(default = "default_max_turns")]
     pub max_turns: u32,
+    /// Temperature for repair attempts (attempt 2 and later), to vary a model that
+    /// repeats its mistake; default: `temperature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_temperature: Option<f64>,
+    /// Sampling seed sent to the provider; attempt N sends `seed + N - 1`, so a repair
+    /// samples differently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// How the model hands the artifact back: `tool` (a `submit_artifact` tool whose
+    /// parameters are the schema; `write_file` works too) or `response_format` (the
+    /// reply itself, constrained with `response_format: json_schema`, for providers
+    /// that support it).
+    #[serde(default, skip_serializing_if = "ArtifactVia::is_default")]
+    pub artifact_via: ArtifactVia,
+}
+
+/// How the model hands back the artifact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactVia {
+    #[default]
+    Tool,
+    ResponseFormat,
+}
+
+impl ArtifactVia {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_max_turns() -> u32 {
@@ -115,11 +144,13 @@ impl Persona {
     }
 
     fn check_sampling(&self) -> Result<(), Problem> {
-        if let Some(t) = self.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-            return Err(problem(
-                "temperature",
-                format!("must be within 0..=2, got {t}"),
-            ));
+        for (field, value) in [
+            ("temperature", self.temperature),
+            ("repair_temperature", self.repair_temperature),
+        ] {
+            if let Some(t) = value.filter(|t| !(0.0..=2.0).contains(t)) {
+                return Err(problem(field, format!("must be within 0..=2, got {t}")));
+            }
         }
         if let Some(p) = self.top_p.filter(|p| !(0.0..=1.0).contains(p)) {
             return Err(problem("top_p", format!("must be within 0..=1, got {p}")));

@@ -28,7 +28,10 @@ pub struct Phase {
     pub key: String,
     pub role: String,
     pub instructions: String,
-    pub expected_artifact: ExpectedArtifact,
+    /// The JSON artifact the phase must produce; without one, the phase's output is the
+    /// files it writes, and it is accepted when the agent finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_artifact: Option<ExpectedArtifact>,
     /// Named gates; any gate parks the run on a human approval after a valid artifact.
     #[serde(default)]
     pub gates: Vec<String>,
@@ -170,19 +173,21 @@ impl WorkflowTemplate {
         }
         at_most(&at("instructions"), &p.instructions, 64 * 1024)?;
         check_gates(&p.gates).map_err(|m| problem(at("gates"), m))?;
-        crate::agent::workspace::check_relative_path(&p.expected_artifact.path)
-            .map_err(|m| problem(at("expected_artifact.path"), m))?;
-        if !paths.insert(p.expected_artifact.path.as_str()) {
-            return Err(problem(
-                at("expected_artifact.path"),
-                "two phases write the same artifact path",
-            ));
-        }
-        if !is_identifier(&p.expected_artifact.schema) {
-            return Err(problem(
-                at("expected_artifact.schema"),
-                "schema ids use letters, digits, '_', '-', '.'",
-            ));
+        if let Some(artifact) = &p.expected_artifact {
+            crate::agent::workspace::check_relative_path(&artifact.path)
+                .map_err(|m| problem(at("expected_artifact.path"), m))?;
+            if !paths.insert(artifact.path.as_str()) {
+                return Err(problem(
+                    at("expected_artifact.path"),
+                    "two phases write the same artifact path",
+                ));
+            }
+            if !is_identifier(&artifact.schema) {
+                return Err(problem(
+                    at("expected_artifact.schema"),
+                    "schema ids use letters, digits, '_', '-', '.'",
+                ));
+            }
         }
         if !(1..=86_400).contains(&p.timeout) {
             return Err(problem(

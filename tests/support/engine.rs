@@ -46,6 +46,7 @@ pub fn request(queue: &str, extra: serde_json::Value) -> SubmitRequest {
             objective: serde_json::json!({"goal": "test"}),
             extra,
         },
+        files: Vec::new(),
         bindings: Default::default(),
         budget: Budget::default(),
         idempotency_key: None,

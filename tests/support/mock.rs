@@ -1,8 +1,16 @@
 //! The scripted OpenAI-compatible mock on a free loopback port (real HTTP).
 #![allow(dead_code, clippy::unwrap_used)]
 
+use phasefleet::agent::limits::Limiter;
+use phasefleet::agent::llm::LlmAgent;
+use phasefleet::agent::openai::RetryPolicy;
+use phasefleet::agent::providers::Providers;
+use phasefleet::agent::router::BackendRouter;
+use phasefleet::queue::Backoff;
+use phasefleet::workflow::{Backend, Persona};
 use phasefleet_mockllm::Stats;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Mock {
     /// `http://127.0.0.1:<port>/v1`, as a provider's base URL.
@@ -25,5 +33,53 @@ impl Mock {
         self.stats
             .requests
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Mock {
+    /// The production router against this mock: it is provider `mock`, as configured
+    /// (fast retries, so tests of retrying stay short).
+    pub fn agent(&self) -> BackendRouter {
+        let retry = RetryPolicy {
+            max_attempts: 4,
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            max_retry_after: Duration::from_secs(2),
+        };
+        BackendRouter {
+            synthetic: Default::default(),
+            llm: LlmAgent::new(
+                Providers::from_config(
+                    &super::engine::config_with_mock(&self.base_url),
+                    Duration::from_secs(10),
+                    retry,
+                )
+                .unwrap(),
+                Limiter::default(),
+            ),
+        }
+    }
+}
+
+/// A persona named `llm` playing `model` on the mock provider.
+pub fn persona(model: &str) -> Persona {
+    Persona {
+        name: "llm".into(),
+        version: "1".into(),
+        backend: Backend::Openai,
+        model: model.into(),
+        system_prompt: "You write JSON artifacts with the write_file tool.".into(),
+        provider: Some("mock".into()),
+        base_url: None,
+        api_key_env: None,
+        temperature: Some(0.2),
+        top_p: None,
+        max_tokens: Some(2000),
+        max_turns: 6,
+        repair_temperature: None,
+        seed: None,
+        artifact_via: Default::default(),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod files;
 pub mod runs;
 pub mod stream;
 pub mod system;

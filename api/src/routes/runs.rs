@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use phasefleet::RunId;
+use phasefleet::input_files::{FileContent, InputFile};
 use phasefleet::store::runs::RunRow;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::views::{RunFilter, RunPage};
@@ -45,6 +46,19 @@ pub struct SubmitBody {
     /// may name any (default `default`).
     #[serde(default)]
     pub team: Option<String>,
+    /// Input files the agent's workspace starts with: path -> text, `{"text": ...}`,
+    /// or `{"sha256": ...}` naming content this team uploaded (`POST /v1/uploads`).
+    #[serde(default)]
+    pub files: BTreeMap<String, FileBody>,
+}
+
+/// One input file of a submit.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FileBody {
+    Text(String),
+    Inline { text: String },
+    Uploaded { sha256: String },
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -145,10 +159,24 @@ fn build_request(
     let queue = body
         .queue
         .unwrap_or_else(|| phasefleet::queue::DEFAULT_QUEUE.to_owned());
+    let files = body
+        .files
+        .into_iter()
+        .map(|(path, f)| InputFile {
+            path,
+            content: match f {
+                FileBody::Text(text) | FileBody::Inline { text } => {
+                    FileContent::Bytes(text.into_bytes())
+                }
+                FileBody::Uploaded { sha256 } => FileContent::Uploaded { sha256 },
+            },
+        })
+        .collect();
     Ok(SubmitRequest {
         template,
         personas,
         inputs,
+        files,
         bindings: body.bindings,
         budget,
         idempotency_key: key,
@@ -372,12 +400,18 @@ pub async fn artifact(
     let (meta, content) = phasefleet::views::artifact_content(&mut conn, id, artifact_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {id} has no artifact {artifact_id}")))?;
+    Ok(Json(artifact_body(&meta, content)))
+}
+
+/// An artifact as the API shows it: its row, its content, and the content parsed.
+pub fn artifact_body(
+    meta: &phasefleet::store::artifacts::ArtifactMeta,
+    content: Option<String>,
+) -> Value {
     let parsed = content
         .as_deref()
         .and_then(|c| serde_json::from_str::<Value>(c).ok());
-    Ok(Json(
-        serde_json::json!({ "artifact": meta, "json": parsed, "content": content }),
-    ))
+    serde_json::json!({ "artifact": meta, "json": parsed, "content": content })
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -1,5 +1,6 @@
 //! Wire types of the Chat Completions API, tolerant of what providers actually send:
-//! `content` empty or null, several tool calls per turn, usage details optional.
+//! `content` empty or null beside tool calls, several tool calls per turn, tool
+//! arguments as a JSON object instead of a string, usage details optional.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -51,9 +52,18 @@ fn function_type() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ToolCallFunction {
     pub name: String,
-    /// JSON text, as the model wrote it: may not parse.
-    #[serde(default)]
+    /// JSON text, as the model wrote it: may not parse. Servers that send an object
+    /// instead of a string get it re-serialised.
+    #[serde(default, deserialize_with = "arguments_text")]
     pub arguments: String,
+}
+
+fn arguments_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +85,11 @@ pub struct ChatRequest {
     pub top_p: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// `{"type": "json_schema", ...}` when the artifact comes back as the reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
     /// OpenRouter: include `usage.cost` in the response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Value>,
@@ -185,5 +200,15 @@ mod tests {
             serde_json::from_str(r#"{"choices":[{"message":{"role":"assistant","content":""}}]}"#)
                 .unwrap();
         assert_eq!(empty.choices[0].message.content.as_deref(), Some(""));
+        let object_args: ChatResponse = serde_json::from_str(
+            r#"{"choices":[{"message":{"role":"assistant","content":"","tool_calls":[
+                {"id":"c","function":{"name":"submit_artifact","arguments":{"a":[1]}}}]}}]}"#,
+        )
+        .unwrap();
+        let call = &object_args.choices[0].message.tool_calls[0];
+        assert_eq!(
+            (call.kind.as_str(), call.function.arguments.as_str()),
+            ("function", r#"{"a":[1]}"#)
+        );
     }
 }

@@ -1,0 +1,204 @@
+//! Files: `POST /v1/uploads` (a tar archive becomes content the team may name in a
+//! submit), a run's file manifest and downloads, and a phase's artifact.
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Path, Query};
+use crate::routes::runs::visible_run;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use phasefleet::RunId;
+use phasefleet::input_files::{self, FileContent};
+use phasefleet::store::files::{self, Blob, RunFile};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+
+/// Largest upload: a run's input files at most, with the archive's own overhead.
+pub const UPLOAD_BODY_LIMIT: usize = input_files::MAX_INPUT_BYTES + 8 * 1024 * 1024;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// The team the content is for (a fleet-wide token only; a team's token uploads
+    /// for its own team).
+    pub team: Option<String>,
+}
+
+/// One uploaded file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedFile {
+    pub sha256: String,
+    pub size: usize,
+    pub binary: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResponse {
+    pub team: String,
+    /// path -> content; submit with `"files": {path: {"sha256": ...}}`.
+    pub files: BTreeMap<String, UploadedFile>,
+}
+
+/// Upload input files as a tar archive (`tar cf - DIR`): regular files and directories
+/// only, each at most 1 MiB, 16 MiB and 1000 files in all.
+#[utoipa::path(post, path = "/v1/uploads", tag = "files", params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 201, body = UploadResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<UploadQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Submit)?;
+    let team = caller.submit_team(q.team.as_deref())?;
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !matches!(kind, "application/x-tar" | "application/tar") {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send a tar archive with Content-Type: application/x-tar",
+        ));
+    }
+    // Parsing and hashing are CPU work.
+    let blobs = tokio::task::spawn_blocking(move || read_upload(&body))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let mut tx = state.pool.begin().await?;
+    files::file_blobs_put(&mut tx, &blobs.values().collect::<Vec<_>>()).await?;
+    let shas: Vec<&str> = blobs.values().map(|b| b.sha256.as_str()).collect();
+    files::team_uploads_insert(&mut tx, &team, &shas).await?;
+    tx.commit().await?;
+    let files = blobs
+        .into_iter()
+        .map(|(path, b)| {
+            let file = UploadedFile {
+                size: b.content.len(),
+                binary: b.is_binary,
+                sha256: b.sha256,
+            };
+            (path, file)
+        })
+        .collect();
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(UploadResponse { team, files }),
+    )
+        .into_response())
+}
+
+fn read_upload(body: &[u8]) -> Result<BTreeMap<String, Blob>, ApiError> {
+    let files =
+        input_files::read_tar(body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    input_files::digest(&files).map_err(|m| ApiError::invalid("body", m))?;
+    Ok(files
+        .into_iter()
+        .filter_map(|f| match f.content {
+            FileContent::Bytes(bytes) => Some((f.path, Blob::new(bytes))),
+            FileContent::Uploaded { .. } => None,
+        })
+        .collect())
+}
+
+/// A run's files: inputs (`origin` "") and what each accepted phase wrote.
+#[utoipa::path(get, path = "/v1/runs/{id}/files", tag = "files", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<RunId>,
+) -> Result<Json<Vec<RunFile>>, ApiError> {
+    caller.require(Role::Read)?;
+    visible_run(&state, &caller, id).await?;
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(files::run_files_list(&mut conn, id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    /// Which writer's version: a phase key, or "" for the input (default: the latest
+    /// phase that wrote the path).
+    pub origin: Option<String>,
+}
+
+/// One file of a run, as stored, for download.
+#[utoipa::path(get, path = "/v1/runs/{id}/files/{path}", tag = "files",
+    params(("id" = String, Path, format = Uuid), ("path" = String, Path, description = "workspace path, e.g. src/main.rs"), FileQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(RunId, String)>,
+    Query(q): Query<FileQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Read)?;
+    visible_run(&state, &caller, id).await?;
+    let mut conn = state.pool.acquire().await?;
+    let (file, bytes) = files::run_files_content(&mut conn, id, &path, q.origin.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run {id} has no file {path:?}")))?;
+    let kind = if file.is_binary {
+        "application/octet-stream"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let name: String = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("file")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
+            (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::HeaderName::from_static("x-content-type-options"),
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::HeaderName::from_static("x-phasefleet-sha256"),
+                HeaderValue::from_str(&file.sha256)
+                    .unwrap_or_else(|_| HeaderValue::from_static("")),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// A phase's latest artifact with its content: the one an approval waits on, or the
+/// accepted one.
+#[utoipa::path(get, path = "/v1/runs/{id}/phases/{phase}/artifact", tag = "runs",
+    params(("id" = String, Path, format = Uuid), ("phase" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn phase_artifact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, phase)): Path<(RunId, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Read)?;
+    visible_run(&state, &caller, id).await?;
+    let mut conn = state.pool.acquire().await?;
+    let (meta, content) = phasefleet::views::phase_artifact(&mut conn, id, &phase)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("run {id} has no artifact for phase {phase:?}"))
+        })?;
+    Ok(Json(crate::routes::runs::artifact_body(&meta, content)))
+}
