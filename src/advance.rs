@@ -129,9 +129,14 @@ pub async fn phase_accepted(
             if locked.run.state != RunState::Running {
                 locked.set_state(conn, RunState::Running, None).await?;
             }
-            PhaseJob::first_attempt(run_id, &next.phase_key, next.round)
-                .enqueue(conn, &locked.run.queue)
-                .await?;
+            PhaseJob::first_attempt(
+                run_id,
+                &next.phase_key,
+                next.round,
+                next.requires.as_deref(),
+            )
+            .enqueue(conn, &locked.run.queue)
+            .await?;
             locked
                 .events
                 .push(NewEvent::phase_queued(&next.phase_key, next.round, false));

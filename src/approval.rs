@@ -196,7 +196,7 @@ async fn act(
             let round =
                 run_phases::run_phases_new_round(conn, locked.run.id, &row, d.comment).await?;
             locked.set_state(conn, RunState::Running, None).await?;
-            PhaseJob::first_attempt(locked.run.id, phase, round)
+            PhaseJob::first_attempt(locked.run.id, phase, round, row.requires.as_deref())
                 .enqueue(conn, &locked.run.queue)
                 .await?;
             locked

@@ -87,6 +87,17 @@ pub struct ProviderConfig {
     /// `submit_artifact`; OpenAI and OpenRouter do).
     #[serde(default)]
     pub strict_tools: bool,
+    /// A price list in OpenRouter's `/models` format (`data[].id`, `data[].pricing`
+    /// in USD per token), for models without a configured price. Fetched when a submit
+    /// needs a price, cached in PostgreSQL for `price_list_ttl_secs`.
+    #[serde(default)]
+    pub price_list_url: Option<String>,
+    #[serde(default = "default_price_list_ttl_secs")]
+    pub price_list_ttl_secs: u64,
+}
+
+fn default_price_list_ttl_secs() -> u64 {
+    24 * 3600
 }
 
 /// Prices in USD per million tokens, or `free`.
@@ -299,6 +310,10 @@ impl Config {
             }
             check_base_url(&p.base_url, p.allow_insecure_loopback)
                 .map_err(|m| invalid(at("base_url"), m))?;
+            if let Some(url) = &p.price_list_url {
+                check_base_url(url, p.allow_insecure_loopback)
+                    .map_err(|m| invalid(at("price_list_url"), m))?;
+            }
             if let Some(env) = &p.api_key_env {
                 if !is_env_name(env) {
                     return Err(invalid(

@@ -5,6 +5,7 @@
 
 use crate::advance::AdvanceError;
 use crate::approval::ApprovalError;
+use crate::budget::BudgetError;
 use crate::cancel::CancelError;
 use crate::config::ConfigError;
 use crate::queue::QueueError;
@@ -118,6 +119,21 @@ impl Classify for RetryError {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::NotFailed { .. } | Self::NothingToRetry(_) => ErrorKind::Conflict,
+            Self::Queue(e) => e.kind(),
+            Self::Store(e) => e.kind(),
+            Self::Db(e) => e.kind(),
+        }
+    }
+}
+
+impl Classify for BudgetError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Ended { .. } | Self::NotParked { .. } => ErrorKind::Conflict,
+            Self::Invalid { field, .. } => ErrorKind::Invalid {
+                field: Some((*field).to_owned()),
+            },
             Self::Queue(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::Db(e) => e.kind(),

@@ -62,7 +62,10 @@ impl NewEvent {
             RunState::Aborted => "run.aborted",
             RunState::Cancelled => "run.cancelled",
             // Not an end; never built (the callers end runs only).
-            RunState::Queued | RunState::Running | RunState::AwaitingApproval => "run.ended",
+            RunState::Queued
+            | RunState::Running
+            | RunState::AwaitingApproval
+            | RunState::AwaitingBudget => "run.ended",
         };
         Self {
             kind,
@@ -89,6 +92,34 @@ impl NewEvent {
             phase,
             format!("run.retried:{retries}"),
             json!({ "phase": phase, "round": round, "previous_error": previous_error, "by": by }),
+        )
+    }
+
+    /// The budget ran out at `phase`; the run waits for a top-up (park number `park`).
+    #[must_use]
+    pub fn run_awaiting_budget(phase: &str, park: i32, reason: &str) -> Self {
+        phase_event(
+            "run.awaiting_budget",
+            phase,
+            format!("run.awaiting_budget:{park}"),
+            json!({ "reason": reason }),
+        )
+    }
+
+    /// An approver raised the budget; the run resumes at `phase`.
+    #[must_use]
+    pub fn run_budget_raised(
+        phase: &str,
+        park: i32,
+        usd: Option<f64>,
+        tokens: Option<i64>,
+        by: Option<&str>,
+    ) -> Self {
+        phase_event(
+            "run.budget_raised",
+            phase,
+            format!("run.budget_raised:{park}"),
+            json!({ "budget_usd": usd, "budget_tokens": tokens, "by": by }),
         )
     }
 

@@ -9,6 +9,7 @@
 pub mod advance;
 pub mod agent;
 pub mod approval;
+pub mod budget;
 pub mod cancel;
 pub mod config;
 pub mod db;
@@ -19,6 +20,7 @@ pub mod input_files;
 pub mod local_pg;
 pub mod phase;
 pub mod phase_job;
+pub mod prices;
 pub mod queue;
 pub mod report;
 pub mod retry;

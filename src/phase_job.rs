@@ -22,17 +22,30 @@ pub struct PhaseJob {
     pub round: i32,
     /// 1, plus one per repair within the round.
     pub attempt: i32,
+    /// The capability a worker needs to run it (`provider:NAME`), from the phase's row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<String>,
+    /// How many times the run was parked for budget before this job: an attempt resumed
+    /// after a top-up is a new job.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resume: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 impl PhaseJob {
-    /// Attempt 1 of `round` of `phase`.
+    /// Attempt 1 of `round` of `phase`, whose jobs require `requires`.
     #[must_use]
-    pub fn first_attempt(run_id: RunId, phase: &str, round: i32) -> Self {
+    pub fn first_attempt(run_id: RunId, phase: &str, round: i32, requires: Option<&str>) -> Self {
         Self {
             run_id,
             phase: phase.to_owned(),
             round,
             attempt: 1,
+            requires: requires.map(str::to_owned),
+            resume: 0,
         }
     }
 
@@ -55,9 +68,18 @@ impl PhaseJob {
         .queue(queue)
         .run_id(self.run_id)
         .unique_key(format!(
-            "phase:{}:{}:r{}:a{}",
-            self.run_id, self.phase, self.round, self.attempt
+            "phase:{}:{}:r{}:a{}{}",
+            self.run_id,
+            self.phase,
+            self.round,
+            self.attempt,
+            if self.resume > 0 {
+                format!(":b{}", self.resume)
+            } else {
+                String::new()
+            }
         ))
+        .requires(self.requires.clone())
         .max_attempts(PHASE_JOB_MAX_DELIVERIES)
     }
 

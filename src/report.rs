@@ -21,6 +21,14 @@ pub async fn compose_and_store(conn: &mut PgConnection, run_id: RunId) -> Result
     reports::reports_upsert(conn, run_id, inputs.run.state, &json, &markdown).await
 }
 
+fn phase_cost(r: &ReportInputs, phase: &str) -> reports::PhaseCost {
+    r.phase_costs
+        .iter()
+        .find(|c| c.phase_key == phase)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn duration_ms(start: Option<DateTime<Utc>>, finish: Option<DateTime<Utc>>) -> Option<i64> {
     Some((finish? - start?).num_milliseconds())
 }
@@ -40,10 +48,13 @@ pub fn render_json(r: &ReportInputs) -> Value {
                 .map(|a| json!({ "round": a.round, "attempt": a.attempt, "path": a.path, "schema": a.schema_id,
                                  "sha256": a.sha256, "valid": a.valid, "validation_errors": a.validation_errors }))
                 .collect();
+            let cost = phase_cost(r, &p.phase_key);
             json!({ "key": p.phase_key, "role": p.role, "state": p.state, "attempts": p.attempts,
                     "max_attempts": p.max_attempts, "round": p.round, "error": p.error,
                     "started_at": p.started_at, "finished_at": p.finished_at,
-                    "duration_ms": duration_ms(p.started_at, p.finished_at), "artifacts": artifacts })
+                    "duration_ms": duration_ms(p.started_at, p.finished_at), "artifacts": artifacts,
+                    "llm_calls": cost.llm_calls, "tokens_in": cost.tokens_in, "tokens_out": cost.tokens_out,
+                    "usd": cost.usd })
         })
         .collect();
     let approvals: Vec<Value> = r
@@ -86,7 +97,7 @@ pub fn render_markdown(r: &ReportInputs) -> String {
     );
     let _ = writeln!(
         md,
-        "## Phases\n\n| phase | state | attempts | round | duration | artifact sha256 |\n|---|---|---|---|---|---|"
+        "## Phases\n\n| phase | state | attempts | round | duration | model calls | tokens in/out | artifact sha256 |\n|---|---|---|---|---|---|---|---|"
     );
     for p in &r.phases {
         let sha = r
@@ -98,14 +109,18 @@ pub fn render_markdown(r: &ReportInputs) -> String {
             .map_or("-".to_owned(), |s| s.chars().take(12).collect());
         let dur = duration_ms(p.started_at, p.finished_at)
             .map_or("-".to_owned(), |d| format!("{:.1}s", d as f64 / 1000.0));
+        let cost = phase_cost(r, &p.phase_key);
         let _ = writeln!(
             md,
-            "| {} | {} | {}/{} | {} | {dur} | {sha} |",
+            "| {} | {} | {}/{} | {} | {dur} | {} | {}/{} | {sha} |",
             p.phase_key,
             p.state.as_str(),
             p.attempts,
             p.max_attempts,
-            p.round
+            p.round,
+            cost.llm_calls,
+            cost.tokens_in,
+            cost.tokens_out
         );
     }
     if !r.approvals.is_empty() {

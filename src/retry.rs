@@ -88,9 +88,14 @@ pub async fn retry_failed_run(
         previous_error.as_deref(),
         by,
     ));
-    PhaseJob::first_attempt(run_id, &phase.phase_key, retried.round)
-        .enqueue(&mut tx, &locked.run.queue)
-        .await?;
+    PhaseJob::first_attempt(
+        run_id,
+        &phase.phase_key,
+        retried.round,
+        phase.requires.as_deref(),
+    )
+    .enqueue(&mut tx, &locked.run.queue)
+    .await?;
     locked.flush_events(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(run_id = %run_id, phase = %phase.phase_key, round = retried.round, "failed run re-opened");

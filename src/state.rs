@@ -12,13 +12,17 @@ pub enum RunState {
     Queued,
     Running,
     AwaitingApproval,
+    /// The budget ran out: an approver raises it (the run resumes) or aborts.
+    AwaitingBudget,
     Completed,
     Failed,
     Aborted,
     Cancelled,
 }
 
-use RunState::{Aborted, AwaitingApproval, Cancelled, Completed, Failed, Queued, Running};
+use RunState::{
+    Aborted, AwaitingApproval, AwaitingBudget, Cancelled, Completed, Failed, Queued, Running,
+};
 
 /// Every allowed run transition (from, to).
 pub const RUN_TRANSITIONS: &[(RunState, RunState)] = &[
@@ -37,15 +41,23 @@ pub const RUN_TRANSITIONS: &[(RunState, RunState)] = &[
     (AwaitingApproval, Failed),
     (AwaitingApproval, Aborted),
     (AwaitingApproval, Cancelled),
+    // The budget ran out (before an attempt, or during one): wait for a top-up, which
+    // resumes the run, or an abort; a cancel ends it too.
+    (Queued, AwaitingBudget),
+    (Running, AwaitingBudget),
+    (AwaitingBudget, Running),
+    (AwaitingBudget, Aborted),
+    (AwaitingBudget, Cancelled),
     // An operator re-opens a failed run at its failed phase.
     (Failed, Running),
 ];
 
 impl RunState {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Queued,
         Running,
         AwaitingApproval,
+        AwaitingBudget,
         Completed,
         Failed,
         Aborted,
@@ -63,6 +75,7 @@ impl RunState {
             Queued => "queued",
             Running => "running",
             AwaitingApproval => "awaiting_approval",
+            AwaitingBudget => "awaiting_budget",
             Completed => "completed",
             Failed => "failed",
             Aborted => "aborted",
@@ -130,6 +143,8 @@ pub const PHASE_TRANSITIONS: &[(PhaseState, PhaseState)] = {
         (Running, AwaitingApproval),
         // Out of attempts, or the agent cannot go on.
         (Running, Failed),
+        // The budget ran out mid-attempt: the attempt resumes after a top-up.
+        (Running, Pending),
         // A decision: approve, reject, revise (a new round).
         (AwaitingApproval, Completed),
         (AwaitingApproval, Failed),
@@ -220,7 +235,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(RunState::sources_of(Aborted), vec![AwaitingApproval]);
+        assert_eq!(
+            RunState::sources_of(Aborted),
+            vec![AwaitingApproval, AwaitingBudget]
+        );
         assert_eq!(
             "awaiting_approval".parse::<RunState>(),
             Ok(AwaitingApproval)

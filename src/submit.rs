@@ -41,7 +41,13 @@ pub struct SubmitRequest {
     /// The caller is an operator or an admin: personas it supplies may name a provider.
     /// Everyone else binds provider personas an admin registered.
     pub may_define_provider_personas: bool,
+    /// Queue the run even when no live worker serves a provider it needs (its jobs wait
+    /// until one does).
+    pub allow_unserved: bool,
 }
+
+/// How recent a worker's heartbeat must be for submit to count it as live.
+pub const LIVE_WORKER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", content = "run_id", rename_all = "snake_case")]
@@ -378,6 +384,8 @@ pub async fn submit(
     let registered = registered_personas(&mut conn, &req).await?;
     let bound = bind(&req, &registered, &req.personas)?;
     check_providers(&bound, config)?;
+    check_prices(&mut conn, &req, &bound, config).await?;
+    check_served(&mut conn, &req, &bound).await?;
     check_uploads(&mut conn, &req, &blobs, &manifest).await?;
     // 3. Store the run whole (one statement, and its files in the same transaction);
     //    a used key returns its run or conflicts.
@@ -401,6 +409,76 @@ pub async fn submit(
         }
         None => existing_run(&mut conn, &req, &request_hash).await,
     }
+}
+
+/// A run with a USD budget needs a price for every model it calls (configured, free,
+/// or from the provider's price list): an unpriced call would spend without counting.
+async fn check_prices(
+    conn: &mut PgConnection,
+    req: &SubmitRequest,
+    bound: &BTreeMap<String, Bound<'_>>,
+    config: &Config,
+) -> Result<(), SubmitError> {
+    if req.budget.usd.is_none() {
+        return Ok(());
+    }
+    for (role, b) in bound {
+        let Some(provider) = b.persona.provider.as_deref() else {
+            continue;
+        };
+        let model = &b.persona.model;
+        let price = crate::prices::price_of(conn, config, provider, model)
+            .await
+            .map_err(|e| match e {
+                crate::prices::PriceError::Db(d) => SubmitError::Db(d),
+                other => invalid(format!("bindings.{role}"), other.to_string()),
+            })?;
+        if price.is_none() {
+            return Err(invalid(
+                format!("bindings.{role}"),
+                format!(
+                    "persona {:?}: model {model:?} on provider {provider:?} has no known price, so a USD budget cannot be enforced; the operator sets its prices (or free = true) under [providers.{provider}.models], or a price_list_url",
+                    b.persona.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every provider the run calls is served by a live worker on its queue, unless the
+/// caller asked to queue it anyway.
+async fn check_served(
+    conn: &mut PgConnection,
+    req: &SubmitRequest,
+    bound: &BTreeMap<String, Bound<'_>>,
+) -> Result<(), SubmitError> {
+    if req.allow_unserved {
+        return Ok(());
+    }
+    for (role, b) in bound {
+        let Some(provider) = b.persona.provider.as_deref() else {
+            continue;
+        };
+        let capability = crate::agent::provider_capability(provider);
+        if !crate::queue::workers::workers_serving(
+            conn,
+            &req.queue,
+            &capability,
+            LIVE_WORKER_WITHIN,
+        )
+        .await?
+        {
+            return Err(invalid(
+                format!("bindings.{role}"),
+                format!(
+                    "persona {:?}: no live worker on queue {:?} serves provider {provider:?} (none holds its key); start one, or submit with allow_unserved to queue the run until one does",
+                    b.persona.name, req.queue
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Files named by sha256 must be content this team uploaded.
@@ -494,6 +572,12 @@ fn new_run<'a>(
             ));
         }
     }
+    let requires = |role: &str| {
+        bound
+            .get(role)
+            .and_then(|b| b.persona.provider.as_deref())
+            .map(crate::agent::provider_capability)
+    };
     let phases = req
         .template
         .phases
@@ -505,6 +589,7 @@ fn new_run<'a>(
                 p.key.clone(),
                 p.role.clone(),
                 i32::try_from(p.max_attempts).unwrap_or(i32::MAX),
+                requires(&p.role),
             )
         })
         .collect();
@@ -537,7 +622,8 @@ fn new_run<'a>(
             req.template.phases.len(),
             &req.team,
         ),
-        first_job: PhaseJob::first_attempt(run_id, &first.key, 1).to_job(&req.queue),
+        first_job: PhaseJob::first_attempt(run_id, &first.key, 1, requires(&first.role).as_deref())
+            .to_job(&req.queue),
     })
 }
 

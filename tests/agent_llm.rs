@@ -273,16 +273,11 @@ async fn a_phase_timeout_interrupts_the_call_and_no_call_follows() {
 }
 
 #[tokio::test]
-async fn usd_budget_stops_before_the_next_call_and_unpriced_calls_use_the_table() {
+async fn calls_without_a_reported_cost_are_priced_from_the_configuration() {
     let pool = pool().await;
     let m = mock().await;
-    let q = unique_queue("llm-budget");
+    let q = unique_queue("llm-priced");
     let fleet = Fleet::start(&pool, &q, 1, 4, agent(&m));
-    // 0.0005 per call: the spec phase's two calls reach the budget; no third call.
-    let run = submit_llm(&pool, &q, &m, "mock/valid", |r| r.budget.usd = Some(0.001)).await;
-    assert_eq!(drive(&pool, run).await, RunState::Failed);
-    assert!(error_of(&pool, run).await.contains("budget exhausted"));
-    assert_eq!(m.stats.requests.load(Ordering::SeqCst), 2);
     let priced = submit_llm(&pool, &q, &m, "mock/valid-nocost", |_| {}).await;
     assert_eq!(drive(&pool, priced).await, RunState::Completed);
     fleet.shutdown().await;

@@ -172,6 +172,7 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
             queue: q.into(),
             team: phasefleet::teams::DEFAULT_TEAM.into(),
             may_define_provider_personas: true,
+            allow_unserved: true,
         };
         runs.push(
             phasefleet::submit::submit(&pool, &schemas, &engine::config(), req)

@@ -57,7 +57,7 @@ async fn every_run_transition_in_the_table_works_and_no_other() {
     }
     assert_eq!(
         (allowed, refused),
-        (RUN_TRANSITIONS.len(), 49 - RUN_TRANSITIONS.len())
+        (RUN_TRANSITIONS.len(), 64 - RUN_TRANSITIONS.len())
     );
     phasefleet::cancel::cancel_run(
         &pool,

@@ -149,6 +149,7 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
             post(files::upload).layer(DefaultBodyLimit::max(files::UPLOAD_BODY_LIMIT)),
         )
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/budget", post(runs::budget))
         .route("/approvals", get(approvals::pending))
         .route("/approvals/{id}/decision", post(approvals::decide))
         .route("/admin/personas", get(admin::list_personas))

@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "phasefleet", description = "Durable runner for multi-phase LLM-agent workflows"),
     paths(
-        runs::submit, runs::list, runs::show, runs::events, runs::report, runs::artifact, runs::cancel,
+        runs::submit, runs::list, runs::show, runs::events, runs::report, runs::artifact, runs::cancel, runs::budget,
         stream::stream, approvals::pending, approvals::decide,
         files::upload, files::list, files::download, files::phase_artifact,
         admin::list_personas, admin::register_persona, admin::delete_persona,

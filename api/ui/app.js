@@ -60,7 +60,7 @@ async function runsPage(params, gen) {
   const page = await api("/v1/runs?" + q.toString());
   if (gen !== routeGen) return;
   $("#main").innerHTML = `<section><h2>Runs</h2>
-    <div class="row"><label>State <select id="f-state">${["", "queued", "running", "awaiting_approval", "completed", "failed", "aborted", "cancelled"]
+    <div class="row"><label>State <select id="f-state">${["", "queued", "running", "awaiting_approval", "awaiting_budget", "completed", "failed", "aborted", "cancelled"]
       .map((s) => `<option ${params.state === s ? "selected" : ""}>${s}</option>`).join("")}</select></label></div>
     <table id="runs"><thead><tr><th>Run</th><th>Template</th><th>State</th><th>Created</th><th>Cost</th><th>Error</th></tr></thead><tbody>
     ${page.runs.map((r) => `<tr><td><a href="#/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td><td>${esc(r.template)} v${esc(r.template_version)}</td>
@@ -95,6 +95,28 @@ function wireDecisions(root, after) {
   });
 }
 
+// A run whose budget ran out waits for an approver: raise it (the run resumes) or abort.
+function budgetControls(run) {
+  return `<div class="row budget"><span>Budget exhausted: spent $${Number(run.spent_usd).toFixed(4)} of ${run.budget_usd == null ? "no USD limit" : "$" + Number(run.budget_usd).toFixed(4)},
+    ${esc(run.spent_tokens)} of ${run.budget_tokens == null ? "no token limit" : esc(run.budget_tokens)} tokens.</span>
+    <label>USD <input class="usd" type="number" step="0.01" min="0" size="8"></label>
+    <label>tokens <input class="tokens" type="number" step="1000" min="0" size="10"></label>
+    <button class="raise primary">raise and resume</button><button class="abort">abort</button></div>`;
+}
+
+function wireBudget(root, id, after) {
+  const el = $(".budget", root);
+  if (!el) return;
+  const send = async (body) => {
+    try { showError(null); await api(`/v1/runs/${id}/budget`, { method: "POST", body }); if (after) after(); } catch (e) { showError(e); }
+  };
+  $("button.raise", el).onclick = () => {
+    const usd = $(".usd", el).value, tokens = $(".tokens", el).value;
+    send({ action: "raise", usd: usd ? Number(usd) : null, tokens: tokens ? Number(tokens) : null });
+  };
+  $("button.abort", el).onclick = () => send({ action: "abort", reason: "aborted from the UI" });
+}
+
 async function runPage(id) {
   $("#main").innerHTML = `<section><h2>Run <code>${esc(id)}</code> <span id="run-state"></span></h2><div id="run-error" class="err"></div>
     <div class="row"><button id="cancel">Cancel run</button></div></section>
@@ -120,9 +142,11 @@ async function runPage(id) {
       const key = JSON.stringify([d.run.state, d.approvals.map((a) => [a.id, a.action])]);
       if (key !== approvalsKey) {
         approvalsKey = key;
-        $("#approvals").innerHTML = open.length ? open.map(decisionControls).join("")
+        $("#approvals").innerHTML = d.run.state === "awaiting_budget" ? budgetControls(d.run)
+          : open.length ? open.map(decisionControls).join("")
           : (d.approvals.length ? d.approvals.map((a) => `<div>${esc(a.phase_key)} r${esc(a.round)}: <b>${esc(a.action || "pending")}</b> ${esc(a.decided_by || "")} ${esc(a.comment || "")}</div>`).join("") : `<span class="muted">none</span>`);
         wireDecisions($("#approvals"), refresh);
+        wireBudget($("#approvals"), id, refresh);
       }
       $("#phases").innerHTML = `<table><thead><tr><th>Phase</th><th>Role</th><th>State</th><th>Attempts</th><th>Round</th><th>Error</th></tr></thead><tbody>
         ${d.phases.map((p) => `<tr data-phase="${esc(p.phase_key)}"><td>${esc(p.phase_key)}</td><td>${esc(p.role)}</td><td>${stateSpan(p.state)}</td><td>${esc(p.attempts)}/${esc(p.max_attempts)}</td><td>${esc(p.round)}</td><td>${esc(p.error || "")}</td></tr>`).join("")}</tbody></table>`;

@@ -34,6 +34,7 @@ pub fn bench_request(
         queue: queue.into(),
         team: phasefleet::teams::DEFAULT_TEAM.into(),
         may_define_provider_personas: true,
+        allow_unserved: true,
     }
 }
 

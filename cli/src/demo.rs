@@ -59,6 +59,10 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         .map_err(|e| CliError::new(2, e))?;
     let queue = "default";
     let stop = CancellationToken::new();
+    // The database's clock: worker rows are stamped by it.
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await?;
     let mut workers = JoinSet::new();
     crate::stack::spawn_workers(
         &mut workers,
@@ -102,7 +106,10 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         input_dir: args.input_dir.clone(),
         repo: args.repo.clone(),
         excludes: args.excludes.clone(),
+        allow_unserved: false,
     };
+    // Submit checks that a live worker serves each provider: let ours register first.
+    wait_for_workers(&db.pool, queue, since, args.workers).await?;
     let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
         let req = tokio::task::block_in_place(|| build_request(&submit_args, "demo"))?;
@@ -140,6 +147,33 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         Ok(())
     } else {
         Err(CliError::new(FAILURE, "not every run completed"))
+    }
+}
+
+async fn wait_for_workers(
+    pool: &sqlx::PgPool,
+    queue: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) -> Result<(), CliError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let mut conn = pool.acquire().await?;
+        let live = phasefleet::queue::workers::workers_count_started_since(&mut conn, queue, since)
+            .await?;
+        if usize::try_from(live).unwrap_or(0) >= n.max(1) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CliError::new(
+                FAILURE,
+                "the demo's workers did not start within 15 s",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -26,7 +26,7 @@ fn code_for(kind: &ErrorKind) -> u8 {
 
 /// The kind of a library error inside `e`, if it is one.
 fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
-    use phasefleet::{approval, cancel, config, queue, retry, store, submit, workflow};
+    use phasefleet::{approval, budget, cancel, config, queue, retry, store, submit, workflow};
     macro_rules! try_kind {
         ($($t:ty),*) => {
             $(if let Some(x) = e.downcast_ref::<$t>() { return Some(x.kind()); })*
@@ -39,6 +39,7 @@ fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
         approval::ApprovalError,
         cancel::CancelError,
         retry::RetryError,
+        budget::BudgetError,
         config::ConfigError,
         workflow::DefinitionError
     );

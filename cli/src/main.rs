@@ -71,7 +71,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    phasefleet::telemetry::init("warn");
+    // The demo and dev stack run workers in this process: show their per-turn progress.
+    let runs_workers = matches!(cli.command, Command::Demo(_) | Command::Dev { .. });
+    phasefleet::telemetry::init(if runs_workers {
+        "warn,phasefleet::agent::llm=info"
+    } else {
+        "warn"
+    });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -30,6 +30,19 @@ pub enum Runs {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Raise a run's budget (a run awaiting budget resumes), or abort a run awaiting
+    /// budget.
+    Budget {
+        id: RunId,
+        #[arg(long)]
+        usd: Option<f64>,
+        #[arg(long)]
+        tokens: Option<i64>,
+        #[arg(long, conflicts_with_all = ["usd", "tokens"])]
+        abort: bool,
+        #[arg(long, requires = "abort")]
+        reason: Option<String>,
+    },
     /// The artifact of a phase (the latest: the one an approval waits on, or the
     /// accepted one), as stored.
     Artifact { id: RunId, phase: String },
@@ -121,6 +134,29 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                     format!("run {id} ended {}", state.as_str()),
                 ));
             }
+        }
+        Runs::Budget {
+            id,
+            usd,
+            tokens,
+            abort,
+            reason,
+        } => {
+            let decision = if abort {
+                phasefleet::budget::BudgetDecision::Abort { reason }
+            } else {
+                phasefleet::budget::BudgetDecision::Raise { usd, tokens }
+            };
+            let who = crate::submit::whoami();
+            let out =
+                phasefleet::budget::decide(pool, &Scope::Fleet, id, &decision, Some(&who)).await?;
+            print_one(output, &out, |o| match o {
+                phasefleet::budget::BudgetOutcome::Raised { resumed: true } => {
+                    "raised; the run resumes".to_owned()
+                }
+                phasefleet::budget::BudgetOutcome::Raised { resumed: false } => "raised".to_owned(),
+                phasefleet::budget::BudgetOutcome::Aborted => "aborted".to_owned(),
+            })?;
         }
         Runs::Artifact { id, phase } => {
             let (meta, content) = phasefleet::views::phase_artifact(&mut conn, id, &phase)

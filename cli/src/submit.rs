@@ -55,6 +55,9 @@ pub struct SubmitArgs {
     /// 'target/**' or '*.png'.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
+    /// Queue the run even when no live worker serves a provider it needs.
+    #[arg(long)]
+    pub allow_unserved: bool,
 }
 
 pub fn parse_binding(s: &str) -> Result<(String, String), String> {
@@ -130,6 +133,7 @@ pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequ
         team: args.team.clone(),
         // The CLI is the operator's: its personas may name a configured provider.
         may_define_provider_personas: true,
+        allow_unserved: args.allow_unserved,
     })
 }
 

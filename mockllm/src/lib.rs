@@ -82,6 +82,7 @@ impl Stats {
 pub fn router(stats: Arc<Stats>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(price_list))
         .route(
             "/_stats",
             get(|State(s): State<Arc<Stats>>| async move {
@@ -99,6 +100,15 @@ pub fn spawn(listener: tokio::net::TcpListener) -> Arc<Stats> {
         let _ = axum::serve(listener, app).await;
     });
     stats
+}
+
+/// A price list in OpenRouter's format: `mock/listed` at $1 / $2 per million tokens
+/// (input / output); `mock/varies` without a fixed price.
+async fn price_list() -> Json<Value> {
+    Json(json!({ "data": [
+        { "id": "mock/listed", "pricing": { "prompt": "0.000001", "completion": "0.000002" } },
+        { "id": "mock/varies", "pricing": { "prompt": "-1", "completion": "-1" } },
+    ] }))
 }
 
 fn hash(s: &str) -> u64 {

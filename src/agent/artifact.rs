@@ -108,7 +108,7 @@ impl ArtifactCheck {
             ),
             "parameters": self.parameters(),
         });
-        if strict {
+        if strict && strict_compatible(&self.schema) {
             function["strict"] = Value::Bool(true);
         }
         ToolDef {
@@ -122,7 +122,8 @@ impl ArtifactCheck {
     pub fn response_format(&self, strict: bool) -> Value {
         json!({
             "type": "json_schema",
-            "json_schema": { "name": "artifact", "schema": self.parameters(), "strict": strict },
+            "json_schema": { "name": "artifact", "schema": self.parameters(),
+                             "strict": strict && strict_compatible(&self.schema) },
         })
     }
 
@@ -135,6 +136,31 @@ impl ArtifactCheck {
         }
         params
     }
+}
+
+/// Whether providers' strict mode can enforce `schema`: every object closes with
+/// `additionalProperties: false` and requires all its properties.
+fn strict_compatible(schema: &Value) -> bool {
+    let Value::Object(map) = schema else {
+        return true;
+    };
+    if let Some(Value::Object(props)) = map.get("properties") {
+        let required: Vec<&str> = map
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
+        if !closed || props.keys().any(|k| !required.contains(&k.as_str())) {
+            return false;
+        }
+    }
+    map.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "enum" | "const" | "default" | "examples"))
+        .all(|(_, v)| match v {
+            Value::Array(items) => items.iter().all(strict_compatible),
+            other => strict_compatible(other),
+        })
 }
 
 fn unknown_schema(e: &crate::validate::SchemaError) -> Validation {
@@ -178,6 +204,20 @@ fn fenced_blocks(text: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_mode_only_for_closed_schemas() {
+        let closed = json!({ "type": "object", "required": ["a"], "additionalProperties": false,
+            "properties": { "a": { "type": "array", "items": { "type": "object", "required": ["b"],
+                "additionalProperties": false, "properties": { "b": { "enum": ["x", "y"] } } } } } });
+        assert!(strict_compatible(&closed));
+        let mut open = closed.clone();
+        open["properties"]["a"]["items"]["properties"]["c"] = json!({ "type": "string" });
+        assert!(!strict_compatible(&open), "an optional property");
+        let mut unclosed = closed;
+        unclosed["additionalProperties"] = json!(true);
+        assert!(!strict_compatible(&unclosed));
+    }
 
     #[test]
     fn replies_that_are_the_artifact() {

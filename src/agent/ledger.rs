@@ -75,6 +75,31 @@ impl Ledger {
         Ok(())
     }
 
+    /// The cached list price of `model` on `provider` (see [`crate::prices`]); `None`
+    /// when there is none or it cannot be read.
+    pub async fn list_price(&self, provider: &str, model: &str) -> Option<crate::config::Price> {
+        let mut conn = self.pool.acquire().await.ok()?;
+        crate::prices::cached_price(&mut conn, provider, model)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "reading the price list"))
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the run has a USD budget.
+    ///
+    /// # Errors
+    /// [`AgentError::Transient`] when the database cannot be read.
+    pub async fn has_usd_budget(&self) -> Result<bool, AgentError> {
+        let row = async {
+            let mut conn = self.pool.acquire().await?;
+            runs::runs_get_budget(&mut conn, self.at.run).await
+        }
+        .await
+        .map_err(|e| AgentError::Transient(format!("reading the run budget: {e}")))?;
+        Ok(row.is_some_and(|b| b.budget_usd.is_some()))
+    }
+
     /// Record that a model HTTP attempt is about to be sent (status `in_flight`). A
     /// worker killed before [`Ledger::record_call`] leaves this row behind, so the
     /// ledger still accounts for the request. Refuses, in the same statement, when the

@@ -15,7 +15,8 @@ use super::artifact::{SUBMIT_TOOL, artifact_in_reply};
 use super::ledger::{BeginError, CallRecord};
 use super::limits::Limiter;
 use super::openai::{
-    BeforeSend, CallError, CallOutcome, ChatRequest, ChatResponse, Message, ToolDef, call_cost,
+    BeforeSend, CallError, CallOutcome, ChatRequest, ChatResponse, CostSource, Message, ToolDef,
+    call_cost,
 };
 use super::providers::{Provider, Providers};
 use super::tools::{self, ToolOutput};
@@ -303,7 +304,9 @@ fn call_failed(model: &str, e: CallError) -> AgentError {
     }
 }
 
-/// Finish the ledger row of every HTTP attempt of one turn, with its trusted cost.
+/// Finish the ledger row of every HTTP attempt of one turn, with its trusted cost
+/// (the configured price, else the cached price list). A call nothing prices, in a run
+/// with a USD budget, ends the attempt: the budget would no longer hold.
 async fn record_outcomes(
     req: &AgentRequest,
     provider: &Provider,
@@ -311,9 +314,15 @@ async fn record_outcomes(
     outcomes: &[CallOutcome],
 ) -> Result<(), AgentError> {
     let model = req.persona.model.as_str();
+    let price = match provider.price(model) {
+        Some(p) => Some(p),
+        None => req.ledger.list_price(&provider.name, model).await,
+    };
+    let mut unpriced = false;
     for o in outcomes {
         let usage = o.usage.clone().unwrap_or_default();
-        let cost = call_cost(&usage, provider.price(model));
+        let cost = call_cost(&usage, price);
+        unpriced |= o.usage.is_some() && cost.source == CostSource::Unpriced;
         req.ledger
             .record_call(&CallRecord {
                 turn,
@@ -334,6 +343,12 @@ async fn record_outcomes(
             })
             .await
             .map_err(ledger_failed)?;
+    }
+    if unpriced && req.ledger.has_usd_budget().await? {
+        return Err(AgentError::Fatal(format!(
+            "model {model} on provider {} has no price and reported no cost; the run's USD budget cannot be enforced",
+            provider.name
+        )));
     }
     Ok(())
 }

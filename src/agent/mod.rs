@@ -74,4 +74,17 @@ pub trait Agent: Send + Sync + 'static {
         req: AgentRequest,
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<AgentOutcome, AgentError>> + Send;
+
+    /// The capabilities a worker running this agent advertises: `provider:NAME` for
+    /// each model provider it can call (its key is present). Phase jobs of a persona
+    /// on a provider require that provider's capability.
+    fn capabilities(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The capability a phase job needs when its persona calls `provider`.
+#[must_use]
+pub fn provider_capability(provider: &str) -> String {
+    format!("provider:{provider}")
 }

@@ -45,6 +45,14 @@ impl BackendRouter {
 }
 
 impl Agent for BackendRouter {
+    fn capabilities(&self) -> Vec<String> {
+        self.llm
+            .providers()
+            .names()
+            .map(super::provider_capability)
+            .collect()
+    }
+
     async fn run(
         &self,
         req: AgentRequest,

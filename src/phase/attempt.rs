@@ -25,6 +25,8 @@ pub(super) enum AgentExit {
     RunEnded,
     /// The worker's token fired (shutdown, cancel, lost lease).
     Interrupted,
+    /// The run's budget ran out before the next model call.
+    OutOfBudget(String),
     /// The agent cannot go on; `retry` when a later delivery may succeed.
     Failed { error: String, retry: bool },
 }
@@ -172,10 +174,9 @@ async fn run_under_timeout<A: Agent>(
             error: m,
             retry: true,
         },
-        Some(Err(AgentError::Budget(m))) => AgentExit::Failed {
-            error: format!("budget exhausted: {m}"),
-            retry: false,
-        },
+        Some(Err(AgentError::Budget(m))) => {
+            AgentExit::OutOfBudget(format!("budget exhausted: {m}"))
+        }
         Some(Err(AgentError::Fatal(m))) => AgentExit::Failed {
             error: m,
             retry: false,

@@ -88,6 +88,12 @@ impl<A: Agent> Engine<A> {
         &self.pool
     }
 
+    /// What the agent can serve (see [`Agent::capabilities`]).
+    #[must_use]
+    pub fn capabilities(&self) -> Vec<String> {
+        self.agent.capabilities()
+    }
+
     /// Run one delivery of a phase job.
     ///
     /// # Errors
@@ -152,6 +158,9 @@ impl<A: Agent> Engine<A> {
         } else {
             match attempted.ended {
                 AgentExit::Interrupted => return Err(PhaseError::Interrupted),
+                AgentExit::OutOfBudget(reason) => {
+                    return self.park_for_budget(job, worker, p, &reason).await;
+                }
                 AgentExit::Failed { error, retry } if retry && job.attempts < job.max_attempts => {
                     return Err(PhaseError::Retry(error));
                 }
@@ -194,6 +203,28 @@ impl<A: Agent> Engine<A> {
         worker: WorkerId,
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
+        let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Park the run until an approver raises its budget, and complete the job (the
+    /// attempt is enqueued again on a top-up).
+    async fn park_for_budget(
+        &self,
+        job: &ClaimedJob,
+        worker: WorkerId,
+        p: &PhaseJob,
+        reason: &str,
+    ) -> Result<Completed, PhaseError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await?
+            && run.state == RunState::Running
+        {
+            let mut locked = LockedRun::new(run, phases);
+            crate::budget::park(&mut tx, &mut locked, p, reason).await?;
+            locked.flush_events(&mut tx).await?;
+        }
         let done = queue::complete(&mut tx, &job.lease(), worker).await?;
         tx.commit().await?;
         Ok(done)

@@ -3,7 +3,7 @@
 //! the run) started.
 
 use super::PhaseError;
-use crate::advance::{self, LockedRun};
+use crate::advance::LockedRun;
 use crate::events::NewEvent;
 use crate::phase_job::PhaseJob;
 use crate::state::{PhaseState, RunState};
@@ -66,9 +66,9 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>
         return Ok(None);
     }
     let mut locked = LockedRun::new(run, phases);
-    // 3. A run out of budget ends here, before any call.
+    // 3. A run out of budget waits here for a top-up, before any call.
     if let Some(exhausted) = budget_exhausted(&locked.run) {
-        advance::end_run(&mut tx, &mut locked, RunState::Failed, Some(&exhausted)).await?;
+        crate::budget::park(&mut tx, &mut locked, p, &exhausted).await?;
         locked.flush_events(&mut tx).await?;
         tx.commit().await?;
         return Ok(None);

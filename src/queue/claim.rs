@@ -10,7 +10,9 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Claim up to `limit` ready jobs from `queue` for `worker`, each under a lease of
-/// `lease` length. Paused queues (or a fleet-wide pause, queue `*`) yield nothing.
+/// `lease` length. Paused queues (or a fleet-wide pause, queue `*`) yield nothing;
+/// jobs that require a capability are left to workers that have it
+/// ([`claim_capable`]).
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure; nothing is claimed then.
@@ -21,10 +23,27 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
+    claim_capable(conn, worker, queue, limit, lease, &[]).await
+}
+
+/// [`claim`] for a worker with `capabilities`: it also takes jobs that require one of
+/// them.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure; nothing is claimed then.
+pub async fn claim_capable(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    queue: &str,
+    limit: i64,
+    lease: Duration,
+    capabilities: &[String],
+) -> Result<Vec<ClaimedJob>, QueueError> {
     let jobs = sqlx::query_as::<_, ClaimedJob>(
         "WITH next AS (
              SELECT id FROM jobs
              WHERE state = 'ready' AND queue = $1 AND run_at <= now()
+               AND (requires IS NULL OR requires = ANY($5))
                AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN ($1, '*'))
              ORDER BY priority DESC, run_at, id
              LIMIT $2
@@ -42,6 +61,7 @@ pub async fn claim(
     .bind(limit)
     .bind(worker)
     .bind(millis(lease))
+    .bind(capabilities)
     .fetch_all(&mut *conn)
     .await?;
     Ok(jobs)

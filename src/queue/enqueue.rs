@@ -20,6 +20,8 @@ pub struct NewJob {
     /// one's id is returned instead. Keys stay taken until the job is pruned.
     pub unique_key: Option<String>,
     pub run_id: Option<RunId>,
+    /// A capability the claiming worker must have (`None`: any worker).
+    pub requires: Option<String>,
 }
 
 impl NewJob {
@@ -34,6 +36,7 @@ impl NewJob {
             max_attempts: 5,
             unique_key: None,
             run_id: None,
+            requires: None,
         }
     }
     #[must_use]
@@ -59,6 +62,12 @@ impl NewJob {
     #[must_use]
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+    /// Only a worker with this capability may claim the job.
+    #[must_use]
+    pub fn requires(mut self, capability: Option<String>) -> Self {
+        self.requires = capability;
         self
     }
     #[must_use]
@@ -113,8 +122,8 @@ impl Enqueued {
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, QueueError> {
     job.check()?;
     let inserted: Option<(JobId,)> = sqlx::query_as(
-        "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, unique_key, run_id)
-         VALUES ($1, $2, $3, $4, COALESCE($5, now()), $6, $7, $8)
+        "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, unique_key, run_id, requires)
+         VALUES ($1, $2, $3, $4, COALESCE($5, now()), $6, $7, $8, $9)
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -126,6 +135,7 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, 
     .bind(job.max_attempts)
     .bind(&job.unique_key)
     .bind(job.run_id)
+    .bind(&job.requires)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some((id,)) = inserted {

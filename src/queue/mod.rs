@@ -17,7 +17,7 @@ pub mod notify;
 pub mod workers;
 
 pub use backoff::Backoff;
-pub use claim::{HeartbeatReport, Rescued, claim, heartbeat, rescue_expired};
+pub use claim::{HeartbeatReport, Rescued, claim, claim_capable, heartbeat, rescue_expired};
 pub use control::{
     CancelOutcome, JobRow, QueueStats, StateCount, cancel, cancel_run_jobs, get, is_paused, list,
     pause, prune, requeue, requeue_dead, resume, stats,

@@ -15,6 +15,8 @@ pub struct NewWorker<'a> {
     pub pid: u32,
     pub queues: &'a [String],
     pub concurrency: usize,
+    /// What it can do, e.g. `provider:openrouter`.
+    pub capabilities: &'a [String],
 }
 
 /// Register a worker process (its row lives until pruned; `state` tells if it runs).
@@ -23,8 +25,8 @@ pub struct NewWorker<'a> {
 /// Database errors.
 pub async fn register(pool: &PgPool, w: &NewWorker<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO workers (id, name, host, pid, queues, concurrency)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO workers (id, name, host, pid, queues, concurrency, capabilities)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(w.id)
     .bind(w.name)
@@ -32,6 +34,7 @@ pub async fn register(pool: &PgPool, w: &NewWorker<'_>) -> Result<(), sqlx::Erro
     .bind(i32::try_from(w.pid).unwrap_or(i32::MAX))
     .bind(w.queues)
     .bind(i32::try_from(w.concurrency).unwrap_or(i32::MAX))
+    .bind(w.capabilities)
     .execute(pool)
     .await?;
     Ok(())
@@ -143,5 +146,46 @@ pub async fn list_workers(
     )
     .bind(include_stopped)
     .fetch_all(pool)
+    .await
+}
+
+/// Whether a live worker (running, heartbeat within `within`) takes jobs from `queue`
+/// that require `capability`.
+///
+/// # Errors
+/// Database errors.
+pub async fn workers_serving(
+    conn: &mut sqlx::PgConnection,
+    queue: &str,
+    capability: &str,
+    within: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM workers
+                         WHERE state = 'running' AND $1 = ANY(queues) AND $2 = ANY(capabilities)
+                           AND heartbeat_at > now() - make_interval(secs => $3))",
+    )
+    .bind(queue)
+    .bind(capability)
+    .bind(within.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// How many workers started at or after `since` run on `queue` now.
+///
+/// # Errors
+/// Database errors.
+pub async fn workers_count_started_since(
+    conn: &mut sqlx::PgConnection,
+    queue: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM workers WHERE state = 'running' AND $1 = ANY(queues) AND started_at >= $2",
+    )
+    .bind(queue)
+    .bind(since)
+    .fetch_one(&mut *conn)
     .await
 }

@@ -37,7 +37,7 @@ pub async fn fleet_gauges(conn: &mut PgConnection) -> Result<FleetGauges, sqlx::
     .await?;
     let active_runs = sqlx::query_as(
         "SELECT state::text, count(*) FROM runs
-          WHERE state IN ('queued', 'running', 'awaiting_approval') GROUP BY state ORDER BY 1",
+          WHERE state IN ('queued', 'running', 'awaiting_approval', 'awaiting_budget') GROUP BY state ORDER BY 1",
     )
     .fetch_all(&mut *conn)
     .await?;

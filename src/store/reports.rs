@@ -20,6 +20,16 @@ pub struct CostTotals {
     pub usd: f64,
 }
 
+/// One phase's model calls from the ledger.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PhaseCost {
+    pub phase_key: String,
+    pub llm_calls: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub usd: f64,
+}
+
 /// What a run's report is composed from.
 #[derive(Debug, Clone)]
 pub struct ReportInputs {
@@ -30,6 +40,7 @@ pub struct ReportInputs {
     pub artifacts: Vec<ArtifactMeta>,
     pub approvals: Vec<ApprovalRow>,
     pub costs: CostTotals,
+    pub phase_costs: Vec<PhaseCost>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -42,6 +53,7 @@ struct InputsRow {
     artifacts: Json<Vec<ArtifactMeta>>,
     approvals: Json<Vec<ApprovalRow>>,
     costs: Json<CostTotals>,
+    phase_costs: Json<Vec<PhaseCost>>,
 }
 
 /// Read everything a run's report shows (its current state included), in one statement.
@@ -74,7 +86,11 @@ pub async fn reports_load_inputs(
                 (SELECT jsonb_build_object('llm_calls', count(*),
                         'tokens', COALESCE(sum(tokens_in + tokens_out), 0),
                         'usd', COALESCE(sum(cost_usd), 0))
-                   FROM llm_calls WHERE run_id = r.id) AS costs
+                   FROM llm_calls WHERE run_id = r.id) AS costs,
+                (SELECT COALESCE(jsonb_agg(to_jsonb(c)), '[]'::jsonb) FROM (
+                    SELECT phase_key, count(*) AS llm_calls, COALESCE(sum(tokens_in), 0) AS tokens_in,
+                           COALESCE(sum(tokens_out), 0) AS tokens_out, COALESCE(sum(cost_usd), 0) AS usd
+                      FROM llm_calls WHERE run_id = r.id GROUP BY phase_key) c) AS phase_costs
            FROM runs r JOIN templates t ON t.hash = r.template_hash WHERE r.id = $1",
     )
     .bind(run)
@@ -91,6 +107,7 @@ pub async fn reports_load_inputs(
         artifacts: row.artifacts.0,
         approvals: row.approvals.0,
         costs: row.costs.0,
+        phase_costs: row.phase_costs.0,
     }))
 }
 

@@ -22,10 +22,13 @@ pub struct PhaseRow {
     pub error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The capability its jobs require (`provider:NAME`), if any.
+    #[serde(default)]
+    pub requires: Option<String>,
 }
 
 const PHASE_COLUMNS: &str = "position, phase_key, role, state, attempts, max_attempts, round,
-    revise_comment, error, started_at, finished_at";
+    revise_comment, error, started_at, finished_at, requires";
 
 /// The phases of a run in template order.
 ///

@@ -56,6 +56,7 @@ struct RunAndPhase {
     phase_error: Option<String>,
     phase_started_at: Option<DateTime<Utc>>,
     phase_finished_at: Option<DateTime<Utc>>,
+    phase_requires: Option<String>,
 }
 
 /// Lock and read a run. `None` when it does not exist.
@@ -84,7 +85,8 @@ pub async fn runs_lock_with_phases(
     let rows = sqlx::query_as::<_, RunAndPhase>(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS}, p.position, p.phase_key, p.role, p.state AS phase_state, p.attempts,
                 p.max_attempts, p.round, p.revise_comment, p.error AS phase_error,
-                p.started_at AS phase_started_at, p.finished_at AS phase_finished_at
+                p.started_at AS phase_started_at, p.finished_at AS phase_finished_at,
+                p.requires AS phase_requires
            FROM runs r JOIN run_phases p ON p.run_id = r.id
           WHERE r.id = $1 ORDER BY p.position FOR UPDATE OF r, p"
     )))
@@ -106,6 +108,7 @@ pub async fn runs_lock_with_phases(
             error: r.phase_error,
             started_at: r.phase_started_at,
             finished_at: r.phase_finished_at,
+            requires: r.phase_requires,
         });
         run = Some(r.run);
     }
@@ -163,7 +166,7 @@ pub async fn runs_set_state(
         }));
     }
     let done = sqlx::query(
-        "UPDATE runs SET state = $3, error = CASE WHEN $2 = 'failed' AND $3 = 'running' THEN NULL ELSE COALESCE($4, error) END,
+        "UPDATE runs SET state = $3, error = CASE WHEN $2 IN ('failed', 'awaiting_budget') AND $3 = 'running' THEN NULL ELSE COALESCE($4, error) END,
                 updated_at = now(),
                 started_at = CASE WHEN $3 = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
                 finished_at = CASE WHEN $3 IN ('completed', 'failed', 'aborted', 'cancelled') THEN now() END,
@@ -206,6 +209,49 @@ pub async fn runs_get_budget(
     )
     .bind(id)
     .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Keep the phase job a run stopped at for budget; returns the park's number.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_park_for_budget(
+    conn: &mut PgConnection,
+    id: RunId,
+    job: &serde_json::Value,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE runs SET budget_parks = budget_parks + 1, parked_job = $2 WHERE id = $1
+         RETURNING budget_parks",
+    )
+    .bind(id)
+    .bind(job)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Set a run's limits (either may stay as it is) and take back the phase job it was
+/// parked at, with the park's number.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_set_budget(
+    conn: &mut PgConnection,
+    id: RunId,
+    usd: Option<f64>,
+    tokens: Option<i64>,
+) -> Result<(Option<serde_json::Value>, i32), sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE runs r SET budget_usd = COALESCE($2, r.budget_usd),
+                budget_tokens = COALESCE($3, r.budget_tokens), parked_job = NULL, updated_at = now()
+           FROM runs old WHERE r.id = $1 AND old.id = r.id
+         RETURNING old.parked_job, r.budget_parks",
+    )
+    .bind(id)
+    .bind(usd)
+    .bind(tokens)
+    .fetch_one(&mut *conn)
     .await
 }
 
@@ -266,8 +312,8 @@ pub struct NewRun<'a> {
     pub inputs: (&'a str, &'a serde_json::Value, &'a serde_json::Value),
     /// (role, persona hash, binding hash, overridden).
     pub bindings: Vec<(String, String, String, bool)>,
-    /// (position, key, role, max attempts).
-    pub phases: Vec<(i32, String, String, i32)>,
+    /// (position, key, role, max attempts, the capability its jobs require).
+    pub phases: Vec<(i32, String, String, i32, Option<String>)>,
     pub event: NewEvent,
     pub first_job: NewJob,
 }
@@ -310,14 +356,14 @@ pub async fn runs_insert_submitted(
              INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden)
              SELECT run.id, b.* FROM run, unnest($20::text[], $21::text[], $22::text[], $23::bool[]) AS b
          ), phases AS (
-             INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts)
-             SELECT run.id, p.* FROM run, unnest($24::int[], $25::text[], $26::text[], $27::int[]) AS p
+             INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts, requires)
+             SELECT run.id, p.* FROM run, unnest($24::int[], $25::text[], $26::text[], $27::int[], $38::text[]) AS p
          ), event AS (
              INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
              SELECT id, 1, $28, NULL, $29, $30 FROM run
          ), job AS (
-             INSERT INTO jobs (queue, kind, payload, priority, max_attempts, unique_key, run_id)
-             SELECT $31, $32, $33, $34, $35, $36, id FROM run
+             INSERT INTO jobs (queue, kind, payload, priority, max_attempts, unique_key, run_id, requires)
+             SELECT $31, $32, $33, $34, $35, $36, id, $39 FROM run
          )
          SELECT id FROM run WHERE pg_notify($37, id::text || ':1')::text IS NOT NULL",
     )
@@ -358,6 +404,8 @@ pub async fn runs_insert_submitted(
     .bind(job.max_attempts)
     .bind(&job.unique_key)
     .bind(crate::events::EVENTS_CHANNEL)
+    .bind(new.phases.iter().map(|p| p.4.clone()).collect::<Vec<_>>())
+    .bind(&job.requires)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(id,)| id))

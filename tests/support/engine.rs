@@ -54,6 +54,7 @@ pub fn request(queue: &str, extra: serde_json::Value) -> SubmitRequest {
         queue: queue.to_owned(),
         team: phasefleet::teams::DEFAULT_TEAM.into(),
         may_define_provider_personas: true,
+        allow_unserved: true,
     }
 }
 
@@ -202,9 +203,14 @@ pub async fn run_state(pool: &PgPool, run: RunId) -> RunState {
 
 /// Approve whatever the run waits on, as a reviewer would, until it ends.
 pub async fn drive(pool: &PgPool, run: RunId) -> RunState {
+    drive_until(pool, run, RunState::is_terminal).await
+}
+
+/// Approve whatever the run asks, until its state satisfies `stop`.
+pub async fn drive_until(pool: &PgPool, run: RunId, stop: impl Fn(RunState) -> bool) -> RunState {
     super::eventually(
         Duration::from_secs(90),
-        &format!("run {run} ends"),
+        &format!("run {run} reaches the state waited for"),
         || async {
             let mut c = pool.acquire().await.unwrap();
             let waiting = phasefleet::approval::for_run(&mut c, run).await.unwrap();
@@ -222,7 +228,7 @@ pub async fn drive(pool: &PgPool, run: RunId) -> RunState {
                 .await;
             }
             let s = run_state(pool, run).await;
-            s.is_terminal().then_some(s)
+            stop(s).then_some(s)
         },
     )
     .await

@@ -33,6 +33,10 @@ impl From<PhaseError> for JobError {
 }
 
 impl<A: Agent> JobHandler for EngineHandler<A> {
+    fn capabilities(&self) -> Vec<String> {
+        self.engine.capabilities()
+    }
+
     async fn handle(&self, ctx: JobContext) -> Result<Completed, JobError> {
         if ctx.job.kind == PHASE_JOB_KIND {
             Ok(self

@@ -66,6 +66,13 @@ impl JobError {
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, ctx: JobContext) -> impl Future<Output = Result<Completed, JobError>> + Send;
 
+    /// What this handler can do beyond any job (e.g. `provider:NAME` for each model
+    /// provider whose key it holds): the worker advertises these and claims the jobs
+    /// that require one of them.
+    fn capabilities(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Periodic housekeeping, run by every worker every few seconds (e.g. failing runs
     /// whose job was dead-lettered). Must be idempotent and safe to run concurrently.
     fn maintain(&self) -> impl Future<Output = ()> + Send {

@@ -38,6 +38,8 @@ struct Shared {
     inflight: InFlight,
     wake: Arc<Notify>,
     draining: AtomicBool,
+    /// What the handler can do (advertised; jobs requiring one of these are claimed).
+    capabilities: Vec<String>,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl<H: JobHandler> Worker<H> {
             inflight: InFlight::default(),
             wake: Arc::new(Notify::new()),
             draining: AtomicBool::new(false),
+            capabilities: self.handler.capabilities(),
         });
         let worker_span =
             tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
@@ -272,12 +275,13 @@ fn log_join(res: Result<(), tokio::task::JoinError>) {
 
 async fn claim(shared: &Shared, free: usize) -> Result<Vec<ClaimedJob>, QueueError> {
     let mut conn = shared.pool.acquire().await?;
-    let jobs = queue::claim(
+    let jobs = queue::claim_capable(
         &mut conn,
         shared.id,
         &shared.cfg.queue,
         i64::try_from(free).unwrap_or(i64::MAX),
         shared.cfg.lease,
+        &shared.capabilities,
     )
     .await?;
     metrics::counter!("phasefleet_jobs_claimed_total", "queue" => shared.cfg.queue.clone())
@@ -297,6 +301,7 @@ async fn register_with_retry(shared: &Shared, shutdown: &CancellationToken) -> b
             pid: std::process::id(),
             queues: &queues,
             concurrency: shared.cfg.concurrency,
+            capabilities: &shared.capabilities,
         };
         match registry::register(&shared.pool, &me).await {
             Ok(()) => return true,

@@ -50,6 +50,10 @@ pub struct SubmitBody {
     /// or `{"sha256": ...}` naming content this team uploaded (`POST /v1/uploads`).
     #[serde(default)]
     pub files: BTreeMap<String, FileBody>,
+    /// Queue the run even when no live worker serves a provider it needs (its jobs
+    /// wait until one does); default: refuse with 422.
+    #[serde(default)]
+    pub allow_unserved: bool,
 }
 
 /// One input file of a submit.
@@ -184,6 +188,7 @@ fn build_request(
         queue,
         team,
         may_define_provider_personas: caller.role == Role::Admin,
+        allow_unserved: body.allow_unserved,
     })
 }
 
@@ -449,4 +454,37 @@ pub async fn cancel(
             serde_json::json!({ "outcome": "already_ended", "state": s })
         }
     }))
+}
+
+/// Raise the budget of a run (a run awaiting budget resumes), or abort a run awaiting
+/// budget: `{"action": "raise", "usd": 2.0}` or `{"action": "abort", "reason": "..."}`.
+#[utoipa::path(post, path = "/v1/runs/{id}/budget", tag = "runs", params(("id" = String, Path, format = Uuid)),
+    request_body(content = Object, description = "`{action: raise, usd?, tokens?}` or `{action: abort, reason?}`"),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<RunId>,
+    Body(body): Body<Value>,
+) -> Result<Json<phasefleet::budget::BudgetOutcome>, ApiError> {
+    caller.require(Role::Approve)?;
+    let decision: phasefleet::budget::BudgetDecision = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid("body", format!("not a budget decision: {e}")))?;
+    if let phasefleet::budget::BudgetDecision::Abort { reason: Some(r) } = &decision
+        && r.len() > 2000
+    {
+        return Err(ApiError::invalid("reason", "longer than 2000 bytes"));
+    }
+    Ok(Json(
+        phasefleet::budget::decide(
+            &state.pool,
+            &caller.scope,
+            id,
+            &decision,
+            Some(&caller.name),
+        )
+        .await?,
+    ))
 }

@@ -1,0 +1,220 @@
+//! Budgets that never fail open and never dead-end: a run whose USD or token budget
+//! runs out (before an attempt, or between two model calls) is parked as
+//! `awaiting_budget`, keeping the phase job it stopped at. An approver raises the
+//! budget (the job is enqueued again and the attempt resumes) or aborts the run.
+
+use crate::advance::{self, LockedRun};
+use crate::events::NewEvent;
+use crate::ids::RunId;
+use crate::phase_job::PhaseJob;
+use crate::queue::QueueError;
+use crate::state::{PhaseState, RunState};
+use crate::store::{StoreError, runs};
+use crate::teams::Scope;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+
+/// What an approver decides for a run awaiting budget.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum BudgetDecision {
+    /// New limits (either may stay as it is); each must exceed what was spent.
+    Raise {
+        usd: Option<f64>,
+        tokens: Option<i64>,
+    },
+    Abort {
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum BudgetOutcome {
+    /// The limits changed; `resumed` when a parked run went back to work.
+    Raised {
+        resumed: bool,
+    },
+    Aborted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    #[error("run {run} is {state}; only a run that has not ended has a budget to change")]
+    Ended { run: RunId, state: &'static str },
+    #[error("run {run} is {state}; only a run awaiting budget can be aborted here")]
+    NotParked { run: RunId, state: &'static str },
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<advance::AdvanceError> for BudgetError {
+    fn from(e: advance::AdvanceError) -> Self {
+        match e {
+            advance::AdvanceError::Queue(q) => Self::Queue(q),
+            advance::AdvanceError::Store(s) => Self::Store(s),
+            advance::AdvanceError::Db(d) => Self::Db(d),
+        }
+    }
+}
+
+/// Park the locked run for budget at `job` (inside the caller's transaction): its
+/// phase, if an attempt was under way, goes back to pending; the run waits.
+///
+/// # Errors
+/// Store and database errors.
+pub async fn park(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    job: &PhaseJob,
+    reason: &str,
+) -> Result<(), StoreError> {
+    if locked
+        .phase(&job.phase)
+        .is_some_and(|p| p.state == PhaseState::Running)
+    {
+        locked
+            .set_phase_state(conn, &job.phase, PhaseState::Pending, None)
+            .await?;
+    }
+    locked
+        .set_state(conn, RunState::AwaitingBudget, Some(reason))
+        .await?;
+    let parked = serde_json::to_value(job).unwrap_or_default();
+    let park = runs::runs_park_for_budget(conn, locked.run.id, &parked).await?;
+    locked
+        .events
+        .push(NewEvent::run_awaiting_budget(&job.phase, park, reason));
+    tracing::info!(run_id = %locked.run.id, phase = %job.phase, reason, "run awaits budget");
+    Ok(())
+}
+
+/// Raise the budget of a run (resuming it when it was parked), or abort a parked run.
+///
+/// # Errors
+/// [`BudgetError`]; a refused request changes nothing.
+pub async fn decide(
+    pool: &PgPool,
+    scope: &Scope,
+    run_id: RunId,
+    decision: &BudgetDecision,
+    by: Option<&str>,
+) -> Result<BudgetOutcome, BudgetError> {
+    let mut tx = pool.begin().await?;
+    let (run, phases) = runs::runs_lock_with_phases(&mut tx, run_id)
+        .await?
+        .filter(|(run, _)| scope.sees(&run.team))
+        .ok_or(BudgetError::NotFound(run_id))?;
+    if run.state.is_terminal() {
+        return Err(BudgetError::Ended {
+            run: run_id,
+            state: run.state.as_str(),
+        });
+    }
+    let mut locked = LockedRun::new(run, phases);
+    let outcome = match decision {
+        BudgetDecision::Raise { usd, tokens } => {
+            raise(&mut tx, &mut locked, *usd, *tokens, by).await?
+        }
+        BudgetDecision::Abort { reason } => {
+            if locked.run.state != RunState::AwaitingBudget {
+                return Err(BudgetError::NotParked {
+                    run: run_id,
+                    state: locked.run.state.as_str(),
+                });
+            }
+            let who = by.unwrap_or("an approver");
+            let because = reason
+                .as_deref()
+                .map_or_else(String::new, |r| format!(": {r}"));
+            let error = format!("aborted awaiting budget by {who}{because}");
+            advance::end_run(&mut tx, &mut locked, RunState::Aborted, Some(&error)).await?;
+            BudgetOutcome::Aborted
+        }
+    };
+    locked.flush_events(&mut tx).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+fn check_limits(
+    run: &runs::RunRow,
+    usd: Option<f64>,
+    tokens: Option<i64>,
+) -> Result<(), BudgetError> {
+    if usd.is_none() && tokens.is_none() {
+        return Err(BudgetError::Invalid {
+            field: "usd",
+            message: "give a new USD or token limit".into(),
+        });
+    }
+    if let Some(u) = usd.filter(|u| !(u.is_finite() && *u > run.spent_usd)) {
+        return Err(BudgetError::Invalid {
+            field: "usd",
+            message: format!(
+                "${u} does not exceed the ${:.4} already spent",
+                run.spent_usd
+            ),
+        });
+    }
+    if let Some(t) = tokens.filter(|t| *t <= run.spent_tokens) {
+        return Err(BudgetError::Invalid {
+            field: "tokens",
+            message: format!(
+                "{t} does not exceed the {} tokens already spent",
+                run.spent_tokens
+            ),
+        });
+    }
+    Ok(())
+}
+
+async fn raise(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    usd: Option<f64>,
+    tokens: Option<i64>,
+    by: Option<&str>,
+) -> Result<BudgetOutcome, BudgetError> {
+    check_limits(&locked.run, usd, tokens)?;
+    let (parked, park) = runs::runs_set_budget(conn, locked.run.id, usd, tokens).await?;
+    let parked: Option<PhaseJob> = parked.and_then(|j| serde_json::from_value(j).ok());
+    let (RunState::AwaitingBudget, Some(mut job)) = (locked.run.state, parked) else {
+        return Ok(BudgetOutcome::Raised { resumed: false });
+    };
+    // Still out of the other kind of budget: stay parked, with the job kept.
+    let (usd_left, tokens_left) = (
+        usd.or(locked.run.budget_usd)
+            .is_none_or(|l| locked.run.spent_usd < l),
+        tokens
+            .or(locked.run.budget_tokens)
+            .is_none_or(|l| locked.run.spent_tokens < l),
+    );
+    if !(usd_left && tokens_left) {
+        runs::runs_park_for_budget(
+            conn,
+            locked.run.id,
+            &serde_json::to_value(&job).unwrap_or_default(),
+        )
+        .await?;
+        return Ok(BudgetOutcome::Raised { resumed: false });
+    }
+    locked.set_state(conn, RunState::Running, None).await?;
+    job.resume = park;
+    job.enqueue(conn, &locked.run.queue).await?;
+    locked.events.push(NewEvent::run_budget_raised(
+        &job.phase, park, usd, tokens, by,
+    ));
+    Ok(BudgetOutcome::Raised { resumed: true })
+}
