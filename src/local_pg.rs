@@ -1,7 +1,9 @@
 //! A private PostgreSQL server started from the system's binaries (`initdb`, `pg_ctl`).
 //!
-//! Used by `phasefleet dev` when `DATABASE_URL` is unset, and by tests that must restart
-//! the server under a running worker without disturbing anyone else's database.
+//! Used by `phasefleet demo` and `phasefleet dev` when `DATABASE_URL` is unset, and by
+//! tests that must restart the server under a running worker without disturbing
+//! anyone else's database. On a machine without PostgreSQL, the binaries are installed
+//! with apt-get (as `scripts/test` does), unless `PHASEFLEET_NO_INSTALL` is set.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -79,6 +81,48 @@ fn run_as_user() -> Option<String> {
     (String::from_utf8_lossy(&out.stdout).trim() == "0").then(|| "postgres".to_owned())
 }
 
+/// Install PostgreSQL's server binaries with apt-get (through sudo when not root), the
+/// way `scripts/provision.sh` does for the tests. Progress goes to stderr.
+async fn install_with_apt() -> Result<(), LocalPgError> {
+    let have = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).exists()))
+    };
+    if std::env::var_os("PHASEFLEET_NO_INSTALL").is_some() || !have("apt-get") {
+        return Err(LocalPgError::NoBinaries);
+    }
+    let sudo = run_as_user().is_none() && have("sudo");
+    eprintln!(
+        "PostgreSQL is not installed: installing it with apt-get (set DATABASE_URL to use your own server)"
+    );
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "postgresql"],
+    ] {
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        let status = cmd
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .map_err(io_err(Path::new("apt-get")))?;
+        if !status.success() {
+            return Err(LocalPgError::Command {
+                what: format!("apt-get {}", args.join(" ")),
+                detail: format!("{status}; install postgresql yourself or set DATABASE_URL"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16, LocalPgError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
     let port = l
@@ -95,7 +139,13 @@ impl LocalPg {
     /// # Errors
     /// [`LocalPgError`] when binaries are missing or `initdb`/`pg_ctl` fail.
     pub async fn start(dir: &Path, settings: &[(&str, &str)]) -> Result<Self, LocalPgError> {
-        let bin = find_bin_dir().ok_or(LocalPgError::NoBinaries)?;
+        let bin = match find_bin_dir() {
+            Some(bin) => bin,
+            None => {
+                install_with_apt().await?;
+                find_bin_dir().ok_or(LocalPgError::NoBinaries)?
+            }
+        };
         let run_as = run_as_user();
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let dir = dir.canonicalize().map_err(io_err(dir))?;

@@ -180,12 +180,7 @@ async fn a_valid_artifact_written_before_the_timeout_is_kept() {
         phases.iter().all(|p| p.attempts == 1),
         "each phase kept its first attempt's artifact: {phases:?}"
     );
-    let error = phasefleet::store::runs::runs_get(&mut c, lost)
-        .await
-        .unwrap()
-        .unwrap()
-        .error
-        .unwrap();
+    let error = error_of(&pool, lost).await;
     assert!(
         error.contains("timed out after 1s without writing spec.json"),
         "{error}"
@@ -314,6 +309,51 @@ async fn the_agent_reads_the_input_repository_and_later_phases_read_earlier_outp
         ]
         .map(|(o, p, b)| (o.to_owned(), p.to_owned(), b))
     );
+}
+
+const FILES_ONLY: &str = "
+name: notes
+version: '1'
+roles: { author: { persona: llm } }
+phases:
+  - key: handover
+    role: author
+    instructions: Write notes/handover.md.
+    max_attempts: 1
+";
+
+#[tokio::test]
+async fn a_phase_without_an_artifact_is_done_when_its_files_are_written() {
+    let pool = pool().await;
+    let m = Mock::start().await;
+    let q = unique_queue("art-files-only");
+    let fleet = Fleet::start(&pool, &q, 1, 4, m.agent());
+    let mut runs = Vec::new();
+    for model in ["mock/notes", "mock/never-writes"] {
+        let mut req = request(&q, json!({}));
+        req.template = WorkflowTemplate::from_str_named("notes.yaml", FILES_ONLY).unwrap();
+        runs.push(submit_as(&pool, model, req).await);
+    }
+    assert_eq!(drive(&pool, runs[0]).await, RunState::Completed);
+    assert_eq!(drive(&pool, runs[1]).await, RunState::Failed);
+    fleet.shutdown().await;
+    let mut c = pool.acquire().await.unwrap();
+    let (note, bytes) =
+        phasefleet::store::files::run_files_content(&mut c, runs[0], "notes/handover.md", None)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (note.origin.as_str(), bytes.as_slice()),
+        ("handover", &b"# handover\nnotes\n"[..])
+    );
+    let error = error_of(&pool, runs[1]).await;
+    assert!(error.contains("without writing any file"), "{error}");
+    let reminded = envelopes_and_results(&m, "mock/never-writes")
+        .iter()
+        .flat_map(|b| text_of(&b["messages"], "user"))
+        .any(|t| t.contains("You have not written any file yet"));
+    assert!(reminded, "the model was reminded once");
 }
 
 #[test]

@@ -57,16 +57,6 @@ async fn ledger_rows(
         .unwrap()
 }
 
-async fn error_of(pool: &sqlx::PgPool, run: RunId) -> String {
-    let mut c = pool.acquire().await.unwrap();
-    phasefleet::store::runs::runs_get(&mut c, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .error
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
     let pool = pool().await;

@@ -40,16 +40,6 @@ async fn decide(
     phasefleet::budget::decide(pool, &Scope::Fleet, run, &d, Some("tests")).await
 }
 
-async fn error_of(pool: &sqlx::PgPool, run: RunId) -> String {
-    let mut c = pool.acquire().await.unwrap();
-    phasefleet::store::runs::runs_get(&mut c, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .error
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_spent_budget_parks_the_run_and_a_top_up_resumes_it() {
     let pool = pool().await;

@@ -427,7 +427,7 @@ async fn prune(
             break;
         }
     }
-    let mut runs_deleted = 0;
+    let (mut runs_deleted, mut blobs_deleted) = (0, 0);
     if runs {
         loop {
             let n = phasefleet::store::runs::runs_prune_ended(&mut conn, older_than, 500).await?;
@@ -436,10 +436,17 @@ async fn prune(
                 break;
             }
         }
+        // File content no remaining run refers to, and uploads older than the cutoff
+        // that no run used.
+        blobs_deleted = phasefleet::store::files::file_blobs_prune(&mut conn, older_than).await?;
     }
     Ok(print_one(
         output,
-        &serde_json::json!({ "deleted": jobs_deleted, "runs_deleted": runs_deleted }),
-        |_| format!("deleted {jobs_deleted} job(s) and {runs_deleted} run(s)"),
+        &serde_json::json!({ "deleted": jobs_deleted, "runs_deleted": runs_deleted, "files_deleted": blobs_deleted }),
+        |_| {
+            format!(
+                "deleted {jobs_deleted} job(s), {runs_deleted} run(s) and {blobs_deleted} stored file(s)"
+            )
+        },
     )?)
 }

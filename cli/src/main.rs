@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     // The demo and dev stack run workers in this process: show their per-turn progress.
     let runs_workers = matches!(cli.command, Command::Demo(_) | Command::Dev { .. });
     phasefleet::telemetry::init(if runs_workers {
-        "warn,phasefleet::agent::llm=info"
+        "warn,phasefleet::phase=info,phasefleet::agent::llm=info"
     } else {
         "warn"
     });

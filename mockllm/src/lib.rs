@@ -24,6 +24,7 @@
 //! | `mock/submit-object` | the same, with the arguments as a JSON object instead of a string |
 //! | `mock/fenced` | no tools: replies with the artifact in one fenced JSON block |
 //! | `mock/enum-wrong` | first attempt: submits an artifact with a value outside an enum, then stops; a repair submits a valid one |
+//! | `mock/notes` | writes `notes/<phase>.md` with `write_file`, then says it is done |
 //! | `mock/read-cite` | reads every text file the envelope lists, writes `notes/<phase>.md`, then submits the artifact; where the schema has a `files` array it lists each file read with the sha256 of what it read |
 //!
 //! A `-nocost` suffix leaves `usage.cost` out (the client then prices the call itself).
@@ -497,6 +498,22 @@ async fn chat(
         }
         "enum-wrong" => (Some("I am done.".into()), vec![]),
         "read-cite" => read_cite(&envelope, &messages, &path, &schema),
+        "notes" if !finished => {
+            let phase = envelope
+                .lines()
+                .find_map(|l| l.strip_prefix("Phase: "))
+                .unwrap_or("phase")
+                .trim();
+            (
+                None,
+                vec![tool_call(
+                    "call_notes",
+                    "write_file",
+                    json!({ "path": format!("notes/{phase}.md"), "content": format!("# {phase}\nnotes\n") })
+                        .to_string(),
+                )],
+            )
+        }
         "multi-tool" if !finished => (
             None,
             vec![

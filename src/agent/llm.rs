@@ -152,6 +152,13 @@ async fn after_reply(
     cancel: &CancellationToken,
 ) -> Result<AfterReply, AgentError> {
     let Some(artifact) = &req.artifact else {
+        // A files-only phase: remind once if nothing was written yet.
+        let wrote_nothing = req.workspace.lock().written().next().is_none();
+        if wrote_nothing && !std::mem::replace(reminded, true) {
+            return Ok(AfterReply::Say(
+                "You have not written any file yet, and this phase's output is the files you write. Write them with write_file, then reply with one sentence.".into(),
+            ));
+        }
         return Ok(AfterReply::Stop);
     };
     if let Some(value) = artifact_in_reply(text) {

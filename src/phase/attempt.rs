@@ -201,18 +201,20 @@ pub(super) async fn validate(
         .collect();
     let timeout = started.phase.timeout;
     let Some(expected) = &started.phase.expected_artifact else {
-        let finished = matches!(attempted.ended, AgentExit::Finished);
-        let issues = if finished {
-            vec![]
-        } else {
-            vec![Issue::whole(format!(
+        // A files-only phase is done when the agent finished having written something.
+        let issues = match (&attempted.ended, written.is_empty()) {
+            (AgentExit::Finished, false) => vec![],
+            (AgentExit::Finished, true) => {
+                vec![Issue::whole("the agent finished without writing any file")]
+            }
+            _ => vec![Issue::whole(format!(
                 "phase timed out after {timeout}s before the agent finished"
-            ))]
+            ))],
         };
         return Ok(Validated {
             content: None,
             validation: Validation {
-                valid: finished,
+                valid: issues.is_empty(),
                 issues,
             },
             written,

@@ -234,6 +234,17 @@ pub async fn drive_until(pool: &PgPool, run: RunId, stop: impl Fn(RunState) -> b
     .await
 }
 
+/// A run's error, or "" when it has none.
+pub async fn error_of(pool: &PgPool, run: RunId) -> String {
+    let mut c = pool.acquire().await.unwrap();
+    phasefleet::store::runs::runs_get(&mut c, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .error
+        .unwrap_or_default()
+}
+
 /// One phase of a run, as stored.
 pub async fn phase_of(
     c: &mut sqlx::PgConnection,

@@ -416,6 +416,11 @@ fn describe_refusal(code: u16, body: &[u8]) -> String {
     if (code == 400 || code == 413) && context.iter().any(|c| head.contains(c)) {
         return "the request does not fit the model's context window".into();
     }
+    // llama.cpp's server, when a reply hits max_tokens inside a tool call.
+    if code >= 500 && head.contains("failed to parse tool call") {
+        return "the provider could not parse the model's tool call (cut off at max_tokens?)"
+            .into();
+    }
     match code {
         400 => "the provider rejected the request as invalid",
         401 => "the provider refused the API key (check the provider's api_key_env)",
@@ -477,6 +482,13 @@ mod tests {
         assert!(
             describe_refusal(400, br#"{"error":{"code":"context_length_exceeded"}}"#)
                 .contains("context window")
+        );
+        assert!(
+            describe_refusal(
+                500,
+                br#"{"error":{"message":"Failed to parse tool call arguments as JSON"}}"#
+            )
+            .contains("max_tokens")
         );
         assert_eq!(
             sanitize_request_id("id-1\u{0}\n<x>"),
