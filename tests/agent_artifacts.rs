@@ -187,6 +187,56 @@ async fn a_valid_artifact_written_before_the_timeout_is_kept() {
     );
 }
 
+#[tokio::test]
+async fn a_timeout_validates_what_was_written_and_the_repair_sees_its_errors() {
+    let pool = pool().await;
+    let m = Mock::start().await;
+    let q = unique_queue("art-timeout-http");
+    let fleet = Fleet::start(&pool, &q, 1, 4, m.agent());
+    let mut req = request(&q, json!({}));
+    req.template.phases.truncate(1);
+    req.template.phases[0].timeout = 1;
+    let run = submit_as(&pool, "mock/wrong-then-slow", req).await;
+    assert_eq!(drive(&pool, run).await, RunState::Failed);
+    fleet.shutdown().await;
+    let error = error_of(&pool, run).await;
+    assert!(
+        error.contains("timed out after 1s; the artifact as written does not validate")
+            && error.contains("\"not-a-choice\" is not allowed"),
+        "the errors of what was written, not only the timeout: {error}"
+    );
+    let repair = envelopes_and_results(&m, "mock/wrong-then-slow")
+        .iter()
+        .map(|b| text_of(&b["messages"], "user")[0].clone())
+        .find(|e| e.contains("[REPAIR ATTEMPT]"))
+        .unwrap();
+    assert!(repair.contains("\"not-a-choice\""), "{repair}");
+}
+
+#[tokio::test]
+async fn a_connection_failure_names_its_cause_and_the_true_attempt_count() {
+    let pool = pool().await;
+    // Nothing listens on port 9 here: every connection is refused.
+    let nowhere = Mock {
+        base_url: "http://127.0.0.1:9/v1".into(),
+        stats: std::sync::Arc::default(),
+    };
+    let q = unique_queue("art-refused");
+    let fleet = Fleet::start(&pool, &q, 1, 4, nowhere.agent());
+    let mut req = request(&q, json!({}));
+    req.template.phases.truncate(1);
+    let run = submit_as(&pool, "mock/valid", req).await;
+    assert_eq!(drive(&pool, run).await, RunState::Failed);
+    fleet.shutdown().await;
+    let error = error_of(&pool, run).await;
+    assert!(
+        error.contains("connection refused")
+            && error.contains("delivery 5 of 5")
+            && error.contains("20 HTTP attempts in all"),
+        "{error}"
+    );
+}
+
 fn git(dir: &std::path::Path, args: &[&str]) {
     let ok = std::process::Command::new("git")
         .arg("-C")

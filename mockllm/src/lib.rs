@@ -24,6 +24,7 @@
 //! | `mock/submit-object` | the same, with the arguments as a JSON object instead of a string |
 //! | `mock/fenced` | no tools: replies with the artifact in one fenced JSON block |
 //! | `mock/enum-wrong` | first attempt: submits an artifact with a value outside an enum, then stops; a repair submits a valid one |
+//! | `mock/wrong-then-slow` | submits an artifact with a value outside an enum, then takes 3 s to answer |
 //! | `mock/notes` | writes `notes/<phase>.md` with `write_file`, then says it is done |
 //! | `mock/read-cite` | reads every text file the envelope lists, writes `notes/<phase>.md`, then submits the artifact; where the schema has a `files` array it lists each file read with the sha256 of what it read |
 //!
@@ -497,6 +498,15 @@ async fn chat(
             (None, vec![submit_call(&artifact)])
         }
         "enum-wrong" => (Some("I am done.".into()), vec![]),
+        "wrong-then-slow" if !finished => {
+            let mut artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
+            break_first_enum(&mut artifact, &schema);
+            (None, vec![submit_call(&artifact)])
+        }
+        "wrong-then-slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (Some("done".into()), vec![])
+        }
         "read-cite" => read_cite(&envelope, &messages, &path, &schema),
         "notes" if !finished => {
             let phase = envelope
