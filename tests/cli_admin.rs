@@ -562,7 +562,15 @@ async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli()
     let approval = support::engine::pending_approval(&pool, run_id)
         .await
         .to_string();
-    // The reviewer sees what they approve.
+    // The reviewer sees what they approve: in the inbox, and whole.
+    let inbox = cli(&["approvals", "list", "--limit", "1000"]).await;
+    ok(&inbox);
+    let row = inbox
+        .stdout
+        .lines()
+        .find(|l| l.contains(&approval))
+        .unwrap_or_default();
+    assert!(row.contains("review.json"), "{row}");
     let shown = cli(&["approvals", "show", &approval]).await;
     ok(&shown);
     assert!(

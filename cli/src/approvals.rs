@@ -35,10 +35,31 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
         Approvals::List { limit } => {
             let mut conn = pool.acquire().await?;
             let rows = approval::pending(&mut conn, &Scope::Fleet, limit.clamp(1, 1000)).await?;
+            let ids: Vec<i64> = rows.iter().map(|a| a.artifact_id).collect();
+            let artifacts =
+                phasefleet::store::artifacts::artifacts_get_many(&mut conn, &ids).await?;
+            let artifact = |id: i64| {
+                artifacts
+                    .iter()
+                    .find(|m| m.id == id)
+                    .map_or_else(String::new, |m| {
+                        let sha: String =
+                            m.sha256.as_deref().unwrap_or("").chars().take(12).collect();
+                        format!("{} {sha}", cell(m.path.as_deref().unwrap_or("(files)"), 64))
+                    })
+            };
             print_rows(
                 output,
                 &rows,
-                &["ID", "RUN", "PHASE", "ROUND", "GATES", "WAITING SINCE"],
+                &[
+                    "ID",
+                    "RUN",
+                    "PHASE",
+                    "ROUND",
+                    "GATES",
+                    "ARTIFACT",
+                    "WAITING SINCE",
+                ],
                 |a| {
                     vec![
                         a.id.to_string(),
@@ -46,10 +67,14 @@ pub async fn run(pool: &PgPool, cmd: Approvals, output: Output) -> Result<(), Cl
                         cell(&a.phase_key, 64),
                         a.round.to_string(),
                         a.gates.join(","),
+                        artifact(a.artifact_id),
                         a.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     ]
                 },
             )?;
+            if matches!(output, Output::Table) && !rows.is_empty() {
+                eprintln!("phasefleet approvals show ID prints the artifact to approve");
+            }
         }
         Approvals::Show { id } => {
             let mut conn = pool.acquire().await?;

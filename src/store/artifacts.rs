@@ -134,3 +134,19 @@ pub async fn artifacts_latest_for_phase(
         None => Ok(None),
     }
 }
+
+/// Artifacts by id, without their content.
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_get_many(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<ArtifactMeta>, sqlx::Error> {
+    sqlx::query_as::<_, ArtifactMeta>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = ANY($1)"
+    )))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+}
