@@ -338,7 +338,8 @@ async fn the_agent_reads_the_input_repository_and_later_phases_read_earlier_outp
         Some(sha(&bytes)),
         "{recheck}"
     );
-    // The manifest: inputs, then each phase's outputs; the binary file marked.
+    // The manifest: inputs, then what each phase wrote besides its artifact; the
+    // binary file marked.
     let files = phasefleet::store::files::run_files_list(&mut c, run)
         .await
         .unwrap();
@@ -353,9 +354,7 @@ async fn the_agent_reads_the_input_repository_and_later_phases_read_earlier_outp
             ("", "logo.png", true),
             ("", "src/lib.rs", false),
             ("recheck", "notes/recheck.md", false),
-            ("recheck", "recheck.json", false),
             ("survey", "notes/survey.md", false),
-            ("survey", "survey.json", false),
         ]
         .map(|(o, p, b)| (o.to_owned(), p.to_owned(), b))
     );

@@ -41,7 +41,8 @@ pub(super) struct Attempted {
 pub(super) struct Validated {
     pub content: Option<String>,
     pub validation: Validation,
-    /// The files the attempt wrote (path, content), stored when it is accepted.
+    /// The files the attempt wrote besides its artifact (path, content), stored when
+    /// it is accepted.
     pub written: Vec<(String, String)>,
 }
 
@@ -194,9 +195,16 @@ pub(super) async fn validate(
     started: &Started,
     attempted: &Attempted,
 ) -> Result<Validated, PhaseError> {
+    // The files the attempt wrote besides its artifact (stored in `artifacts` already).
+    let artifact_path = started
+        .phase
+        .expected_artifact
+        .as_ref()
+        .map(|a| a.path.as_str());
     let written: Vec<(String, String)> = attempted
         .workspace
         .written()
+        .filter(|(p, _)| Some(*p) != artifact_path)
         .map(|(p, c)| (p.to_owned(), c.to_owned()))
         .collect();
     let timeout = started.phase.timeout;

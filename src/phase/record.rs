@@ -115,6 +115,10 @@ async fn store_written_files(
     p: &PhaseJob,
     outcome: &Validated,
 ) -> Result<(), PhaseError> {
+    // Nothing written, and no earlier round's files to replace: nothing to do.
+    if outcome.written.is_empty() && p.round == 1 {
+        return Ok(());
+    }
     let blobs: Vec<Blob> = outcome
         .written
         .iter()

@@ -75,7 +75,11 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>
     }
     // 4. Mark the attempt started; read the files it starts with.
     mark_started(&mut tx, &mut locked, &phase, p).await?;
-    let seed = files::run_files_seed(&mut tx, p.run_id, phase.position).await?;
+    let seed = if ctx.has_files {
+        files::run_files_seed(&mut tx, p.run_id, phase.position).await?
+    } else {
+        Vec::new()
+    };
     let started = parse_context(ctx, &phase, p, seed)?;
     tx.commit().await?;
     Ok(Some(started))

@@ -23,6 +23,8 @@ pub struct AttemptContext {
     pub previous: Option<sqlx::types::Json<PreviousArtifact>>,
     /// This attempt's artifact is stored already (a duplicate delivery).
     pub recorded: bool,
+    /// The run holds files (inputs, or earlier phases' outputs).
+    pub has_files: bool,
 }
 
 /// An earlier phase's accepted artifact.
@@ -71,7 +73,8 @@ pub async fn run_inputs_attempt_context(
                   ORDER BY v.round DESC, v.attempt DESC LIMIT 1) AS previous,
                 EXISTS (SELECT 1 FROM artifacts d
                          WHERE d.run_id = r.id AND d.phase_key = $2 AND d.round = $3 AND d.attempt = $4)
-                  AS recorded
+                  AS recorded,
+                EXISTS (SELECT 1 FROM run_files f WHERE f.run_id = r.id) AS has_files
            FROM runs r
            JOIN templates t ON t.hash = r.template_hash
            JOIN run_phases p ON p.run_id = r.id AND p.phase_key = $2
