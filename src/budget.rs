@@ -14,6 +14,51 @@ use crate::teams::Scope;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
+/// A run's limits and spend.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend {
+    pub budget_usd: Option<f64>,
+    pub spent_usd: f64,
+    pub budget_tokens: Option<i64>,
+    pub spent_tokens: i64,
+}
+
+impl Spend {
+    /// What is spent out, in words ("spent $0.0010 of $0.0010"); `None` while both
+    /// limits hold.
+    #[must_use]
+    pub fn exhausted(&self) -> Option<String> {
+        if let Some(limit) = self.budget_usd.filter(|l| self.spent_usd >= *l) {
+            return Some(format!("spent ${:.4} of ${limit:.4}", self.spent_usd));
+        }
+        self.budget_tokens
+            .filter(|l| self.spent_tokens >= *l)
+            .map(|limit| format!("spent {} of {limit} tokens", self.spent_tokens))
+    }
+}
+
+impl From<&runs::RunRow> for Spend {
+    fn from(r: &runs::RunRow) -> Self {
+        Self {
+            budget_usd: r.budget_usd,
+            spent_usd: r.spent_usd,
+            budget_tokens: r.budget_tokens,
+            spent_tokens: r.spent_tokens,
+        }
+    }
+}
+
+impl From<&runs::BudgetRow> for Spend {
+    fn from(r: &runs::BudgetRow) -> Self {
+        Self {
+            budget_usd: r.budget_usd,
+            spent_usd: r.spent_usd,
+            budget_tokens: r.budget_tokens,
+            spent_tokens: r.spent_tokens,
+        }
+    }
+}
+
 /// What an approver decides for a run awaiting budget.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
@@ -194,14 +239,12 @@ async fn raise(
         return Ok(BudgetOutcome::Raised { resumed: false });
     };
     // Still out of the other kind of budget: stay parked, with the job kept.
-    let (usd_left, tokens_left) = (
-        usd.or(locked.run.budget_usd)
-            .is_none_or(|l| locked.run.spent_usd < l),
-        tokens
-            .or(locked.run.budget_tokens)
-            .is_none_or(|l| locked.run.spent_tokens < l),
-    );
-    if !(usd_left && tokens_left) {
+    let raised = Spend {
+        budget_usd: usd.or(locked.run.budget_usd),
+        budget_tokens: tokens.or(locked.run.budget_tokens),
+        ..Spend::from(&locked.run)
+    };
+    if raised.exhausted().is_some() {
         runs::runs_park_for_budget(
             conn,
             locked.run.id,

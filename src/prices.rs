@@ -44,7 +44,13 @@ pub async fn price_of(
     let age = model_prices_age(conn, provider).await?;
     if age.is_none_or(|a| a > Duration::from_secs(p.price_list_ttl_secs)) {
         match fetch(provider, p, url).await {
-            Ok(prices) => model_prices_replace(conn, provider, &prices).await?,
+            Ok(prices) if !prices.is_empty() => {
+                model_prices_replace(conn, provider, &prices).await?;
+            }
+            Ok(_) => tracing::warn!(
+                provider,
+                "the price list priced no model; using cached prices"
+            ),
             Err(e) => tracing::warn!(error = %e, "using cached prices"),
         }
     }
@@ -150,9 +156,11 @@ fn per_mtok(v: &serde_json::Value) -> Option<f64> {
 /// When the body is not a price list.
 pub fn parse_price_list(body: &[u8]) -> Result<Vec<(String, Price)>, serde_json::Error> {
     let list: PriceList = serde_json::from_slice(body)?;
+    let mut seen = std::collections::HashSet::new();
     Ok(list
         .data
         .into_iter()
+        .filter(|m| seen.insert(m.id.clone()))
         .filter_map(|m| {
             let p = m.pricing?;
             let (input, output) = (per_mtok(&p.prompt)?, per_mtok(&p.completion)?);

@@ -499,22 +499,44 @@ async fn check_uploads(
         return Ok(());
     }
     let missing = files::team_uploads_missing(conn, &req.team, &named).await?;
-    match missing.first() {
-        None => Ok(()),
-        Some(sha) => {
-            let path = manifest
-                .iter()
-                .find(|(_, s)| *s == sha)
-                .map_or("", |(p, _)| p.as_str());
-            Err(invalid(
-                format!("files.{path}"),
-                format!(
-                    "sha256 {sha} is not content team {:?} uploaded (POST /v1/uploads first)",
-                    req.team
-                ),
-            ))
-        }
+    if let Some(sha) = missing.first() {
+        let path = manifest
+            .iter()
+            .find(|(_, s)| *s == sha)
+            .map_or("", |(p, _)| p.as_str());
+        return Err(invalid(
+            format!("files.{path}"),
+            format!(
+                "sha256 {sha} is not content team {:?} uploaded (POST /v1/uploads first)",
+                req.team
+            ),
+        ));
     }
+    // Named content counts against the run's input bound like carried content.
+    let sizes = files::file_blobs_describe(conn, &named).await?;
+    let size_of = |sha: &str| {
+        sizes
+            .iter()
+            .find(|(s, ..)| s == sha)
+            .map_or(0, |(_, n, _)| *n)
+    };
+    let total: i64 = manifest
+        .values()
+        .map(|sha| {
+            blobs.iter().find(|b| &b.sha256 == sha).map_or_else(
+                || size_of(sha),
+                |b| i64::try_from(b.content.len()).unwrap_or(i64::MAX),
+            )
+        })
+        .sum();
+    let cap = i64::try_from(input_files::MAX_INPUT_BYTES).unwrap_or(i64::MAX);
+    if total > cap {
+        return Err(invalid(
+            "files",
+            format!("the files hold {total} bytes; at most {cap} in all"),
+        ));
+    }
+    Ok(())
 }
 
 /// The run and its input files, in one transaction (the first job becomes visible with

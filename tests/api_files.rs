@@ -58,6 +58,9 @@ async fn uploaded_files_reach_the_run_of_the_team_that_uploaded_them_only() {
             readme.as_bytes(),
             tar::EntryType::Regular,
         ),
+        // The same content twice (empty files are common): stored once.
+        ("./a/__init__.py", b"", tar::EntryType::Regular),
+        ("./b/__init__.py", b"", tar::EntryType::Regular),
     ]);
     let (s, up) = upload(&a, archive, "application/x-tar").await;
     assert_eq!(s, StatusCode::CREATED, "{up}");
@@ -66,6 +69,10 @@ async fn uploaded_files_reach_the_run_of_the_team_that_uploaded_them_only() {
         .unwrap()
         .to_owned();
     assert_eq!(sha, phasefleet::workflow::sha256_hex(readme.as_bytes()));
+    assert_eq!(
+        up["files"]["a/__init__.py"]["sha256"],
+        up["files"]["b/__init__.py"]["sha256"]
+    );
 
     let mut body = example_body(&q, json!({}));
     body["files"] =

@@ -49,9 +49,14 @@ pub fn emit_bytes(bytes: &[u8]) -> Result<(), crate::exit::CliError> {
 /// escaped.
 #[must_use]
 pub fn terminal_text(text: &str) -> String {
+    escape_controls(text, |c| c == '\n' || c == '\t')
+}
+
+/// `text` with every control character escaped, except those `keep` lets through.
+fn escape_controls(text: &str, keep: impl Fn(char) -> bool) -> String {
     text.chars()
         .flat_map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
+            if c.is_control() && !keep(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]
@@ -63,16 +68,7 @@ pub fn terminal_text(text: &str) -> String {
 /// Text for a table cell: control characters escaped, at most `max` characters.
 #[must_use]
 pub fn cell(text: &str, max: usize) -> String {
-    let escaped: String = text
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
+    let escaped = escape_controls(text, |_| false);
     if escaped.chars().count() > max {
         let cut: String = escaped.chars().take(max).collect();
         format!("{cut}…")

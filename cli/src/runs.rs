@@ -5,6 +5,7 @@ use crate::exit::{CliError, FAILURE, NOT_FOUND};
 use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
 use phasefleet::RunId;
+use phasefleet::budget::{BudgetDecision, BudgetOutcome};
 use phasefleet::state::RunState;
 use phasefleet::store::runs;
 use phasefleet::teams::Scope;
@@ -62,77 +63,18 @@ pub enum Runs {
 }
 
 pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliError> {
-    let mut conn = pool.acquire().await?;
     match cmd {
-        Runs::List { state, limit } => {
-            let rows = runs::runs_list(&mut conn, state, limit.clamp(1, 1000)).await?;
-            print_rows(
-                output,
-                &rows,
-                &["ID", "TEAM", "STATE", "CREATED", "COST", "ERROR"],
-                |r| {
-                    vec![
-                        r.id.to_string(),
-                        r.team.clone(),
-                        r.state.as_str().into(),
-                        r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        format!("${:.4}", r.spent_usd),
-                        cell(r.error.as_deref().unwrap_or_default(), 60),
-                    ]
-                },
-            )?;
-        }
-        Runs::Show { id } => {
-            let detail = phasefleet::views::run_detail(&mut conn, id)
-                .await?
-                .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} not found")))?;
-            let markdown = phasefleet::report::get(&mut conn, id)
-                .await?
-                .map(|(_, md)| md);
-            print_one(output, &detail, |d| {
-                let (run, phases, approvals) = (&d.run, &d.phases, &d.approvals);
-                let mut s = format!(
-                    "run {} — {} (team {})\n",
-                    run.id,
-                    run.state.as_str(),
-                    cell(&run.team, 64)
-                );
-                if let Some(e) = &run.error {
-                    s.push_str(&format!("  error: {}\n", cell(e, 2000)));
-                }
-                for p in phases {
-                    s.push_str(&format!(
-                        "  {:<12} {:<18} attempts {}/{} round {}\n",
-                        cell(&p.phase_key, 64),
-                        p.state.as_str(),
-                        p.attempts,
-                        p.max_attempts,
-                        p.round
-                    ));
-                }
-                for a in approvals {
-                    s.push_str(&format!(
-                        "  approval {} on {}: {}\n",
-                        a.id,
-                        cell(&a.phase_key, 64),
-                        a.action.map_or("pending", |x| x.as_str())
-                    ));
-                }
-                if let Some(md) = &markdown {
-                    s.push('\n');
-                    s.push_str(md);
-                }
-                s
-            })?;
-        }
+        Runs::List { state, limit } => list(pool, state, limit, output).await,
+        Runs::Show { id } => show(pool, id, output).await,
         Runs::Watch { id } => {
-            drop(conn);
             let state = watch(pool, id, |_| {}).await?;
-            if state != RunState::Completed {
-                return Err(CliError::new(
+            if state == RunState::Completed {
+                Ok(())
+            } else {
+                Err(CliError::new(
                     FAILURE,
                     format!("run {id} ended {}", state.as_str()),
-                ));
+                ))
             }
         }
         Runs::Budget {
@@ -143,91 +85,20 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
             reason,
         } => {
             let decision = if abort {
-                phasefleet::budget::BudgetDecision::Abort { reason }
+                BudgetDecision::Abort { reason }
             } else {
-                phasefleet::budget::BudgetDecision::Raise { usd, tokens }
+                BudgetDecision::Raise { usd, tokens }
             };
-            let who = crate::submit::whoami();
-            let out =
-                phasefleet::budget::decide(pool, &Scope::Fleet, id, &decision, Some(&who)).await?;
-            print_one(output, &out, |o| match o {
-                phasefleet::budget::BudgetOutcome::Raised { resumed: true } => {
-                    "raised; the run resumes".to_owned()
-                }
-                phasefleet::budget::BudgetOutcome::Raised { resumed: false } => "raised".to_owned(),
-                phasefleet::budget::BudgetOutcome::Aborted => "aborted".to_owned(),
-            })?;
+            budget(pool, id, &decision, output).await
         }
-        Runs::Artifact { id, phase } => {
-            let (meta, content) = phasefleet::views::phase_artifact(&mut conn, id, &phase)
-                .await?
-                .ok_or_else(|| {
-                    CliError::new(
-                        NOT_FOUND,
-                        format!("run {id} has no artifact for phase {phase:?}"),
-                    )
-                })?;
-            print_one(
-                output,
-                &serde_json::json!({ "artifact": meta, "content": content }),
-                |_| {
-                    let state = if meta.valid { "valid" } else { "invalid" };
-                    let mut s = format!(
-                        "{} — phase {}, round {}, attempt {}, {state}\n",
-                        meta.path.as_deref().unwrap_or("(files only)"),
-                        cell(&meta.phase_key, 64),
-                        meta.round,
-                        meta.attempt
-                    );
-                    s.push_str(&crate::output::terminal_text(
-                        content.as_deref().unwrap_or("(nothing written)"),
-                    ));
-                    s
-                },
-            )?;
-        }
-        Runs::Files { id } => {
-            let rows = phasefleet::store::files::run_files_list(&mut conn, id).await?;
-            print_rows(
-                output,
-                &rows,
-                &["ORIGIN", "PATH", "BYTES", "KIND", "SHA256"],
-                |f| {
-                    vec![
-                        if f.origin.is_empty() {
-                            "input".into()
-                        } else {
-                            cell(&f.origin, 64)
-                        },
-                        cell(&f.path, 200),
-                        f.size.to_string(),
-                        if f.is_binary { "binary" } else { "text" }.into(),
-                        f.sha256.chars().take(16).collect(),
-                    ]
-                },
-            )?;
-        }
+        Runs::Artifact { id, phase } => artifact(pool, id, &phase, output).await,
+        Runs::Files { id } => files(pool, id, output).await,
         Runs::File {
             id,
             path,
             origin,
             out,
-        } => {
-            let (_, bytes) = phasefleet::store::files::run_files_content(
-                &mut conn,
-                id,
-                &path,
-                origin.as_deref(),
-            )
-            .await?
-            .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} has no file {path:?}")))?;
-            match out {
-                Some(file) => std::fs::write(&file, &bytes).map_err(|e| {
-                    CliError::new(FAILURE, format!("cannot write {}: {e}", file.display()))
-                })?,
-                None => crate::output::emit_bytes(&bytes)?,
-            }
-        }
+        } => file(pool, id, &path, origin.as_deref(), out.as_deref()).await,
         Runs::Cancel { id, reason } => {
             let out =
                 phasefleet::cancel::cancel_run(pool, &Scope::Fleet, id, reason.as_deref()).await?;
@@ -237,7 +108,172 @@ pub async fn run(pool: &PgPool, cmd: Runs, output: Output) -> Result<(), CliErro
                     format!("already ended ({})", s.as_str())
                 }
             })?;
+            Ok(())
         }
+    }
+}
+
+async fn list(
+    pool: &PgPool,
+    state: Option<RunState>,
+    limit: i64,
+    output: Output,
+) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let rows = runs::runs_list(&mut conn, state, limit.clamp(1, 1000)).await?;
+    print_rows(
+        output,
+        &rows,
+        &["ID", "TEAM", "STATE", "CREATED", "COST", "ERROR"],
+        |r| {
+            vec![
+                r.id.to_string(),
+                r.team.clone(),
+                r.state.as_str().into(),
+                r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                format!("${:.4}", r.spent_usd),
+                cell(r.error.as_deref().unwrap_or_default(), 60),
+            ]
+        },
+    )?;
+    Ok(())
+}
+
+async fn show(pool: &PgPool, id: RunId, output: Output) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let detail = phasefleet::views::run_detail(&mut conn, id)
+        .await?
+        .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} not found")))?;
+    let markdown = phasefleet::report::get(&mut conn, id)
+        .await?
+        .map(|(_, md)| md);
+    print_one(output, &detail, |d| {
+        let mut s = summary(d);
+        if let Some(md) = &markdown {
+            s.push('\n');
+            s.push_str(md);
+        }
+        s
+    })?;
+    Ok(())
+}
+
+/// A run's state, error, phases and approvals, a line each.
+fn summary(d: &phasefleet::views::RunDetail) -> String {
+    let run = &d.run;
+    let mut s = format!(
+        "run {} — {} (team {})\n",
+        run.id,
+        run.state.as_str(),
+        cell(&run.team, 64)
+    );
+    if let Some(e) = &run.error {
+        s.push_str(&format!("  error: {}\n", cell(e, 2000)));
+    }
+    for p in &d.phases {
+        s.push_str(&format!(
+            "  {:<12} {:<18} attempts {}/{} round {}\n",
+            cell(&p.phase_key, 64),
+            p.state.as_str(),
+            p.attempts,
+            p.max_attempts,
+            p.round
+        ));
+    }
+    for a in &d.approvals {
+        s.push_str(&format!(
+            "  approval {} on {}: {}\n",
+            a.id,
+            cell(&a.phase_key, 64),
+            a.action.map_or("pending", |x| x.as_str())
+        ));
+    }
+    s
+}
+
+async fn budget(
+    pool: &PgPool,
+    id: RunId,
+    decision: &BudgetDecision,
+    output: Output,
+) -> Result<(), CliError> {
+    let who = crate::submit::whoami();
+    let out = phasefleet::budget::decide(pool, &Scope::Fleet, id, decision, Some(&who)).await?;
+    print_one(output, &out, |o| match o {
+        BudgetOutcome::Raised { resumed: true } => "raised; the run resumes".to_owned(),
+        BudgetOutcome::Raised { resumed: false } => "raised".to_owned(),
+        BudgetOutcome::Aborted => "aborted".to_owned(),
+    })?;
+    Ok(())
+}
+
+async fn artifact(pool: &PgPool, id: RunId, phase: &str, output: Output) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let (meta, content) = phasefleet::views::phase_artifact(&mut conn, id, phase)
+        .await?
+        .ok_or_else(|| {
+            CliError::new(
+                NOT_FOUND,
+                format!("run {id} has no artifact for phase {phase:?}"),
+            )
+        })?;
+    let both = serde_json::json!({ "artifact": meta, "content": content });
+    print_one(output, &both, |_| {
+        let state = if meta.valid { "valid" } else { "invalid" };
+        let mut s = format!(
+            "{} — phase {}, round {}, attempt {}, {state}\n",
+            meta.path.as_deref().unwrap_or("(files only)"),
+            cell(&meta.phase_key, 64),
+            meta.round,
+            meta.attempt
+        );
+        s.push_str(&crate::output::terminal_text(
+            content.as_deref().unwrap_or("(nothing written)"),
+        ));
+        s
+    })?;
+    Ok(())
+}
+
+async fn files(pool: &PgPool, id: RunId, output: Output) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let rows = phasefleet::store::files::run_files_list(&mut conn, id).await?;
+    print_rows(
+        output,
+        &rows,
+        &["ORIGIN", "PATH", "BYTES", "KIND", "SHA256"],
+        |f| {
+            vec![
+                if f.origin.is_empty() {
+                    "input".into()
+                } else {
+                    cell(&f.origin, 64)
+                },
+                cell(&f.path, 200),
+                f.size.to_string(),
+                if f.is_binary { "binary" } else { "text" }.into(),
+                f.sha256.chars().take(16).collect(),
+            ]
+        },
+    )?;
+    Ok(())
+}
+
+async fn file(
+    pool: &PgPool,
+    id: RunId,
+    path: &str,
+    origin: Option<&str>,
+    out: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    let mut conn = pool.acquire().await?;
+    let (_, bytes) = phasefleet::store::files::run_files_content(&mut conn, id, path, origin)
+        .await?
+        .ok_or_else(|| CliError::new(NOT_FOUND, format!("run {id} has no file {path:?}")))?;
+    match out {
+        Some(file) => std::fs::write(file, &bytes)
+            .map_err(|e| CliError::new(FAILURE, format!("cannot write {}: {e}", file.display())))?,
+        None => crate::output::emit_bytes(&bytes)?,
     }
     Ok(())
 }

@@ -51,53 +51,52 @@ impl Ledger {
     /// [`AgentError::Budget`], [`AgentError::Cancelled`], or [`AgentError::Transient`]
     /// when the database cannot be read.
     pub async fn check_budget(&self) -> Result<(), AgentError> {
-        let row = async {
-            let mut conn = self.pool.acquire().await?;
-            runs::runs_get_budget(&mut conn, self.at.run).await
-        }
-        .await
-        .map_err(|e| AgentError::Transient(format!("reading the run budget: {e}")))?;
+        let row = self.budget_row().await?;
         let Some(b) = row.filter(|b| b.state == RunState::Running) else {
             return Err(AgentError::Cancelled);
         };
-        if let Some(limit) = b.budget_usd.filter(|l| b.spent_usd >= *l) {
-            return Err(AgentError::Budget(format!(
-                "spent ${:.4} of ${limit:.4}",
-                b.spent_usd
-            )));
+        match crate::budget::Spend::from(&b).exhausted() {
+            Some(spent) => Err(AgentError::Budget(spent)),
+            None => Ok(()),
         }
-        if let Some(limit) = b.budget_tokens.filter(|l| b.spent_tokens >= *l) {
-            return Err(AgentError::Budget(format!(
-                "spent {} of {limit} tokens",
-                b.spent_tokens
-            )));
-        }
-        Ok(())
     }
 
     /// The cached list price of `model` on `provider` (see [`crate::prices`]); `None`
-    /// when there is none or it cannot be read.
-    pub async fn list_price(&self, provider: &str, model: &str) -> Option<crate::config::Price> {
-        let mut conn = self.pool.acquire().await.ok()?;
-        crate::prices::cached_price(&mut conn, provider, model)
-            .await
-            .inspect_err(|e| tracing::warn!(error = %e, "reading the price list"))
-            .ok()
-            .flatten()
-    }
-
-    /// Whether the run has a USD budget.
+    /// when there is none.
     ///
     /// # Errors
     /// [`AgentError::Transient`] when the database cannot be read.
-    pub async fn has_usd_budget(&self) -> Result<bool, AgentError> {
-        let row = async {
+    pub async fn list_price(
+        &self,
+        provider: &str,
+        model: &str,
+    ) -> Result<Option<crate::config::Price>, AgentError> {
+        async {
+            let mut conn = self.pool.acquire().await?;
+            crate::prices::cached_price(&mut conn, provider, model).await
+        }
+        .await
+        .map_err(|e| AgentError::Transient(format!("reading the price list: {e}")))
+    }
+
+    /// Whether the run has a budget: (in USD, in tokens).
+    ///
+    /// # Errors
+    /// [`AgentError::Transient`] when the database cannot be read.
+    pub async fn budgets(&self) -> Result<(bool, bool), AgentError> {
+        let row = self.budget_row().await?;
+        Ok(row.map_or((false, false), |b| {
+            (b.budget_usd.is_some(), b.budget_tokens.is_some())
+        }))
+    }
+
+    async fn budget_row(&self) -> Result<Option<runs::BudgetRow>, AgentError> {
+        async {
             let mut conn = self.pool.acquire().await?;
             runs::runs_get_budget(&mut conn, self.at.run).await
         }
         .await
-        .map_err(|e| AgentError::Transient(format!("reading the run budget: {e}")))?;
-        Ok(row.is_some_and(|b| b.budget_usd.is_some()))
+        .map_err(|e| AgentError::Transient(format!("reading the run budget: {e}")))
     }
 
     /// Record that a model HTTP attempt is about to be sent (status `in_flight`). A

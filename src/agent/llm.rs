@@ -323,13 +323,15 @@ async fn record_outcomes(
     let model = req.persona.model.as_str();
     let price = match provider.price(model) {
         Some(p) => Some(p),
-        None => req.ledger.list_price(&provider.name, model).await,
+        None => req.ledger.list_price(&provider.name, model).await?,
     };
-    let mut unpriced = false;
+    let (mut unpriced, mut unmetered) = (false, false);
     for o in outcomes {
         let usage = o.usage.clone().unwrap_or_default();
         let cost = call_cost(&usage, price);
         unpriced |= o.usage.is_some() && cost.source == CostSource::Unpriced;
+        // A reply that reports no usage spent what nobody counted.
+        unmetered |= o.status == "ok" && o.usage.is_none();
         req.ledger
             .record_call(&CallRecord {
                 turn,
@@ -351,11 +353,20 @@ async fn record_outcomes(
             .await
             .map_err(ledger_failed)?;
     }
-    if unpriced && req.ledger.has_usd_budget().await? {
-        return Err(AgentError::Fatal(format!(
-            "model {model} on provider {} has no price and reported no cost; the run's USD budget cannot be enforced",
-            provider.name
-        )));
+    if unpriced || unmetered {
+        let (usd, tokens) = req.ledger.budgets().await?;
+        if unmetered && (usd || tokens) {
+            return Err(AgentError::Fatal(format!(
+                "provider {} reported no token usage for model {model}; the run's budget cannot be enforced",
+                provider.name
+            )));
+        }
+        if unpriced && usd {
+            return Err(AgentError::Fatal(format!(
+                "model {model} on provider {} has no price and reported no cost; the run's USD budget cannot be enforced",
+                provider.name
+            )));
+        }
     }
     Ok(())
 }

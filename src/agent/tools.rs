@@ -215,18 +215,7 @@ fn dispatch(ws: &mut Workspace, name: &str, args: &Value) -> Result<String, Stri
                 }
                 _ => String::new(),
             };
-            let files: Vec<String> = ws
-                .paths()
-                .filter(|p| p.starts_with(&prefix))
-                .map(|p| {
-                    if ws.is_binary(p) {
-                        format!("{p} (binary)")
-                    } else {
-                        p.to_owned()
-                    }
-                })
-                .collect();
-            Ok(listing(&files, "(no files)"))
+            Ok(listing(&ws.listing(&prefix), "(no files)"))
         }
         "read_file" => ws.read(&need("path")?).map(str::to_owned),
         "write_file" => {

@@ -1,8 +1,9 @@
 //! A phase attempt's private, in-memory workspace: the run's input files and the files
 //! earlier accepted phases wrote, plus what this attempt writes. Paths are relative,
 //! normalised, and can never name anything outside it: no absolute paths, no `..`, no
-//! empty segments. Its size is bounded: bytes per file, bytes in all, and the number of
-//! files; what the agent writes is text without NUL. Binary input files are listed but
+//! empty segments. What the agent writes is bounded: bytes per file, bytes in all, and
+//! the number of files, and is text without NUL (seeded files are bounded where they
+//! come from). Binary input files are listed but
 //! hold no text. The engine and the agent share it ([`SharedWorkspace`]), so what the
 //! agent wrote survives a timeout or a failed model call.
 
@@ -67,7 +68,8 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Workspace {
     files: BTreeMap<String, Entry>,
-    /// Bytes of text held.
+    /// Bytes of the files the agent wrote (seeded files are bounded where they come
+    /// from: a submit's inputs, an earlier phase's writes).
     bytes: usize,
     /// Paths written (or edited) since the workspace was seeded.
     written: BTreeSet<String>,
@@ -91,46 +93,34 @@ impl SharedWorkspace {
 }
 
 impl Workspace {
-    /// Seed a text file (an input, or an earlier phase's output): not counted as
-    /// written by this attempt.
+    /// Seed a text file (an input, or an earlier phase's output): not written by this
+    /// attempt, and not counted against what it may write.
     ///
     /// # Errors
-    /// As [`Workspace::write`].
+    /// An invalid path.
     pub fn seed_text(&mut self, path: &str, content: String) -> Result<(), String> {
-        self.put(path, content)
+        check_relative_path(path)?;
+        self.files.insert(path.to_owned(), Entry::Text(content));
+        Ok(())
     }
 
     /// Seed a binary file: listed, but not readable as text.
     ///
     /// # Errors
-    /// An invalid path, or too many files.
+    /// An invalid path.
     pub fn seed_binary(&mut self, path: &str, size: usize) -> Result<(), String> {
         check_relative_path(path)?;
-        self.check_count(path)?;
-        let old = self.files.insert(path.to_owned(), Entry::Binary(size));
-        self.bytes -= old.map_or(0, |e| e.text_len());
+        self.files.insert(path.to_owned(), Entry::Binary(size));
         Ok(())
     }
 
-    /// Write a file as the agent (it becomes part of the attempt's output).
+    /// Write a file as the agent (it becomes part of the attempt's output). What the
+    /// agent writes is bounded per file, in bytes and in number of files.
     ///
     /// # Errors
     /// When `path` is not a valid workspace path, the content holds a NUL, or a size
     /// bound would be passed.
     pub fn write(&mut self, path: &str, content: String) -> Result<(), String> {
-        self.put(path, content)?;
-        self.written.insert(path.to_owned());
-        Ok(())
-    }
-
-    fn check_count(&self, path: &str) -> Result<(), String> {
-        if !self.files.contains_key(path) && self.files.len() >= MAX_FILES {
-            return Err(format!("the workspace holds {MAX_FILES} files already"));
-        }
-        Ok(())
-    }
-
-    fn put(&mut self, path: &str, content: String) -> Result<(), String> {
         check_relative_path(path)?;
         if content.contains('\0') {
             return Err("content contains a NUL character; files hold text".into());
@@ -141,17 +131,31 @@ impl Workspace {
                 content.len()
             ));
         }
-        let replaced = self.files.get(path).map_or(0, Entry::text_len);
+        let rewrite = self.written.contains(path);
+        let replaced = if rewrite {
+            self.files.get(path).map_or(0, Entry::text_len)
+        } else {
+            0
+        };
         let total = self.bytes - replaced + content.len();
         if total > MAX_WORKSPACE_BYTES {
             return Err(format!(
-                "the workspace would hold {total} bytes; at most {MAX_WORKSPACE_BYTES}"
+                "the files written would hold {total} bytes; at most {MAX_WORKSPACE_BYTES}"
             ));
         }
-        self.check_count(path)?;
+        if !rewrite && self.written.len() >= MAX_FILES {
+            return Err(format!("{MAX_FILES} files are written already"));
+        }
         self.bytes = total;
         self.files.insert(path.to_owned(), Entry::Text(content));
+        self.written.insert(path.to_owned());
         Ok(())
+    }
+
+    /// Whether this attempt wrote `path` (not only found it seeded).
+    #[must_use]
+    pub fn was_written(&self, path: &str) -> bool {
+        self.written.contains(path)
     }
 
     /// # Errors
@@ -180,10 +184,18 @@ impl Workspace {
         self.files.keys().map(String::as_str)
     }
 
-    /// Whether `path` is a binary file.
+    /// The paths under `prefix` (`""`: all), binary files marked, as the agent is shown
+    /// them.
     #[must_use]
-    pub fn is_binary(&self, path: &str) -> bool {
-        matches!(self.files.get(path), Some(Entry::Binary(_)))
+    pub fn listing(&self, prefix: &str) -> Vec<String> {
+        self.files
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(p, e)| match e {
+                Entry::Binary(_) => format!("{p} (binary)"),
+                Entry::Text(_) => p.clone(),
+            })
+            .collect()
     }
 
     /// Every text file, in path order.
@@ -212,7 +224,7 @@ impl Workspace {
         self.files.is_empty()
     }
 
-    /// Bytes held by all files.
+    /// Bytes of the files the agent wrote.
     #[must_use]
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -10,7 +10,9 @@ use crate::agent::{
     Agent, AgentError, AgentRequest, ArtifactCheck, Ledger, SharedWorkspace, Workspace,
 };
 use crate::phase_job::PhaseJob;
+use crate::store::files::{Blob, SeedFile};
 use crate::validate::{Issue, SchemaRegistry, Validation};
+use crate::workflow::Phase;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +43,9 @@ pub(super) struct Attempted {
 pub(super) struct Validated {
     pub content: Option<String>,
     pub validation: Validation,
-    /// The files the attempt wrote besides its artifact (path, content), stored when
-    /// it is accepted.
-    pub written: Vec<(String, String)>,
+    /// The files the attempt wrote besides its artifact, digested, stored when it is
+    /// accepted.
+    pub written: Vec<(String, Blob)>,
 }
 
 /// Run the agent for attempt `p` under the phase timeout.
@@ -57,23 +59,20 @@ pub(super) async fn run_agent<A: Agent>(
     pool: &PgPool,
     p: &PhaseJob,
     started: &Started,
+    seed: Vec<SeedFile>,
     cancel: &CancellationToken,
 ) -> Result<Attempted, PhaseError> {
     let phase = &started.phase;
     let artifact = expected_artifact(schemas, started)?;
-    let workspace = SharedWorkspace::new(seed_workspace(started)?);
-    let files: Vec<String> = {
-        let ws = workspace.lock();
-        ws.paths()
-            .map(|path| {
-                if ws.is_binary(path) {
-                    format!("{path} (binary)")
-                } else {
-                    path.to_owned()
-                }
-            })
-            .collect()
-    };
+    // Seeding copies up to the inputs' bound: off the async threads.
+    let (workspace, files) = tokio::task::spawn_blocking(move || {
+        let ws = seed_workspace(seed)?;
+        let files = ws.listing("");
+        Ok::<_, PhaseError>((ws, files))
+    })
+    .await
+    .map_err(|e| PhaseError::Retry(format!("seeding the workspace failed: {e}")))??;
+    let workspace = SharedWorkspace::new(workspace);
     let envelope = Envelope {
         run_id: p.run_id.to_string(),
         phase,
@@ -109,8 +108,8 @@ pub(super) async fn run_agent<A: Agent>(
         other => other,
     };
     // A tool thread that overran its deadline may still hold the lock: wait off the
-    // async threads (tools are bounded, so this ends).
-    let workspace = tokio::task::spawn_blocking(move || workspace.lock().clone())
+    // async threads (tools are bounded, so this ends). Nothing uses it after this.
+    let workspace = tokio::task::spawn_blocking(move || std::mem::take(&mut *workspace.lock()))
         .await
         .map_err(|e| PhaseError::Retry(format!("reading the workspace failed: {e}")))?;
     Ok(Attempted { ended, workspace })
@@ -130,12 +129,13 @@ fn expected_artifact(
 }
 
 /// The attempt's workspace: the run's input files and earlier phases' outputs.
-fn seed_workspace(started: &Started) -> Result<Workspace, PhaseError> {
+fn seed_workspace(seed: Vec<SeedFile>) -> Result<Workspace, PhaseError> {
     let mut ws = Workspace::default();
-    for f in &started.files {
-        let seeded = match std::str::from_utf8(&f.content) {
-            Ok(text) if !f.is_binary => ws.seed_text(&f.path, text.to_owned()),
-            _ => ws.seed_binary(&f.path, f.content.len()),
+    for f in seed {
+        let size = usize::try_from(f.size).unwrap_or(0);
+        let seeded = match f.content.map(String::from_utf8) {
+            Some(Ok(text)) => ws.seed_text(&f.path, text),
+            _ => ws.seed_binary(&f.path, size),
         };
         seeded.map_err(|e| PhaseError::Permanent(format!("input file {}: {e}", f.path)))?;
     }
@@ -185,51 +185,70 @@ async fn run_under_timeout<A: Agent>(
     }
 }
 
-/// Validate what the workspace holds against the phase's schema, on a blocking thread.
-/// A phase without an expected artifact is valid when the agent finished.
+/// Validate what the workspace holds against the phase's schema, and digest the files
+/// the attempt wrote, on a blocking thread. A phase without an expected artifact is
+/// valid when the agent finished having written a file. Gives back how the agent ended.
 ///
 /// # Errors
 /// [`PhaseError::Permanent`] when the schema is unknown.
 pub(super) async fn validate(
     schemas: &SchemaRegistry,
     started: &Started,
+    attempted: Attempted,
+) -> Result<(Validated, AgentExit), PhaseError> {
+    let (schemas, phase) = (schemas.clone(), started.phase.clone());
+    tokio::task::spawn_blocking(move || {
+        let validated = validate_now(&schemas, &phase, &attempted)?;
+        Ok((validated, attempted.ended))
+    })
+    .await
+    .map_err(|e| PhaseError::Retry(format!("validation task failed: {e}")))?
+}
+
+fn validate_now(
+    schemas: &SchemaRegistry,
+    phase: &Phase,
     attempted: &Attempted,
 ) -> Result<Validated, PhaseError> {
+    let ws = &attempted.workspace;
+    let artifact_path = phase.expected_artifact.as_ref().map(|a| a.path.as_str());
     // The files the attempt wrote besides its artifact (stored in `artifacts` already).
-    let artifact_path = started
-        .phase
-        .expected_artifact
-        .as_ref()
-        .map(|a| a.path.as_str());
-    let written: Vec<(String, String)> = attempted
-        .workspace
+    let written: Vec<(String, Blob)> = ws
         .written()
         .filter(|(p, _)| Some(*p) != artifact_path)
-        .map(|(p, c)| (p.to_owned(), c.to_owned()))
+        .map(|(p, c)| (p.to_owned(), Blob::new(c.as_bytes().to_vec())))
         .collect();
-    let timeout = started.phase.timeout;
-    let Some(expected) = &started.phase.expected_artifact else {
-        // A files-only phase is done when the agent finished having written something.
-        let issues = match (&attempted.ended, written.is_empty()) {
-            (AgentExit::Finished, false) => vec![],
+    let timed_out = matches!(attempted.ended, AgentExit::TimedOut);
+    let timeout = phase.timeout;
+    let invalid = |message: String| Validation {
+        valid: false,
+        issues: vec![Issue::whole(message)],
+    };
+    let Some(expected) = &phase.expected_artifact else {
+        let validation = match (&attempted.ended, written.is_empty()) {
+            (AgentExit::Finished, false) => Validation {
+                valid: true,
+                issues: vec![],
+            },
             (AgentExit::Finished, true) => {
-                vec![Issue::whole("the agent finished without writing any file")]
+                invalid("the agent finished without writing any file".into())
             }
-            _ => vec![Issue::whole(format!(
+            _ => invalid(format!(
                 "phase timed out after {timeout}s before the agent finished"
-            ))],
+            )),
         };
         return Ok(Validated {
             content: None,
-            validation: Validation {
-                valid: issues.is_empty(),
-                issues,
-            },
+            validation,
             written,
         });
     };
-    let Some(content) = attempted.workspace.get(&expected.path).map(str::to_owned) else {
-        let message = if matches!(attempted.ended, AgentExit::TimedOut) {
+    // Only what this attempt wrote counts: a seeded file at the path is not its work.
+    let content = ws
+        .get(&expected.path)
+        .filter(|_| ws.was_written(&expected.path));
+    let Some(content) = content else {
+        let message = if timed_out {
             format!(
                 "phase timed out after {timeout}s without writing {}",
                 expected.path
@@ -239,33 +258,24 @@ pub(super) async fn validate(
         };
         return Ok(Validated {
             content: None,
-            validation: Validation {
-                valid: false,
-                issues: vec![Issue::whole(message)],
-            },
+            validation: invalid(message),
             written,
         });
     };
-    let (schemas, id) = (schemas.clone(), expected.schema.clone());
-    let timed_out = matches!(attempted.ended, AgentExit::TimedOut);
-    tokio::task::spawn_blocking(move || {
-        let mut validation = schemas
-            .validate(&id, &content)
-            .map_err(|e| PhaseError::Permanent(e.to_string()))?;
-        if timed_out && !validation.valid {
-            validation.issues.insert(
-                0,
-                Issue::whole(format!(
-                    "phase timed out after {timeout}s; the artifact as written does not validate"
-                )),
-            );
-        }
-        Ok(Validated {
-            content: Some(content),
-            validation,
-            written,
-        })
+    let mut validation = schemas
+        .validate(&expected.schema, content)
+        .map_err(|e| PhaseError::Permanent(e.to_string()))?;
+    if timed_out && !validation.valid {
+        validation.issues.insert(
+            0,
+            Issue::whole(format!(
+                "phase timed out after {timeout}s; the artifact as written does not validate"
+            )),
+        );
+    }
+    Ok(Validated {
+        content: Some(content.to_owned()),
+        validation,
+        written,
     })
-    .await
-    .map_err(|e| PhaseError::Retry(format!("validation task failed: {e}")))?
 }

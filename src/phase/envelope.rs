@@ -156,7 +156,9 @@ impl Envelope<'_> {
         let Some(prev) = self.previous.filter(|prev| !prev.valid) else {
             return;
         };
-        if self.revise_comment.is_some() {
+        // A revision round starts from the reviewer's comment; its own failed attempts
+        // are repaired like any other.
+        if self.revise_comment.is_some() && prev.round != self.round {
             return;
         }
         let issues: Vec<Issue> =
@@ -235,4 +237,58 @@ fn bounded(text: &str) -> String {
         end -= 1;
     }
     format!("{}\n… (cut at {MAX_PREVIOUS_BYTES} bytes)", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope_for(round: i32, previous: &PreviousArtifact, comment: Option<&str>) -> String {
+        let phase: Phase = serde_json::from_value(json!({
+            "key": "spec", "role": "author", "instructions": "write it",
+            "expected_artifact": { "path": "spec.json", "schema": "spec.v1" }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let inputs = RunInputs::default();
+        Envelope {
+            run_id: "r".into(),
+            phase: &phase,
+            round,
+            attempt: 2,
+            inputs: &inputs,
+            prior: &[],
+            artifact: None,
+            artifact_via: ArtifactVia::Tool,
+            previous: Some(previous),
+            revise_comment: comment,
+            files: &[],
+        }
+        .render()
+    }
+
+    #[test]
+    fn a_failed_attempt_of_a_revision_round_is_repaired_with_its_errors() {
+        let failed = PreviousArtifact {
+            round: 2,
+            attempt: 1,
+            content: Some("{\"oops\": true}".into()),
+            valid: false,
+            validation_errors: json!([{ "path": "", "message": "missing required property \"title\"" }]),
+        };
+        let text = envelope_for(2, &failed, Some("add a title"));
+        assert!(text.contains("[REVISION REQUESTED]") && text.contains("add a title"));
+        assert!(text.contains("[REPAIR ATTEMPT]") && text.contains("missing required property"));
+        assert!(
+            text.contains("{\"oops\": true}"),
+            "the previous attempt: {text}"
+        );
+        // Attempt 1 of the revision round starts from the comment, not the old errors.
+        let earlier_round = PreviousArtifact { round: 1, ..failed };
+        let text = envelope_for(2, &earlier_round, Some("add a title"));
+        assert!(
+            !text.contains("[REPAIR ATTEMPT]") && !text.contains("[RETRY]"),
+            "{text}"
+        );
+    }
 }

@@ -126,19 +126,27 @@ impl<A: Agent> Engine<A> {
         cancel: CancellationToken,
     ) -> Result<Completed, PhaseError> {
         // 1. Start the attempt, or find that there is nothing to do.
-        let Some(started) = start::start(&self.pool, p).await? else {
-            tracing::info!(
-                "nothing to do for this delivery (run ended or attempt already recorded)"
-            );
-            return self.complete_only(job, worker).await;
+        let mut started = match start::start(&self.pool, p).await? {
+            start::Start::Nothing => {
+                tracing::info!(
+                    "nothing to do for this delivery (run ended or attempt already recorded)"
+                );
+                return self.complete_only(job, worker).await;
+            }
+            start::Start::OutOfBudget(reason) => {
+                return self.park_for_budget(job, worker, p, &reason).await;
+            }
+            start::Start::Ready(started) => started,
         };
         // 2. Run the agent under the phase timeout; a cancel interrupts it.
+        let seed = std::mem::take(&mut started.files);
         let attempted = attempt::run_agent(
             &*self.agent,
             &self.schemas,
             &self.pool,
             p,
             &started,
+            seed,
             &cancel,
         )
         .await?;
@@ -148,35 +156,42 @@ impl<A: Agent> Engine<A> {
         // 3. Validate what the workspace holds, however the agent ended (CPU work, off
         //    the async threads): a valid artifact is kept even after a timeout or a
         //    failed call.
-        let validated = attempt::validate(&self.schemas, &started, &attempted).await?;
-        if validated.validation.valid {
-            if !matches!(attempted.ended, AgentExit::Finished) {
-                tracing::info!(
-                    "keeping the valid artifact written before the attempt was cut short"
-                );
-            }
-        } else {
-            match attempted.ended {
-                AgentExit::Interrupted => return Err(PhaseError::Interrupted),
-                AgentExit::OutOfBudget(reason) => {
-                    return self.park_for_budget(job, worker, p, &reason).await;
-                }
-                AgentExit::Failed { error, retry } if retry && job.attempts < job.max_attempts => {
-                    return Err(PhaseError::Retry(error));
-                }
-                AgentExit::Failed { error, retry } => {
-                    let error = if retry {
-                        self.out_of_deliveries(job, p, &error).await
-                    } else {
-                        error
-                    };
-                    return self.fail_run(job, worker, p, &error).await;
-                }
-                AgentExit::Finished | AgentExit::TimedOut | AgentExit::RunEnded => {}
-            }
+        let (validated, ended) = attempt::validate(&self.schemas, &started, attempted).await?;
+        if !validated.validation.valid
+            && let Some(done) = self.not_recorded(job, worker, p, ended).await
+        {
+            return done;
         }
         // 4. Record the outcome and complete the job, atomically.
         record::record(&self.pool, job, worker, p, &started, validated).await
+    }
+
+    /// An attempt without a valid artifact that ended other than by finishing or
+    /// timing out is not recorded: hand it back, retry it, park the run for budget or
+    /// fail the run. `None`: record it (a repair, or the run's failure).
+    async fn not_recorded(
+        &self,
+        job: &ClaimedJob,
+        worker: WorkerId,
+        p: &PhaseJob,
+        ended: AgentExit,
+    ) -> Option<Result<Completed, PhaseError>> {
+        Some(match ended {
+            AgentExit::Interrupted => Err(PhaseError::Interrupted),
+            AgentExit::OutOfBudget(reason) => self.park_for_budget(job, worker, p, &reason).await,
+            AgentExit::Failed { error, retry } if retry && job.attempts < job.max_attempts => {
+                Err(PhaseError::Retry(error))
+            }
+            AgentExit::Failed { error, retry } => {
+                let error = if retry {
+                    self.out_of_deliveries(job, p, &error).await
+                } else {
+                    error
+                };
+                self.fail_run(job, worker, p, &error).await
+            }
+            AgentExit::Finished | AgentExit::TimedOut | AgentExit::RunEnded => return None,
+        })
     }
 
     /// The final error of a phase whose every delivery failed: with the delivery count
@@ -219,7 +234,7 @@ impl<A: Agent> Engine<A> {
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
         if let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await?
-            && run.state == RunState::Running
+            && matches!(run.state, RunState::Queued | RunState::Running)
         {
             let mut locked = LockedRun::new(run, phases);
             crate::budget::park(&mut tx, &mut locked, p, reason).await?;

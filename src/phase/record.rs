@@ -119,17 +119,12 @@ async fn store_written_files(
     if outcome.written.is_empty() && p.round == 1 {
         return Ok(());
     }
-    let blobs: Vec<Blob> = outcome
-        .written
-        .iter()
-        .map(|(_, content)| Blob::new(content.clone().into_bytes()))
-        .collect();
-    files::file_blobs_put(conn, &blobs.iter().collect::<Vec<_>>()).await?;
+    let blobs: Vec<&Blob> = outcome.written.iter().map(|(_, b)| b).collect();
+    files::file_blobs_put(conn, &blobs).await?;
     let entries: Vec<(&str, &str)> = outcome
         .written
         .iter()
-        .zip(&blobs)
-        .map(|((path, _), blob)| (path.as_str(), blob.sha256.as_str()))
+        .map(|(path, blob)| (path.as_str(), blob.sha256.as_str()))
         .collect();
     files::run_files_replace(conn, p.run_id, &p.phase, (p.round, p.attempt), &entries).await?;
     Ok(())

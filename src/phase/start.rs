@@ -38,15 +38,24 @@ fn is_stale(run: &RunRow, phase: &PhaseRow, p: &PhaseJob) -> bool {
         || phase.attempts > p.attempt
 }
 
-/// Start the attempt; `None` when there is nothing to do.
+/// How a delivery starts.
+pub(super) enum Start {
+    /// The run moved on, or this attempt is recorded already: nothing to do.
+    Nothing,
+    /// The run's budget is spent: park it (with the job's completion).
+    OutOfBudget(String),
+    Ready(Box<Started>),
+}
+
+/// Start the attempt.
 ///
 /// # Errors
 /// [`PhaseError`].
-pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>, PhaseError> {
+pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseError> {
     let mut tx = pool.begin().await?;
     // 1. Lock the run with its phases.
     let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await? else {
-        return Ok(None);
+        return Ok(Start::Nothing);
     };
     let phase = phases
         .iter()
@@ -56,22 +65,20 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>
             PhaseError::Permanent(format!("run {} has no phase {:?}", p.run_id, p.phase))
         })?;
     if is_stale(&run, &phase, p) {
-        return Ok(None);
+        return Ok(Start::Nothing);
     }
     // 2. Read what the attempt starts from.
     let ctx =
         run_inputs::run_inputs_attempt_context(&mut tx, p.run_id, &p.phase, p.round, p.attempt)
             .await?;
     if ctx.recorded {
-        return Ok(None);
+        return Ok(Start::Nothing);
     }
     let mut locked = LockedRun::new(run, phases);
-    // 3. A run out of budget waits here for a top-up, before any call.
-    if let Some(exhausted) = budget_exhausted(&locked.run) {
-        crate::budget::park(&mut tx, &mut locked, p, &exhausted).await?;
-        locked.flush_events(&mut tx).await?;
-        tx.commit().await?;
-        return Ok(None);
+    // 3. A run out of budget waits for a top-up, before any call (parked together
+    //    with this job's completion).
+    if let Some(spent) = crate::budget::Spend::from(&locked.run).exhausted() {
+        return Ok(Start::OutOfBudget(format!("budget exhausted: {spent}")));
     }
     // 4. Mark the attempt started; read the files it starts with.
     mark_started(&mut tx, &mut locked, &phase, p).await?;
@@ -82,24 +89,7 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Option<Started>
     };
     let started = parse_context(ctx, &phase, p, seed)?;
     tx.commit().await?;
-    Ok(Some(started))
-}
-
-fn budget_exhausted(run: &RunRow) -> Option<String> {
-    if let Some(limit) = run.budget_usd.filter(|l| run.spent_usd >= *l) {
-        return Some(format!(
-            "budget exhausted: spent ${:.4} of ${limit:.4}",
-            run.spent_usd
-        ));
-    }
-    run.budget_tokens
-        .filter(|l| run.spent_tokens >= *l)
-        .map(|limit| {
-            format!(
-                "budget exhausted: spent {} of {limit} tokens",
-                run.spent_tokens
-            )
-        })
+    Ok(Start::Ready(Box::new(started)))
 }
 
 async fn mark_started(

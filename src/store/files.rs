@@ -42,12 +42,13 @@ pub struct RunFile {
     pub created_at: DateTime<Utc>,
 }
 
-/// A file an attempt starts with.
+/// A file an attempt starts with: text with its content, or binary with its size only.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SeedFile {
     pub path: String,
-    pub content: Vec<u8>,
-    pub is_binary: bool,
+    /// `None` for a binary file (never loaded).
+    pub content: Option<Vec<u8>>,
+    pub size: i64,
 }
 
 /// Store blobs (content already stored is left alone).
@@ -58,13 +59,18 @@ pub async fn file_blobs_put(conn: &mut PgConnection, blobs: &[&Blob]) -> Result<
     if blobs.is_empty() {
         return Ok(());
     }
+    // One row per digest (the same content at two paths is one blob). An existing blob
+    // is touched, which locks it: a concurrent prune cannot delete it under this
+    // transaction's references.
+    let mut seen = std::collections::HashSet::new();
+    let blobs: Vec<&&Blob> = blobs.iter().filter(|b| seen.insert(&b.sha256)).collect();
     let shas: Vec<&str> = blobs.iter().map(|b| b.sha256.as_str()).collect();
     let contents: Vec<&[u8]> = blobs.iter().map(|b| b.content.as_slice()).collect();
     let binary: Vec<bool> = blobs.iter().map(|b| b.is_binary).collect();
     sqlx::query(
         "INSERT INTO file_blobs (sha256, content, size, is_binary)
          SELECT s, c, octet_length(c), b FROM UNNEST($1::text[], $2::bytea[], $3::bool[]) AS t(s, c, b)
-         ON CONFLICT (sha256) DO NOTHING",
+         ON CONFLICT (sha256) DO UPDATE SET created_at = file_blobs.created_at",
     )
     .bind(&shas)
     .bind(&contents)
@@ -123,7 +129,8 @@ pub async fn run_files_seed(
     position: i32,
 ) -> Result<Vec<SeedFile>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT DISTINCT ON (f.path) f.path, b.content, b.is_binary
+        "SELECT DISTINCT ON (f.path) f.path, CASE WHEN b.is_binary THEN NULL ELSE b.content END AS content,
+                b.size
            FROM run_files f
            JOIN file_blobs b ON b.sha256 = f.sha256
            LEFT JOIN run_phases p ON p.run_id = f.run_id AND p.phase_key = f.origin
@@ -199,12 +206,14 @@ pub async fn team_uploads_insert(
     team: &str,
     shas: &[&str],
 ) -> Result<(), sqlx::Error> {
+    let shas: std::collections::BTreeSet<&str> = shas.iter().copied().collect();
+    let shas: Vec<&str> = shas.into_iter().collect();
     sqlx::query(
         "INSERT INTO team_uploads (team, sha256) SELECT $1, s FROM UNNEST($2::text[]) AS t(s)
          ON CONFLICT (team, sha256) DO UPDATE SET uploaded_at = now()",
     )
     .bind(team)
-    .bind(shas)
+    .bind(&shas)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -244,7 +253,8 @@ pub async fn file_blobs_describe(
 }
 
 /// Delete blobs no run and no upload refers to (after runs are pruned). Uploads older
-/// than `upload_ttl` that no run used are forgotten first. Returns blobs deleted.
+/// than `upload_ttl` are forgotten first (runs that used them keep their files).
+/// Returns blobs deleted.
 ///
 /// # Errors
 /// Database errors.

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use phasefleet::RunId;
-use phasefleet::input_files::{self, FileContent};
+use phasefleet::input_files;
 use phasefleet::store::files::{self, Blob, RunFile};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -71,25 +71,14 @@ pub async fn upload(
         ));
     }
     // Parsing and hashing are CPU work.
-    let blobs = tokio::task::spawn_blocking(move || read_upload(&body))
+    let (blobs, files) = tokio::task::spawn_blocking(move || read_upload(&body))
         .await
         .map_err(|e| ApiError::internal(&e))??;
     let mut tx = state.pool.begin().await?;
-    files::file_blobs_put(&mut tx, &blobs.values().collect::<Vec<_>>()).await?;
-    let shas: Vec<&str> = blobs.values().map(|b| b.sha256.as_str()).collect();
+    files::file_blobs_put(&mut tx, &blobs.iter().collect::<Vec<_>>()).await?;
+    let shas: Vec<&str> = blobs.iter().map(|b| b.sha256.as_str()).collect();
     files::team_uploads_insert(&mut tx, &team, &shas).await?;
     tx.commit().await?;
-    let files = blobs
-        .into_iter()
-        .map(|(path, b)| {
-            let file = UploadedFile {
-                size: b.content.len(),
-                binary: b.is_binary,
-                sha256: b.sha256,
-            };
-            (path, file)
-        })
-        .collect();
     Ok((
         axum::http::StatusCode::CREATED,
         Json(UploadResponse { team, files }),
@@ -97,17 +86,26 @@ pub async fn upload(
         .into_response())
 }
 
-fn read_upload(body: &[u8]) -> Result<BTreeMap<String, Blob>, ApiError> {
+/// The archive's files, checked and digested once: the blobs to store and what the
+/// answer lists per path.
+fn read_upload(body: &[u8]) -> Result<(Vec<Blob>, BTreeMap<String, UploadedFile>), ApiError> {
     let files =
         input_files::read_tar(body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
-    input_files::digest(&files).map_err(|m| ApiError::invalid("body", m))?;
-    Ok(files
+    let (blobs, manifest) =
+        input_files::digest(&files).map_err(|m| ApiError::invalid("body", m))?;
+    let listed = manifest
         .into_iter()
-        .filter_map(|f| match f.content {
-            FileContent::Bytes(bytes) => Some((f.path, Blob::new(bytes))),
-            FileContent::Uploaded { .. } => None,
+        .filter_map(|(path, sha)| {
+            let blob = blobs.iter().find(|b| b.sha256 == sha)?;
+            let file = UploadedFile {
+                size: blob.content.len(),
+                binary: blob.is_binary,
+                sha256: sha,
+            };
+            Some((path, file))
         })
-        .collect())
+        .collect();
+    Ok((blobs, listed))
 }
 
 /// A run's files: inputs (`origin` "") and what each accepted phase wrote.
