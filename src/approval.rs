@@ -98,8 +98,8 @@ fn check_decision(
     if by.is_some_and(|c| c.contains('\0')) {
         return invalid("decided_by contains a NUL character");
     }
-    if comment.is_some_and(|c| c.len() > 20_000) {
-        return invalid("comment longer than 20000 bytes");
+    if comment.is_some_and(|c| c.chars().count() > 20_000) {
+        return invalid("comment longer than 20000 characters");
     }
     Ok(())
 }

@@ -60,20 +60,24 @@ impl From<&runs::BudgetRow> for Spend {
 }
 
 /// What an approver decides for a run awaiting budget.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "action")]
+#[schema(example = json!({"action": "raise", "usd": 5.0}))]
 pub enum BudgetDecision {
     /// New limits (either may stay as it is); each must exceed what was spent.
     Raise {
+        #[schema(exclusive_minimum = 0.0)]
         usd: Option<f64>,
+        #[schema(minimum = 1)]
         tokens: Option<i64>,
     },
     Abort {
+        #[schema(max_length = 2000)]
         reason: Option<String>,
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum BudgetOutcome {
     /// The limits changed; `resumed` when a parked run went back to work.

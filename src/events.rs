@@ -248,7 +248,7 @@ pub struct RecordedArtifact<'a> {
 }
 
 /// An event as read back.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Event {
     pub seq: i64,
     pub kind: String,

@@ -19,6 +19,7 @@ macro_rules! uuid_id {
             Serialize,
             Deserialize,
             sqlx::Type,
+            utoipa::ToSchema,
         )]
         #[serde(transparent)]
         #[sqlx(transparent)]

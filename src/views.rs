@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 pub use crate::store::runs::RunFilter;
 
 /// A page of runs, newest first, and the cursor of the next page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunPage {
     pub runs: Vec<RunSummary>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -27,6 +27,11 @@ pub struct RunPage {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid cursor {0:?}: pass the next_cursor of a previous page")]
 pub struct BadCursor(pub String);
+
+/// Every cursor this module makes, and nothing else: microseconds since 1970 (up to
+/// the year 2286), `_`, the run id in lower-case hyphenated form.
+pub const CURSOR_PATTERN: &str =
+    r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// Where a page of runs starts: after this run, in (created_at, id) order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +46,12 @@ impl Cursor {
     /// # Errors
     /// [`BadCursor`] for anything this module did not produce.
     pub fn parse(c: &str) -> Result<Self, BadCursor> {
+        static SHAPE: std::sync::LazyLock<Option<regex::Regex>> =
+            std::sync::LazyLock::new(|| regex::Regex::new(CURSOR_PATTERN).ok());
         let bad = || BadCursor(c.to_owned());
+        if !SHAPE.as_ref().is_some_and(|r| r.is_match(c)) {
+            return Err(bad());
+        }
         let (ts, id) = c.split_once('_').ok_or_else(bad)?;
         let micros: i64 = ts.parse().map_err(|_| bad())?;
         let created_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;
@@ -80,7 +90,7 @@ pub async fn list_runs(
 }
 
 /// The full detail of one run, as the API and the CLI show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunDetail {
     pub run: RunRow,
     pub template: serde_json::Value,

@@ -661,15 +661,7 @@ async fn metrics_openapi_health_and_ui_are_served() {
         Duration::from_secs(15),
         "fleet gauges refreshed",
         || async {
-            let text = anon
-                .http
-                .get(format!("{}/metrics", api.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = anon.text("/metrics").await;
             needles.iter().all(|n| text.contains(n)).then_some(())
         },
     )

@@ -27,7 +27,6 @@ use routes::{admin, approvals, files, runs, stream, system, ui};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use utoipa::OpenApi;
 
 /// Request bodies above this are refused with 413.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -168,7 +167,7 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/metrics", get(system::metrics))
         .route(
             "/openapi.json",
-            get(|| async { axum::Json(openapi::ApiDoc::openapi()) }),
+            get(|| async { axum::Json(openapi::document()) }),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "approval_action", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -46,7 +48,7 @@ impl std::str::FromStr for Action {
 }
 
 /// A request with its decision, if any.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApprovalRow {
     pub id: ApprovalId,
     pub run_id: RunId,

@@ -51,7 +51,7 @@ pub async fn artifacts_insert(
 }
 
 /// An artifact without its content.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ArtifactMeta {
     pub id: i64,
     pub phase_key: String,

@@ -29,7 +29,7 @@ impl Blob {
 }
 
 /// One path of a run's manifest.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunFile {
     /// `""` for an input; else the phase that wrote it.
     pub origin: String,

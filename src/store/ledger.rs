@@ -142,7 +142,7 @@ pub async fn tool_calls_insert(
 }
 
 /// LLM spend of a run, per phase and model.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CostLine {
     pub phase_key: String,
     pub model: String,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 /// A registered persona as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RegisteredPersona {
     pub name: String,
     pub persona_hash: String,

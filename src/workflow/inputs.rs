@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The run's inputs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunInputs {
     /// Requirements, as markdown.
@@ -20,9 +20,11 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// A run's spending limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
+    #[schema(exclusive_minimum = 0.0)]
     pub usd: Option<f64>,
+    #[schema(minimum = 1)]
     pub tokens: Option<i64>,
 }

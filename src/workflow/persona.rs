@@ -5,7 +5,7 @@
 use super::{Definition, Problem, at_most, problem};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     /// Built-in offline backend that writes a schema-valid artifact. For demos and tests.
@@ -15,35 +15,47 @@ pub enum Backend {
     Openai,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Persona {
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub name: String,
+    #[schema(max_length = 64)]
     pub version: String,
     pub backend: Backend,
+    #[schema(max_length = 200, pattern = r"\S")]
     pub model: String,
+    #[schema(max_length = 65536)]
     pub system_prompt: String,
     /// The operator-configured provider that serves `model` (backend `openai` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub provider: Option<String>,
     /// Refused: providers are operator configuration. Kept so the error names the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub base_url: Option<serde_json::Value>,
     /// Refused, like `base_url`: the key's variable is the provider's, in the configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub api_key_env: Option<serde_json::Value>,
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub max_tokens: Option<u32>,
     /// Bound on model turns per attempt.
     #[serde(default = "default_max_turns")]
+    #[schema(minimum = 1, maximum = 200)]
     pub max_turns: u32,
     /// Temperature for repair attempts (attempt 2 and later), to vary a model that
     /// repeats its mistake; default: `temperature`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub repair_temperature: Option<f64>,
     /// Sampling seed sent to the provider; attempt N sends `seed + N - 1`, so a repair
     /// samples differently.
@@ -58,7 +70,7 @@ pub struct Persona {
 }
 
 /// How the model hands back the artifact.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactVia {
     #[default]

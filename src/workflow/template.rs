@@ -4,29 +4,36 @@ use super::{Definition, Problem, at_most, problem};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowTemplate {
+    #[schema(max_length = 128, pattern = r"\S")]
     pub name: String,
+    #[schema(max_length = 64, pattern = r"\S")]
     pub version: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
     /// role -> default persona (by name).
     pub roles: BTreeMap<String, RoleDefault>,
+    #[schema(min_items = 1, max_items = 100)]
     pub phases: Vec<Phase>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleDefault {
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub persona: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Phase {
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub key: String,
     pub role: String,
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub instructions: String,
     /// The JSON artifact the phase must produce; without one, the phase's output is the
     /// files it writes, and it is accepted when the agent finishes.
@@ -34,21 +41,25 @@ pub struct Phase {
     pub expected_artifact: Option<ExpectedArtifact>,
     /// Named gates; any gate parks the run on a human approval after a valid artifact.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub gates: Vec<String>,
     /// Seconds the agent may take for one attempt.
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout: u64,
     /// Attempts including repairs (2 = one repair).
     #[serde(default = "default_max_attempts")]
+    #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedArtifact {
     /// Workspace-relative path the agent must write.
     pub path: String,
     /// Id of a schema in the registry (`schemas/<id>.json`).
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub schema: String,
 }
 

@@ -103,6 +103,12 @@ impl Client {
         r
     }
 
+    /// GET `path` and return its body as text.
+    pub async fn text(&self, path: &str) -> String {
+        let res = self.request(Method::GET, path).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
     /// Send and return (status, JSON body or Null).
     pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let res = req.send().await.unwrap();

@@ -13,7 +13,9 @@ use phasefleet::store::persona_registry::{self, RegisteredPersona};
 use phasefleet::teams::Scope;
 use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Backend, DefinitionError, Persona};
+use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 fn require_fleet_admin(caller: &Caller) -> Result<(), ApiError> {
     caller.require(Role::Admin)?;
@@ -26,10 +28,10 @@ fn require_fleet_admin(caller: &Caller) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Registered personas.
-#[utoipa::path(get, path = "/v1/admin/personas", tag = "admin",
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+/// Registered personas. Needs a fleet-wide admin token.
+#[utoipa::path(get, operation_id = "list_personas", path = "/v1/admin/personas", tag = "admin",
+    responses((status = 200, body = Vec<RegisteredPersona>)),
+    security(("bearer" = ["admin"])))]
 pub async fn list_personas(
     State(state): State<AppState>,
     caller: Caller,
@@ -41,19 +43,45 @@ pub async fn list_personas(
     ))
 }
 
+/// A persona to register: an object, or its YAML/JSON text.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum PersonaDocument {
+    Object(Box<Persona>),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationOutcome {
+    Registered,
+    Removed,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistrationResponse {
+    pub name: String,
+    /// The registered body's hash (absent when removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona_hash: Option<String>,
+    pub outcome: RegistrationOutcome,
+}
+
 /// Register (or replace) a persona under its name. The body is the persona, as an
 /// object or YAML/JSON text; its provider must be configured and allow its model.
-#[utoipa::path(put, path = "/v1/admin/personas/{name}", tag = "admin",
-    params(("name" = String, Path)), request_body = Object,
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+/// Needs a fleet-wide admin token.
+#[utoipa::path(put, operation_id = "register_persona", path = "/v1/admin/personas/{name}", tag = "admin",
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")), request_body = PersonaDocument,
+    responses((status = 200, body = RegistrationResponse),
+              (status = 422, body = ErrorBody, description = "not a valid persona, its name is not the path's, or its provider or model is not configured")),
+    security(("bearer" = ["admin"])))]
 pub async fn register_persona(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Body(body): Body<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RegistrationResponse>, ApiError> {
     require_fleet_admin(&caller)?;
     let (file, text) = match &body {
         Value::String(s) => ("persona.yaml", s.clone()),
@@ -90,27 +118,32 @@ pub async fn register_persona(
     let mut conn = state.pool.acquire().await?;
     let hash =
         persona_registry::persona_registry_upsert(&mut conn, &persona, Some(&caller.name)).await?;
-    Ok(Json(
-        serde_json::json!({ "name": persona.name, "persona_hash": hash, "outcome": "registered" }),
-    ))
+    Ok(Json(RegistrationResponse {
+        name: persona.name,
+        persona_hash: Some(hash),
+        outcome: RegistrationOutcome::Registered,
+    }))
 }
 
-/// Remove a registration (runs already bound keep their persona).
-#[utoipa::path(delete, path = "/v1/admin/personas/{name}", tag = "admin",
+/// Remove a registration (runs already bound keep their persona). Needs a fleet-wide
+/// admin token.
+#[utoipa::path(delete, operation_id = "delete_persona", path = "/v1/admin/personas/{name}", tag = "admin",
     params(("name" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = RegistrationResponse), (status = 404, body = ErrorBody, description = "no persona of that name is registered")),
+    security(("bearer" = ["admin"])))]
 pub async fn delete_persona(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RegistrationResponse>, ApiError> {
     require_fleet_admin(&caller)?;
     let mut conn = state.pool.acquire().await?;
     if persona_registry::persona_registry_delete(&mut conn, &name).await? {
-        Ok(Json(
-            serde_json::json!({ "name": name, "outcome": "removed" }),
-        ))
+        Ok(Json(RegistrationResponse {
+            name,
+            persona_hash: None,
+            outcome: RegistrationOutcome::Removed,
+        }))
     } else {
         Err(ApiError::not_found(format!(
             "no persona {name:?} is registered"

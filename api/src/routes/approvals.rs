@@ -12,15 +12,17 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PendingQuery {
-    /// 1 to 1000 (default 100).
+    /// Requests per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<i64>,
 }
 
-/// Approval requests waiting on a human, oldest first.
-#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(PendingQuery),
-    responses((status = 200, body = Object), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+/// Approval requests waiting on a human, oldest first. Needs the `approve` role.
+#[utoipa::path(get, operation_id = "list_approvals", path = "/v1/approvals", tag = "approvals", params(PendingQuery),
+    responses((status = 200, body = Vec<ApprovalRow>)), security(("bearer" = ["approve"])))]
 pub async fn pending(
     State(state): State<AppState>,
     caller: Caller,
@@ -38,25 +40,38 @@ pub async fn pending(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"action": "revise", "comment": "List the error cases too."}))]
 pub struct DecisionBody {
-    /// approve, reject, abort or revise (revise needs a comment).
-    #[schema(value_type = String)]
+    /// Revise needs a comment.
+    #[schema(value_type = Action)]
     pub action: String,
+    /// Shown with the decision; for revise, what the agent should change.
+    #[schema(max_length = 20000)]
     pub comment: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DecisionResponse {
-    /// `recorded`, or `already_decided` when the same decision was made before.
-    pub outcome: &'static str,
+    pub outcome: DecisionOutcome,
 }
 
-/// Decide an approval request. The same decision twice is a no-op; a different one is 409.
-#[utoipa::path(post, path = "/v1/approvals/{id}/decision", tag = "approvals",
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionOutcome {
+    Recorded,
+    /// The same decision was made before; nothing changed.
+    AlreadyDecided,
+}
+
+/// Decide an approval request. The same decision twice is a no-op; a different one is
+/// 409. Needs the `approve` role.
+#[utoipa::path(post, operation_id = "decide_approval", path = "/v1/approvals/{id}/decision", tag = "approvals",
     params(("id" = String, Path, format = Uuid)), request_body = DecisionBody,
-    responses((status = 200, body = DecisionResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = DecisionResponse),
+              (status = 404, body = ErrorBody, description = "no such approval request in the caller's team"),
+              (status = 409, body = ErrorBody, description = "a different decision was made before"),
+              (status = 422, body = ErrorBody, description = "`revise` without a comment, or an invalid body")),
+    security(("bearer" = ["approve"])))]
 pub async fn decide(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,8 +94,8 @@ pub async fn decide(
     .await?;
     Ok(Json(DecisionResponse {
         outcome: match out {
-            Decided::Recorded => "recorded",
-            Decided::AlreadyDecided => "already_decided",
+            Decided::Recorded => DecisionOutcome::Recorded,
+            Decided::AlreadyDecided => DecisionOutcome::AlreadyDecided,
         },
     }))
 }

@@ -14,7 +14,6 @@ use phasefleet::RunId;
 use phasefleet::input_files;
 use phasefleet::store::files::{self, Blob, RunFile};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 
@@ -22,17 +21,26 @@ use utoipa::{IntoParams, ToSchema};
 pub const UPLOAD_BODY_LIMIT: usize = input_files::MAX_INPUT_BYTES + 8 * 1024 * 1024;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// The team the content is for (a fleet-wide token only; a team's token uploads
     /// for its own team).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub team: Option<String>,
 }
+
+/// Bytes as sent: a tar archive, or a file's content.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct Bytes(Vec<u8>);
 
 /// One uploaded file.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UploadedFile {
     pub sha256: String,
+    #[schema(value_type = i64, minimum = 0)]
     pub size: usize,
     pub binary: bool,
 }
@@ -45,12 +53,14 @@ pub struct UploadResponse {
 }
 
 /// Upload input files as a tar archive (`tar cf - DIR`): regular files and directories
-/// only, each at most 1 MiB, 16 MiB and 1000 files in all.
-#[utoipa::path(post, path = "/v1/uploads", tag = "files", params(UploadQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
-    responses((status = 201, body = UploadResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+/// only, each at most 1 MiB, 16 MiB and 1000 files in all. Needs the `submit` role.
+#[utoipa::path(post, operation_id = "upload_files", path = "/v1/uploads", tag = "files", params(UploadQuery),
+    request_body(content((Bytes = "application/x-tar"), (Bytes = "application/octet-stream")),
+        description = "a tar archive (`tar cf - DIR`), sent as application/x-tar or application/octet-stream"),
+    responses((status = 201, body = UploadResponse),
+              (status = 415, body = ErrorBody, description = "the Content-Type is not application/x-tar or application/octet-stream"),
+              (status = 422, body = ErrorBody, description = "the body is not a tar archive of regular files and directories within the bounds")),
+    security(("bearer" = ["submit"])))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,15 +69,27 @@ pub async fn upload(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Submit)?;
+    if q.team
+        .as_deref()
+        .is_some_and(|t| !phasefleet::config::is_name(t))
+    {
+        return Err(ApiError {
+            field: Some("team".into()),
+            ..ApiError::bad_request("team names use letters, digits, '_', '-', '.' (at most 64)")
+        });
+    }
     let team = caller.submit_team(q.team.as_deref())?;
     let kind = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !matches!(kind, "application/x-tar" | "application/tar") {
+    if !matches!(
+        kind,
+        "application/x-tar" | "application/tar" | "application/octet-stream"
+    ) {
         return Err(ApiError::new(
             axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send a tar archive with Content-Type: application/x-tar",
+            "send a tar archive with Content-Type: application/x-tar (or application/octet-stream)",
         ));
     }
     // Parsing and hashing are CPU work.
@@ -109,8 +131,9 @@ fn read_upload(body: &[u8]) -> Result<(Vec<Blob>, BTreeMap<String, UploadedFile>
 }
 
 /// A run's files: inputs (`origin` "") and what each accepted phase wrote.
-#[utoipa::path(get, path = "/v1/runs/{id}/files", tag = "files", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "list_run_files", path = "/v1/runs/{id}/files", tag = "files", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Vec<RunFile>), (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
+    security(("bearer" = ["read"])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -123,6 +146,7 @@ pub async fn list(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FileQuery {
     /// Which writer's version: a phase key, or "" for the input (default: the latest
@@ -131,10 +155,12 @@ pub struct FileQuery {
 }
 
 /// One file of a run, as stored, for download.
-#[utoipa::path(get, path = "/v1/runs/{id}/files/{path}", tag = "files",
+#[utoipa::path(get, operation_id = "download_run_file", path = "/v1/runs/{id}/files/{path}", tag = "files",
     params(("id" = String, Path, format = Uuid), ("path" = String, Path, description = "workspace path, e.g. src/main.rs"), FileQuery),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the file as stored (text/plain for text, application/octet-stream for binary content); header `X-Phasefleet-Sha256` is its digest",
+               content((String = "text/plain"), (Bytes = "application/octet-stream"))),
+              (status = 404, body = ErrorBody, description = "no such run in the caller's team, or no such file")),
+    security(("bearer" = ["read"])))]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -182,14 +208,16 @@ pub async fn download(
 
 /// A phase's latest artifact with its content: the one an approval waits on, or the
 /// accepted one.
-#[utoipa::path(get, path = "/v1/runs/{id}/phases/{phase}/artifact", tag = "runs",
+#[utoipa::path(get, operation_id = "get_phase_artifact", path = "/v1/runs/{id}/phases/{phase}/artifact", tag = "runs",
     params(("id" = String, Path, format = Uuid), ("phase" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = crate::routes::runs::ArtifactBody),
+              (status = 404, body = ErrorBody, description = "no such run in the caller's team, or the phase has no artifact")),
+    security(("bearer" = ["read"])))]
 pub async fn phase_artifact(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, phase)): Path<(RunId, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::routes::runs::ArtifactBody>, ApiError> {
     caller.require(Role::Read)?;
     visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
@@ -198,5 +226,5 @@ pub async fn phase_artifact(
         .ok_or_else(|| {
             ApiError::not_found(format!("run {id} has no artifact for phase {phase:?}"))
         })?;
-    Ok(Json(crate::routes::runs::artifact_body(&meta, content)))
+    Ok(Json(crate::routes::runs::artifact_body(meta, content)))
 }

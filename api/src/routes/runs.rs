@@ -16,23 +16,29 @@ use phasefleet::views::{RunFilter, RunPage};
 use phasefleet::workflow::Definition;
 use phasefleet::workflow::{DefinitionError, Persona, WorkflowTemplate, document};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use utoipa::openapi::Ref;
 use utoipa::{IntoParams, ToSchema};
+
+/// Names of teams, queues, personas, roles, phases, gates and schemas.
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9_.-]{1,64}$";
 
 /// A run to start.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = submit_example)]
 pub struct SubmitBody {
-    /// The workflow template: a JSON object, or YAML (or JSON) text.
-    #[schema(value_type = Object)]
+    /// The workflow template: an object, or its YAML (or JSON) text.
+    #[schema(schema_with = template_schema)]
     pub template: Value,
-    /// Every persona the template or a binding names: objects, or YAML/JSON texts.
-    #[schema(value_type = Vec<Object>)]
+    /// Every persona the template or a binding names that is not registered: objects,
+    /// or YAML/JSON texts.
+    #[schema(schema_with = personas_schema)]
     pub personas: Vec<Value>,
-    /// `{requirements: markdown, objective: {}, extra: {}}`.
+    /// What the agent is asked to work from (`null` or absent: nothing).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<RunInputs>)]
     pub inputs: Option<Value>,
     /// role -> persona name, overriding the template's defaults for this run.
     #[serde(default)]
@@ -41,10 +47,12 @@ pub struct SubmitBody {
     pub budget: Option<BudgetBody>,
     /// Queue for the run's phase jobs (default `default`); one the team may use.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
     /// The run's team: a team's token submits for its own team; a fleet-wide admin
     /// may name any (default `default`).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub team: Option<String>,
     /// Input files the agent's workspace starts with: path -> text, `{"text": ...}`,
     /// or `{"sha256": ...}` naming content this team uploaded (`POST /v1/uploads`).
@@ -56,28 +64,91 @@ pub struct SubmitBody {
     pub allow_unserved: bool,
 }
 
+/// The bundled example workflow, as a submit body.
+fn submit_example() -> Value {
+    json!({
+        "template": include_str!("../../../examples/spec-review-verify.yaml"),
+        "personas": [
+            include_str!("../../../examples/personas/synthetic-author.yaml"),
+            include_str!("../../../examples/personas/synthetic-reviewer.yaml"),
+        ],
+        "inputs": { "requirements": include_str!("../../../examples/requirements.md") },
+    })
+}
+
+fn template_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("WorkflowTemplate"))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .description(Some("the template as YAML or JSON text")),
+            )
+            .build(),
+    )
+}
+
+fn personas_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let persona = OneOfBuilder::new()
+        .item(Ref::from_schema_name("Persona"))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .description(Some("a persona as YAML or JSON text")),
+        );
+    utoipa::openapi::schema::Schema::Array(
+        ArrayBuilder::new()
+            .items(persona)
+            .min_items(Some(1))
+            .max_items(Some(32))
+            .build(),
+    )
+}
+
 /// One input file of a submit.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum FileBody {
+    /// The file's text.
     Text(String),
+    #[schema(title = "FileText")]
     Inline { text: String },
-    Uploaded { sha256: String },
+    /// Content this team uploaded, by its SHA-256.
+    #[schema(title = "FileByDigest")]
+    Uploaded {
+        #[schema(pattern = r"^[0-9a-f]{64}$")]
+        sha256: String,
+    },
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetBody {
+    /// US dollars the run may spend on model calls.
+    #[schema(exclusive_minimum = 0.0)]
     pub usd: Option<f64>,
+    /// Tokens (in + out) the run may use.
+    #[schema(minimum = 1)]
     pub tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitOutcome {
+    Created,
+    /// The Idempotency-Key was used before with the same request.
+    Existing,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubmitResponse {
-    #[schema(value_type = String, format = Uuid)]
     pub run_id: RunId,
-    /// `created`, or `existing` when the Idempotency-Key was used before.
-    pub outcome: &'static str,
+    pub outcome: SubmitOutcome,
 }
 
 fn definition_error(field: &str, e: DefinitionError) -> ApiError {
@@ -104,15 +175,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 200)
-        .ok_or_else(|| {
-            ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters")
-        })?;
-    Ok(Some(s.to_owned()))
+    let bytes = v.as_bytes();
+    let visible = |b: &u8| (b'!'..=b'~').contains(b);
+    let fits = (1..=200).contains(&bytes.len())
+        && bytes.iter().all(|b| *b == b' ' || visible(b))
+        && bytes.first().is_some_and(visible)
+        && bytes.last().is_some_and(visible);
+    if !fits {
+        return Err(ApiError {
+            field: Some("Idempotency-Key".into()),
+            ..ApiError::bad_request(
+                "Idempotency-Key must be 1 to 200 printable ASCII characters, not starting or ending with a space",
+            )
+        });
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 fn build_request(
@@ -142,8 +219,8 @@ fn build_request(
         .collect::<Result<Vec<_>, _>>()?;
     let inputs: RunInputs = match body.inputs {
         None | Some(Value::Null) => RunInputs {
-            objective: serde_json::json!({}),
-            extra: serde_json::json!({}),
+            objective: json!({}),
+            extra: json!({}),
             ..RunInputs::default()
         },
         Some(v) => document::from_value(v).map_err(|e| {
@@ -192,13 +269,19 @@ fn build_request(
     })
 }
 
-/// Submit a run.
-#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = SubmitBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key (and the same request) returns the same run")),
-    responses((status = 201, body = SubmitResponse), (status = 200, body = SubmitResponse, description = "existing run for this key"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "key reused with a different request"), (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+/// Submit a run. Needs the `submit` role.
+#[utoipa::path(post, operation_id = "submit_run", path = "/v1/runs", tag = "runs", request_body = SubmitBody,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = r"^[!-~]([ -~]{0,198}[!-~])?$",
+            description = "A repeat with the same key (and the same request) returns the same run")),
+    responses((status = 201, body = SubmitResponse, description = "the run was created",
+               headers(("Location" = String, description = "the run's address"))),
+              (status = 200, body = SubmitResponse, description = "the run created earlier with this Idempotency-Key"),
+              (status = 409, body = ErrorBody, description = "the Idempotency-Key was used with a different request"),
+              (status = 422, body = ErrorBody, description = "the request is not valid; `field` names what is wrong. Besides \
+what the schema says, a template's phases must name declared roles and registered schemas, every role must be bound to \
+a persona given here or registered, a USD budget needs priced models, providers must be configured and served, and \
+uploaded content must be this team's.")),
+    security(("bearer" = ["submit"])))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -212,10 +295,14 @@ pub async fn submit(
     let req = build_request(body, key, &caller)?;
     let out = phasefleet::submit::submit(&state.pool, &state.schemas, &state.config, req).await?;
     let (status, outcome, run_id) = match out {
-        Submitted::Created(id) => (StatusCode::CREATED, "created", id),
-        Submitted::Existing(id) => (StatusCode::OK, "existing", id),
+        Submitted::Created(id) => (StatusCode::CREATED, SubmitOutcome::Created, id),
+        Submitted::Existing(id) => (StatusCode::OK, SubmitOutcome::Existing, id),
     };
-    metrics::counter!("phasefleet_api_runs_submitted_total", "outcome" => outcome).increment(1);
+    let label = match outcome {
+        SubmitOutcome::Created => "created",
+        SubmitOutcome::Existing => "existing",
+    };
+    metrics::counter!("phasefleet_api_runs_submitted_total", "outcome" => label).increment(1);
     Ok((
         status,
         [(header::LOCATION, format!("/v1/runs/{run_id}"))],
@@ -225,25 +312,31 @@ pub async fn submit(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// queued, running, awaiting_approval, completed, failed, aborted, cancelled
+    /// Only runs in this state.
+    #[param(value_type = Option<phasefleet::state::RunState>)]
     pub state: Option<String>,
     /// Template name.
     pub template: Option<String>,
     pub submitted_by: Option<String>,
     /// Only this team's runs (a team's token always sees its own team only).
     pub team: Option<String>,
-    /// 1 to 500 (default 50).
+    /// Runs per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(
+        pattern = r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )]
     pub cursor: Option<String>,
 }
 
 /// List runs, newest first.
-#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
-    responses((status = 200, description = "`{runs: [...], next_cursor}`", body = Object), (status = 400, body = ErrorBody)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "list_runs", path = "/v1/runs", tag = "runs", params(ListQuery),
+    responses((status = 200, body = RunPage, description = "a page of runs; pass `next_cursor` as `cursor` for the next")),
+    security(("bearer" = ["read"])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -301,9 +394,9 @@ pub async fn visible_run(state: &AppState, caller: &Caller, id: RunId) -> Result
 }
 
 /// One run: phases, artifacts (without content), approvals, costs, report.
-#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "get_run", path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = phasefleet::views::RunDetail), (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
+    security(("bearer" = ["read"])))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -319,17 +412,21 @@ pub async fn show(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events with a larger seq.
+    #[param(default = 0)]
     pub after: Option<i64>,
-    /// 1 to 1000 (default 500).
+    /// Events per page.
+    #[param(minimum = 1, maximum = 1000, default = 500)]
     pub limit: Option<i64>,
 }
 
 /// A run's events, in order.
-#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path, format = Uuid), EventsQuery),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "list_run_events", path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path, format = Uuid), EventsQuery),
+    responses((status = 200, body = Vec<phasefleet::events::Event>), (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
+    security(("bearer" = ["read"])))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -354,16 +451,30 @@ pub async fn events(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportQuery {
-    /// `json` (default) or `markdown`.
-    pub format: Option<String>,
+    #[param(value_type = Option<ReportFormat>, default = "json")]
+    pub format: Option<ReportFormat>,
+}
+
+/// How a report is sent.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportFormat {
+    Json,
+    Markdown,
+    /// Same as `markdown`.
+    Md,
 }
 
 /// The report of an ended run, as JSON or Markdown.
-#[utoipa::path(get, path = "/v1/runs/{id}/report", tag = "runs", params(("id" = String, Path, format = Uuid), ReportQuery),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody, description = "no such run, or it has not ended")),
-    security(("bearer" = [])))]
+#[utoipa::path(get, operation_id = "get_run_report", path = "/v1/runs/{id}/report", tag = "runs", params(("id" = String, Path, format = Uuid), ReportQuery),
+    responses((status = 200, description = "the report", content(
+                  (Object = "application/json"),
+                  (String = "text/markdown"))),
+              (status = 404, body = ErrorBody, description = "no such run in the caller's team, or it has not ended")),
+    security(("bearer" = ["read"])))]
 pub async fn report(
     State(state): State<AppState>,
     caller: Caller,
@@ -379,90 +490,142 @@ pub async fn report(
             run.state.as_str()
         )));
     };
-    match q.format.as_deref() {
-        None | Some("json") => Ok(Json(json).into_response()),
-        Some("markdown" | "md") => {
+    match q.format.unwrap_or(ReportFormat::Json) {
+        ReportFormat::Json => Ok(Json(json).into_response()),
+        ReportFormat::Markdown | ReportFormat::Md => {
             Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response())
         }
-        Some(other) => Err(ApiError::bad_request(format!(
-            "unknown format {other:?}: use json or markdown"
-        ))),
     }
 }
 
 /// One artifact with its content.
-#[utoipa::path(get, path = "/v1/runs/{id}/artifacts/{artifact_id}", tag = "runs",
+#[utoipa::path(get, operation_id = "get_artifact", path = "/v1/runs/{id}/artifacts/{artifact_id}", tag = "runs",
     params(("id" = String, Path, format = Uuid), ("artifact_id" = i64, Path)),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ArtifactBody), (status = 404, body = ErrorBody, description = "no such run in the caller's team, or no such artifact")),
+    security(("bearer" = ["read"])))]
 pub async fn artifact(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, artifact_id)): Path<(RunId, i64)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ArtifactBody>, ApiError> {
     caller.require(Role::Read)?;
     visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     let (meta, content) = phasefleet::views::artifact_content(&mut conn, id, artifact_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {id} has no artifact {artifact_id}")))?;
-    Ok(Json(artifact_body(&meta, content)))
+    Ok(Json(artifact_body(meta, content)))
+}
+
+/// An artifact as the API shows it: its row, its content, and the content parsed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactBody {
+    pub artifact: phasefleet::store::artifacts::ArtifactMeta,
+    /// The content parsed as JSON; `null` when it is not JSON or there is none.
+    pub json: Value,
+    /// The content as written; `null` for a phase whose output is files.
+    pub content: Option<String>,
 }
 
 /// An artifact as the API shows it: its row, its content, and the content parsed.
 pub fn artifact_body(
-    meta: &phasefleet::store::artifacts::ArtifactMeta,
+    meta: phasefleet::store::artifacts::ArtifactMeta,
     content: Option<String>,
-) -> Value {
-    let parsed = content
+) -> ArtifactBody {
+    let json = content
         .as_deref()
-        .and_then(|c| serde_json::from_str::<Value>(c).ok());
-    serde_json::json!({ "artifact": meta, "json": parsed, "content": content })
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .unwrap_or(Value::Null);
+    ArtifactBody {
+        artifact: meta,
+        json,
+        content,
+    }
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "superseded by a newer request"}))]
 pub struct CancelBody {
+    /// Recorded with the run's error, with the caller's name.
+    #[schema(max_length = 2000)]
     pub reason: Option<String>,
 }
 
-/// Cancel a run; an in-flight agent is interrupted. Cancelling an ended run changes nothing.
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path, format = Uuid)),
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    Cancelled,
+    /// The run had ended before; nothing changed.
+    AlreadyEnded,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelResponse {
+    pub outcome: CancelOutcome,
+    /// The state the run had ended in (`already_ended` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<phasefleet::state::RunState>,
+}
+
+/// Cancel a run; an in-flight agent is interrupted. Cancelling an ended run changes
+/// nothing. Needs the `submit` role. The body is optional.
+#[utoipa::path(post, operation_id = "cancel_run", path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path, format = Uuid)),
     request_body(content = Option<CancelBody>),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = CancelResponse), (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
+    security(("bearer" = ["submit"])))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<RunId>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CancelResponse>, ApiError> {
     caller.require(Role::Submit)?;
-    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("body is not a cancel request: {e}")))?
-    };
-    if body.reason.as_ref().is_some_and(|r| r.len() > 2000) {
-        return Err(ApiError::invalid("reason", "longer than 2000 bytes"));
-    }
+    let body = cancel_body(&body)?;
     let reason = body.reason.map(|r| format!("{r} (by {})", caller.name));
     let out =
         phasefleet::cancel::cancel_run(&state.pool, &caller.scope, id, reason.as_deref()).await?;
     Ok(Json(match out {
-        phasefleet::cancel::Cancelled::Cancelled => serde_json::json!({ "outcome": "cancelled" }),
-        phasefleet::cancel::Cancelled::AlreadyEnded(s) => {
-            serde_json::json!({ "outcome": "already_ended", "state": s })
-        }
+        phasefleet::cancel::Cancelled::Cancelled => CancelResponse {
+            outcome: CancelOutcome::Cancelled,
+            state: None,
+        },
+        phasefleet::cancel::Cancelled::AlreadyEnded(s) => CancelResponse {
+            outcome: CancelOutcome::AlreadyEnded,
+            state: Some(s),
+        },
     }))
+}
+
+/// An empty body, `null` or `{"reason": ...}`.
+fn cancel_body(body: &[u8]) -> Result<CancelBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(CancelBody::default());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let body: Option<CancelBody> = document::from_value(value)
+        .map_err(|e| ApiError::invalid(e.path.as_deref().unwrap_or("body"), e.message))?;
+    let body = body.unwrap_or_default();
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 2000)
+    {
+        return Err(ApiError::invalid("reason", "longer than 2000 characters"));
+    }
+    Ok(body)
 }
 
 /// Raise the budget of a run (a run awaiting budget resumes), or abort a run awaiting
 /// budget: `{"action": "raise", "usd": 2.0}` or `{"action": "abort", "reason": "..."}`.
-#[utoipa::path(post, path = "/v1/runs/{id}/budget", tag = "runs", params(("id" = String, Path, format = Uuid)),
-    request_body(content = Object, description = "`{action: raise, usd?, tokens?}` or `{action: abort, reason?}`"),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
-    security(("bearer" = [])))]
+#[utoipa::path(post, operation_id = "decide_run_budget", path = "/v1/runs/{id}/budget", tag = "runs", params(("id" = String, Path, format = Uuid)),
+    request_body = phasefleet::budget::BudgetDecision,
+    responses((status = 200, body = phasefleet::budget::BudgetOutcome),
+              (status = 404, body = ErrorBody, description = "no such run in the caller's team"),
+              (status = 409, body = ErrorBody, description = "the run has ended, or is not awaiting budget (abort)"),
+              (status = 422, body = ErrorBody, description = "a new limit must exceed what the run has spent")),
+    security(("bearer" = ["approve"])))]
 pub async fn budget(
     State(state): State<AppState>,
     caller: Caller,
@@ -473,9 +636,9 @@ pub async fn budget(
     let decision: phasefleet::budget::BudgetDecision = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid("body", format!("not a budget decision: {e}")))?;
     if let phasefleet::budget::BudgetDecision::Abort { reason: Some(r) } = &decision
-        && r.len() > 2000
+        && r.chars().count() > 2000
     {
-        return Err(ApiError::invalid("reason", "longer than 2000 bytes"));
+        return Err(ApiError::invalid("reason", "longer than 2000 characters"));
     }
     Ok(Json(
         phasefleet::budget::decide(

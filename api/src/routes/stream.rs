@@ -12,29 +12,44 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use phasefleet::RunId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 /// Streams poll PostgreSQL this often even without a wake-up.
 const POLL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Resume after this seq (the `Last-Event-ID` header wins when both are given).
+    #[param(default = 0)]
     pub after: Option<i64>,
 }
 
-/// Live events of a run (SSE).
-#[utoipa::path(get, path = "/v1/runs/{id}/events/stream", tag = "runs",
-    params(("id" = String, Path, format = Uuid), StreamQuery, ("Last-Event-ID" = Option<i64>, Header)),
-    responses((status = 200, content_type = "text/event-stream", description = "one message per event; id = seq, event = kind"),
-              (status = 404, body = ErrorBody)),
-    security(("bearer" = [])))]
+/// One event as a stream sends it (the `data` of an SSE message).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEvent {
+    pub seq: i64,
+    pub kind: String,
+    /// The phase it concerns, if any.
+    pub phase: Option<String>,
+    pub data: serde_json::Value,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Live events of a run (SSE). Needs the `read` role.
+#[utoipa::path(get, operation_id = "stream_run_events", path = "/v1/runs/{id}/events/stream", tag = "runs",
+    params(("id" = String, Path, format = Uuid), StreamQuery,
+           ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "resume after this seq (wins over `after`)")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+               description = "Server-sent events, one message per event: `id` is its seq, `event` its kind, `data` a `StreamEvent` as JSON; after the last event of an ended run, `event: end` with `data: {}`"),
+              (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
+    security(("bearer" = ["read"])))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -84,12 +99,17 @@ async fn pump(
                 let drained = events.len() < 500;
                 for e in events {
                     after = e.seq;
-                    let data = serde_json::json!({ "seq": e.seq, "kind": e.kind, "phase": e.phase_key,
-                                                   "data": e.data, "at": e.created_at });
-                    let msg = Event::default()
-                        .id(e.seq.to_string())
-                        .event(&e.kind)
-                        .data(data.to_string());
+                    let msg = Event::default().id(e.seq.to_string()).event(&e.kind);
+                    let data = StreamEvent {
+                        seq: e.seq,
+                        kind: e.kind,
+                        phase: e.phase_key,
+                        data: e.data,
+                        at: e.created_at,
+                    };
+                    let msg = msg
+                        .json_data(&data)
+                        .unwrap_or_else(|_| Event::default().comment("unserializable event"));
                     if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }

@@ -6,17 +6,18 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = String)))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "system", responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: PostgreSQL answers. Also says how live events are fanned out.
-#[utoipa::path(get, path = "/readyz", tag = "system",
-    responses((status = 200, body = Object), (status = 503, body = Object)))]
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "system",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness, description = "PostgreSQL does not answer")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let db = phasefleet::db::ping(&state.pool).await;
     let status = if db {
@@ -26,16 +27,35 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(
-            json!({ "database": if db { "ok" } else { "unreachable" }, "event_bus": state.bus.kind() }),
-        ),
+        Json(Readiness {
+            database: if db { "ok" } else { "unreachable" },
+            event_bus: state.bus.kind(),
+        }),
     )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+    /// How live events reach this replica: `redis` or `postgres`.
+    pub event_bus: &'static str,
+}
+
+/// The bundled example: YAML texts ready for `POST /v1/runs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Example {
+    pub template: &'static str,
+    pub personas: Vec<&'static str>,
+    /// Markdown, for `inputs.requirements`.
+    pub requirements: &'static str,
 }
 
 /// Prometheus metrics: this process's counters and the fleet gauges of the last
 /// refresh (no database work per scrape). With `PHASEFLEET_METRICS_TOKEN` set, the
 /// scraper sends it as a bearer token.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain"), (status = 401, body = Object)))]
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "system", responses((status = 200, body = String, content_type = "text/plain"),
+    (status = 401, body = crate::error::ErrorBody, description = "PHASEFLEET_METRICS_TOKEN is set and the request does not carry it")))]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -72,14 +92,14 @@ pub async fn metrics(
 }
 
 /// The bundled example workflow (used by the UI's "use the example" button).
-#[utoipa::path(get, path = "/v1/examples/spec-review-verify", tag = "system", responses((status = 200, body = Object)))]
-pub async fn example() -> Json<serde_json::Value> {
-    Json(json!({
-        "template": include_str!("../../../examples/spec-review-verify.yaml"),
-        "personas": [
+#[utoipa::path(get, operation_id = "get_example", path = "/v1/examples/spec-review-verify", tag = "system", responses((status = 200, body = Example)))]
+pub async fn example() -> Json<Example> {
+    Json(Example {
+        template: include_str!("../../../examples/spec-review-verify.yaml"),
+        personas: vec![
             include_str!("../../../examples/personas/synthetic-author.yaml"),
             include_str!("../../../examples/personas/synthetic-reviewer.yaml"),
         ],
-        "requirements": include_str!("../../../examples/requirements.md"),
-    }))
+        requirements: include_str!("../../../examples/requirements.md"),
+    })
 }
