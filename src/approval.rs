@@ -68,6 +68,17 @@ pub async fn pending(
     approvals::approvals_pending(conn, scope, limit).await
 }
 
+/// The undecided requests of any of `runs`.
+///
+/// # Errors
+/// Database errors.
+pub async fn pending_for_runs(
+    conn: &mut PgConnection,
+    runs: &[RunId],
+) -> Result<Vec<ApprovalRow>, sqlx::Error> {
+    approvals::approvals_pending_for_runs(conn, runs).await
+}
+
 /// Every request of a run, with decisions.
 ///
 /// # Errors

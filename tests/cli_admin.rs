@@ -58,7 +58,7 @@ async fn cli_with(db: Option<&str>, args: &[&str]) -> Out {
     if let Some(db) = db {
         cmd.args(["--database-url", db]);
     }
-    let out = cmd.output().await.unwrap();
+    let out = cmd.kill_on_drop(true).output().await.unwrap();
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -619,4 +619,43 @@ async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli()
     let missing = cli(&["runs", "file", &run, "nope.txt"]).await;
     assert_eq!(missing.code, 3, "{}", missing.stderr);
     let _ = std::fs::remove_dir_all(repo_dir);
+}
+
+/// The README's first command, on a database of its own (the demo works on the
+/// `default` queue, which no other test may see): every run completes and every gate is
+/// decided by the demo's approver.
+#[tokio::test]
+async fn the_readme_demo_completes_every_run_and_decides_every_gate() {
+    let server = server_url();
+    ensure_database(&server, "phasefleet_demo").await;
+    let db = format!("{server}/phasefleet_demo");
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        cli_with(Some(&db), &["demo", "--runs", "20"]),
+    )
+    .await
+    .expect("the demo ran longer than 300 s");
+    ok(&out);
+    assert!(
+        out.stderr.contains("20/20 run(s) completed"),
+        "{}",
+        out.stderr
+    );
+    let runs: Vec<phasefleet::RunId> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("submitted run "))
+        .map(|id| phasefleet::RunId(id.trim().parse().unwrap()))
+        .collect();
+    assert_eq!(runs.len(), 20, "{}", out.stderr);
+    let pool = phasefleet::db::connect(&db, 2).await.unwrap();
+    let decided: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM approval_decisions d JOIN approval_requests r ON r.id = d.request_id
+          WHERE r.run_id = ANY($1) AND d.decided_by = 'demo-approver' AND d.action = 'approve'",
+    )
+    .bind(&runs)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(decided, 20, "one approved gate per run");
 }

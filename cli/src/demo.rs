@@ -118,20 +118,31 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         ids.push(id);
     }
 
+    // Every run's approvals are decided as they appear, in one side task, so a gate
+    // never waits for the runs watched before its own.
+    let approver = tokio::spawn(auto_approver(
+        db.pool.clone(),
+        ids.clone(),
+        !args.no_auto_approve,
+    ));
     let mut outcomes = Vec::new();
     for id in &ids {
         eprintln!("\n== run {id} ==");
-        // Approvals are decided as they appear, in a side task, so watching never blocks.
-        let approver = tokio::spawn(auto_approver(db.pool.clone(), *id, !args.no_auto_approve));
         let state = crate::runs::watch(&db.pool, *id, |_| {}).await;
-        approver.abort();
-        let state = state?;
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                approver.abort();
+                return Err(e);
+            }
+        };
         let mut conn = db.pool.acquire().await?;
         if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
             crate::output::emit(&md)?;
         }
         outcomes.push(state);
     }
+    approver.abort();
     stop.cancel();
     while workers.join_next().await.is_some() {}
     let completed = outcomes
@@ -177,17 +188,17 @@ async fn wait_for_workers(
     }
 }
 
-async fn auto_approver(pool: sqlx::PgPool, run: phasefleet::RunId, auto: bool) {
+async fn auto_approver(pool: sqlx::PgPool, runs: Vec<phasefleet::RunId>, auto: bool) {
     if !auto {
         eprintln!("approvals are yours: phasefleet approvals list / decide");
         return;
     }
     loop {
         if let Ok(mut conn) = pool.acquire().await
-            && let Ok(reqs) = approval::for_run(&mut conn, run).await
+            && let Ok(reqs) = approval::pending_for_runs(&mut conn, &runs).await
         {
             drop(conn);
-            for a in reqs.into_iter().filter(|a| a.action.is_none()) {
+            for a in reqs {
                 eprintln!(
                     "     demo approver: approving {} (gates {})",
                     a.phase_key,

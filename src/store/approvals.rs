@@ -187,6 +187,22 @@ pub async fn approvals_pending(
     .await
 }
 
+/// The undecided requests of any of `runs`, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn approvals_pending_for_runs(
+    conn: &mut PgConnection,
+    runs: &[RunId],
+) -> Result<Vec<ApprovalRow>, sqlx::Error> {
+    sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
+        "{APPROVAL_SELECT} WHERE r.run_id = ANY($1) AND r.state = 'pending' ORDER BY r.created_at"
+    )))
+    .bind(runs)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 /// Every request of a run, with decisions, oldest first.
 ///
 /// # Errors
