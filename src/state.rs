@@ -94,11 +94,15 @@ impl RunState {
     /// The states that may become `next`.
     #[must_use]
     pub fn sources_of(next: Self) -> Vec<Self> {
-        RUN_TRANSITIONS
-            .iter()
-            .filter(|(_, to)| *to == next)
-            .map(|(from, _)| *from)
-            .collect()
+        sources_in(RUN_TRANSITIONS, next)
+    }
+
+    /// `Ok` when the transition table allows `self -> next`.
+    ///
+    /// # Errors
+    /// [`ForbiddenTransition`] naming both states.
+    pub fn check_becomes(self, next: Self) -> Result<(), ForbiddenTransition> {
+        ForbiddenTransition::unless(self.can_become(next), "a run", self.as_str(), next.as_str())
     }
 }
 
@@ -201,12 +205,30 @@ impl PhaseState {
     /// The states that may become `next`.
     #[must_use]
     pub fn sources_of(next: Self) -> Vec<Self> {
-        PHASE_TRANSITIONS
-            .iter()
-            .filter(|(_, to)| *to == next)
-            .map(|(from, _)| *from)
-            .collect()
+        sources_in(PHASE_TRANSITIONS, next)
     }
+
+    /// `Ok` when the transition table allows `self -> next`.
+    ///
+    /// # Errors
+    /// [`ForbiddenTransition`] naming both states.
+    pub fn check_becomes(self, next: Self) -> Result<(), ForbiddenTransition> {
+        ForbiddenTransition::unless(
+            self.can_become(next),
+            "a phase",
+            self.as_str(),
+            next.as_str(),
+        )
+    }
+}
+
+/// The states a transition table lets become `next`.
+fn sources_in<S: Copy + PartialEq>(table: &[(S, S)], next: S) -> Vec<S> {
+    table
+        .iter()
+        .filter(|(_, to)| *to == next)
+        .map(|(from, _)| *from)
+        .collect()
 }
 
 impl std::fmt::Display for PhaseState {
@@ -222,6 +244,21 @@ pub struct ForbiddenTransition {
     pub what: &'static str,
     pub from: &'static str,
     pub to: &'static str,
+}
+
+impl ForbiddenTransition {
+    fn unless(
+        allowed: bool,
+        what: &'static str,
+        from: &'static str,
+        to: &'static str,
+    ) -> Result<(), Self> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(Self { what, from, to })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -254,8 +254,8 @@ fn git(dir: &std::path::Path, args: &[&str]) {
 
 /// A repository with a README, a source file and a binary file committed, and the
 /// README changed afterwards (the change is not at HEAD).
-fn repository() -> (tempdir::Dir, String) {
-    let dir = tempdir::Dir::new("art-repo");
+fn repository() -> (support::TempDir, String) {
+    let dir = support::TempDir::new("art-repo");
     let root = dir.path();
     std::fs::create_dir_all(root.join("src")).unwrap();
     let readme = "# Demo repository\nThe parser lives in src/lib.rs.\n";
@@ -407,7 +407,7 @@ async fn a_phase_without_an_artifact_is_done_when_its_files_are_written() {
 
 #[test]
 fn input_files_are_bounded_with_errors_that_name_the_file() {
-    let dir = tempdir::Dir::new("art-bounds");
+    let dir = support::TempDir::new("art-bounds");
     std::fs::write(
         dir.path().join("big.bin"),
         vec![b'x'; input_files::MAX_INPUT_FILE_BYTES + 1],
@@ -442,30 +442,4 @@ fn input_files_are_bounded_with_errors_that_name_the_file() {
         },
     ];
     assert!(input_files::digest(&twice).unwrap_err().contains("twice"));
-}
-
-/// Temporary directories removed on drop.
-mod tempdir {
-    pub struct Dir(std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(prefix: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "phasefleet-{prefix}-{}",
-                uuid::Uuid::new_v4().simple()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

@@ -72,20 +72,14 @@ async fn served_document(api: &ApiServer, dir: &Path) -> PathBuf {
     path
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("phasefleet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_served_document_is_valid_openapi_3_1() {
     let tools = contract_tools().await;
     let pool = support::pool().await;
     let api = ApiServer::start(&pool, None).await;
-    let dir = scratch_dir("openapi-doc");
-    let doc = served_document(&api, &dir).await;
+    let scratch = support::TempDir::new("openapi-doc");
+    let dir = scratch.path();
+    let doc = served_document(&api, dir).await;
     let validator = tools.join("openapi-spec-validator");
     let (ok, output) = run(
         &validator,
@@ -108,18 +102,18 @@ async fn the_served_document_is_valid_openapi_3_1() {
     let (ok, output) = run(&validator, &[broken_path.to_str().unwrap()], &[]).await;
     assert!(!ok, "the validator accepted a broken document:\n{output}");
     api.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schemathesis_finds_nothing() {
     let tools = contract_tools().await;
-    let pool = own_database("phasefleet_contract").await;
+    let pool = support::pool_on("phasefleet_contract").await;
     let api = ApiServer::start(&pool, None).await;
     let fleet = Fleet::synthetic(&pool, "default", 1);
     let examples = std::env::var("CONTRACT_EXAMPLES").unwrap_or_else(|_| EXAMPLES.into());
     let seed = std::env::var("CONTRACT_SEED").unwrap_or_else(|_| "1".into());
-    let dir = scratch_dir("schemathesis");
+    let scratch = support::TempDir::new("schemathesis");
+    let dir = scratch.path();
     let (ok, output) = run(
         &tools.join("schemathesis"),
         &[
@@ -154,7 +148,6 @@ async fn schemathesis_finds_nothing() {
     );
     fleet.shutdown().await;
     api.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -164,8 +157,9 @@ async fn a_generated_python_client_submits_streams_approves_and_reads_the_report
     let api = ApiServer::start(&pool, None).await;
     let queue = support::unique_queue("contract");
     let fleet = Fleet::synthetic(&pool, &queue, 2);
-    let dir = scratch_dir("generated-client");
-    let doc = served_document(&api, &dir).await;
+    let scratch = support::TempDir::new("generated-client");
+    let dir = scratch.path();
+    let doc = served_document(&api, dir).await;
     let package = dir.join("phasefleet_client");
     let path = format!(
         "{}:{}",
@@ -208,17 +202,4 @@ async fn a_generated_python_client_submits_streams_approves_and_reads_the_report
     eprintln!("generated client: {summary}");
     fleet.shutdown().await;
     api.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A pool on a migrated database of its own, on the test server.
-async fn own_database(name: &str) -> sqlx::PgPool {
-    let server = support::server_url();
-    support::ensure_database(&server, name).await;
-    let url = format!("{server}/{name}");
-    let pool = phasefleet::db::connect(&url, 10).await.unwrap();
-    phasefleet::db::migrate_tolerating_newer(&pool)
-        .await
-        .unwrap();
-    pool
 }

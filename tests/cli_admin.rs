@@ -473,11 +473,8 @@ async fn a_reused_idempotency_key_with_another_request_is_a_conflict_in_the_cli_
 async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli() {
     let pool = pool().await;
     let q = unique_queue("cli-files");
-    let repo_dir = std::env::temp_dir().join(format!(
-        "phasefleet-cli-repo-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&repo_dir).unwrap();
+    let repo = TempDir::new("cli-repo");
+    let repo_dir = repo.path();
     let readme = "# A repository\nThe agent reads this.\n";
     std::fs::write(repo_dir.join("README.md"), readme).unwrap();
     std::fs::write(repo_dir.join("huge.bin"), vec![7u8; 2 * 1024 * 1024]).unwrap();
@@ -498,7 +495,7 @@ async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli()
         assert!(
             std::process::Command::new("git")
                 .arg("-C")
-                .arg(&repo_dir)
+                .arg(repo_dir)
                 .args(args)
                 .status()
                 .unwrap()
@@ -618,7 +615,6 @@ async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli()
     assert_eq!(content.stdout, readme);
     let missing = cli(&["runs", "file", &run, "nope.txt"]).await;
     assert_eq!(missing.code, 3, "{}", missing.stderr);
-    let _ = std::fs::remove_dir_all(repo_dir);
 }
 
 /// The README's first command, on a database of its own (the demo works on the
@@ -626,9 +622,8 @@ async fn a_repository_goes_in_and_artifacts_and_files_come_out_through_the_cli()
 /// decided by the demo's approver.
 #[tokio::test]
 async fn the_readme_demo_completes_every_run_and_decides_every_gate() {
-    let server = server_url();
-    ensure_database(&server, "phasefleet_demo").await;
-    let db = format!("{server}/phasefleet_demo");
+    let pool = pool_on("phasefleet_demo").await;
+    let db = format!("{}/phasefleet_demo", server_url());
     let out = tokio::time::timeout(
         Duration::from_secs(300),
         cli_with(Some(&db), &["demo", "--runs", "20"]),
@@ -648,7 +643,6 @@ async fn the_readme_demo_completes_every_run_and_decides_every_gate() {
         .map(|id| phasefleet::RunId(id.trim().parse().unwrap()))
         .collect();
     assert_eq!(runs.len(), 20, "{}", out.stderr);
-    let pool = phasefleet::db::connect(&db, 2).await.unwrap();
     let decided: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM approval_decisions d JOIN approval_requests r ON r.id = d.request_id
           WHERE r.run_id = ANY($1) AND d.decided_by = 'demo-approver' AND d.action = 'approve'",

@@ -213,17 +213,6 @@ impl Workspace {
             .filter_map(|p| self.get(p).map(|c| (p.as_str(), c)))
     }
 
-    /// How many files it holds.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Bytes of the files the agent wrote.
     #[must_use]
     pub fn bytes(&self) -> usize {

@@ -19,6 +19,7 @@ pub mod runs;
 pub mod templates;
 
 use crate::state::ForbiddenTransition;
+use sqlx::postgres::PgQueryResult;
 
 /// Why a store write was refused.
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +33,14 @@ pub enum StoreError {
     Stale(&'static str),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+/// An update of one row read under the run's lock changed exactly that row; otherwise
+/// the `what` was changed by a writer that did not take the lock.
+fn one_row_changed(done: &PgQueryResult, what: &'static str) -> Result<(), StoreError> {
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Stale(what))
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::StoreError;
 use crate::ids::RunId;
-use crate::state::{ForbiddenTransition, PhaseState};
+use crate::state::PhaseState;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -46,18 +46,6 @@ pub async fn run_phases_list(
     .await
 }
 
-fn check(phase: &PhaseRow, next: PhaseState) -> Result<(), StoreError> {
-    if phase.state.can_become(next) {
-        Ok(())
-    } else {
-        Err(StoreError::Transition(ForbiddenTransition {
-            what: "a phase",
-            from: phase.state.as_str(),
-            to: next.as_str(),
-        }))
-    }
-}
-
 /// Move `phase` (read under the run's lock) to `next`, stamping times; `error` is
 /// stored as given (a phase leaving `failed` clears it). Refuses what the transition
 /// table does not allow.
@@ -71,7 +59,7 @@ pub async fn run_phases_set_state(
     next: PhaseState,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    check(phase, next)?;
+    phase.state.check_becomes(next)?;
     let done = sqlx::query(
         "UPDATE run_phases SET state = $4, error = $5,
                 finished_at = CASE WHEN $4 IN ('completed', 'failed', 'skipped') THEN now() END
@@ -84,11 +72,7 @@ pub async fn run_phases_set_state(
     .bind(error)
     .execute(&mut *conn)
     .await?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Stale("phase"))
-    }
+    super::one_row_changed(&done, "phase")
 }
 
 /// Start attempt `attempt` of `phase`: it becomes `running` with that attempt count.
@@ -101,7 +85,7 @@ pub async fn run_phases_start_attempt(
     phase: &PhaseRow,
     attempt: i32,
 ) -> Result<(), StoreError> {
-    check(phase, PhaseState::Running)?;
+    phase.state.check_becomes(PhaseState::Running)?;
     let done = sqlx::query(
         "UPDATE run_phases SET state = 'running', attempts = $4, error = NULL,
                 started_at = COALESCE(started_at, now()), finished_at = NULL
@@ -113,11 +97,7 @@ pub async fn run_phases_start_attempt(
     .bind(attempt)
     .execute(&mut *conn)
     .await?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Stale("phase"))
-    }
+    super::one_row_changed(&done, "phase")
 }
 
 /// Start a new round of `phase` (a revision with the reviewer's `comment`, or an
@@ -131,9 +111,9 @@ pub async fn run_phases_new_round(
     phase: &PhaseRow,
     comment: Option<&str>,
 ) -> Result<i32, StoreError> {
-    check(phase, PhaseState::Pending)?;
+    phase.state.check_becomes(PhaseState::Pending)?;
     let round = phase.round + 1;
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE run_phases SET state = 'pending', round = $4, attempts = 0, revise_comment = $5,
                 error = NULL, finished_at = NULL
           WHERE run_id = $1 AND phase_key = $2 AND state = $3",
@@ -145,6 +125,7 @@ pub async fn run_phases_new_round(
     .bind(comment)
     .execute(&mut *conn)
     .await?;
+    super::one_row_changed(&done, "phase")?;
     Ok(round)
 }
 

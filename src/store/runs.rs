@@ -7,7 +7,7 @@ use super::StoreError;
 use crate::events::NewEvent;
 use crate::ids::RunId;
 use crate::queue::NewJob;
-use crate::state::{ForbiddenTransition, RunState};
+use crate::state::RunState;
 use crate::store::run_phases::PhaseRow;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -158,13 +158,7 @@ pub async fn runs_set_state(
     next: RunState,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    if !run.state.can_become(next) {
-        return Err(StoreError::Transition(ForbiddenTransition {
-            what: "a run",
-            from: run.state.as_str(),
-            to: next.as_str(),
-        }));
-    }
+    run.state.check_becomes(next)?;
     let done = sqlx::query(
         "UPDATE runs SET state = $3, error = CASE WHEN $2 IN ('failed', 'awaiting_budget') AND $3 = 'running' THEN NULL ELSE COALESCE($4, error) END,
                 updated_at = now(),
@@ -179,11 +173,7 @@ pub async fn runs_set_state(
     .bind(error)
     .execute(&mut *conn)
     .await?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Stale("run"))
-    }
+    super::one_row_changed(&done, "run")
 }
 
 /// What a run's budget check needs.

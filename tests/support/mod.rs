@@ -46,6 +46,20 @@ pub async fn pool() -> PgPool {
         .unwrap()
 }
 
+/// A pool on a migrated database of its own, `name`, on the test server: for a test
+/// whose runs (on the `default` queue, or fleet-wide rows) others must not see.
+pub async fn pool_on(name: &str) -> PgPool {
+    let server = server_url();
+    ensure_database(&server, name).await;
+    let pool = phasefleet::db::connect(&format!("{server}/{name}"), 10)
+        .await
+        .unwrap();
+    phasefleet::db::migrate_tolerating_newer(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
 /// Create `name` on the server at `server` unless it exists (racing test processes
 /// may both try; the loser's error is ignored).
 pub async fn ensure_database(server: &str, name: &str) {
@@ -205,4 +219,28 @@ pub async fn worker_id_of(pool: &PgPool, pid: i32) -> phasefleet::WorkerId {
         .map(|r| r.0)
     })
     .await
+}
+
+/// A temporary directory, removed on drop (also when the test fails).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "phasefleet-{prefix}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

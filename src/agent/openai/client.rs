@@ -160,7 +160,9 @@ impl ChatClient {
             Err(e) => return (outcomes, Err(CallError::BadResponse(e.to_string()))),
         };
         let max = self.retry.max_attempts.max(1);
-        for attempt in 1..=max {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let (retry_after, last) = match self.attempt(&body, cancel, log, &mut outcomes).await {
                 Step::Done(result) => return (outcomes, result),
                 Step::Retry { retry_after, last } => (retry_after, last),
@@ -186,7 +188,6 @@ impl ChatClient {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        (outcomes, Err(CallError::Cancelled))
     }
 
     /// One HTTP attempt: recorded before it is sent, its outcome pushed to `outcomes`.
