@@ -118,6 +118,21 @@ impl From<advance::AdvanceError> for BudgetError {
     }
 }
 
+/// An abort's reason is stored with the run's error: at most 2000 characters, no NUL.
+fn check_reason(reason: &str) -> Result<(), BudgetError> {
+    let message = if reason.contains('\0') {
+        "contains a NUL character (\\u0000), which cannot be stored"
+    } else if reason.chars().count() > 2000 {
+        "longer than 2000 characters"
+    } else {
+        return Ok(());
+    };
+    Err(BudgetError::Invalid {
+        field: "reason",
+        message: message.into(),
+    })
+}
+
 /// Park the locked run for budget at `job` (inside the caller's transaction): its
 /// phase, if an attempt was under way, goes back to pending; the run waits.
 ///
@@ -160,6 +175,9 @@ pub async fn decide(
     decision: &BudgetDecision,
     by: Option<&str>,
 ) -> Result<BudgetOutcome, BudgetError> {
+    if let BudgetDecision::Abort { reason: Some(r) } = decision {
+        check_reason(r)?;
+    }
     let mut tx = pool.begin().await?;
     let (run, phases) = runs::runs_lock_with_phases(&mut tx, run_id)
         .await?

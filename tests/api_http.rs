@@ -454,6 +454,31 @@ async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_noth
             400,
         ),
         (
+            "a budget decision sent as an array",
+            as_(Some(APPROVE), post.clone(), &format!("{run}/budget"))
+                .json(&json!(["abort", "by position"])),
+            422,
+        ),
+        (
+            "a decision sent as an array",
+            as_(
+                Some(APPROVE),
+                post.clone(),
+                "/v1/approvals/00000000-0000-0000-0000-000000000000/decision",
+            )
+            .json(&json!(["approve", "ok"])),
+            422,
+        ),
+        (
+            "an input file that is both text and uploaded content",
+            as_(Some(SUBMIT), post.clone(), "/v1/runs").json(&{
+                let mut b = example_body(&q, json!({}));
+                b["files"] = json!({"a.txt": {"text": "a", "sha256": "0".repeat(64)}});
+                b
+            }),
+            422,
+        ),
+        (
             "unknown route",
             as_(Some(READ), get.clone(), "/v1/nothing-here"),
             404,

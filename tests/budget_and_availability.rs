@@ -143,6 +143,28 @@ async fn a_spent_budget_parks_the_run_and_a_top_up_resumes_it() {
         drive_until(&pool, aborted, parked).await,
         RunState::AwaitingBudget
     );
+    // A reason that cannot be stored is refused naming the field; the run still waits.
+    for reason in ["nul\0inside".to_owned(), "x".repeat(2001)] {
+        let refused = decide(
+            &pool,
+            aborted,
+            BudgetDecision::Abort {
+                reason: Some(reason),
+            },
+        )
+        .await;
+        assert!(
+            matches!(
+                refused,
+                Err(phasefleet::budget::BudgetError::Invalid {
+                    field: "reason",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(run_state(&pool, aborted).await, RunState::AwaitingBudget);
     assert_eq!(
         decide(
             &pool,

@@ -38,7 +38,7 @@ pub async fn pending(
     ))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"action": "revise", "comment": "List the error cases too."}))]
 pub struct DecisionBody {

@@ -112,7 +112,7 @@ fn personas_schema() -> utoipa::openapi::schema::Schema {
 
 /// One input file of a submit.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum FileBody {
     /// The file's text.
     Text(String),
@@ -286,12 +286,10 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Body(body): Body<Value>,
+    Body(body): Body<SubmitBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Submit)?;
     let key = idempotency_key(&headers)?;
-    let body: SubmitBody = document::from_value(body)
-        .map_err(|e| ApiError::invalid(e.path.as_deref().unwrap_or("body"), e.message))?;
     let req = build_request(body, key, &caller)?;
     let out = phasefleet::submit::submit(&state.pool, &state.schemas, &state.config, req).await?;
     let (status, outcome, run_id) = match out {
@@ -604,8 +602,7 @@ fn cancel_body(body: &[u8]) -> Result<CancelBody, ApiError> {
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-    let body: Option<CancelBody> = document::from_value(value)
-        .map_err(|e| ApiError::invalid(e.path.as_deref().unwrap_or("body"), e.message))?;
+    let body: Option<CancelBody> = crate::extract::typed(value)?;
     let body = body.unwrap_or_default();
     if body
         .reason
@@ -630,16 +627,9 @@ pub async fn budget(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<RunId>,
-    Body(body): Body<Value>,
+    Body(decision): Body<phasefleet::budget::BudgetDecision>,
 ) -> Result<Json<phasefleet::budget::BudgetOutcome>, ApiError> {
     caller.require(Role::Approve)?;
-    let decision: phasefleet::budget::BudgetDecision = serde_json::from_value(body)
-        .map_err(|e| ApiError::invalid("body", format!("not a budget decision: {e}")))?;
-    if let phasefleet::budget::BudgetDecision::Abort { reason: Some(r) } = &decision
-        && r.chars().count() > 2000
-    {
-        return Err(ApiError::invalid("reason", "longer than 2000 characters"));
-    }
     Ok(Json(
         phasefleet::budget::decide(
             &state.pool,
