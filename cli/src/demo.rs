@@ -4,7 +4,7 @@
 
 use crate::exit::{CliError, FAILURE};
 use crate::local;
-use crate::submit::{SubmitArgs, build_request, submit};
+use crate::submit::{SubmitArgs, build_request};
 use clap::Args;
 use phasefleet::approval::{self, Action};
 use phasefleet::state::RunState;
@@ -110,10 +110,13 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     };
     // Submit checks that a live worker serves each provider: let ours register first.
     wait_for_workers(&db.pool, queue, since, args.workers).await?;
+    // Reading the template, personas and input files is blocking I/O; once for all runs.
+    let req = tokio::task::block_in_place(|| build_request(&submit_args, "demo"))?;
     let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
-        let req = tokio::task::block_in_place(|| build_request(&submit_args, "demo"))?;
-        let id = submit(&db.pool, req).await?.run_id();
+        let submitted =
+            phasefleet::submit::submit(&db.pool, &schemas, &config, req.clone()).await?;
+        let id = submitted.run_id();
         eprintln!("submitted run {id}");
         ids.push(id);
     }
@@ -175,7 +178,7 @@ async fn wait_for_workers(
         let mut conn = pool.acquire().await?;
         let live = phasefleet::queue::workers::workers_count_started_since(&mut conn, queue, since)
             .await?;
-        if usize::try_from(live).unwrap_or(0) >= n.max(1) {
+        if usize::try_from(live).unwrap_or(0) >= n {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
