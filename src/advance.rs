@@ -146,6 +146,31 @@ pub async fn phase_accepted(
     Ok(())
 }
 
+/// Fail the attempt `p` of its phase (when the phase's state allows it), with its
+/// event, and end the run as failed.
+///
+/// # Errors
+/// Store, queue and database errors.
+pub async fn fail_phase_and_run(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    p: &PhaseJob,
+    error: &str,
+) -> Result<(), AdvanceError> {
+    if locked
+        .phase(&p.phase)
+        .is_some_and(|ph| ph.state.can_become(PhaseState::Failed))
+    {
+        locked
+            .set_phase_state(conn, &p.phase, PhaseState::Failed, Some(error))
+            .await?;
+        locked
+            .events
+            .push(NewEvent::phase_failed(&p.phase, p.round, p.attempt, error));
+    }
+    end_run(conn, locked, RunState::Failed, Some(error)).await
+}
+
 /// End the run in `state` (completed, failed, aborted or cancelled): skip unfinished
 /// phases, cancel its remaining jobs (a running one's worker is told at commit), record
 /// the event and store the report.

@@ -185,6 +185,15 @@ async fn unauthorized_fails_the_run_without_retrying() {
     );
     assert_eq!(ledger_rows(&pool, run).await.len(), 1);
     assert_eq!(m.stats.requests.load(Ordering::SeqCst), 1);
+    // The log says which phase failed, as it does when attempts run out.
+    let events = support::engine::events_of(&pool, run).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "phase.failed" && e.phase_key.as_deref() == Some("spec")),
+        "{:?}",
+        events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]

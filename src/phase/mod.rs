@@ -20,7 +20,7 @@ use crate::advance::{self, AdvanceError, LockedRun};
 use crate::agent::Agent;
 use crate::ids::WorkerId;
 use crate::queue::{self, ClaimedJob, Completed, QueueError};
-use crate::state::{PhaseState, RunState};
+use crate::state::RunState;
 use crate::store::{StoreError, ledger, runs};
 use crate::validate::SchemaRegistry;
 use attempt::AgentExit;
@@ -258,15 +258,7 @@ impl<A: Agent> Engine<A> {
             && !run.state.is_terminal()
         {
             let mut locked = LockedRun::new(run, phases);
-            if locked
-                .phase(&p.phase)
-                .is_some_and(|ph| ph.state.can_become(PhaseState::Failed))
-            {
-                locked
-                    .set_phase_state(&mut tx, &p.phase, PhaseState::Failed, Some(error))
-                    .await?;
-            }
-            advance::end_run(&mut tx, &mut locked, RunState::Failed, Some(error)).await?;
+            advance::fail_phase_and_run(&mut tx, &mut locked, p, error).await?;
             locked.flush_events(&mut tx).await?;
         }
         let done = queue::complete(&mut tx, &job.lease(), worker).await?;

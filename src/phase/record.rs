@@ -151,13 +151,7 @@ async fn act(
         ));
     } else {
         let error = failure_summary(p, outcome);
-        locked
-            .set_phase_state(conn, &p.phase, PhaseState::Failed, Some(&error))
-            .await?;
-        locked
-            .events
-            .push(NewEvent::phase_failed(&p.phase, p.round, p.attempt, &error));
-        advance::end_run(conn, locked, RunState::Failed, Some(&error)).await?;
+        advance::fail_phase_and_run(conn, locked, p, &error).await?;
     }
     Ok(())
 }
