@@ -57,13 +57,7 @@ impl LockedRun {
         next: RunState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        runs::runs_set_state(conn, &self.run, next, error).await?;
-        if self.run.state == RunState::Failed && next == RunState::Running {
-            // Re-opened by an operator (see `runs_set_state`).
-            self.run.retries += 1;
-            self.run.error = None;
-        }
-        self.run.state = next;
+        self.run = runs::runs_set_state(conn, &self.run, next, error).await?;
         Ok(())
     }
 

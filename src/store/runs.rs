@@ -149,31 +149,34 @@ pub async fn runs_list(
 
 /// Move `run` (read under its lock) to `next`, stamping start and finish times; an
 /// `error` replaces the stored one. Refuses what the transition table does not allow.
+/// Returns the row as it now is.
 ///
 /// # Errors
-/// [`StoreError::Transition`]; database errors.
+/// [`StoreError::Transition`]; [`StoreError::Stale`] when the row was not in the state
+/// read; database errors.
 pub async fn runs_set_state(
     conn: &mut PgConnection,
     run: &RunRow,
     next: RunState,
     error: Option<&str>,
-) -> Result<(), StoreError> {
+) -> Result<RunRow, StoreError> {
     run.state.check_becomes(next)?;
-    let done = sqlx::query(
-        "UPDATE runs SET state = $3, error = CASE WHEN $2 IN ('failed', 'awaiting_budget') AND $3 = 'running' THEN NULL ELSE COALESCE($4, error) END,
+    sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+        "UPDATE runs AS r SET state = $3, error = CASE WHEN $2 IN ('failed', 'awaiting_budget') AND $3 = 'running' THEN NULL ELSE COALESCE($4, error) END,
                 updated_at = now(),
                 started_at = CASE WHEN $3 = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
                 finished_at = CASE WHEN $3 IN ('completed', 'failed', 'aborted', 'cancelled') THEN now() END,
                 retries = retries + CASE WHEN $2 = 'failed' AND $3 = 'running' THEN 1 ELSE 0 END
-          WHERE id = $1 AND state = $2",
-    )
+          WHERE id = $1 AND state = $2
+         RETURNING {RUN_COLUMNS}"
+    )))
     .bind(run.id)
     .bind(run.state)
     .bind(next)
     .bind(error)
-    .execute(&mut *conn)
-    .await?;
-    super::one_row_changed(&done, "run")
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::Stale("run"))
 }
 
 /// What a run's budget check needs.
