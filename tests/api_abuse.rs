@@ -259,8 +259,22 @@ async fn half_sent_requests_are_closed_and_connections_are_bounded() {
 
 #[tokio::test]
 async fn metric_labels_are_a_closed_set_and_scrapes_cost_the_database_nothing() {
+    // Refreshes happen at start and every 5 s after, whatever the scrapes.
+    let started = Instant::now();
     let api = ApiProcess::start(&[]).await;
     let http = client();
+    // The first refresh reads the shared, populated database; wait until it is done,
+    // so the counter below is there to read.
+    eventually(Duration::from_secs(60), "the first gauge refresh", || {
+        let http = http.clone();
+        let url = format!("{}/metrics", api.base);
+        async move {
+            let text = http.get(url).send().await.ok()?.text().await.ok()?;
+            text.contains("phasefleet_api_gauge_refreshes_total ")
+                .then_some(())
+        }
+    })
+    .await;
     for i in 0..300 {
         let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
         let _ = http
@@ -268,7 +282,6 @@ async fn metric_labels_are_a_closed_set_and_scrapes_cost_the_database_nothing() 
             .send()
             .await;
     }
-    let started = Instant::now();
     let scrapes: Vec<_> = (0..64)
         .map(|_| {
             let http = http.clone();
