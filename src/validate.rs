@@ -68,7 +68,8 @@ pub struct Validation {
 }
 
 struct Entry {
-    schema: Value,
+    /// Shared with every phase that checks an artifact against it.
+    schema: Arc<Value>,
     validator: jsonschema::Validator,
 }
 
@@ -117,7 +118,13 @@ impl SchemaRegistry {
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_owned();
-            entries.insert(id, Entry { schema, validator });
+            entries.insert(
+                id,
+                Entry {
+                    schema: Arc::new(schema),
+                    validator,
+                },
+            );
         }
         Ok(Self {
             entries: Arc::new(entries),
@@ -146,7 +153,18 @@ impl SchemaRegistry {
     pub fn schema(&self, id: &str) -> Result<&Value, SchemaError> {
         self.entries
             .get(id)
-            .map(|e| &e.schema)
+            .map(|e| &*e.schema)
+            .ok_or_else(|| self.unknown(id))
+    }
+
+    /// The schema `id`, shared (no copy).
+    ///
+    /// # Errors
+    /// [`SchemaError::Unknown`] when no schema has that id.
+    pub fn schema_shared(&self, id: &str) -> Result<Arc<Value>, SchemaError> {
+        self.entries
+            .get(id)
+            .map(|e| e.schema.clone())
             .ok_or_else(|| self.unknown(id))
     }
 

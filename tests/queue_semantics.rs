@@ -123,6 +123,112 @@ async fn zombie_cannot_complete_after_its_lease_is_rescued() {
 }
 
 #[tokio::test]
+async fn a_completion_batch_completes_held_leases_and_refuses_stale_ones() {
+    let pool = pool().await;
+    let q = unique_queue("batch");
+    for i in 0..3 {
+        enqueue(&pool, NewJob::new("noop", json!({ "i": i })).queue(&q)).await;
+    }
+    let (a, b) = (WorkerId::new(), WorkerId::new());
+    let mut conn = pool.acquire().await.unwrap();
+    let claimed = queue::claim(&mut conn, a, &q, 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let leases: Vec<_> = claimed.iter().map(queue::ClaimedJob::lease).collect();
+    // The second job changes hands (a rescue and a new claim) before the batch is written.
+    let stolen = leases[1];
+    sqlx::query("UPDATE jobs SET lease_token = lease_token + 1, lease_owner = $2 WHERE id = $1")
+        .bind(stolen.job_id)
+        .bind(b)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let done = queue::complete_many(&mut conn, &leases, a).await.unwrap();
+    assert_eq!(done.len(), 2, "only the held leases are completed");
+    assert!(done.proof(&leases[0]).is_ok());
+    assert!(done.proof(&leases[2]).is_ok());
+    assert!(matches!(
+        done.proof(&stolen),
+        Err(QueueError::LeaseLost { .. })
+    ));
+    let row = job(&pool, stolen.job_id).await;
+    assert_eq!(
+        row.state,
+        JobState::Running,
+        "the stale lease left the new owner's job alone"
+    );
+    for held in [leases[0], leases[2]] {
+        let row = job(&pool, held.job_id).await;
+        assert_eq!((row.state, row.finished_by), (JobState::Completed, Some(a)));
+    }
+}
+
+/// Claim `n` noop jobs of a fresh queue for worker `me`.
+async fn claimed(pool: &sqlx::PgPool, name: &str, n: i64, me: WorkerId) -> Vec<queue::Lease> {
+    let q = unique_queue(name);
+    for i in 0..n {
+        enqueue(pool, NewJob::new("noop", json!({ "i": i })).queue(&q)).await;
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    queue::claim(&mut conn, me, &q, n, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .iter()
+        .map(queue::ClaimedJob::lease)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_completer_batches_handlers_and_fences_each_lease() {
+    use phasefleet_worker::Completer;
+    let pool = pool().await;
+    let me = WorkerId::new();
+    let leases = claimed(&pool, "completer", 40, me).await;
+    // One job of the batch changes hands before its completion is written.
+    let stolen = leases[7];
+    sqlx::query("UPDATE jobs SET lease_token = lease_token + 1 WHERE id = $1")
+        .bind(stolen.job_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (completer, flush) = Completer::new(pool.clone(), me, 16, Duration::from_millis(20));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flushing = tokio::spawn(flush.run(stop.clone()));
+    let mut handlers = tokio::task::JoinSet::new();
+    for lease in leases.clone() {
+        let completer = completer.clone();
+        handlers.spawn(async move { (lease, completer.complete(lease).await) });
+    }
+    let mut lost = Vec::new();
+    while let Some(joined) = handlers.join_next().await {
+        let (lease, result) = joined.unwrap();
+        match result {
+            Ok(_done) => {}
+            Err(QueueError::LeaseLost { job_id, .. }) => lost.push(job_id),
+            Err(other) => panic!("unexpected error for {lease:?}: {other}"),
+        }
+    }
+    assert_eq!(lost, vec![stolen.job_id], "only the stale lease is refused");
+    let (batches,): (i64,) = sqlx::query_as(
+        "SELECT count(DISTINCT finished_at) FROM jobs WHERE id = ANY($1) AND state = 'completed'",
+    )
+    .bind(leases.iter().map(|l| l.job_id.0).collect::<Vec<_>>())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        (1..=10).contains(&batches),
+        "39 completions were written in a few statements, not one each (got {batches})"
+    );
+    // After the flush task has stopped, completions are written one by one.
+    stop.cancel();
+    flushing.await.unwrap();
+    let late = claimed(&pool, "completer-late", 1, me).await[0];
+    let _done = completer.complete(late).await.unwrap();
+    assert_eq!(job(&pool, late.job_id).await.state, JobState::Completed);
+}
+
+#[tokio::test]
 async fn zombie_completion_inside_a_transaction_rolls_back_its_effects() {
     let pool = pool().await;
     let q = unique_queue("fenced-tx");

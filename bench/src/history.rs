@@ -58,7 +58,7 @@ impl Fixture {
             .replace("gates: [human_review]", "");
         Ok(Self {
             schemas: SchemaRegistry::load_dir(&repo("schemas"))?,
-            config: phasefleet::config::Config::default(),
+            config: phasefleet::config::Config::from_toml("[teams.default]\nqueues = [\"*\"]")?,
             template: WorkflowTemplate::from_str_named("history.yaml", &text)?,
             personas: ["synthetic-author", "synthetic-reviewer"]
                 .iter()
@@ -237,7 +237,7 @@ async fn sizes(pool: &PgPool) -> anyhow::Result<String> {
 async fn measure(pool: &PgPool, fx: &Fixture, args: &Args, label: &str) -> anyhow::Result<String> {
     let what = sizes(pool).await?;
     load(pool, args.jobs).await?;
-    let q = runtime(pool, 2, args.jobs).await?;
+    let q = runtime(pool, 2, 32, args.jobs).await?;
     let e = engine(pool, fx, args.runs, label).await?;
     let a = appends(pool, fx, args.jobs).await?;
     eprintln!("{label}: queue {q:.0} jobs/s, engine {e:.1} runs/s, appends {a:.0}/s");

@@ -72,7 +72,14 @@ async fn main() -> anyhow::Result<()> {
         uuid::Uuid::new_v4().simple()
     ));
     let pg = LocalPg::start(&dir, &[("max_connections", "300"), ("fsync", "off")]).await?;
-    let pool = phasefleet::db::pool_options(60).connect(&pg.url()).await?;
+    // The worker's pool: 60 connections for up to 10 000 phases, which queue for one
+    // only while their SQL runs (the acquire timeout allows for a long queue when all
+    // phases start at once); the benchmark reads through its own.
+    let pool = phasefleet::db::pool_options(60)
+        .acquire_timeout(Duration::from_secs(600))
+        .connect(&pg.url())
+        .await?;
+    let observer = phasefleet::db::pool_options(2).connect(&pg.url()).await?;
     phasefleet::db::migrate(&pool).await?;
     let schemas = SchemaRegistry::load_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"),
@@ -86,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let config = phasefleet::config::Config::from_toml(&format!(
-        "[providers.mock]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nallow_insecure_loopback = true\nmodels.\"*\" = {{ free = true }}\n"
+        "[providers.mock]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nallow_insecure_loopback = true\nmodels.\"*\" = {{ free = true }}\n[teams.default]\nqueues = [\"*\"]\n"
     ))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -124,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state IN ('completed', 'dead')) FROM jobs WHERE queue = $1",
             )
             .bind(&queue)
-            .fetch_one(&pool)
+            .fetch_one(&observer)
             .await?;
             peak_inflight = peak_inflight.max(running);
             peak_rss = peak_rss.max(rss_kib());
@@ -136,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         let (completed,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs r JOIN jobs j ON j.run_id = r.id WHERE j.queue = $1 AND r.state = 'completed'")
             .bind(&queue)
-            .fetch_one(&pool)
+            .fetch_one(&observer)
             .await?;
         stop.cancel();
         worker.await??;
@@ -150,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = mock.kill().await;
     pool.close().await;
+    observer.close().await;
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -49,11 +49,23 @@ pub async fn stop_and_rate(
     start: Instant,
 ) -> anyhow::Result<f64> {
     let secs = start.elapsed().as_secs_f64();
+    stop_workers(stop, handles).await?;
+    Ok(n as f64 / secs)
+}
+
+/// Stop in-process workers and wait for them.
+///
+/// # Errors
+/// A worker that failed.
+pub async fn stop_workers(
+    stop: &CancellationToken,
+    handles: Vec<JoinHandle<Result<(), phasefleet_worker::WorkerError>>>,
+) -> anyhow::Result<()> {
     stop.cancel();
     for h in handles {
         h.await??;
     }
-    Ok(n as f64 / secs)
+    Ok(())
 }
 
 /// Replace the `bench` queue's jobs with `n` ready no-op jobs (bulk insert: the setup
@@ -76,38 +88,59 @@ pub async fn load(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drain `n` loaded jobs with `workers` in-process workers of 32 slots; jobs/s.
+/// Start `workers` in-process workers of `slots` slots on queue `bench` running the
+/// built-in kinds (whose completions are batched).
+#[must_use]
+pub fn start_workers(
+    pool: &PgPool,
+    workers: usize,
+    slots: usize,
+    poll_interval: Duration,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<Result<(), phasefleet_worker::WorkerError>>> {
+    (0..workers)
+        .map(|_| {
+            let cfg = WorkerConfig {
+                queue: "bench".into(),
+                concurrency: slots,
+                poll_interval,
+                ..WorkerConfig::default()
+            };
+            tokio::spawn(Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()))
+        })
+        .collect()
+}
+
+/// Drain `n` loaded jobs with `workers` in-process workers of `slots` slots; jobs/s.
 ///
 /// # Errors
 /// Database or worker errors.
-pub async fn runtime(pool: &PgPool, workers: usize, n: usize) -> anyhow::Result<f64> {
+pub async fn runtime(pool: &PgPool, workers: usize, slots: usize, n: usize) -> anyhow::Result<f64> {
     load(pool, n).await?;
     let stop = CancellationToken::new();
     let start = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..workers {
-        let cfg = WorkerConfig {
-            queue: "bench".into(),
-            concurrency: 32,
-            poll_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        };
-        handles.push(tokio::spawn(
-            Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()),
-        ));
-    }
+    let handles = start_workers(pool, workers, slots, Duration::from_millis(50), &stop);
+    wait_until_drained(pool).await?;
+    stop_and_rate(&stop, handles, n, start).await
+}
+
+/// Wait until queue `bench` has no ready or running job, looking every 20 ms (with
+/// EXISTS: the poll must not cost the server a count of what is left).
+///
+/// # Errors
+/// Database errors.
+pub async fn wait_until_drained(pool: &PgPool) -> anyhow::Result<()> {
     loop {
-        let (left,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM jobs WHERE queue = 'bench' AND state IN ('ready', 'running')",
+        let left: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = 'bench' AND state IN ('ready', 'running'))",
         )
         .fetch_one(pool)
         .await?;
-        if left == 0 {
-            break;
+        if !left {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop_and_rate(&stop, handles, n, start).await
 }
 
 /// The queue's claim of one ready job of queue `bench`, as the worker issues it.

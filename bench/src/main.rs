@@ -3,13 +3,12 @@
 //!
 //! `cargo run --release -p phasefleet-bench --bin queue-bench -- --jobs 20000`
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 use phasefleet::WorkerId;
 use phasefleet::local_pg::LocalPg;
 use phasefleet::queue::{self, NewJob};
-use phasefleet_bench::{load, pgbench, runtime};
-use phasefleet_worker::{Builtins, Worker, WorkerConfig};
+use phasefleet_bench::{load, pgbench, runtime, start_workers, stop_workers, wait_until_drained};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -25,9 +24,19 @@ struct Args {
     /// Batch size of the batched scenario.
     #[arg(long, default_value_t = 50)]
     batch: i64,
-    /// Jobs for the enqueue-to-start latency scenario.
-    #[arg(long, default_value_t = 2_000)]
-    latency_jobs: usize,
+    /// Jobs for the idle enqueue-to-start latency scenario.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    latency_jobs: u32,
+    /// Jobs per second enqueued in the latency-under-load scenario (a multiple of 100:
+    /// one batch every 10 ms).
+    #[arg(long, default_value_t = 2_500, value_parser = clap::value_parser!(u32).range(100..))]
+    load_rate: u32,
+    /// How long the latency-under-load scenario enqueues, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    load_seconds: u64,
+    /// Also run bench/peers/run (graphile-worker, pgqueuer) on the same server.
+    #[arg(long)]
+    peers: bool,
 }
 
 async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::Result<f64> {
@@ -52,7 +61,7 @@ async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::
                     }
                 } else {
                     let leases: Vec<_> = jobs.iter().map(|j| j.lease()).collect();
-                    queue::complete_many(&mut conn, &leases, me).await?;
+                    let _done = queue::complete_many(&mut conn, &leases, me).await?;
                 }
                 done += jobs.len();
             }
@@ -69,19 +78,47 @@ async fn direct(pool: &PgPool, clients: usize, batch: i64, n: usize) -> anyhow::
     Ok(total as f64 / secs)
 }
 
-async fn latency(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Enqueue-to-start latency, measured in the database (`started_at - created_at`, one
+/// clock): p50, p99, max in ms, and the jobs measured.
+async fn latency_in_db(pool: &PgPool) -> anyhow::Result<Latency> {
+    let (p50, p99, max, jobs): (f64, f64, f64, i64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), count(*)
+           FROM (SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 AS ms FROM jobs WHERE queue = 'bench') t",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (rate,): (f64,) = sqlx::query_as(
+        "SELECT count(*) / EXTRACT(EPOCH FROM max(finished_at) - min(created_at))::float8 FROM jobs WHERE queue = 'bench'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Latency {
+        p50,
+        p99,
+        max,
+        jobs,
+        rate,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    jobs: i64,
+    /// Jobs completed per second from the first enqueue to the last completion.
+    rate: f64,
+}
+
+/// Latency on an idle worker: `n` jobs enqueued one at a time, one every ~2 ms.
+async fn idle_latency(pool: &PgPool, n: u32) -> anyhow::Result<Latency> {
     sqlx::query("DELETE FROM jobs WHERE queue = 'bench'")
         .execute(pool)
         .await?;
     let stop = CancellationToken::new();
     // Poll only every 5s: wake-ups come from LISTEN/NOTIFY.
-    let cfg = WorkerConfig {
-        queue: "bench".into(),
-        concurrency: 16,
-        poll_interval: Duration::from_secs(5),
-        ..WorkerConfig::default()
-    };
-    let worker = tokio::spawn(Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()));
+    let workers = start_workers(pool, 1, 16, Duration::from_secs(5), &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = pool.acquire().await?;
     for i in 0..n {
@@ -92,26 +129,124 @@ async fn latency(pool: &PgPool, n: usize) -> anyhow::Result<(f64, f64, f64)> {
         .await?;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    loop {
-        let (left,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM jobs WHERE queue = 'bench' AND state <> 'completed'",
-        )
-        .fetch_one(pool)
+    wait_until_drained(pool).await?;
+    stop_workers(&stop, workers).await?;
+    latency_in_db(pool).await
+}
+
+/// Latency under load: producers enqueue `rate` jobs/s (a batch every 10 ms, one
+/// statement each, notified by the queue's trigger) for `seconds`, while 2 workers x
+/// 32 slots complete them.
+async fn loaded_latency(pool: &PgPool, rate: u32, seconds: u64) -> anyhow::Result<Latency> {
+    sqlx::query("DELETE FROM jobs WHERE queue = 'bench'")
+        .execute(pool)
         .await?;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    sqlx::query("VACUUM ANALYZE jobs").execute(pool).await?;
+    let stop = CancellationToken::new();
+    let workers = start_workers(pool, 2, 32, Duration::from_secs(5), &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_tick = i64::from(rate.div_ceil(100));
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    for _ in 0..seconds * 100 {
+        ticks.tick().await;
+        sqlx::query(
+            "INSERT INTO jobs (queue, kind, payload) SELECT 'bench', 'noop', '{}'::jsonb FROM generate_series(1, $1)",
+        )
+        .bind(per_tick)
+        .execute(pool)
+        .await?;
     }
-    stop.cancel();
-    worker.await??;
-    let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
-           FROM (SELECT EXTRACT(EPOCH FROM started_at - created_at)::float8 * 1000 AS ms FROM jobs WHERE queue = 'bench') t",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok((p50, p99, max))
+    wait_until_drained(pool).await?;
+    stop_workers(&stop, workers).await?;
+    latency_in_db(pool).await
+}
+
+/// `bench/peers/run` on the same server: one `peer|name|configuration|jobs|jobs/s` line
+/// per configuration.
+fn peers(pg: &LocalPg, jobs: usize) -> anyhow::Result<Vec<String>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/run");
+    let out = std::process::Command::new(&script)
+        .arg(pg.url())
+        .arg(jobs.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("peer|"))
+        .map(|l| match l.split('|').collect::<Vec<_>>()[..] {
+            [name, configuration, jobs, rate] => {
+                Ok(format!("| {name}: {configuration} | {jobs} | 2 | {rate} |"))
+            }
+            _ => Err(anyhow::anyhow!("unexpected line from bench/peers/run: {l}")),
+        })
+        .collect()
+}
+
+struct Results {
+    n: usize,
+    clients: usize,
+    batch: i64,
+    pgbench: f64,
+    per_job: f64,
+    batched: f64,
+    runtime_32: f64,
+    runtime_500: f64,
+    peers: Vec<String>,
+    idle: Latency,
+    loaded: Latency,
+    latency_jobs: u32,
+}
+
+fn print_tables(r: &Results) {
+    let Results { n, clients, .. } = r;
+    println!("| scenario | jobs | clients | jobs/s |\n|---|---|---|---|");
+    println!(
+        "| pgbench: same claim + complete SQL, 1 job per transaction | {n} | {clients} | {:.0} |",
+        r.pgbench
+    );
+    println!(
+        "| phasefleet queue API: claim 1 + complete 1 | {n} | {clients} | {:.0} |",
+        r.per_job
+    );
+    println!(
+        "| phasefleet queue API: claim {} + complete_many | {n} | {clients} | {:.0} |",
+        r.batch, r.batched
+    );
+    println!(
+        "| phasefleet worker runtime: 2 workers x 32 slots, noop handler, batched completion | {n} | 2 | {:.0} |",
+        r.runtime_32
+    );
+    println!(
+        "| phasefleet worker runtime: 2 workers x 500 slots, noop handler, batched completion | {n} | 2 | {:.0} |",
+        r.runtime_500
+    );
+    for line in &r.peers {
+        println!("{line}");
+    }
+    println!();
+    println!("| enqueue-to-start latency | jobs | completed jobs/s | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    let row = |what: &str, l: &Latency| {
+        println!(
+            "| {what} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            l.jobs, l.rate, l.p50, l.p99, l.max
+        );
+    };
+    row(
+        &format!(
+            "idle worker, LISTEN/NOTIFY wake-up, {} jobs enqueued one every ~2 ms",
+            r.latency_jobs
+        ),
+        &r.idle,
+    );
+    row(
+        "under load: 2 workers x 32 slots, a batch enqueued every 10 ms",
+        &r.loaded,
+    );
 }
 
 #[tokio::main]
@@ -137,36 +272,35 @@ async fn main() -> anyhow::Result<()> {
     let per_job = direct(&pool, args.clients, 1, n).await?;
     eprintln!("queue API, 1 per claim: {per_job:.0} jobs/s");
     load(&pool, n).await?;
-    let pg_per_job = pgbench(&pg, args.clients, n)?;
-    eprintln!("pgbench: {pg_per_job:.0} tps");
+    let pgbench = pgbench(&pg, args.clients, n)?;
+    eprintln!("pgbench: {pgbench:.0} tps");
     let batched = direct(&pool, args.clients, args.batch, n).await?;
     eprintln!("queue API, batched: {batched:.0} jobs/s");
-    let rt = runtime(&pool, 2, n).await?;
-    eprintln!("worker runtime: {rt:.0} jobs/s");
-    let (p50, p99, max) = latency(&pool, args.latency_jobs).await?;
-
-    println!("| scenario | jobs | clients | jobs/s |\n|---|---|---|---|");
-    println!(
-        "| pgbench: same claim + complete SQL, 1 job per transaction | {n} | {} | {pg_per_job:.0} |",
-        args.clients
-    );
-    println!(
-        "| phasefleet queue API: claim 1 + complete 1 | {n} | {} | {per_job:.0} |",
-        args.clients
-    );
-    println!(
-        "| phasefleet queue API: claim {} + complete_many | {n} | {} | {batched:.0} |",
-        args.batch, args.clients
-    );
-    println!(
-        "| phasefleet worker runtime: 2 workers x 32 slots, noop handler | {n} | 2 | {rt:.0} |"
-    );
-    println!();
-    println!(
-        "| enqueue-to-start latency (idle worker, LISTEN/NOTIFY wake-up, {} jobs, 1 every ~2 ms) | p50 {p50:.2} ms | p99 {p99:.2} ms | max {max:.2} ms |",
-        args.latency_jobs
-    );
-    println!("|---|---|---|---|");
+    let runtime_32 = runtime(&pool, 2, 32, n).await?;
+    eprintln!("worker runtime, 32 slots: {runtime_32:.0} jobs/s");
+    let runtime_500 = runtime(&pool, 2, 500, n).await?;
+    eprintln!("worker runtime, 500 slots: {runtime_500:.0} jobs/s");
+    let peers = if args.peers {
+        peers(&pg, n)?
+    } else {
+        Vec::new()
+    };
+    let idle = idle_latency(&pool, args.latency_jobs).await?;
+    let loaded = loaded_latency(&pool, args.load_rate, args.load_seconds).await?;
+    print_tables(&Results {
+        n,
+        clients: args.clients,
+        batch: args.batch,
+        pgbench,
+        per_job,
+        batched,
+        runtime_32,
+        runtime_500,
+        peers,
+        idle,
+        loaded,
+        latency_jobs: args.latency_jobs,
+    });
     pool.close().await;
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);

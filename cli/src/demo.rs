@@ -112,22 +112,26 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     wait_for_workers(&db.pool, queue, since, args.workers).await?;
     // Reading the template, personas and input files is blocking I/O; once for all runs.
     let req = tokio::task::block_in_place(|| build_request(&submit_args, "demo"))?;
+    // Every run's approvals are decided as they appear, in one side task started
+    // before the first submit, so a gate never waits for the other runs' submits or for
+    // the runs watched before its own.
+    let approver_pool = if args.no_auto_approve {
+        None
+    } else {
+        Some(phasefleet::db::connect(&db.url, APPROVER_CONNECTIONS).await?)
+    };
+    let (submitted_runs, runs_to_approve) = tokio::sync::watch::channel(Vec::new());
+    let approver = tokio::spawn(auto_approver(approver_pool, runs_to_approve));
     let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
         let submitted =
             phasefleet::submit::submit(&db.pool, &schemas, &config, req.clone()).await?;
         let id = submitted.run_id();
         eprintln!("submitted run {id}");
+        submitted_runs.send_modify(|runs| runs.push(id));
         ids.push(id);
     }
 
-    // Every run's approvals are decided as they appear, in one side task, so a gate
-    // never waits for the runs watched before its own.
-    let approver = tokio::spawn(auto_approver(
-        db.pool.clone(),
-        ids.clone(),
-        !args.no_auto_approve,
-    ));
     let mut outcomes = Vec::new();
     for id in &ids {
         eprintln!("\n== run {id} ==");
@@ -191,36 +195,63 @@ async fn wait_for_workers(
     }
 }
 
-async fn auto_approver(pool: sqlx::PgPool, runs: Vec<phasefleet::RunId>, auto: bool) {
-    if !auto {
+/// Connections of the demo approver's own pool: how many decisions run at once.
+const APPROVER_CONNECTIONS: u32 = 8;
+
+/// Decide every pending approval of the runs in `runs` (which grows as the demo
+/// submits) as it appears, on `pool` (the approver's own, so phases holding the
+/// workers' connections never delay a decision), each request found in its own task.
+async fn auto_approver(
+    pool: Option<sqlx::PgPool>,
+    runs: tokio::sync::watch::Receiver<Vec<phasefleet::RunId>>,
+) {
+    let Some(pool) = pool else {
         eprintln!("approvals are yours: phasefleet approvals list / decide");
         return;
-    }
+    };
+    let mut reported = false;
     loop {
-        if let Ok(mut conn) = pool.acquire().await
-            && let Ok(reqs) = approval::pending_for_runs(&mut conn, &runs).await
-        {
-            drop(conn);
-            for a in reqs {
-                eprintln!(
-                    "     demo approver: approving {} (gates {})",
-                    a.phase_key,
-                    a.gates.join(",")
-                );
-                if let Err(e) = approval::decide(
-                    &pool,
-                    &phasefleet::teams::Scope::Fleet,
-                    a.id,
-                    Action::Approve,
-                    Some("approved by the demo"),
-                    Some("demo-approver"),
-                )
-                .await
-                {
-                    eprintln!("     demo approver: {e}");
-                }
-            }
+        let ids = runs.borrow().clone();
+        let pending = async {
+            let mut conn = pool.acquire().await?;
+            approval::pending_for_runs(&mut conn, &ids).await
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        .await;
+        match pending {
+            Ok(requests) => {
+                reported = false;
+                let mut deciding = JoinSet::new();
+                for request in requests {
+                    deciding.spawn(approve(pool.clone(), request));
+                }
+                while deciding.join_next().await.is_some() {}
+            }
+            // Said once per outage, not every poll.
+            Err(e) if !std::mem::replace(&mut reported, true) => {
+                eprintln!("     demo approver: {e}");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn approve(pool: sqlx::PgPool, request: approval::ApprovalRow) {
+    eprintln!(
+        "     demo approver: approving {} (gates {})",
+        request.phase_key,
+        request.gates.join(",")
+    );
+    if let Err(e) = approval::decide(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        request.id,
+        Action::Approve,
+        Some("approved by the demo"),
+        Some("demo-approver"),
+    )
+    .await
+    {
+        eprintln!("     demo approver: {e}");
     }
 }

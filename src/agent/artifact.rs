@@ -16,7 +16,8 @@ pub struct ArtifactCheck {
     /// Workspace-relative path the artifact is written to.
     pub path: String,
     pub schema_id: String,
-    pub schema: Value,
+    /// The registry's copy, shared: a phase holds a pointer, not the schema.
+    pub schema: std::sync::Arc<Value>,
     schemas: SchemaRegistry,
 }
 
@@ -62,7 +63,7 @@ impl ArtifactCheck {
         Ok(Self {
             path: path.to_owned(),
             schema_id: schema_id.to_owned(),
-            schema: schemas.schema(schema_id)?.clone(),
+            schema: schemas.schema_shared(schema_id)?,
             schemas: schemas.clone(),
         })
     }
@@ -129,7 +130,7 @@ impl ArtifactCheck {
 
     /// The schema as tool parameters: without `$schema`/`$id`, which some servers refuse.
     fn parameters(&self) -> Value {
-        let mut params = self.schema.clone();
+        let mut params = Value::clone(&self.schema);
         if let Value::Object(map) = &mut params {
             map.remove("$schema");
             map.remove("$id");

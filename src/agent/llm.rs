@@ -15,13 +15,13 @@ use super::artifact::{SUBMIT_TOOL, artifact_in_reply};
 use super::ledger::{BeginError, CallRecord};
 use super::limits::Limiter;
 use super::openai::{
-    BeforeSend, CallError, CallOutcome, ChatRequest, ChatResponse, CostSource, Message, ToolDef,
-    call_cost,
+    BeforeSend, CallError, CallOutcome, ChatRequest, ChatResponse, CostSource, Message, call_cost,
 };
 use super::providers::{Provider, Providers};
 use super::tools::{self, ToolOutput};
 use super::{Agent, AgentError, AgentOutcome, AgentRequest};
 use crate::workflow::ArtifactVia;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ enum AfterReply {
 impl Agent for LlmAgent {
     async fn run(
         &self,
-        req: AgentRequest,
+        mut req: AgentRequest,
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
         let provider = self.provider(&req)?;
@@ -90,17 +90,21 @@ impl Agent for LlmAgent {
             .as_ref()
             .filter(|_| via_tool)
             .map(|a| (a, provider.config.strict_tools));
-        let tools = tools::definitions(submit);
+        let tools = tools::definitions(submit)
+            .map_err(|e| AgentError::Fatal(format!("tool definitions: {e}")))?;
         let mut messages = vec![
             Message::text("system", req.persona.system_prompt.clone()),
-            Message::text("user", req.envelope.clone()),
+            // Moved, not copied: the conversation is the only reader from here on.
+            Message::text("user", std::mem::take(&mut req.envelope)),
         ];
         let mut reminded = false;
         for turn in 1..=req.persona.max_turns {
             if cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);
             }
-            req.ledger.check_budget().await?;
+            // Database steps are boxed: a turn waiting on the model holds only the
+            // HTTP call's state.
+            Box::pin(req.ledger.check_budget()).await?;
             let outcome = |accepted| AgentOutcome {
                 turns: turn,
                 accepted,
@@ -113,7 +117,7 @@ impl Agent for LlmAgent {
             let text = reply.content.clone().unwrap_or_default();
             messages.push(reply);
             if calls.is_empty() {
-                match after_reply(&req, &text, turn, &mut reminded, &cancel).await? {
+                match Box::pin(after_reply(&req, &text, turn, &mut reminded, &cancel)).await? {
                     AfterReply::Accepted => return Ok(outcome(true)),
                     AfterReply::Say(next) => messages.push(Message::text("user", next)),
                     AfterReply::Stop => return Ok(outcome(false)),
@@ -121,13 +125,13 @@ impl Agent for LlmAgent {
                 continue;
             }
             for call in calls {
-                let out = run_tool(
+                let out = Box::pin(run_tool(
                     &req,
                     &call.function.name,
                     &call.function.arguments,
                     turn,
                     &cancel,
-                )
+                ))
                 .await?;
                 messages.push(Message::tool_result(&call.id, out.text));
                 if out.accepted {
@@ -194,7 +198,7 @@ impl LlmAgent {
         req: &AgentRequest,
         provider: &Provider,
         messages: &[Message],
-        tools: &[ToolDef],
+        tools: &RawValue,
         turn: i32,
         cancel: &CancellationToken,
     ) -> Result<Message, AgentError> {
@@ -204,14 +208,12 @@ impl LlmAgent {
             .map(|m| m.content.as_deref().map_or(0, str::len))
             .sum::<usize>()
             / 4;
-        let permit = self
-            .limiter
-            .acquire(
-                &p.model,
-                u64::try_from(estimate).unwrap_or(u64::MAX),
-                cancel,
-            )
-            .await?;
+        let permit = Box::pin(self.limiter.acquire(
+            &p.model,
+            u64::try_from(estimate).unwrap_or(u64::MAX),
+            cancel,
+        ))
+        .await?;
         let chat = chat_request(req, provider, messages, tools);
         let log = TurnLog {
             ledger: &req.ledger,
@@ -220,7 +222,7 @@ impl LlmAgent {
         };
         let (outcomes, result) = provider.client.chat(&chat, cancel, &log).await;
         drop(permit);
-        record_outcomes(req, provider, turn, &outcomes).await?;
+        Box::pin(record_outcomes(req, provider, turn, &outcomes)).await?;
         let response = result.map_err(|e| call_failed(&p.model, e))?;
         log_turn(turn, &outcomes, &response);
         let choice = response.choices.into_iter().next().ok_or_else(|| {
@@ -238,12 +240,12 @@ impl LlmAgent {
 /// The request for one turn: a repair attempt may sample differently (persona
 /// `repair_temperature`, `seed` + attempt), and with `artifact_via: response_format`
 /// the reply is constrained to the artifact's schema.
-fn chat_request(
-    req: &AgentRequest,
+fn chat_request<'a>(
+    req: &'a AgentRequest,
     provider: &Provider,
-    messages: &[Message],
-    tools: &[ToolDef],
-) -> ChatRequest {
+    messages: &'a [Message],
+    tools: &'a RawValue,
+) -> ChatRequest<'a> {
     let p = &req.persona;
     let temperature = if req.attempt > 1 {
         p.repair_temperature.or(p.temperature)
@@ -256,9 +258,9 @@ fn chat_request(
         .filter(|_| p.artifact_via == ArtifactVia::ResponseFormat)
         .map(|a| a.response_format(provider.config.strict_tools));
     ChatRequest {
-        model: p.model.clone(),
-        messages: messages.to_vec(),
-        tools: tools.to_vec(),
+        model: &p.model,
+        messages,
+        tools,
         temperature,
         top_p: p.top_p,
         max_tokens: p.max_tokens,

@@ -59,8 +59,9 @@ impl Agent for BackendRouter {
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
         match req.persona.backend {
-            Backend::Synthetic => self.synthetic.run(req, cancel).await,
-            Backend::Openai => self.llm.run(req, cancel).await,
+            // Boxed: the router's future is a pointer, whichever backend runs.
+            Backend::Synthetic => Box::pin(self.synthetic.run(req, cancel)).await,
+            Backend::Openai => Box::pin(self.llm.run(req, cancel)).await,
         }
     }
 }

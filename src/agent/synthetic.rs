@@ -74,7 +74,7 @@ impl Agent for SyntheticAgent {
                 accepted: false,
             });
         };
-        let schema = &artifact.schema;
+        let schema: &Value = &artifact.schema;
         let invalid_attempts = d
             .get("invalid_attempts")
             .and_then(Value::as_i64)

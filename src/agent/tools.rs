@@ -34,14 +34,18 @@ pub struct ToolOutput {
 
 /// The tool definitions sent to the model: the file tools, and `submit_artifact` with
 /// the artifact's schema as its parameters when the phase expects one (unless the
-/// artifact comes back as the reply, `response_format`).
-#[must_use]
-pub fn definitions(submit: Option<(&ArtifactCheck, bool)>) -> Vec<ToolDef> {
-    let mut defs = file_tools();
-    if let Some((artifact, strict)) = submit {
-        defs.push(artifact.submit_tool(strict));
-    }
-    defs
+/// artifact comes back as the reply, `response_format`). Serialized once per phase:
+/// every turn sends the same text, and a phase waiting on the model holds only that.
+///
+/// # Errors
+/// Serialization errors (none for these values; typed for the caller's sake).
+pub fn definitions(
+    submit: Option<(&ArtifactCheck, bool)>,
+) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+    static FILE_TOOLS: std::sync::LazyLock<Vec<ToolDef>> = std::sync::LazyLock::new(file_tools);
+    let submit = submit.map(|(artifact, strict)| artifact.submit_tool(strict));
+    let all: Vec<&ToolDef> = FILE_TOOLS.iter().chain(submit.as_ref()).collect();
+    serde_json::value::to_raw_value(&all)
 }
 
 fn file_tools() -> Vec<ToolDef> {

@@ -149,8 +149,8 @@ async fn run_under_timeout<A: Agent>(
     cancel: &CancellationToken,
 ) -> AgentExit {
     let agent_cancel = cancel.child_token();
-    let run = agent.run(request, agent_cancel.clone());
-    tokio::pin!(run);
+    // Boxed: moved once onto the heap instead of copied into every caller's future.
+    let mut run = Box::pin(agent.run(request, agent_cancel.clone()));
     let outcome = tokio::select! {
         r = &mut run => Some(r),
         () = tokio::time::sleep(Duration::from_secs(timeout_secs)) => {

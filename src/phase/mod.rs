@@ -126,15 +126,17 @@ impl<A: Agent> Engine<A> {
         cancel: CancellationToken,
     ) -> Result<Completed, PhaseError> {
         // 1. Start the attempt, or find that there is nothing to do.
-        let mut started = match start::start(&self.pool, p).await? {
+        // The database steps are boxed: a phase waiting on the model then holds only
+        // the agent's state, not space for the largest transaction's future too.
+        let mut started = match Box::pin(start::start(&self.pool, p)).await? {
             start::Start::Nothing => {
                 tracing::info!(
                     "nothing to do for this delivery (run ended or attempt already recorded)"
                 );
-                return self.complete_only(job, worker).await;
+                return Box::pin(self.complete_only(job, worker)).await;
             }
             start::Start::OutOfBudget(reason) => {
-                return self.park_for_budget(job, worker, p, &reason).await;
+                return Box::pin(self.park_for_budget(job, worker, p, &reason)).await;
             }
             start::Start::Ready(started) => started,
         };
@@ -151,19 +153,22 @@ impl<A: Agent> Engine<A> {
         )
         .await?;
         if matches!(attempted.ended, AgentExit::RunEnded) {
-            return self.complete_only(job, worker).await;
+            return Box::pin(self.complete_only(job, worker)).await;
         }
         // 3. Validate what the workspace holds, however the agent ended (CPU work, off
         //    the async threads): a valid artifact is kept even after a timeout or a
         //    failed call.
         let (validated, ended) = attempt::validate(&self.schemas, &started, attempted).await?;
         if !validated.validation.valid
-            && let Some(done) = self.not_recorded(job, worker, p, ended).await
+            && let Some(done) = Box::pin(self.not_recorded(job, worker, p, ended)).await
         {
             return done;
         }
         // 4. Record the outcome and complete the job, atomically.
-        record::record(&self.pool, job, worker, p, &started, validated).await
+        Box::pin(record::record(
+            &self.pool, job, worker, p, &started, validated,
+        ))
+        .await
     }
 
     /// An attempt without a valid artifact that ended other than by finishing or

@@ -88,25 +88,26 @@ pub async fn heartbeat(
     if leases.is_empty() {
         return Ok(HeartbeatReport::default());
     }
-    let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
-    let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-    let held: Vec<(JobId, bool)> = sqlx::query_as(
+    let (ids, keys) = super::lease_keys(leases);
+    let held: std::collections::HashMap<JobId, bool> = sqlx::query_as::<_, (JobId, bool)>(
         "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000)
-           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, token)
-          WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
+          WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
+            AND j.id::text || ':' || j.lease_token::text = ANY($2::text[])
          RETURNING j.id, j.cancel_requested",
     )
     .bind(&ids)
-    .bind(&tokens)
+    .bind(&keys)
     .bind(millis(lease))
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
     let mut report = HeartbeatReport::default();
     for l in leases {
-        match held.iter().find(|(id, _)| *id == l.job_id) {
+        match held.get(&l.job_id) {
             None => report.lost.push(l.job_id),
-            Some((_, true)) => report.cancel_requested.push(l.job_id),
-            Some((_, false)) => {}
+            Some(true) => report.cancel_requested.push(l.job_id),
+            Some(false) => {}
         }
     }
     Ok(report)

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::time::Duration;
 
-/// Proof that a job was completed under its lease. Only [`complete`] makes one, so a
-/// handler that returns `Completed` has provably committed (or will commit, with its
-/// transaction) the job's completion.
+/// Proof that a job was completed under its lease. Only [`complete`] and
+/// [`CompletedMany::proof`] make one, so a handler that returns `Completed` has provably
+/// committed (or will commit, with its transaction) the job's completion.
 #[derive(Debug)]
 #[must_use]
 pub struct Completed {
@@ -50,8 +50,43 @@ pub async fn complete(
     }
 }
 
-/// Complete many jobs in one statement; returns the ids that were still held (the
-/// others' leases were lost and they were left alone).
+/// The jobs a [`complete_many`] statement completed: those whose leases still held.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct CompletedMany {
+    /// The leases (job and token) the statement completed.
+    held: std::collections::HashSet<(JobId, i64)>,
+}
+
+impl CompletedMany {
+    /// The proof for one job of the batch, or `LeaseLost` when its lease was stale
+    /// and the statement left it alone.
+    ///
+    /// # Errors
+    /// [`QueueError::LeaseLost`] when the job was not completed by the batch.
+    pub fn proof(&self, lease: &Lease) -> Result<Completed, QueueError> {
+        if self.held.contains(&(lease.job_id, lease.token)) {
+            Ok(Completed { _proof: () })
+        } else {
+            Err(lost(lease))
+        }
+    }
+
+    /// How many jobs the batch completed.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// True when no lease of the batch still held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// Complete many jobs in one statement; each lease is fenced on its own, so jobs whose
+/// leases were lost are left alone (and [`CompletedMany::proof`] says so).
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure.
@@ -59,22 +94,23 @@ pub async fn complete_many(
     conn: &mut PgConnection,
     leases: &[Lease],
     worker: WorkerId,
-) -> Result<Vec<JobId>, QueueError> {
-    let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
-    let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-    let done: Vec<(JobId,)> = sqlx::query_as(
+) -> Result<CompletedMany, QueueError> {
+    let (ids, keys) = super::lease_keys(leases);
+    let done: Vec<(JobId, i64)> = sqlx::query_as(
         "UPDATE jobs j SET state = 'completed', finished_at = now(), finished_by = $3,
                 lease_owner = NULL, lease_expires_at = NULL
-           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, token)
-          WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'
-         RETURNING j.id",
+          WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
+            AND j.id::text || ':' || j.lease_token::text = ANY($2::text[])
+         RETURNING j.id, j.lease_token",
     )
     .bind(&ids)
-    .bind(&tokens)
+    .bind(&keys)
     .bind(worker)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(done.into_iter().map(|(id,)| id).collect())
+    Ok(CompletedMany {
+        held: done.into_iter().collect(),
+    })
 }
 
 /// What [`retry`] decided.

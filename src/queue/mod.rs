@@ -23,7 +23,9 @@ pub use control::{
     pause, prune, requeue, requeue_dead, resume, stats,
 };
 pub use enqueue::{Enqueued, NewJob, enqueue};
-pub use finish::{Completed, RetryOutcome, complete, complete_many, fail, hand_back, retry};
+pub use finish::{
+    Completed, CompletedMany, RetryOutcome, complete, complete_many, fail, hand_back, retry,
+};
 
 use crate::ids::{JobId, RunId};
 use chrono::{DateTime, Utc};
@@ -161,6 +163,18 @@ pub fn is_transient_db(err: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// The arguments of a statement fenced by many leases at once: the job ids (`$1`, so
+/// the rows are found by primary key) and each lease as an `id:token` key (`$2`,
+/// compared with `j.id::text || ':' || j.lease_token::text`). Comparing keys keeps the
+/// plan linear in the batch: joining an `unnest` of the leases was planned as a nested
+/// loop over every running job, about 90 µs per completed job at 500 per batch.
+fn lease_keys(leases: &[Lease]) -> (Vec<i64>, Vec<String>) {
+    leases
+        .iter()
+        .map(|l| (l.job_id.0, format!("{}:{}", l.job_id.0, l.token)))
+        .unzip()
 }
 
 /// The default queue name.

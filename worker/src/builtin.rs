@@ -57,7 +57,7 @@ impl JobHandler for Builtins {
                 )));
             }
         }
-        let mut conn = ctx.pool.acquire().await?;
-        Ok(ctx.complete(&mut conn).await?)
+        // No effects to share a transaction with: complete in the worker's batch.
+        Ok(ctx.complete_batched().await?)
     }
 }

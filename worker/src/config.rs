@@ -20,6 +20,12 @@ pub struct WorkerConfig {
     /// handed back.
     pub shutdown_grace: Duration,
     pub backoff: phasefleet::queue::Backoff,
+    /// Most completions written in one statement by
+    /// [`JobContext::complete_batched`](crate::JobContext::complete_batched).
+    pub completion_batch: usize,
+    /// How long a completion batch that is not full waits for more; zero writes
+    /// whatever queued while the previous batch was being written.
+    pub completion_delay: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -33,6 +39,8 @@ impl Default for WorkerConfig {
             rescue_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(25),
             backoff: phasefleet::queue::Backoff::default(),
+            completion_batch: 500,
+            completion_delay: Duration::ZERO,
         }
     }
 }

@@ -38,13 +38,14 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
     }
 
     async fn handle(&self, ctx: JobContext) -> Result<Completed, JobError> {
+        // Both paths boxed: a phase waiting on its model holds only its own state.
         if ctx.job.kind == PHASE_JOB_KIND {
-            Ok(self
+            let phase = self
                 .engine
-                .run_phase_job(&ctx.job, ctx.worker_id, ctx.cancel.clone())
-                .await?)
+                .run_phase_job(&ctx.job, ctx.worker_id, ctx.cancel.clone());
+            Ok(Box::pin(phase).await?)
         } else {
-            Builtins.handle(ctx).await
+            Box::pin(Builtins.handle(ctx)).await
         }
     }
 

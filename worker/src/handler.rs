@@ -17,6 +17,7 @@ pub struct JobContext {
     /// the worker is shutting down past its grace period. Whatever the handler returns
     /// after this fires, the runtime records the right outcome.
     pub cancel: CancellationToken,
+    pub(crate) completer: crate::completer::Completer,
 }
 
 impl JobContext {
@@ -26,6 +27,21 @@ impl JobContext {
     /// [`QueueError::LeaseLost`] when another worker owns the job now.
     pub async fn complete(&self, conn: &mut sqlx::PgConnection) -> Result<Completed, QueueError> {
         phasefleet::queue::complete(conn, &self.job.lease(), self.worker_id).await
+    }
+
+    /// Complete the job in the worker's next completion batch: many jobs in one
+    /// statement, each fenced by its own lease. For handlers whose effects do not live
+    /// in this database (or are idempotent): the completion commits shortly after the
+    /// effects, not with them, so a crash in between runs the job again. Do not await
+    /// it while holding a connection or a transaction that locked the job's row: the
+    /// batch would wait on it. Not cancel-safe: once queued, the completion is written
+    /// even if this future is dropped.
+    ///
+    /// # Errors
+    /// [`QueueError::LeaseLost`] when another worker owns the job now; database errors
+    /// when neither the batch nor a direct completion could be written.
+    pub async fn complete_batched(&self) -> Result<Completed, QueueError> {
+        self.completer.complete(self.job.lease()).await
     }
 }
 
@@ -61,8 +77,8 @@ impl JobError {
 }
 
 /// Runs one kind (or several kinds) of job. The handler completes the job itself with
-/// [`JobContext::complete`] in the transaction that applies its effects, and returns
-/// the proof.
+/// [`JobContext::complete`] in the transaction that applies its effects (or, when it
+/// has none there, with [`JobContext::complete_batched`]), and returns the proof.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, ctx: JobContext) -> impl Future<Output = Result<Completed, JobError>> + Send;
 

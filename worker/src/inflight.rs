@@ -63,6 +63,10 @@ impl InFlight {
         self.lock().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Interrupt one job, keeping the first reason given.
     pub fn stop(&self, id: JobId, reason: StopReason) {
         if let Some(e) = self.lock().get_mut(&id) {

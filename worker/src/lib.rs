@@ -3,6 +3,7 @@
 //! gracefully. Stateless: everything it knows lives in PostgreSQL.
 
 mod builtin;
+mod completer;
 mod config;
 mod engine;
 mod handler;
@@ -11,6 +12,7 @@ mod runtime;
 pub mod shutdown;
 
 pub use builtin::Builtins;
+pub use completer::{Completer, FlushTask};
 pub use config::{WorkerConfig, default_name};
 pub use engine::EngineHandler;
 pub use handler::{JobContext, JobError, JobHandler};

@@ -1,6 +1,7 @@
 //! The claim loop and its companions (heartbeats, rescue, wake-ups), and graceful
 //! shutdown. Every task is owned by a `JoinSet`; shutdown flows from one token.
 
+use crate::completer::Completer;
 use crate::config::WorkerConfig;
 use crate::handler::{JobContext, JobError, JobHandler};
 use crate::inflight::{InFlight, StopReason};
@@ -14,6 +15,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// The most completions one batch statement may carry.
+pub const MAX_COMPLETION_BATCH: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -40,6 +44,7 @@ struct Shared {
     draining: AtomicBool,
     /// What the handler can do (advertised; jobs requiring one of these are claimed).
     capabilities: Vec<String>,
+    completer: Completer,
 }
 
 impl Shared {
@@ -90,9 +95,21 @@ impl<H: JobHandler> Worker<H> {
         if self.cfg.concurrency == 0 {
             return Err(WorkerError::Config("concurrency must be at least 1".into()));
         }
+        if !(1..=MAX_COMPLETION_BATCH).contains(&self.cfg.completion_batch) {
+            return Err(WorkerError::Config(format!(
+                "completion_batch must be between 1 and {MAX_COMPLETION_BATCH}, got {}",
+                self.cfg.completion_batch
+            )));
+        }
         if self.cfg.lease < Duration::from_millis(300) {
             return Err(WorkerError::Config("lease must be at least 300ms".into()));
         }
+        let (completer, flush_task) = Completer::new(
+            self.pool.clone(),
+            self.id,
+            self.cfg.completion_batch,
+            self.cfg.completion_delay,
+        );
         let shared = Arc::new(Shared {
             id: self.id,
             pool: self.pool.clone(),
@@ -101,6 +118,7 @@ impl<H: JobHandler> Worker<H> {
             wake: Arc::new(Notify::new()),
             draining: AtomicBool::new(false),
             capabilities: self.handler.capabilities(),
+            completer,
         });
         let worker_span =
             tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
@@ -120,6 +138,8 @@ impl<H: JobHandler> Worker<H> {
             ));
             services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
             services.spawn(rescue_loop(shared.clone(), self.handler.clone(), services_stop.clone()));
+            // Stopped with the other services, after the last job has ended.
+            services.spawn(flush_task.run(services_stop.clone()));
 
             let mut jobs = JoinSet::new();
             self.claim_loop(&shared, &mut jobs, &shutdown).await;
@@ -150,6 +170,12 @@ impl<H: JobHandler> Worker<H> {
             }
             if shutdown.is_cancelled() {
                 return;
+            }
+            if !shared.inflight.is_empty() {
+                // Let jobs that are finishing right now (a completion batch just
+                // answered many at once) free their slots first, so one claim tends
+                // to cover many of them. Costs nothing when none are ready.
+                tokio::task::yield_now().await;
             }
             let free = shared.cfg.concurrency.saturating_sub(shared.inflight.len());
             if free > 0 && !shared.draining.load(Ordering::Acquire) {
@@ -202,6 +228,7 @@ impl<H: JobHandler> Worker<H> {
             pool: shared.pool.clone(),
             worker_id: shared.id,
             cancel,
+            completer: shared.completer.clone(),
         };
         let handler = self.handler.clone();
         let shared = shared.clone();
@@ -217,7 +244,8 @@ impl<H: JobHandler> Worker<H> {
                         Err(join) => Err(JobError::retry(format!("handler panicked: {join}"))),
                     };
                 let reason = shared.inflight.remove(lease.job_id);
-                record_outcome(&shared, &lease, result, reason).await;
+                // Boxed: a job in flight holds no space for this future.
+                Box::pin(record_outcome(&shared, &lease, result, reason)).await;
                 // A slot is free.
                 shared.wake.notify_one();
             }

@@ -87,10 +87,13 @@ async fn pump(
     loop {
         let batch = async {
             let mut conn = state.pool.acquire().await?;
-            let events = phasefleet::store::events::events_list(&mut conn, run, after, 500).await?;
+            // The run's state first: a run's last events commit with its end, so a run
+            // seen ended here has all its events in the read below. Read the other way
+            // round, a run ending in between ended the stream before its last events.
             let ended = phasefleet::store::runs::runs_get(&mut conn, run)
                 .await?
                 .is_none_or(|r| r.state.is_terminal());
+            let events = phasefleet::store::events::events_list(&mut conn, run, after, 500).await?;
             Ok::<_, sqlx::Error>((events, ended))
         }
         .await;

@@ -150,13 +150,15 @@ impl ChatClient {
     /// `log` records each HTTP attempt before it is sent; if it refuses, nothing is sent.
     pub async fn chat(
         &self,
-        req: &ChatRequest,
+        req: &ChatRequest<'_>,
         cancel: &CancellationToken,
         log: &impl CallLog,
     ) -> (Vec<CallOutcome>, Result<ChatResponse, CallError>) {
         let mut outcomes = Vec::new();
+        // Serialized once; every HTTP attempt shares these bytes.
         let body = match serde_json::to_vec(req) {
-            Ok(b) => b,
+            // Held for the whole call: no spare capacity.
+            Ok(b) => bytes::Bytes::from(b.into_boxed_slice()),
             Err(e) => return (outcomes, Err(CallError::BadResponse(e.to_string()))),
         };
         let max = self.retry.max_attempts.max(1);
@@ -193,7 +195,7 @@ impl ChatClient {
     /// One HTTP attempt: recorded before it is sent, its outcome pushed to `outcomes`.
     async fn attempt(
         &self,
-        body: &[u8],
+        body: &bytes::Bytes,
         cancel: &CancellationToken,
         log: &impl CallLog,
         outcomes: &mut Vec<CallOutcome>,
@@ -202,7 +204,8 @@ impl ChatClient {
             return Step::Done(Err(CallError::Cancelled));
         }
         let call_id = uuid::Uuid::new_v4();
-        match log.before_send(call_id).await {
+        // Boxed: the ledger write's future is not kept beside the HTTP call's.
+        match Box::pin(log.before_send(call_id)).await {
             Ok(()) => {}
             Err(BeforeSend::RunEnded) => return Step::Done(Err(CallError::Cancelled)),
             Err(BeforeSend::Ledger(e)) => return Step::Done(Err(CallError::Ledger(e))),
@@ -213,7 +216,7 @@ impl ChatClient {
                 outcomes.push(outcome(call_id, "cancelled", started, None, None, Some("cancelled mid-request".into())));
                 return Step::Done(Err(CallError::Cancelled));
             }
-            r = self.send(call_id, body.to_vec()) => r,
+            r = self.send(call_id, body.clone()) => r,
         };
         match sent {
             Ok(Sent::Ok {
@@ -270,7 +273,7 @@ impl ChatClient {
         }
     }
 
-    async fn send(&self, call_id: uuid::Uuid, body: Vec<u8>) -> Result<Sent, Failure> {
+    async fn send(&self, call_id: uuid::Uuid, body: bytes::Bytes) -> Result<Sent, Failure> {
         let mut builder = self
             .http
             .post(&self.url)

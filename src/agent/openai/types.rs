@@ -74,11 +74,11 @@ pub struct ToolDef {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ChatRequest {
-    pub model: String,
-    pub messages: Vec<Message>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<ToolDef>,
+pub struct ChatRequest<'a> {
+    pub model: &'a str,
+    pub messages: &'a [Message],
+    /// The tool definitions, serialized once per phase.
+    pub tools: &'a serde_json::value::RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
