@@ -98,9 +98,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!(
-        "| in-flight slots | phases | wall time | phases/s | peak in flight | RSS idle | RSS peak | per in-flight phase |"
+        "| in-flight slots | model call | phases | wall time | phases/s | peak in flight | RSS idle | RSS peak | per in-flight phase |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &slots in &args.slots {
         let queue = format!("inflight-{slots}");
         // Submit everything first, so the worker can fill every slot at once.
@@ -149,7 +149,8 @@ async fn main() -> anyhow::Result<()> {
         worker.await??;
         let per = (peak_rss.saturating_sub(idle)) as f64 / peak_inflight.max(1) as f64;
         println!(
-            "| {slots} | {completed}/{slots} | {secs:.1} s | {:.1} | {peak_inflight} | {:.1} MiB | {:.1} MiB | {per:.0} KiB |",
+            "| {slots} | {} s | {completed}/{slots} | {secs:.1} s | {:.1} | {peak_inflight} | {:.1} MiB | {:.1} MiB | {per:.0} KiB |",
+            args.latency_ms as f64 / 1000.0,
             completed as f64 / secs,
             idle as f64 / 1024.0,
             peak_rss as f64 / 1024.0

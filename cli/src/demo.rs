@@ -121,7 +121,9 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         Some(phasefleet::db::connect(&db.url, APPROVER_CONNECTIONS).await?)
     };
     let (submitted_runs, runs_to_approve) = tokio::sync::watch::channel(Vec::new());
-    let approver = tokio::spawn(auto_approver(approver_pool, runs_to_approve));
+    // In a JoinSet: whichever way this function returns, the approver stops with it.
+    let mut approver = JoinSet::new();
+    approver.spawn(auto_approver(approver_pool, runs_to_approve));
     let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
         let submitted =
@@ -138,10 +140,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         let state = crate::runs::watch(&db.pool, *id, |_| {}).await;
         let state = match state {
             Ok(s) => s,
-            Err(e) => {
-                approver.abort();
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         let mut conn = db.pool.acquire().await?;
         if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
@@ -149,7 +148,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         }
         outcomes.push(state);
     }
-    approver.abort();
+    approver.abort_all();
     stop.cancel();
     while workers.join_next().await.is_some() {}
     let completed = outcomes
@@ -210,7 +209,8 @@ async fn auto_approver(
         return;
     };
     let mut reported = false;
-    loop {
+    // Until the demo drops its end of the channel.
+    while runs.has_changed().is_ok() {
         let ids = runs.borrow().clone();
         let pending = async {
             let mut conn = pool.acquire().await?;

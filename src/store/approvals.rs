@@ -187,7 +187,8 @@ pub async fn approvals_pending(
     .await
 }
 
-/// The undecided requests of any of `runs`, oldest first.
+/// The requests of any of `runs` that wait on a human (the run is parked on them: a
+/// cancelled run's undecided request is not), oldest first.
 ///
 /// # Errors
 /// Database errors.
@@ -196,7 +197,9 @@ pub async fn approvals_pending_for_runs(
     runs: &[RunId],
 ) -> Result<Vec<ApprovalRow>, sqlx::Error> {
     sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
-        "{APPROVAL_SELECT} WHERE r.run_id = ANY($1) AND r.state = 'pending' ORDER BY r.created_at"
+        "{APPROVAL_SELECT} JOIN runs ON runs.id = r.run_id
+          WHERE r.run_id = ANY($1) AND r.state = 'pending' AND runs.state = 'awaiting_approval'
+          ORDER BY r.created_at"
     )))
     .bind(runs)
     .fetch_all(&mut *conn)

@@ -100,6 +100,9 @@ async fn pump(
         match batch {
             Ok((events, ended)) => {
                 let drained = events.len() < 500;
+                // End after a read that found nothing more of a run already ended: a
+                // retry can take a failed run back to running between the two reads.
+                let finished = ended && events.is_empty();
                 for e in events {
                     after = e.seq;
                     let msg = Event::default().id(e.seq.to_string()).event(&e.kind);
@@ -117,11 +120,12 @@ async fn pump(
                         return;
                     }
                 }
-                if ended && drained {
+                if finished {
                     let _ = tx.send(Ok(Event::default().event("end").data("{}"))).await;
                     return;
                 }
-                if !drained {
+                if !drained || ended {
+                    // More to read, or an ended run to confirm with one more read.
                     continue;
                 }
             }
