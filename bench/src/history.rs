@@ -234,13 +234,27 @@ async fn sizes(pool: &PgPool) -> anyhow::Result<String> {
     ))
 }
 
+/// How many times autovacuum has processed `jobs` (it scans every index of the table,
+/// so on a big table it competes with the measurement it lands in).
+async fn jobs_autovacuums(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'jobs'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 async fn measure(pool: &PgPool, fx: &Fixture, args: &Args, label: &str) -> anyhow::Result<String> {
     let what = sizes(pool).await?;
     load(pool, args.jobs).await?;
+    let vacuums_before = jobs_autovacuums(pool).await?;
     let q = runtime(pool, 2, 32, args.jobs).await?;
+    let vacuums = jobs_autovacuums(pool).await? - vacuums_before;
     let e = engine(pool, fx, args.runs, label).await?;
     let a = appends(pool, fx, args.jobs).await?;
-    eprintln!("{label}: queue {q:.0} jobs/s, engine {e:.1} runs/s, appends {a:.0}/s");
+    eprintln!(
+        "{label}: queue {q:.0} jobs/s ({vacuums} autovacuum(s) of jobs during it), engine {e:.1} runs/s, appends {a:.0}/s"
+    );
     Ok(format!("| {label} | {what} | {q:.0} | {e:.1} | {a:.0} |"))
 }
 
