@@ -151,10 +151,7 @@ impl SchemaRegistry {
     /// # Errors
     /// [`SchemaError::Unknown`].
     pub fn schema(&self, id: &str) -> Result<&Value, SchemaError> {
-        self.entries
-            .get(id)
-            .map(|e| &*e.schema)
-            .ok_or_else(|| self.unknown(id))
+        self.entry(id).map(|e| &*e.schema)
     }
 
     /// The schema `id`, shared (no copy).
@@ -162,17 +159,14 @@ impl SchemaRegistry {
     /// # Errors
     /// [`SchemaError::Unknown`] when no schema has that id.
     pub fn schema_shared(&self, id: &str) -> Result<Arc<Value>, SchemaError> {
-        self.entries
-            .get(id)
-            .map(|e| e.schema.clone())
-            .ok_or_else(|| self.unknown(id))
+        self.entry(id).map(|e| e.schema.clone())
     }
 
-    fn unknown(&self, id: &str) -> SchemaError {
-        SchemaError::Unknown {
+    fn entry(&self, id: &str) -> Result<&Entry, SchemaError> {
+        self.entries.get(id).ok_or_else(|| SchemaError::Unknown {
             id: id.to_owned(),
             known: self.ids(),
-        }
+        })
     }
 
     /// Validate artifact text: it must parse as JSON and satisfy schema `id`.
@@ -180,7 +174,7 @@ impl SchemaRegistry {
     /// # Errors
     /// [`SchemaError::Unknown`] when `id` is not registered.
     pub fn validate(&self, id: &str, content: &str) -> Result<Validation, SchemaError> {
-        let entry = self.entries.get(id).ok_or_else(|| self.unknown(id))?;
+        let entry = self.entry(id)?;
         let value: Value = match serde_json::from_str(content) {
             Ok(v) => v,
             Err(e) => {
@@ -198,7 +192,7 @@ impl SchemaRegistry {
     /// # Errors
     /// [`SchemaError::Unknown`] when `id` is not registered.
     pub fn validate_json(&self, id: &str, value: &Value) -> Result<Validation, SchemaError> {
-        let entry = self.entries.get(id).ok_or_else(|| self.unknown(id))?;
+        let entry = self.entry(id)?;
         Ok(Self::validate_value(entry, value))
     }
 

@@ -124,24 +124,19 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     // In a JoinSet: whichever way this function returns, the approver stops with it.
     let mut approver = JoinSet::new();
     approver.spawn(auto_approver(approver_pool, runs_to_approve));
-    let mut ids = Vec::new();
     for _ in 0..args.runs.max(1) {
         let submitted =
             phasefleet::submit::submit(&db.pool, &schemas, &config, req.clone()).await?;
         let id = submitted.run_id();
         eprintln!("submitted run {id}");
         submitted_runs.send_modify(|runs| runs.push(id));
-        ids.push(id);
     }
+    let ids = submitted_runs.borrow().clone();
 
     let mut outcomes = Vec::new();
     for id in &ids {
         eprintln!("\n== run {id} ==");
-        let state = crate::runs::watch(&db.pool, *id, |_| {}).await;
-        let state = match state {
-            Ok(s) => s,
-            Err(e) => return Err(e),
-        };
+        let state = crate::runs::watch(&db.pool, *id, |_| {}).await?;
         let mut conn = db.pool.acquire().await?;
         if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
             crate::output::emit(&md)?;

@@ -89,12 +89,12 @@ pub async fn heartbeat(
         return Ok(HeartbeatReport::default());
     }
     let (ids, keys) = super::lease_keys(leases);
-    let held: std::collections::HashMap<JobId, bool> = sqlx::query_as::<_, (JobId, bool)>(
+    let held: std::collections::HashMap<JobId, bool> = sqlx::query_as::<_, (JobId, bool)>(concat!(
         "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000)
-          WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
-            AND j.id::text || ':' || j.lease_token::text = ANY($2::text[])
-         RETURNING j.id, j.cancel_requested",
-    )
+          WHERE ",
+        super::held_leases!(),
+        " RETURNING j.id, j.cancel_requested",
+    ))
     .bind(&ids)
     .bind(&keys)
     .bind(millis(lease))

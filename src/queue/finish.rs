@@ -96,13 +96,13 @@ pub async fn complete_many(
     worker: WorkerId,
 ) -> Result<CompletedMany, QueueError> {
     let (ids, keys) = super::lease_keys(leases);
-    let done: Vec<(JobId, i64)> = sqlx::query_as(
+    let done: Vec<(JobId, i64)> = sqlx::query_as(concat!(
         "UPDATE jobs j SET state = 'completed', finished_at = now(), finished_by = $3,
                 lease_owner = NULL, lease_expires_at = NULL
-          WHERE j.id = ANY($1::bigint[]) AND j.state = 'running'
-            AND j.id::text || ':' || j.lease_token::text = ANY($2::text[])
-         RETURNING j.id, j.lease_token",
-    )
+          WHERE ",
+        super::held_leases!(),
+        " RETURNING j.id, j.lease_token",
+    ))
     .bind(&ids)
     .bind(&keys)
     .bind(worker)

@@ -8,6 +8,19 @@
 //! - completion and enqueue take a `&mut PgConnection`, so callers make them part of
 //!   their own transaction: a job's effects and its completion commit together.
 
+/// The condition of a statement fenced by many leases at once (on `jobs j`): the rows
+/// are found by primary key (`$1`, job ids) and each must still hold its lease (`$2`,
+/// `id:token` keys from [`lease_keys`]). Comparing keys keeps the plan linear in the
+/// batch: joining an `unnest` of the leases was planned as a nested loop over every
+/// running job, about 90 µs per completed job at 500 per batch.
+macro_rules! held_leases {
+    () => {
+        "j.id = ANY($1::bigint[]) AND j.state = 'running'
+            AND j.id::text || ':' || j.lease_token::text = ANY($2::text[])"
+    };
+}
+use held_leases;
+
 mod backoff;
 mod claim;
 mod control;
@@ -165,11 +178,7 @@ pub fn is_transient_db(err: &sqlx::Error) -> bool {
     }
 }
 
-/// The arguments of a statement fenced by many leases at once: the job ids (`$1`, so
-/// the rows are found by primary key) and each lease as an `id:token` key (`$2`,
-/// compared with `j.id::text || ':' || j.lease_token::text`). Comparing keys keeps the
-/// plan linear in the batch: joining an `unnest` of the leases was planned as a nested
-/// loop over every running job, about 90 µs per completed job at 500 per batch.
+/// The arguments `$1` and `$2` of [`held_leases`].
 fn lease_keys(leases: &[Lease]) -> (Vec<i64>, Vec<String>) {
     leases
         .iter()
