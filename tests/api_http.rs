@@ -454,6 +454,11 @@ async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_noth
             400,
         ),
         (
+            "a cancel body of whitespace (not JSON, and not an absent body)",
+            as_(Some(SUBMIT), post.clone(), &format!("{run}/cancel")).body("\t"),
+            400,
+        ),
+        (
             "a budget decision sent as an array",
             as_(Some(APPROVE), post.clone(), &format!("{run}/budget"))
                 .json(&json!(["abort", "by position"])),

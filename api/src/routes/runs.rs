@@ -595,9 +595,10 @@ pub async fn cancel(
     }))
 }
 
-/// An empty body, `null` or `{"reason": ...}`.
+/// No body, `null` or `{"reason": ...}`; anything else, whitespace alone included, is
+/// not JSON and refused.
 fn cancel_body(body: &[u8]) -> Result<CancelBody, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         return Ok(CancelBody::default());
     }
     let value: Value = serde_json::from_slice(body)
