@@ -94,6 +94,14 @@ pub struct ProviderConfig {
     pub price_list_url: Option<String>,
     #[serde(default = "default_price_list_ttl_secs")]
     pub price_list_ttl_secs: u64,
+    /// Speak HTTP/2 to this provider from the first byte (prior knowledge; cleartext
+    /// h2c on a loopback `http://` URL). One connection then carries every call of the
+    /// worker, which saves a connection and its buffers per call in flight; but the
+    /// server's limit on concurrent streams (often 100 to 250) caps this worker's calls
+    /// in flight to the provider, and calls beyond it wait. Off (the default): HTTP/1.1,
+    /// one connection per call in flight, reused between calls.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_price_list_ttl_secs() -> u64 {

@@ -77,6 +77,11 @@ async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
         m.stats.requests.load(Ordering::SeqCst),
         "ledger matches the mock's request count"
     );
+    assert_eq!(
+        m.stats.http2_requests.load(Ordering::SeqCst),
+        0,
+        "HTTP/1.1 unless the provider asks for HTTP/2"
+    );
     assert!(
         rows.iter()
             .all(|r| r.0 == "ok" && r.1 == 100 && r.2 == 10 && (r.3 - 0.0005).abs() < 1e-12)
@@ -96,6 +101,28 @@ async fn valid_script_runs_a_whole_workflow_over_http_and_ledgers_every_call() {
     assert!((spent_usd - 0.0015).abs() < 1e-9);
     let (_, report_json, _) = report(&pool, run).await;
     assert_eq!(report_json["costs"]["llm_calls"], json!(3));
+}
+
+#[tokio::test]
+async fn a_provider_on_http2_carries_the_calls_of_concurrent_phases() {
+    let pool = pool().await;
+    let m = mock().await;
+    let q = unique_queue("llm-http2");
+    let fleet = Fleet::start(&pool, &q, 1, 8, m.agent_with(|p| p.http2 = true));
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(submit_llm(&pool, &q, &m, "mock/valid", |_| {}).await);
+    }
+    for run in runs {
+        assert_eq!(drive(&pool, run).await, RunState::Completed);
+    }
+    fleet.shutdown().await;
+    assert_eq!(m.requests(), 12, "one call per phase");
+    assert_eq!(
+        m.stats.http2_requests.load(Ordering::SeqCst),
+        12,
+        "every call went over HTTP/2"
+    );
 }
 
 #[tokio::test]

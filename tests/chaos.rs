@@ -396,9 +396,11 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
             .all(|(_, s)| s == "in_flight"),
         "a finished ledger row without a request"
     );
-    let (events, jobs_rescued): (i64, i64) = sqlx::query_as(
+    // A turn sent twice is a phase job delivered again after a kill or a restart.
+    let (events, jobs_redelivered): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM run_events WHERE run_id = ANY($1)),
-                (SELECT count(*) FROM jobs WHERE run_id = ANY($1) AND attempts > 1)",
+                (SELECT count(*) FROM (SELECT 1 FROM llm_calls WHERE run_id = ANY($1)
+                  GROUP BY run_id, phase_key, attempt, turn HAVING count(*) > 1) AS again)",
     )
     .bind(&ids)
     .fetch_one(&mut *c)
@@ -407,7 +409,7 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
     println!(
         "CHAOS: runs={total} completed={completed} workers={workers_wanted} kills={kills} pg_restarts={pg_restarts} \
          redis_outages={redis_outages} dead_lettered_by_kills_and_reopened={reopened} approvals_decided={} mock_requests={requests} ledger_rows={} \
-         ledger_cut_off_in_flight={cut_off} ledger_not_sent={not_sent} events={events} jobs_redelivered={jobs_rescued} \
+         ledger_cut_off_in_flight={cut_off} ledger_not_sent={not_sent} events={events} jobs_redelivered={jobs_redelivered} \
          violations=0 secs={:.0}",
         decided.load(Ordering::Relaxed),
         rows.len(),

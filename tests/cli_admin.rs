@@ -110,7 +110,7 @@ async fn drain_with_jobs_in_flight_loses_nothing_starts_nothing_and_undrain_resu
     // --wait returned: both workers report drained, so their in-flight jobs ended.
     for id in &in_flight {
         assert_eq!(
-            job(&pool, *id).await.state,
+            job_state(&pool, *id).await,
             JobState::Completed,
             "no job lost"
         );
@@ -142,7 +142,7 @@ async fn drain_with_jobs_in_flight_loses_nothing_starts_nothing_and_undrain_resu
     eventually(
         Duration::from_secs(20),
         "undrained workers resume",
-        || async { (job(&pool, later).await.state == JobState::Completed).then_some(()) },
+        || async { (job_state(&pool, later).await == JobState::Completed).then_some(()) },
     )
     .await;
     // Unknown worker: not found.
@@ -200,7 +200,7 @@ async fn requeue_of_dead_lettered_jobs_completes_them_and_dry_run_changes_nothin
     eventually(
         Duration::from_secs(30),
         "requeued jobs complete",
-        || async { (count_in_state(&pool, &q, JobState::Completed).await == 3).then_some(()) },
+        || async { (jobs_left(&pool, &q).await == 0).then_some(()) },
     )
     .await;
 }
@@ -216,7 +216,7 @@ async fn requeue_refuses_a_running_job_with_a_conflict_and_changes_nothing() {
     .await;
     let _w = WorkerProcess::spawn(&test_db_url(), &q, FAST);
     eventually(Duration::from_secs(30), "job running", || async {
-        (job(&pool, id).await.state == JobState::Running).then_some(())
+        (job_state(&pool, id).await == JobState::Running).then_some(())
     })
     .await;
     let before = job(&pool, id).await;
@@ -231,7 +231,7 @@ async fn requeue_refuses_a_running_job_with_a_conflict_and_changes_nothing() {
     eventually(
         Duration::from_secs(30),
         "job completes untouched",
-        || async { (job(&pool, id).await.state == JobState::Completed).then_some(()) },
+        || async { (job_state(&pool, id).await == JobState::Completed).then_some(()) },
     )
     .await;
 }

@@ -40,7 +40,7 @@ async fn concurrent_claims_never_hand_one_job_to_two_workers() {
                     return seen;
                 }
                 for j in jobs {
-                    let _done = queue::complete(&mut conn, &j.lease(), me).await.unwrap();
+                    let _done = queue::complete(&mut conn, &j.lease()).await.unwrap();
                     seen.push(j.id);
                 }
             }
@@ -53,13 +53,11 @@ async fn concurrent_claims_never_hand_one_job_to_two_workers() {
     let unique: HashSet<_> = all.iter().copied().collect();
     assert_eq!(all.len(), 600, "every job claimed exactly once in total");
     assert_eq!(unique.len(), 600, "no job handed to two workers");
-    assert_eq!(count_in_state(&pool, &q, JobState::Completed).await, 600);
-    let (max_attempts,): (i32,) = sqlx::query_as("SELECT max(attempts) FROM jobs WHERE queue = $1")
-        .bind(&q)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(max_attempts, 1, "no job was delivered twice");
+    assert_eq!(
+        jobs_left(&pool, &q).await,
+        0,
+        "every job completed and left the table"
+    );
 }
 
 #[tokio::test]
@@ -99,7 +97,7 @@ async fn zombie_cannot_complete_after_its_lease_is_rescued() {
         .unwrap();
     assert_eq!(hb.lost, vec![id]);
     assert!(matches!(
-        queue::complete(&mut conn, &lease_a, a).await,
+        queue::complete(&mut conn, &lease_a).await,
         Err(QueueError::LeaseLost { .. })
     ));
     assert!(matches!(
@@ -114,12 +112,18 @@ async fn zombie_cannot_complete_after_its_lease_is_rescued() {
         queue::retry(&mut conn, &lease_a, "x", &Backoff::default(), None).await,
         Err(QueueError::LeaseLost { .. })
     ));
-    // The rightful owner completes it; the job records who.
-    let _done = queue::complete(&mut conn, &lease_b, b).await.unwrap();
-    let row = job(&pool, id).await;
-    assert_eq!(row.state, JobState::Completed);
-    assert_eq!(row.finished_by, Some(b));
-    assert_eq!((row.attempts, row.rescues), (2, 1));
+    assert_eq!(
+        (job(&pool, id).await.attempts, job(&pool, id).await.rescues),
+        (2, 1)
+    );
+    // The rightful owner completes it: the row leaves the table, and the zombie still
+    // cannot complete what is gone.
+    let _done = queue::complete(&mut conn, &lease_b).await.unwrap();
+    assert_eq!(job_state(&pool, id).await, JobState::Completed);
+    assert!(matches!(
+        queue::complete(&mut conn, &lease_a).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
 }
 
 #[tokio::test]
@@ -143,7 +147,7 @@ async fn a_completion_batch_completes_held_leases_and_refuses_stale_ones() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let done = queue::complete_many(&mut conn, &leases, a).await.unwrap();
+    let done = queue::complete_many(&mut conn, &leases).await.unwrap();
     assert_eq!(done.len(), 2, "only the held leases are completed");
     assert!(done.proof(&leases[0]).is_ok());
     assert!(done.proof(&leases[2]).is_ok());
@@ -158,8 +162,7 @@ async fn a_completion_batch_completes_held_leases_and_refuses_stale_ones() {
         "the stale lease left the new owner's job alone"
     );
     for held in [leases[0], leases[2]] {
-        let row = job(&pool, held.job_id).await;
-        assert_eq!((row.state, row.finished_by), (JobState::Completed, Some(a)));
+        assert_eq!(job_state(&pool, held.job_id).await, JobState::Completed);
     }
 }
 
@@ -191,7 +194,7 @@ async fn the_completer_batches_handlers_and_fences_each_lease() {
         .execute(&pool)
         .await
         .unwrap();
-    let (completer, flush) = Completer::new(pool.clone(), me, 16, Duration::from_millis(20));
+    let (completer, flush) = Completer::new(pool.clone(), 16, Duration::from_millis(20));
     let stop = tokio_util::sync::CancellationToken::new();
     let flushing = tokio::spawn(flush.run(stop.clone()));
     let mut handlers = tokio::task::JoinSet::new();
@@ -209,23 +212,19 @@ async fn the_completer_batches_handlers_and_fences_each_lease() {
         }
     }
     assert_eq!(lost, vec![stolen.job_id], "only the stale lease is refused");
-    let (batches,): (i64,) = sqlx::query_as(
-        "SELECT count(DISTINCT finished_at) FROM jobs WHERE id = ANY($1) AND state = 'completed'",
-    )
-    .bind(leases.iter().map(|l| l.job_id.0).collect::<Vec<_>>())
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    for held in leases.iter().filter(|l| l.job_id != stolen.job_id) {
+        assert_eq!(job_state(&pool, held.job_id).await, JobState::Completed);
+    }
+    // After the flush task has stopped, completions are written one by one.
+    stop.cancel();
+    let batches = flushing.await.unwrap();
     assert!(
         (1..=10).contains(&batches),
         "39 completions were written in a few statements, not one each (got {batches})"
     );
-    // After the flush task has stopped, completions are written one by one.
-    stop.cancel();
-    flushing.await.unwrap();
     let late = claimed(&pool, "completer-late", 1, me).await[0];
     let _done = completer.complete(late).await.unwrap();
-    assert_eq!(job(&pool, late.job_id).await.state, JobState::Completed);
+    assert_eq!(job_state(&pool, late.job_id).await, JobState::Completed);
 }
 
 #[tokio::test]
@@ -247,7 +246,7 @@ async fn zombie_completion_inside_a_transaction_rolls_back_its_effects() {
     queue::enqueue(&mut tx, &NewJob::new("noop", json!({})).queue(&follow))
         .await
         .unwrap();
-    let err = queue::complete(&mut tx, &lease, a).await.unwrap_err();
+    let err = queue::complete(&mut tx, &lease).await.unwrap_err();
     assert!(matches!(err, QueueError::LeaseLost { .. }));
     tx.rollback().await.unwrap();
     assert_eq!(
@@ -255,7 +254,7 @@ async fn zombie_completion_inside_a_transaction_rolls_back_its_effects() {
         0,
         "effect rolled back"
     );
-    assert_eq!(job(&pool, id).await.state, JobState::Ready);
+    assert_eq!(job_state(&pool, id).await, JobState::Ready);
 }
 
 #[tokio::test]
@@ -374,7 +373,7 @@ async fn priority_first_then_run_at_then_fifo() {
     assert_eq!(got.len(), 3);
     expected.clear();
     assert_eq!(
-        job(&pool, scheduled).await.state,
+        job_state(&pool, scheduled).await,
         JobState::Ready,
         "future run_at waits"
     );
@@ -547,7 +546,7 @@ async fn cancel_ready_running_and_finished_jobs() {
         "the worker learns of it at its heartbeat"
     );
     queue::hand_back(&mut conn, &lease).await.unwrap();
-    assert_eq!(job(&pool, running).await.state, JobState::Cancelled);
+    assert_eq!(job_state(&pool, running).await, JobState::Cancelled);
     assert!(matches!(
         queue::cancel(&mut conn, phasefleet::JobId(i64::MAX)).await,
         Err(QueueError::NotFound(_))
@@ -555,7 +554,7 @@ async fn cancel_ready_running_and_finished_jobs() {
 }
 
 #[tokio::test]
-async fn requeue_refuses_running_and_completed_jobs() {
+async fn requeue_refuses_a_running_job_and_finds_no_completed_one() {
     let pool = pool().await;
     let q = unique_queue("requeue");
     let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
@@ -572,14 +571,18 @@ async fn requeue_refuses_running_and_completed_jobs() {
             ..
         })
     ));
-    let _done = queue::complete(&mut conn, &lease, me).await.unwrap();
-    assert!(matches!(
-        queue::requeue(&mut conn, id).await,
-        Err(QueueError::Conflict {
-            state: "completed",
-            ..
-        })
-    ));
+    let _done = queue::complete(&mut conn, &lease).await.unwrap();
+    let gone = queue::requeue(&mut conn, id).await.unwrap_err();
+    assert!(
+        matches!(gone, QueueError::NotFound(_))
+            && gone.to_string().contains("completed jobs are not kept"),
+        "{gone}"
+    );
+    let listed = queue::list(&mut conn, Some(JobState::Completed), Some(&q), None, 10).await;
+    assert!(
+        matches!(&listed, Err(QueueError::InvalidArgument(m)) if m.contains("not kept")),
+        "{listed:?}"
+    );
     assert!(matches!(
         queue::requeue(&mut conn, phasefleet::JobId(i64::MAX)).await,
         Err(QueueError::NotFound(_))
@@ -617,25 +620,28 @@ async fn requeue_dead_with_dry_run() {
 async fn prune_deletes_only_old_finished_jobs() {
     let pool = pool().await;
     let q = unique_queue("prune");
-    let me = WorkerId::new();
     let mut conn = pool.acquire().await.unwrap();
-    let old = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
-    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
-        .await
-        .unwrap()[0]
-        .lease();
-    let _done = queue::complete(&mut conn, &lease, me).await.unwrap();
-    sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 days' WHERE id = $1")
-        .bind(old)
+    let mut cancelled = Vec::new();
+    for _ in 0..2 {
+        let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+        assert_eq!(
+            queue::cancel(&mut conn, id).await.unwrap(),
+            CancelOutcome::Cancelled
+        );
+        cancelled.push(id);
+    }
+    let (old, recent) = (cancelled[0], cancelled[1]);
+    let old_dead = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    sqlx::query("UPDATE jobs SET state = 'dead', finished_at = now() WHERE id = $1")
+        .bind(old_dead)
         .execute(&mut *conn)
         .await
         .unwrap();
-    let recent_done = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
-    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
+    sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 days' WHERE id = ANY($1)")
+        .bind(vec![old.0, old_dead.0])
+        .execute(&mut *conn)
         .await
-        .unwrap()[0]
-        .lease();
-    let _done = queue::complete(&mut conn, &lease, me).await.unwrap();
+        .unwrap();
     let waiting = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     let mut total = 0;
     loop {
@@ -652,8 +658,13 @@ async fn prune_deletes_only_old_finished_jobs() {
         queue::get(&mut conn, old).await,
         Err(QueueError::NotFound(_))
     ));
-    assert_eq!(job(&pool, recent_done).await.state, JobState::Completed);
-    assert_eq!(job(&pool, waiting).await.state, JobState::Ready);
+    assert_eq!(job_state(&pool, recent).await, JobState::Cancelled);
+    assert_eq!(
+        job_state(&pool, old_dead).await,
+        JobState::Dead,
+        "dead jobs stay unless asked for"
+    );
+    assert_eq!(job_state(&pool, waiting).await, JobState::Ready);
 }
 
 #[tokio::test]

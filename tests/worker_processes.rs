@@ -37,7 +37,7 @@ async fn sigkilled_workers_job_is_reclaimed_within_the_lease_window() {
     let q = unique_queue("sigkill");
     let id = enqueue(
         &pool,
-        NewJob::new("sleep", json!({ "ms_by_attempt": [60_000, 10] })).queue(&q),
+        NewJob::new("sleep", json!({ "ms_by_attempt": [60_000, 1_000] })).queue(&q),
     )
     .await;
     let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST);
@@ -48,19 +48,11 @@ async fn sigkilled_workers_job_is_reclaimed_within_the_lease_window() {
 
     a.signal("KILL");
     let killed_at = Instant::now();
-    let done = eventually(
-        Duration::from_secs(20),
-        "job completed by the surviving worker",
-        || async {
-            let j = job(&pool, id).await;
-            (j.state == JobState::Completed).then_some(j)
-        },
-    )
-    .await;
+    wait_running_on(&pool, id, b_id).await;
     let took = killed_at.elapsed();
-    assert_eq!(done.finished_by, Some(b_id), "completed by the survivor");
+    let rescued = job(&pool, id).await;
     assert_eq!(
-        (done.attempts, done.rescues),
+        (rescued.attempts, rescued.rescues),
         (2, 1),
         "one lost delivery, one rescue"
     );
@@ -69,6 +61,13 @@ async fn sigkilled_workers_job_is_reclaimed_within_the_lease_window() {
         took < Duration::from_secs(6),
         "re-claimed {took:?} after the kill"
     );
+    eventually(
+        Duration::from_secs(20),
+        "the survivor completes the job and counts it",
+        || async { (completions_by(&pool, b_id).await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(job_state(&pool, id).await, JobState::Completed);
     assert!(!a.is_alive());
     assert!(b.is_alive());
 }
@@ -93,20 +92,26 @@ async fn paused_zombie_worker_cannot_complete_a_rescued_job() {
     eventually(
         Duration::from_secs(20),
         "survivor completes the job",
-        || async { (job(&pool, id).await.state == JobState::Completed).then_some(()) },
+        || async { (job_state(&pool, id).await == JobState::Completed).then_some(()) },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(3_000)).await; // let the zombie's sleep end
     a.signal("CONT");
     tokio::time::sleep(Duration::from_millis(1_500)).await; // it tries to complete now
-    let j = job(&pool, id).await;
-    assert_eq!(j.state, JobState::Completed);
+    eventually(
+        Duration::from_secs(10),
+        "the survivor's completion is counted",
+        || async { (completions_by(&pool, b_id).await == 1).then_some(()) },
+    )
+    .await;
+    // A few heartbeats later the zombie still has counted nothing: its completion was
+    // refused by the fence.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
-        j.finished_by,
-        Some(b_id),
+        completions_by(&pool, a_id).await,
+        0,
         "the zombie's completion was refused"
     );
-    assert_eq!(j.attempts, 2);
     assert!(a.is_alive(), "the zombie carries on after losing a lease");
 }
 
@@ -144,9 +149,8 @@ async fn sigterm_hands_back_unfinished_jobs_without_spending_an_attempt() {
         status.success(),
         "worker exits cleanly on SIGTERM: {status}"
     );
-    let q_row = job(&pool, quick).await;
     assert_eq!(
-        q_row.state,
+        job_state(&pool, quick).await,
         JobState::Completed,
         "in-flight work within the grace period finishes"
     );
@@ -199,14 +203,14 @@ async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
     )
     .await;
     assert_eq!(
-        job(&pool, in_flight).await.state,
+        job_state(&pool, in_flight).await,
         JobState::Completed,
         "in-flight job finished"
     );
     let after = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        job(&pool, after).await.state,
+        job_state(&pool, after).await,
         JobState::Ready,
         "a drained worker claims nothing"
     );
@@ -214,7 +218,7 @@ async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
     eventually(
         Duration::from_secs(10),
         "undrained worker resumes",
-        || async { (job(&pool, after).await.state == JobState::Completed).then_some(()) },
+        || async { (job_state(&pool, after).await == JobState::Completed).then_some(()) },
     )
     .await;
     stop.cancel();
@@ -237,7 +241,9 @@ async fn in_process_worker_runs_many_jobs_and_dead_letters_failures() {
         ..WorkerConfig::default()
     };
     let stop = CancellationToken::new();
-    let handle = tokio::spawn(Worker::new(pool.clone(), cfg, Builtins).run(stop.clone()));
+    let worker = Worker::new(pool.clone(), cfg, Builtins);
+    let wid = worker.id();
+    let handle = tokio::spawn(worker.run(stop.clone()));
     for i in 0..200 {
         enqueue(&pool, NewJob::new("noop", json!({ "i": i })).queue(&q)).await;
     }
@@ -250,9 +256,16 @@ async fn in_process_worker_runs_many_jobs_and_dead_letters_failures() {
     eventually(
         Duration::from_secs(30),
         "all noop jobs complete",
-        || async { (count_in_state(&pool, &q, JobState::Completed).await == 200).then_some(()) },
+        || async { (completions_by(&pool, wid).await == 200).then_some(()) },
     )
     .await;
+    let mut conn = pool.acquire().await.unwrap();
+    let stats = phasefleet::queue::stats(&mut conn).await.unwrap();
+    assert!(
+        stats.completed_last_minute >= 200,
+        "throughput counts what workers completed: {stats:?}"
+    );
+    drop(conn);
     let dead = eventually(
         Duration::from_secs(30),
         "failing job dead-letters",

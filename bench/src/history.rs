@@ -27,9 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Finished jobs to put in the history.
+    /// Finished jobs in the history. Completed jobs leave the table as they complete,
+    /// so only the dead-lettered and cancelled share of them (`--kept-percent`) is
+    /// written.
     #[arg(long, default_value_t = 2_000_000)]
     history_jobs: i64,
+    /// Percent of the finished jobs that stay in the table (half dead, half cancelled).
+    #[arg(long, default_value_t = 2)]
+    kept_percent: i64,
     /// Ended runs in the history, each with `--events-per-run` events.
     #[arg(long, default_value_t = 20_000)]
     history_runs: i64,
@@ -166,18 +171,20 @@ async fn appends(pool: &PgPool, fx: &Fixture, n: usize) -> anyhow::Result<f64> {
     Ok((runs.len() * 20) as f64 / secs)
 }
 
-/// Bulk history, 30 days old: finished jobs, ended runs with events, artifacts, reports.
+/// Bulk history, 30 days old: the finished jobs that stay (dead and cancelled), ended
+/// runs with events and reports.
 async fn populate(pool: &PgPool, args: &Args) -> anyhow::Result<()> {
     let (template_hash,): (String,) = sqlx::query_as("SELECT hash FROM templates LIMIT 1")
         .fetch_one(pool)
         .await?;
     sqlx::query(
-        "INSERT INTO jobs (queue, kind, payload, state, attempts, created_at, finished_at)
-         SELECT 'history', 'phase', jsonb_build_object('i', g), 'completed', 1,
-                now() - interval '30 days', now() - interval '30 days'
+        "INSERT INTO jobs (queue, kind, payload, state, attempts, created_at, finished_at, last_error)
+         SELECT 'history', 'phase', jsonb_build_object('i', g),
+                CASE WHEN g % 2 = 0 THEN 'dead'::job_state ELSE 'cancelled'::job_state END, 1,
+                now() - interval '30 days', now() - interval '30 days', 'a typical error message'
            FROM generate_series(1, $1) g",
     )
-    .bind(args.history_jobs)
+    .bind(args.history_jobs * args.kept_percent / 100)
     .execute(pool)
     .await?;
     sqlx::query(

@@ -25,6 +25,10 @@ struct Args {
     /// Mock latency per model call, ms.
     #[arg(long, default_value_t = 1000)]
     latency_ms: u64,
+    /// Call the mock over HTTP/2 (the provider's `http2 = true`): every call on one
+    /// connection instead of one connection per call in flight.
+    #[arg(long)]
+    http2: bool,
 }
 
 fn rss_kib() -> u64 {
@@ -93,14 +97,15 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let config = phasefleet::config::Config::from_toml(&format!(
-        "[providers.mock]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nallow_insecure_loopback = true\nmodels.\"*\" = {{ free = true }}\n[teams.default]\nqueues = [\"*\"]\n"
+        "[providers.mock]\nbase_url = \"http://127.0.0.1:{port}/v1\"\nallow_insecure_loopback = true\nhttp2 = {}\nmodels.\"*\" = {{ free = true }}\n[teams.default]\nqueues = [\"*\"]\n",
+        args.http2
     ))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     println!(
-        "| in-flight slots | model call | phases | wall time | phases/s | peak in flight | RSS idle | RSS peak | per in-flight phase |"
+        "| in-flight slots | HTTP | model call | phases | wall time | phases/s | peak in flight | RSS idle | RSS peak | per in-flight phase |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &slots in &args.slots {
         let queue = format!("inflight-{slots}");
         // Submit everything first, so the worker can fill every slot at once.
@@ -128,7 +133,9 @@ async fn main() -> anyhow::Result<()> {
         let (mut peak_rss, mut peak_inflight) = (idle, 0i64);
         loop {
             let (running, done): (i64, i64) = sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state IN ('completed', 'dead')) FROM jobs WHERE queue = $1",
+                "SELECT (SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'running'),
+                        (SELECT count(*) FROM runs WHERE queue = $1
+                          AND state IN ('completed', 'failed', 'aborted', 'cancelled'))",
             )
             .bind(&queue)
             .fetch_one(&observer)
@@ -141,15 +148,17 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let secs = started.elapsed().as_secs_f64();
-        let (completed,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs r JOIN jobs j ON j.run_id = r.id WHERE j.queue = $1 AND r.state = 'completed'")
-            .bind(&queue)
-            .fetch_one(&observer)
-            .await?;
+        let (completed,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM runs WHERE queue = $1 AND state = 'completed'")
+                .bind(&queue)
+                .fetch_one(&observer)
+                .await?;
         stop.cancel();
         worker.await??;
         let per = (peak_rss.saturating_sub(idle)) as f64 / peak_inflight.max(1) as f64;
         println!(
-            "| {slots} | {} s | {completed}/{slots} | {secs:.1} s | {:.1} | {peak_inflight} | {:.1} MiB | {:.1} MiB | {per:.0} KiB |",
+            "| {slots} | {} | {} s | {completed}/{slots} | {secs:.1} s | {:.1} | {peak_inflight} | {:.1} MiB | {:.1} MiB | {per:.0} KiB |",
+            if args.http2 { "HTTP/2" } else { "HTTP/1.1" },
             args.latency_ms as f64 / 1000.0,
             completed as f64 / secs,
             idle as f64 / 1024.0,

@@ -45,6 +45,8 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub requests: AtomicU64,
+    /// Requests that arrived over HTTP/2.
+    pub http2_requests: AtomicU64,
     conversations: Mutex<HashMap<u64, u32>>,
     /// The `X-Phasefleet-Call` ids of every request received.
     call_ids: Mutex<Vec<String>>,
@@ -94,14 +96,38 @@ pub fn router(stats: Arc<Stats>) -> Router {
         .with_state(stats)
 }
 
-/// Serve on `listener` in the background; returns the stats handle.
+/// Serve on `listener` in the background (HTTP/1.1 and cleartext HTTP/2); returns the
+/// stats handle.
 pub fn spawn(listener: tokio::net::TcpListener) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let app = router(stats.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    tokio::spawn(serve(listener, app, 1_000));
     stats
+}
+
+/// Serve `app` on `listener` over HTTP/1.1 and cleartext HTTP/2 (h2c with prior
+/// knowledge), at most `http2_max_streams` concurrent streams per HTTP/2 connection.
+///
+/// # Errors
+/// When accepting a connection fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    http2_max_streams: u32,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (stream, _peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        http.http2().max_concurrent_streams(http2_max_streams);
+        tokio::spawn(async move {
+            // A client that hangs up mid-request ends its connection; nothing to do.
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
 }
 
 /// A price list in OpenRouter's format: `mock/listed` at $1 / $2 per million tokens
@@ -285,10 +311,14 @@ fn rate_limited() -> Response {
 
 async fn chat(
     State(stats): State<Arc<Stats>>,
+    version: axum::http::Version,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     let n = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    if version == axum::http::Version::HTTP_2 {
+        stats.http2_requests.fetch_add(1, Ordering::SeqCst);
+    }
     if let Some(id) = headers
         .get("x-phasefleet-call")
         .and_then(|v| v.to_str().ok())

@@ -1,4 +1,5 @@
-//! `mock-llm`: serve the scripted OpenAI-compatible API (see the library docs).
+//! `mock-llm`: serve the scripted OpenAI-compatible API (see the library docs) over
+//! HTTP/1.1 and cleartext HTTP/2 (h2c with prior knowledge).
 
 use clap::Parser;
 
@@ -7,6 +8,10 @@ use clap::Parser;
 struct Args {
     #[arg(long, default_value = "127.0.0.1:9999")]
     listen: String,
+    /// Concurrent HTTP/2 streams allowed on one connection (a benchmark may hold
+    /// thousands of calls on one).
+    #[arg(long, default_value_t = 100_000)]
+    http2_max_streams: u32,
 }
 
 #[tokio::main]
@@ -14,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     eprintln!("mock-llm on http://{}/v1", listener.local_addr()?);
-    axum::serve(listener, phasefleet_mockllm::router(Default::default())).await?;
+    let app = phasefleet_mockllm::router(Default::default());
+    phasefleet_mockllm::serve(listener, app, args.http2_max_streams).await?;
     Ok(())
 }

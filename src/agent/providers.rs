@@ -56,7 +56,7 @@ impl Providers {
                     }
                 },
             };
-            let client = ChatClient::new(&p.base_url, key, call_timeout, retry)
+            let client = ChatClient::new(&p.base_url, key, call_timeout, retry, p.http2)
                 .map_err(|e| format!("provider {name}: building the HTTP client: {e}"))?;
             by_name.insert(
                 name.clone(),

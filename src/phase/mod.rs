@@ -18,7 +18,6 @@ pub const DURATION_BUCKETS_SECS: &[f64] = &[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 30
 
 use crate::advance::{self, AdvanceError, LockedRun};
 use crate::agent::Agent;
-use crate::ids::WorkerId;
 use crate::queue::{self, ClaimedJob, Completed, QueueError};
 use crate::state::RunState;
 use crate::store::{StoreError, ledger, runs};
@@ -101,17 +100,13 @@ impl<A: Agent> Engine<A> {
     pub async fn run_phase_job(
         &self,
         job: &ClaimedJob,
-        worker: WorkerId,
         cancel: CancellationToken,
     ) -> Result<Completed, PhaseError> {
         let p: PhaseJob = serde_json::from_value(job.payload.clone())
             .map_err(|e| PhaseError::Permanent(format!("phase job payload does not parse: {e}")))?;
         let span = tracing::info_span!("phase", run_id = %p.run_id, phase = %p.phase, job_id = %job.id, round = p.round, attempt = p.attempt);
         let started = std::time::Instant::now();
-        let result = self
-            .run_attempt(job, worker, &p, cancel)
-            .instrument(span)
-            .await;
+        let result = self.run_attempt(job, &p, cancel).instrument(span).await;
         let outcome = if result.is_ok() { "done" } else { "error" };
         metrics::histogram!("phasefleet_phase_attempt_duration_seconds", "phase" => p.phase.clone(), "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
@@ -121,7 +116,6 @@ impl<A: Agent> Engine<A> {
     async fn run_attempt(
         &self,
         job: &ClaimedJob,
-        worker: WorkerId,
         p: &PhaseJob,
         cancel: CancellationToken,
     ) -> Result<Completed, PhaseError> {
@@ -133,10 +127,10 @@ impl<A: Agent> Engine<A> {
                 tracing::info!(
                     "nothing to do for this delivery (run ended or attempt already recorded)"
                 );
-                return Box::pin(self.complete_only(job, worker)).await;
+                return Box::pin(self.complete_only(job)).await;
             }
             start::Start::OutOfBudget(reason) => {
-                return Box::pin(self.park_for_budget(job, worker, p, &reason)).await;
+                return Box::pin(self.park_for_budget(job, p, &reason)).await;
             }
             start::Start::Ready(started) => started,
         };
@@ -153,22 +147,19 @@ impl<A: Agent> Engine<A> {
         )
         .await?;
         if matches!(attempted.ended, AgentExit::RunEnded) {
-            return Box::pin(self.complete_only(job, worker)).await;
+            return Box::pin(self.complete_only(job)).await;
         }
         // 3. Validate what the workspace holds, however the agent ended (CPU work, off
         //    the async threads): a valid artifact is kept even after a timeout or a
         //    failed call.
         let (validated, ended) = attempt::validate(&self.schemas, &started, attempted).await?;
         if !validated.validation.valid
-            && let Some(done) = Box::pin(self.not_recorded(job, worker, p, ended)).await
+            && let Some(done) = Box::pin(self.not_recorded(job, p, ended)).await
         {
             return done;
         }
         // 4. Record the outcome and complete the job, atomically.
-        Box::pin(record::record(
-            &self.pool, job, worker, p, &started, validated,
-        ))
-        .await
+        Box::pin(record::record(&self.pool, job, p, &started, validated)).await
     }
 
     /// An attempt without a valid artifact that ended other than by finishing or
@@ -177,13 +168,12 @@ impl<A: Agent> Engine<A> {
     async fn not_recorded(
         &self,
         job: &ClaimedJob,
-        worker: WorkerId,
         p: &PhaseJob,
         ended: AgentExit,
     ) -> Option<Result<Completed, PhaseError>> {
         Some(match ended {
             AgentExit::Interrupted => Err(PhaseError::Interrupted),
-            AgentExit::OutOfBudget(reason) => self.park_for_budget(job, worker, p, &reason).await,
+            AgentExit::OutOfBudget(reason) => self.park_for_budget(job, p, &reason).await,
             AgentExit::Failed { error, retry } if retry && job.attempts < job.max_attempts => {
                 Err(PhaseError::Retry(error))
             }
@@ -193,7 +183,7 @@ impl<A: Agent> Engine<A> {
                 } else {
                     error
                 };
-                self.fail_run(job, worker, p, &error).await
+                self.fail_run(job, p, &error).await
             }
             AgentExit::Finished | AgentExit::TimedOut | AgentExit::RunEnded => return None,
         })
@@ -217,13 +207,9 @@ impl<A: Agent> Engine<A> {
 
     /// Complete the job and change nothing else (its run ended, or the attempt was
     /// recorded by an earlier delivery).
-    async fn complete_only(
-        &self,
-        job: &ClaimedJob,
-        worker: WorkerId,
-    ) -> Result<Completed, PhaseError> {
+    async fn complete_only(&self, job: &ClaimedJob) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
-        let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+        let done = queue::complete(&mut tx, &job.lease()).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -233,7 +219,6 @@ impl<A: Agent> Engine<A> {
     async fn park_for_budget(
         &self,
         job: &ClaimedJob,
-        worker: WorkerId,
         p: &PhaseJob,
         reason: &str,
     ) -> Result<Completed, PhaseError> {
@@ -245,7 +230,7 @@ impl<A: Agent> Engine<A> {
             crate::budget::park(&mut tx, &mut locked, p, reason).await?;
             locked.flush_events(&mut tx).await?;
         }
-        let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+        let done = queue::complete(&mut tx, &job.lease()).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -254,7 +239,6 @@ impl<A: Agent> Engine<A> {
     async fn fail_run(
         &self,
         job: &ClaimedJob,
-        worker: WorkerId,
         p: &PhaseJob,
         error: &str,
     ) -> Result<Completed, PhaseError> {
@@ -266,7 +250,7 @@ impl<A: Agent> Engine<A> {
             advance::fail_phase_and_run(&mut tx, &mut locked, p, error).await?;
             locked.flush_events(&mut tx).await?;
         }
-        let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+        let done = queue::complete(&mut tx, &job.lease()).await?;
         tx.commit().await?;
         Ok(done)
     }

@@ -9,7 +9,7 @@ use super::attempt::Validated;
 use super::start::Started;
 use crate::advance::{self, LockedRun};
 use crate::events::{NewEvent, RecordedArtifact};
-use crate::ids::{ApprovalId, WorkerId};
+use crate::ids::ApprovalId;
 use crate::phase_job::PhaseJob;
 use crate::queue::{self, ClaimedJob, Completed};
 use crate::state::{PhaseState, RunState};
@@ -27,7 +27,6 @@ use sqlx::{PgConnection, PgPool};
 pub(super) async fn record(
     pool: &PgPool,
     job: &ClaimedJob,
-    worker: WorkerId,
     p: &PhaseJob,
     started: &Started,
     outcome: Validated,
@@ -55,7 +54,7 @@ pub(super) async fn record(
         locked.flush_events(&mut tx).await?;
     }
     // 4. Complete the job under its lease; commit.
-    let done = queue::complete(&mut tx, &job.lease(), worker).await?;
+    let done = queue::complete(&mut tx, &job.lease()).await?;
     tx.commit().await?;
     Ok(done)
 }

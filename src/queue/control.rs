@@ -127,7 +127,7 @@ pub async fn cancel_run_jobs(conn: &mut PgConnection, run: RunId) -> Result<(), 
     Ok(())
 }
 
-/// Delete finished jobs (completed and cancelled; dead too when `include_dead`) that
+/// Delete finished jobs (cancelled; dead too when `include_dead`) that
 /// finished more than `older_than` ago, at most `batch` rows per call so a large prune
 /// never holds long locks. Returns how many rows went.
 ///
@@ -143,7 +143,7 @@ pub async fn prune(
     let r = sqlx::query(
         "DELETE FROM jobs WHERE id IN (
              SELECT id FROM jobs
-             WHERE (state IN ('completed', 'cancelled') OR ($2 AND state = 'dead'))
+             WHERE (state = 'cancelled' OR ($2 AND state = 'dead'))
                AND finished_at < now() - make_interval(secs => $1)
              LIMIT $3 FOR UPDATE SKIP LOCKED)",
     )
@@ -159,7 +159,8 @@ pub async fn prune(
 /// A running job is refused: its worker still holds the lease.
 ///
 /// # Errors
-/// [`QueueError::NotFound`]; [`QueueError::Conflict`] for running or completed jobs.
+/// [`QueueError::NotFound`] (also for a completed job: it left the table);
+/// [`QueueError::Conflict`] for a running job.
 pub async fn requeue(conn: &mut PgConnection, id: JobId) -> Result<(), QueueError> {
     let row: Option<(JobState,)> =
         sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
@@ -172,11 +173,6 @@ pub async fn requeue(conn: &mut PgConnection, id: JobId) -> Result<(), QueueErro
             job_id: id,
             state: "running",
             what: "a running job cannot be requeued; cancel it or wait for its lease to expire",
-        }),
-        Some((JobState::Completed,)) => Err(QueueError::Conflict {
-            job_id: id,
-            state: "completed",
-            what: "a completed job is not requeued; enqueue a new one",
         }),
         Some(_) => {
             sqlx::query(
@@ -228,7 +224,6 @@ pub struct JobRow {
     pub unique_key: Option<String>,
     pub lease_owner: Option<WorkerId>,
     pub lease_expires_at: Option<DateTime<Utc>>,
-    pub finished_by: Option<WorkerId>,
     pub last_error: Option<String>,
     pub payload: serde_json::Value,
     pub run_at: DateTime<Utc>,
@@ -239,7 +234,7 @@ pub struct JobRow {
 
 const JOB_COLUMNS: &str =
     "id, queue, kind, state, priority, attempts, max_attempts, rescues, run_id,
-    unique_key, lease_owner, lease_expires_at, finished_by, last_error, payload, run_at, created_at,
+    unique_key, lease_owner, lease_expires_at, last_error, payload, run_at, created_at,
     started_at, finished_at";
 
 /// One job by id.
@@ -259,7 +254,8 @@ pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<JobRow, QueueErro
 /// Jobs filtered by state and queue, newest first.
 ///
 /// # Errors
-/// [`QueueError::Db`] on database failure.
+/// [`QueueError::InvalidArgument`] for state `completed` (completed jobs are not
+/// kept); [`QueueError::Db`] on database failure.
 pub async fn list(
     conn: &mut PgConnection,
     state: Option<JobState>,
@@ -267,6 +263,13 @@ pub async fn list(
     run_id: Option<RunId>,
     limit: i64,
 ) -> Result<Vec<JobRow>, QueueError> {
+    if state == Some(JobState::Completed) {
+        return Err(QueueError::InvalidArgument(
+            "completed jobs are not kept in the queue (they leave it as they complete); \
+             list ready, running, dead or cancelled jobs, or read the run's events"
+                .into(),
+        ));
+    }
     let rows = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM jobs
           WHERE ($1::job_state IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
@@ -296,6 +299,8 @@ pub struct QueueStats {
     /// Ready jobs whose `run_at` has passed (the autoscaling signal).
     pub ready_now: i64,
     pub oldest_ready_age_secs: Option<f64>,
+    /// Jobs workers reported completed over the last minute (each worker reports with
+    /// its heartbeat, every third of its lease).
     pub completed_last_minute: i64,
     pub running_with_expired_lease: i64,
 }
@@ -305,12 +310,17 @@ pub struct QueueStats {
 /// # Errors
 /// [`QueueError::Db`] on database failure.
 pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
-    // Unfinished states are served by partial indexes; finished ones are counted over
-    // the last hour only, so the cost stays flat with history.
+    // Each state is read through its partial index (claim, lease, dead, finished);
+    // cancelled jobs are counted over the last hour only. Completed jobs left the
+    // table: their count is what workers reported to `job_completions`.
     let by_state = sqlx::query_as::<_, StateCount>(
-        "SELECT queue, state, count(*) AS count FROM jobs
-          WHERE state IN ('ready', 'running') OR finished_at > now() - interval '1 hour'
-          GROUP BY queue, state ORDER BY queue, state",
+        "SELECT queue, state, count(*) AS count FROM (
+             SELECT queue, state FROM jobs WHERE state = 'ready'
+             UNION ALL SELECT queue, state FROM jobs WHERE state = 'running'
+             UNION ALL SELECT queue, state FROM jobs WHERE state = 'dead'
+             UNION ALL SELECT queue, state FROM jobs
+                        WHERE state = 'cancelled' AND finished_at > now() - interval '1 hour'
+         ) AS recent GROUP BY queue, state ORDER BY queue, state",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -318,7 +328,7 @@ pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
         "SELECT
            (SELECT count(*) FROM jobs WHERE state = 'ready' AND run_at <= now()),
            (SELECT EXTRACT(EPOCH FROM now() - min(run_at))::float8 FROM jobs WHERE state = 'ready' AND run_at <= now()),
-           (SELECT count(*) FROM jobs WHERE state = 'completed' AND finished_at > now() - interval '1 minute'),
+           (SELECT COALESCE(sum(completed), 0)::int8 FROM job_completions WHERE at > now() - interval '1 minute'),
            (SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < now())",
     )
     .fetch_one(&mut *conn)

@@ -59,6 +59,10 @@ impl NewJob {
         self.max_attempts = n;
         self
     }
+    /// A key no other job in the table may hold: enqueueing it again while the first
+    /// job waits, runs, is dead or cancelled returns that job. A completed job has left
+    /// the table and freed its key; callers that must never repeat work check their own
+    /// state first (a phase attempt checks its run's phases under the run's lock).
     #[must_use]
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
@@ -100,7 +104,7 @@ impl NewJob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Created(JobId),
-    /// A job with the same unique key already existed; nothing was inserted.
+    /// A job with the same unique key is in the table; nothing was inserted.
     Existing(JobId),
 }
 
@@ -121,6 +125,29 @@ impl Enqueued {
 /// [`QueueError::Db`] otherwise.
 pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, QueueError> {
     job.check()?;
+    // A conflicting job that completes (and leaves the table) between the insert and
+    // the lookup frees its key: the next insert then takes it.
+    for _ in 0..3 {
+        if let Some(id) = insert(conn, job).await? {
+            return Ok(Enqueued::Created(id));
+        }
+        let existing: Option<(JobId,)> =
+            sqlx::query_as("SELECT id FROM jobs WHERE unique_key = $1")
+                .bind(&job.unique_key)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((id,)) = existing {
+            return Ok(Enqueued::Existing(id));
+        }
+    }
+    Err(QueueError::InvalidArgument(format!(
+        "unique key {:?} kept changing hands during the enqueue",
+        job.unique_key
+    )))
+}
+
+/// Insert the job unless its unique key is taken; its id when inserted.
+async fn insert(conn: &mut PgConnection, job: &NewJob) -> Result<Option<JobId>, QueueError> {
     let inserted: Option<(JobId,)> = sqlx::query_as(
         "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, unique_key, run_id, requires)
          VALUES ($1, $2, $3, $4, COALESCE($5, now()), $6, $7, $8, $9)
@@ -138,13 +165,5 @@ pub async fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, 
     .bind(&job.requires)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some((id,)) = inserted {
-        return Ok(Enqueued::Created(id));
-    }
-    // Conflict on the unique key: the earlier job stands.
-    let (id,): (JobId,) = sqlx::query_as("SELECT id FROM jobs WHERE unique_key = $1")
-        .bind(&job.unique_key)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Enqueued::Existing(id))
+    Ok(inserted.map(|(id,)| id))
 }

@@ -2,7 +2,7 @@
 //! fenced by the lease token and takes the caller's connection or transaction.
 
 use super::{Backoff, Lease, QueueError};
-use crate::ids::{JobId, WorkerId};
+use crate::ids::JobId;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::time::Duration;
@@ -23,26 +23,19 @@ fn lost(lease: &Lease) -> QueueError {
     }
 }
 
-/// Mark the job completed, if `lease` still holds it. Run it in the same transaction as
+/// Complete the job, if `lease` still holds it: the row leaves `jobs` (a completed job
+/// keeps no row there; its effects are its record). Run it in the same transaction as
 /// the job's effects: if the lease was lost, the error makes the caller roll back.
 ///
 /// # Errors
 /// [`QueueError::LeaseLost`] when the lease is stale; [`QueueError::Db`] otherwise.
-pub async fn complete(
-    conn: &mut PgConnection,
-    lease: &Lease,
-    worker: WorkerId,
-) -> Result<Completed, QueueError> {
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'completed', finished_at = now(), finished_by = $3,
-                lease_owner = NULL, lease_expires_at = NULL
-          WHERE id = $1 AND lease_token = $2 AND state = 'running'",
-    )
-    .bind(lease.job_id)
-    .bind(lease.token)
-    .bind(worker)
-    .execute(&mut *conn)
-    .await?;
+pub async fn complete(conn: &mut PgConnection, lease: &Lease) -> Result<Completed, QueueError> {
+    let done =
+        sqlx::query("DELETE FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'")
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .execute(&mut *conn)
+            .await?;
     if done.rows_affected() == 1 {
         Ok(Completed { _proof: () })
     } else {
@@ -85,27 +78,24 @@ impl CompletedMany {
     }
 }
 
-/// Complete many jobs in one statement; each lease is fenced on its own, so jobs whose
-/// leases were lost are left alone (and [`CompletedMany::proof`] says so).
+/// Complete many jobs in one statement (their rows leave `jobs`, as in [`complete`]);
+/// each lease is fenced on its own, so jobs whose leases were lost are left alone (and
+/// [`CompletedMany::proof`] says so).
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure.
 pub async fn complete_many(
     conn: &mut PgConnection,
     leases: &[Lease],
-    worker: WorkerId,
 ) -> Result<CompletedMany, QueueError> {
     let (ids, keys) = super::lease_keys(leases);
     let done: Vec<(JobId, i64)> = sqlx::query_as(concat!(
-        "UPDATE jobs j SET state = 'completed', finished_at = now(), finished_by = $3,
-                lease_owner = NULL, lease_expires_at = NULL
-          WHERE ",
+        "DELETE FROM jobs j WHERE ",
         super::held_leases!(),
         " RETURNING j.id, j.lease_token",
     ))
     .bind(&ids)
     .bind(&keys)
-    .bind(worker)
     .fetch_all(&mut *conn)
     .await?;
     Ok(CompletedMany {

@@ -53,6 +53,7 @@ pub enum JobState {
     Ready,
     /// Claimed under a live lease.
     Running,
+    /// Reported, never stored: a completed job leaves the table as it completes.
     Completed,
     /// Dead-lettered: out of attempts or failed permanently. `requeue` revives it.
     Dead,
@@ -137,7 +138,9 @@ pub enum QueueError {
         "lease lost on job {job_id} (token {token}): the job was rescued, finished or cancelled elsewhere"
     )]
     LeaseLost { job_id: JobId, token: i64 },
-    #[error("job {0} not found")]
+    /// No such job: never enqueued, pruned, or completed (a completed job leaves the
+    /// table in the statement that completes it).
+    #[error("job {0} not found (completed jobs are not kept: see their run's events)")]
     NotFound(JobId),
     #[error("job {job_id} is {state}: {what}")]
     Conflict {

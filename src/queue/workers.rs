@@ -5,6 +5,7 @@ use crate::ids::WorkerId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
+use std::time::Duration;
 
 /// A worker process as it registers.
 #[derive(Debug, Clone)]
@@ -40,26 +41,53 @@ pub async fn register(pool: &PgPool, w: &NewWorker<'_>) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// Record liveness and load; returns whether a drain is requested.
+/// What a worker reports on each heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat<'a> {
+    pub id: WorkerId,
+    /// The queue the worker serves (where its completions are counted).
+    pub queue: &'a str,
+    pub in_flight: usize,
+    pub state: &'a str,
+    /// Jobs completed since the previous heartbeat that was written.
+    pub completed: u64,
+}
+
+/// Record liveness and load, and add the jobs completed since the last heartbeat to
+/// `job_completions` (the throughput `admin stats` reads: completed jobs leave `jobs`);
+/// returns whether a drain is requested.
 ///
 /// # Errors
 /// Database errors.
-pub async fn heartbeat(
-    pool: &PgPool,
-    id: WorkerId,
-    in_flight: usize,
-    state: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn heartbeat(pool: &PgPool, beat: &Heartbeat<'_>) -> Result<bool, sqlx::Error> {
     let row: Option<(bool,)> = sqlx::query_as(
-        "UPDATE workers SET heartbeat_at = now(), in_flight = $2, state = $3
+        "WITH counted AS (
+             INSERT INTO job_completions (worker_id, queue, completed)
+             SELECT $1, $4, $5 WHERE $5 > 0
+         )
+         UPDATE workers SET heartbeat_at = now(), in_flight = $2, state = $3
           WHERE id = $1 RETURNING drain_requested",
     )
-    .bind(id)
-    .bind(i32::try_from(in_flight).unwrap_or(i32::MAX))
-    .bind(state)
+    .bind(beat.id)
+    .bind(i32::try_from(beat.in_flight).unwrap_or(i32::MAX))
+    .bind(beat.state)
+    .bind(beat.queue)
+    .bind(i32::try_from(beat.completed).unwrap_or(i32::MAX))
     .fetch_optional(pool)
     .await?;
     Ok(row.is_some_and(|(d,)| d))
+}
+
+/// Delete throughput rows older than `older_than` (workers call it now and then).
+///
+/// # Errors
+/// Database errors.
+pub async fn prune_completions(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM job_completions WHERE at < now() - make_interval(secs => $1)")
+        .bind(older_than.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
 }
 
 /// Mark a worker stopped (it shut down).

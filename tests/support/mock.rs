@@ -40,6 +40,18 @@ impl Mock {
     /// The production router against this mock: it is provider `mock`, as configured
     /// (fast retries, so tests of retrying stay short).
     pub fn agent(&self) -> BackendRouter {
+        self.agent_with(|_| {})
+    }
+
+    /// [`Mock::agent`] with the provider's configuration changed by `edit`.
+    pub fn agent_with(
+        &self,
+        edit: impl FnOnce(&mut phasefleet::config::ProviderConfig),
+    ) -> BackendRouter {
+        let mut config = super::engine::config_with_mock(&self.base_url);
+        if let Some(mock) = config.providers.get_mut("mock") {
+            edit(mock);
+        }
         let retry = RetryPolicy {
             max_attempts: 4,
             backoff: Backoff {
@@ -51,12 +63,7 @@ impl Mock {
         BackendRouter {
             synthetic: Default::default(),
             llm: LlmAgent::new(
-                Providers::from_config(
-                    &super::engine::config_with_mock(&self.base_url),
-                    Duration::from_secs(10),
-                    retry,
-                )
-                .unwrap(),
+                Providers::from_config(&config, Duration::from_secs(10), retry).unwrap(),
                 Limiter::default(),
             ),
         }

@@ -105,6 +105,39 @@ pub async fn job(pool: &PgPool, id: JobId) -> JobRow {
     queue::get(&mut conn, id).await.unwrap()
 }
 
+/// A job's state; `Completed` once its row has left the table (a completed job is not
+/// kept, and these tests prune nothing they then look up).
+pub async fn job_state(pool: &PgPool, id: JobId) -> JobState {
+    let mut conn = pool.acquire().await.unwrap();
+    match queue::get(&mut conn, id).await {
+        Ok(row) => row.state,
+        Err(queue::QueueError::NotFound(_)) => JobState::Completed,
+        Err(other) => panic!("reading job {id}: {other}"),
+    }
+}
+
+/// Jobs of `queue` still in the table, in any state (completed ones have left it).
+pub async fn jobs_left(pool: &PgPool, queue: &str) -> i64 {
+    sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM jobs WHERE queue = $1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Jobs `worker` reported completed (its heartbeats' throughput rows).
+pub async fn completions_by(pool: &PgPool, worker: phasefleet::WorkerId) -> i64 {
+    sqlx::query_as::<_, (i64,)>(
+        "SELECT COALESCE(sum(completed), 0)::int8 FROM job_completions WHERE worker_id = $1",
+    )
+    .bind(worker)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .0
+}
+
 pub async fn count_in_state(pool: &PgPool, queue: &str, state: JobState) -> i64 {
     sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM jobs WHERE queue = $1 AND state = $2")
         .bind(queue)

@@ -4,7 +4,6 @@
 //! queued while one flush ran goes into the next, up to `max_batch`, after waiting
 //! `delay` for more (zero by default: batching then costs no latency).
 
-use phasefleet::WorkerId;
 use phasefleet::queue::{self, Completed, Lease, QueueError};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -34,34 +33,23 @@ struct Request {
 pub struct Completer {
     requests: mpsc::Sender<Request>,
     pool: PgPool,
-    worker: WorkerId,
 }
 
 impl Completer {
-    /// A completer for `worker`'s jobs and the task that flushes for it; run the task
+    /// A completer and the task that flushes for it; run the task
     /// (with [`FlushTask::run`]) for as long as jobs may complete. Until it runs, and
     /// after it ended, completions are written one by one.
     #[must_use]
-    pub fn new(
-        pool: PgPool,
-        worker: WorkerId,
-        max_batch: usize,
-        delay: Duration,
-    ) -> (Self, FlushTask) {
+    pub fn new(pool: PgPool, max_batch: usize, delay: Duration) -> (Self, FlushTask) {
         let max_batch = max_batch.max(1);
         let (requests, receiver) = mpsc::channel(max_batch.saturating_mul(4));
         let task = FlushTask {
             pool: pool.clone(),
-            worker,
             receiver,
             max_batch,
             delay,
         };
-        let completer = Self {
-            requests,
-            pool,
-            worker,
-        };
+        let completer = Self { requests, pool };
         (completer, task)
     }
 
@@ -83,7 +71,7 @@ impl Completer {
 
     async fn complete_directly(&self, lease: Lease) -> Result<Completed, QueueError> {
         let mut conn = self.pool.acquire().await?;
-        queue::complete(&mut conn, &lease, self.worker).await
+        queue::complete(&mut conn, &lease).await
     }
 }
 
@@ -91,7 +79,6 @@ impl Completer {
 #[derive(Debug)]
 pub struct FlushTask {
     pool: PgPool,
-    worker: WorkerId,
     receiver: mpsc::Receiver<Request>,
     max_batch: usize,
     delay: Duration,
@@ -99,25 +86,29 @@ pub struct FlushTask {
 
 impl FlushTask {
     /// Flush batches until `stop` fires, then flush what is queued and end (later
-    /// completions are written directly by their handlers).
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// completions are written directly by their handlers). Returns how many batch
+    /// statements it wrote.
+    pub async fn run(mut self, stop: CancellationToken) -> u64 {
         let mut batch = Vec::with_capacity(self.max_batch);
+        let mut flushes = 0;
         loop {
             let received = tokio::select! {
                 n = self.receiver.recv_many(&mut batch, self.max_batch) => n,
                 () = stop.cancelled() => {
                     self.receiver.close();
                     while self.receiver.recv_many(&mut batch, self.max_batch).await > 0 {
-                        flush(&self.pool, self.worker, &mut batch).await;
+                        flush(&self.pool, &mut batch).await;
+                        flushes += 1;
                     }
-                    return;
+                    return flushes;
                 }
             };
             if received == 0 {
-                return;
+                return flushes;
             }
             self.wait_for_more(&mut batch).await;
-            flush(&self.pool, self.worker, &mut batch).await;
+            flush(&self.pool, &mut batch).await;
+            flushes += 1;
         }
     }
 
@@ -144,13 +135,13 @@ impl std::fmt::Debug for Request {
 }
 
 /// Write one batch and answer every handler waiting on it.
-async fn flush(pool: &PgPool, worker: WorkerId, batch: &mut Vec<Request>) {
+async fn flush(pool: &PgPool, batch: &mut Vec<Request>) {
     // One lock order for every batch.
     batch.sort_unstable_by_key(|r| r.lease.job_id);
     let leases: Vec<Lease> = batch.iter().map(|r| r.lease).collect();
     let completed = tokio::time::timeout(FLUSH_TIMEOUT, async {
         let mut conn = pool.acquire().await?;
-        queue::complete_many(&mut conn, &leases, worker).await
+        queue::complete_many(&mut conn, &leases).await
     })
     .await;
     metrics::counter!("phasefleet_completion_batches_total").increment(1);

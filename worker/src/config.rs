@@ -10,6 +10,10 @@ pub struct WorkerConfig {
     pub queue: String,
     /// Jobs in flight at once.
     pub concurrency: usize,
+    /// Most jobs one claim statement takes. With many free slots the worker claims
+    /// again at once, so a claim is written while the previous jobs' completions are:
+    /// the two statements overlap instead of waiting on each other.
+    pub claim_batch: usize,
     /// Lease length; heartbeats extend it every `lease / 3`.
     pub lease: Duration,
     /// Fallback poll when no notification arrives.
@@ -34,6 +38,7 @@ impl Default for WorkerConfig {
             name: default_name(),
             queue: phasefleet::queue::DEFAULT_QUEUE.to_owned(),
             concurrency: 16,
+            claim_batch: 250,
             lease: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             rescue_interval: Duration::from_secs(1),

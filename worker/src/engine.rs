@@ -40,9 +40,7 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
     async fn handle(&self, ctx: JobContext) -> Result<Completed, JobError> {
         // Both paths boxed: a phase waiting on its model holds only its own state.
         if ctx.job.kind == PHASE_JOB_KIND {
-            let phase = self
-                .engine
-                .run_phase_job(&ctx.job, ctx.worker_id, ctx.cancel.clone());
+            let phase = self.engine.run_phase_job(&ctx.job, ctx.cancel.clone());
             Ok(Box::pin(phase).await?)
         } else {
             Box::pin(Builtins.handle(ctx)).await

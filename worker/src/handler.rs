@@ -26,7 +26,7 @@ impl JobContext {
     /// # Errors
     /// [`QueueError::LeaseLost`] when another worker owns the job now.
     pub async fn complete(&self, conn: &mut sqlx::PgConnection) -> Result<Completed, QueueError> {
-        phasefleet::queue::complete(conn, &self.job.lease(), self.worker_id).await
+        phasefleet::queue::complete(conn, &self.job.lease()).await
     }
 
     /// Complete the job in the worker's next completion batch: many jobs in one

@@ -7,14 +7,20 @@ use crate::handler::{JobContext, JobError, JobHandler};
 use crate::inflight::{InFlight, StopReason};
 use phasefleet::WorkerId;
 use phasefleet::queue::{self, ClaimedJob, Lease, QueueError, notify, workers as registry};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Throughput rows (`job_completions`) are kept this long ...
+const COMPLETIONS_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// ... and pruned every this many rescue passes.
+const COMPLETIONS_PRUNE_EVERY: u64 = 500;
 
 /// The most completions one batch statement may carry.
 pub const MAX_COMPLETION_BATCH: usize = 10_000;
@@ -45,6 +51,8 @@ struct Shared {
     /// What the handler can do (advertised; jobs requiring one of these are claimed).
     capabilities: Vec<String>,
     completer: Completer,
+    /// Jobs completed since the last heartbeat that was written (its throughput row).
+    completed: AtomicU64,
 }
 
 impl Shared {
@@ -57,6 +65,24 @@ impl Shared {
             }
             notify::Notice::CancelJob(job) => self.inflight.stop(job, StopReason::Cancelled),
         }
+    }
+
+    /// Write the worker's heartbeat with the jobs completed since the last one (kept
+    /// for the next heartbeat when this one fails).
+    async fn beat(&self, in_flight: usize, state: &str) -> Result<bool, sqlx::Error> {
+        let completed = self.completed.swap(0, Ordering::AcqRel);
+        let beat = registry::Heartbeat {
+            id: self.id,
+            queue: &self.cfg.queue,
+            in_flight,
+            state,
+            completed,
+        };
+        let written = registry::heartbeat(&self.pool, &beat).await;
+        if written.is_err() {
+            self.completed.fetch_add(completed, Ordering::AcqRel);
+        }
+        written
     }
 }
 
@@ -106,7 +132,6 @@ impl<H: JobHandler> Worker<H> {
         }
         let (completer, flush_task) = Completer::new(
             self.pool.clone(),
-            self.id,
             self.cfg.completion_batch,
             self.cfg.completion_delay,
         );
@@ -119,6 +144,7 @@ impl<H: JobHandler> Worker<H> {
             draining: AtomicBool::new(false),
             capabilities: self.handler.capabilities(),
             completer,
+            completed: AtomicU64::new(0),
         });
         let worker_span =
             tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
@@ -139,7 +165,11 @@ impl<H: JobHandler> Worker<H> {
             services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
             services.spawn(rescue_loop(shared.clone(), self.handler.clone(), services_stop.clone()));
             // Stopped with the other services, after the last job has ended.
-            services.spawn(flush_task.run(services_stop.clone()));
+            let flush_stop = services_stop.clone();
+            services.spawn(async move {
+                let batches = flush_task.run(flush_stop).await;
+                tracing::debug!(batches, "completion batches written");
+            });
 
             let mut jobs = JoinSet::new();
             self.claim_loop(&shared, &mut jobs, &shutdown).await;
@@ -147,6 +177,8 @@ impl<H: JobHandler> Worker<H> {
 
             services_stop.cancel();
             while services.join_next().await.is_some() {}
+            // The last heartbeat counts the last completions.
+            let _ = shared.beat(0, "stopped").await;
             if let Err(err) = registry::mark_stopped(&shared.pool, shared.id).await {
                 tracing::warn!(error = %err, "could not mark worker stopped");
             }
@@ -164,6 +196,10 @@ impl<H: JobHandler> Worker<H> {
         shutdown: &CancellationToken,
     ) {
         let mut error_delay = Duration::from_millis(100);
+        // The loop keeps its own connection: a claim never queues for one behind the
+        // running jobs' SQL (a worker with thousands of phases has far fewer
+        // connections than jobs).
+        let mut conn = None;
         loop {
             while let Some(res) = jobs.try_join_next() {
                 log_join(res);
@@ -178,15 +214,16 @@ impl<H: JobHandler> Worker<H> {
                 tokio::task::yield_now().await;
             }
             let free = shared.cfg.concurrency.saturating_sub(shared.inflight.len());
-            if free > 0 && !shared.draining.load(Ordering::Acquire) {
-                match claim(shared, free).await {
+            let wanted = free.min(shared.cfg.claim_batch.max(1));
+            if wanted > 0 && !shared.draining.load(Ordering::Acquire) {
+                match claim(shared, &mut conn, wanted).await {
                     Ok(claimed) => {
                         error_delay = Duration::from_millis(100);
                         let n = claimed.len();
                         for job in claimed {
                             self.spawn_job(shared, jobs, job);
                         }
-                        if n == free {
+                        if n == wanted {
                             // Possibly more waiting: claim again as soon as a slot frees.
                             shared.wake.notify_one();
                         }
@@ -262,7 +299,7 @@ impl<H: JobHandler> Worker<H> {
             grace_ms = shared.cfg.shutdown_grace.as_millis(),
             "shutting down: finishing in-flight jobs"
         );
-        let _ = registry::heartbeat(&shared.pool, shared.id, jobs.len(), "draining").await;
+        let _ = shared.beat(jobs.len(), "draining").await;
         let grace = tokio::time::sleep(shared.cfg.shutdown_grace);
         tokio::pin!(grace);
         while !jobs.is_empty() {
@@ -301,17 +338,27 @@ fn log_join(res: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn claim(shared: &Shared, free: usize) -> Result<Vec<ClaimedJob>, QueueError> {
-    let mut conn = shared.pool.acquire().await?;
+/// Claim up to `wanted` jobs on the loop's connection (taken from the pool when there
+/// is none; dropped after an error, so the next claim starts on a fresh one).
+async fn claim(
+    shared: &Shared,
+    conn: &mut Option<PoolConnection<Postgres>>,
+    wanted: usize,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    let mut held = match conn.take() {
+        Some(held) => held,
+        None => shared.pool.acquire().await?,
+    };
     let jobs = queue::claim_capable(
-        &mut conn,
+        &mut held,
         shared.id,
         &shared.cfg.queue,
-        i64::try_from(free).unwrap_or(i64::MAX),
+        i64::try_from(wanted).unwrap_or(i64::MAX),
         shared.cfg.lease,
         &shared.capabilities,
     )
     .await?;
+    *conn = Some(held);
     metrics::counter!("phasefleet_jobs_claimed_total", "queue" => shared.cfg.queue.clone())
         .increment(jobs.len() as u64);
     Ok(jobs)
@@ -355,6 +402,7 @@ async fn record_outcome(
     let err = match result {
         Ok(_completed) => {
             tracing::debug!("job completed");
+            shared.completed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("phasefleet_jobs_completed_total", "queue" => shared.cfg.queue.clone())
                 .increment(1);
             return;
@@ -462,7 +510,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             (true, 0) => "drained",
             (true, _) => "draining",
         };
-        match registry::heartbeat(&shared.pool, shared.id, in_flight, state).await {
+        match shared.beat(in_flight, state).await {
             Ok(drain) => {
                 if drain != draining {
                     tracing::info!(drain, "drain state changed");
@@ -481,6 +529,12 @@ async fn rescue_loop<H: JobHandler>(shared: Arc<Shared>, handler: Arc<H>, stop: 
         tick += 1;
         if tick.is_multiple_of(5) {
             handler.maintain().await;
+        }
+        if tick.is_multiple_of(COMPLETIONS_PRUNE_EVERY) {
+            let pruned = registry::prune_completions(&shared.pool, COMPLETIONS_KEPT).await;
+            if let Err(err) = pruned {
+                tracing::debug!(error = %err, "pruning throughput rows failed");
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,

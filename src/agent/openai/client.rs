@@ -112,7 +112,9 @@ impl std::fmt::Debug for ChatClient {
 pub struct ApiKey(pub String);
 
 impl ChatClient {
-    /// `base_url` like `https://openrouter.ai/api/v1` (the `/chat/completions` suffix is added).
+    /// `base_url` like `https://openrouter.ai/api/v1` (the `/chat/completions` suffix is
+    /// added). `http2`: HTTP/2 with prior knowledge, every call on one connection;
+    /// otherwise HTTP/1.1 only (see `ProviderConfig::http2` for the trade-off).
     ///
     /// # Errors
     /// When the HTTP client cannot be built (TLS setup).
@@ -121,14 +123,22 @@ impl ChatClient {
         api_key: Option<ApiKey>,
         timeout: Duration,
         retry: RetryPolicy,
+        http2: bool,
     ) -> Result<Self, reqwest::Error> {
         // reqwest is built without a default crypto provider; use ring (pure Rust + asm,
         // no cmake). Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        // Never negotiated: a server's stream limit would silently cap the calls in
+        // flight, so HTTP/2 is the operator's choice.
+        let builder = if http2 {
+            builder.http2_prior_knowledge()
+        } else {
+            builder.http1_only()
+        };
+        let http = builder.build()?;
         Ok(Self {
             http,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
