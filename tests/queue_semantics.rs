@@ -322,6 +322,25 @@ async fn unique_enqueue_returns_the_existing_job() {
         json!({"n": 1}),
         "the first job is untouched"
     );
+    // Once the job completed it has left the table, and its key with it: the same key
+    // makes a new job (producers that must not repeat work check their own state).
+    let lease = queue::claim(&mut conn, WorkerId::new(), &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
+    let _done = queue::complete(&mut conn, &lease).await.unwrap();
+    let again = queue::enqueue(
+        &mut conn,
+        &NewJob::new("noop", json!({"n": 3}))
+            .queue(&q)
+            .unique_key(&key),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(again, Enqueued::Created(id) if id != first.id()),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]
