@@ -2,19 +2,18 @@
 -- the table holds only work that is waiting, running, dead-lettered or cancelled, so
 -- claims, completions and stats cost the same after a month of history as on the first
 -- day. What a completed phase did stays in the domain tables (run_phases, run_events,
--- artifacts, llm_calls). Completed rows of earlier versions go now.
-DELETE FROM jobs WHERE state = 'completed';
+-- artifacts, llm_calls). Completed rows of earlier versions (and of workers of the
+-- previous release during a rolling upgrade) stay until `admin prune` removes them in
+-- batches; `finished_by`, which only the previous release's completion writes, stays
+-- until the release after this one.
 
 -- A claim writes a new row version, which goes into every index whose predicate it
 -- meets: the depth index (queue, state) for ready, running and dead jobs cost each
 -- claim an index insert. Depth is counted per state through the claim index (ready),
--- the lease index (running) and this small one (dead).
-DROP INDEX IF EXISTS jobs_unfinished_idx;
+-- the lease index (running) and this small one (dead). Building it reads the table
+-- once: prune completed jobs before upgrading a large one (docs/operations.md).
 CREATE INDEX jobs_dead_idx ON jobs (queue) WHERE state = 'dead';
-
--- Pruning now finds only dead and cancelled jobs.
-DROP INDEX IF EXISTS jobs_finished_idx;
-CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE state IN ('dead', 'cancelled');
+DROP INDEX IF EXISTS jobs_unfinished_idx;
 
 -- Throughput, now that completed rows are gone: each worker adds what it completed
 -- since its previous heartbeat (one row per worker and heartbeat, none when idle).
@@ -26,6 +25,3 @@ CREATE TABLE job_completions (
     completed INT         NOT NULL CHECK (completed > 0)
 );
 CREATE INDEX job_completions_at_idx ON job_completions (at);
-
--- Only completion wrote it.
-ALTER TABLE jobs DROP COLUMN finished_by;

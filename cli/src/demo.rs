@@ -51,7 +51,12 @@ pub struct DemoArgs {
 }
 
 pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliError> {
-    let db = local::open(database_url, 16).await?;
+    // The workers' connections, and a few for the submits and the progress display.
+    let db = local::open(
+        database_url,
+        crate::stack::connections_for(args.workers).saturating_add(4),
+    )
+    .await?;
     let schemas = SchemaRegistry::from_env()?;
     let config = phasefleet::config::Config::from_env()?;
     let agent = phasefleet::agent::router::BackendRouter::from_config(&config)

@@ -8,7 +8,12 @@ use tokio::task::JoinSet;
 
 pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Result<(), CliError> {
     let signals = phasefleet_worker::shutdown::install()?;
-    let db = local::open(database_url, 32).await?;
+    // The API's 16 and the workers' own.
+    let db = local::open(
+        database_url,
+        crate::stack::connections_for(workers).saturating_add(16),
+    )
+    .await?;
     let schemas = SchemaRegistry::from_env()?;
     let config = phasefleet::config::Config::from_env()?;
     let agent = phasefleet::agent::router::BackendRouter::from_config(&config)

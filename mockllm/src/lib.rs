@@ -108,17 +108,20 @@ pub fn spawn(listener: tokio::net::TcpListener) -> Arc<Stats> {
 /// Serve `app` on `listener` over HTTP/1.1 and cleartext HTTP/2 (h2c with prior
 /// knowledge), at most `http2_max_streams` concurrent streams per HTTP/2 connection.
 ///
-/// # Errors
-/// When accepting a connection fails.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    http2_max_streams: u32,
-) -> std::io::Result<()> {
+/// Never returns: a failed accept is logged and retried.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, http2_max_streams: u32) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::service::TowerToHyperService;
     loop {
-        let (stream, _peer) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait for connections to close.
+                eprintln!("mock-llm: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

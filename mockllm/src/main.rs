@@ -20,6 +20,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     eprintln!("mock-llm on http://{}/v1", listener.local_addr()?);
     let app = phasefleet_mockllm::router(Default::default());
-    phasefleet_mockllm::serve(listener, app, args.http2_max_streams).await?;
+    phasefleet_mockllm::serve(listener, app, args.http2_max_streams).await;
     Ok(())
 }

@@ -127,7 +127,8 @@ pub async fn cancel_run_jobs(conn: &mut PgConnection, run: RunId) -> Result<(), 
     Ok(())
 }
 
-/// Delete finished jobs (cancelled; dead too when `include_dead`) that
+/// Delete finished jobs (cancelled, and completed ones an earlier release kept; dead
+/// too when `include_dead`) that
 /// finished more than `older_than` ago, at most `batch` rows per call so a large prune
 /// never holds long locks. Returns how many rows went.
 ///
@@ -143,7 +144,7 @@ pub async fn prune(
     let r = sqlx::query(
         "DELETE FROM jobs WHERE id IN (
              SELECT id FROM jobs
-             WHERE (state = 'cancelled' OR ($2 AND state = 'dead'))
+             WHERE (state IN ('completed', 'cancelled') OR ($2 AND state = 'dead'))
                AND finished_at < now() - make_interval(secs => $1)
              LIMIT $3 FOR UPDATE SKIP LOCKED)",
     )

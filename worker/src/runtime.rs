@@ -196,9 +196,10 @@ impl<H: JobHandler> Worker<H> {
         shutdown: &CancellationToken,
     ) {
         let mut error_delay = Duration::from_millis(100);
-        // The loop keeps its own connection: a claim never queues for one behind the
-        // running jobs' SQL (a worker with thousands of phases has far fewer
-        // connections than jobs).
+        // While claims follow each other (each filled, slots still free), the loop
+        // keeps its connection: a claim never queues for one behind the running jobs'
+        // SQL (a worker with thousands of phases has far fewer connections than jobs).
+        // It gives it back before it waits.
         let mut conn = None;
         loop {
             while let Some(res) = jobs.try_join_next() {
@@ -215,6 +216,7 @@ impl<H: JobHandler> Worker<H> {
             }
             let free = shared.cfg.concurrency.saturating_sub(shared.inflight.len());
             let wanted = free.min(shared.cfg.claim_batch.max(1));
+            let mut filled = false;
             if wanted > 0 && !shared.draining.load(Ordering::Acquire) {
                 match claim(shared, &mut conn, wanted).await {
                     Ok(claimed) => {
@@ -223,7 +225,8 @@ impl<H: JobHandler> Worker<H> {
                         for job in claimed {
                             self.spawn_job(shared, jobs, job);
                         }
-                        if n == wanted {
+                        filled = n == wanted;
+                        if filled {
                             // Possibly more waiting: claim again as soon as a slot frees.
                             shared.wake.notify_one();
                         }
@@ -240,6 +243,9 @@ impl<H: JobHandler> Worker<H> {
                 }
             }
             let full = shared.inflight.len() >= shared.cfg.concurrency;
+            if !filled || full {
+                conn = None;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(res) = jobs.join_next(), if !jobs.is_empty() => log_join(res),
