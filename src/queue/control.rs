@@ -311,18 +311,16 @@ pub struct QueueStats {
 /// # Errors
 /// [`QueueError::Db`] on database failure.
 pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
-    // Each state is read through its partial index (claim, lease, dead, finished);
-    // cancelled jobs are counted over the last hour only. Completed jobs left the
-    // table: their count is what workers reported to `job_completions`.
-    let by_state = sqlx::query_as::<_, StateCount>(
-        "SELECT queue, state, count(*) AS count FROM (
-             SELECT queue, state FROM jobs WHERE state = 'ready'
-             UNION ALL SELECT queue, state FROM jobs WHERE state = 'running'
-             UNION ALL SELECT queue, state FROM jobs WHERE state = 'dead'
-             UNION ALL SELECT queue, state FROM jobs
-                        WHERE state = 'cancelled' AND finished_at > now() - interval '1 hour'
+    // Cancelled jobs are counted over the last hour only (through the finished index).
+    // Completed jobs left the table: their count is what workers reported to
+    // `job_completions`.
+    let by_state = sqlx::query_as::<_, StateCount>(concat!(
+        "SELECT queue, state, count(*) AS count FROM (",
+        super::unfinished_jobs!(),
+        " UNION ALL SELECT queue, state FROM jobs
+                WHERE state = 'cancelled' AND finished_at > now() - interval '1 hour'
          ) AS recent GROUP BY queue, state ORDER BY queue, state",
-    )
+    ))
     .fetch_all(&mut *conn)
     .await?;
     let (ready_now, oldest, completed_last_minute, expired): (i64, Option<f64>, i64, i64) = sqlx::query_as(

@@ -21,6 +21,19 @@ macro_rules! held_leases {
 }
 use held_leases;
 
+/// The ready, running and dead jobs as `(queue, state)` rows, each state read through
+/// its own partial index (claim, lease, dead): depth by state without a `(queue, state)`
+/// index that every claim would have to write (docs/adr/0012). For `admin stats` and
+/// the fleet gauges.
+macro_rules! unfinished_jobs {
+    () => {
+        "SELECT queue, state FROM jobs WHERE state = 'ready'
+         UNION ALL SELECT queue, state FROM jobs WHERE state = 'running'
+         UNION ALL SELECT queue, state FROM jobs WHERE state = 'dead'"
+    };
+}
+pub(crate) use unfinished_jobs;
+
 mod backoff;
 mod claim;
 mod control;
@@ -53,7 +66,8 @@ pub enum JobState {
     Ready,
     /// Claimed under a live lease.
     Running,
-    /// Reported, never stored: a completed job leaves the table as it completes.
+    /// Not stored by this release: a completed job leaves the table as it completes.
+    /// Rows an earlier release completed keep it until `prune` removes them.
     Completed,
     /// Dead-lettered: out of attempts or failed permanently. `requeue` revives it.
     Dead,

@@ -23,13 +23,11 @@ pub struct FleetGauges {
 /// # Errors
 /// Database errors.
 pub async fn fleet_gauges(conn: &mut PgConnection) -> Result<FleetGauges, sqlx::Error> {
-    let jobs_by_state = sqlx::query_as(
-        "SELECT queue, state::text, count(*) FROM (
-             SELECT queue, state FROM jobs WHERE state = 'ready'
-             UNION ALL SELECT queue, state FROM jobs WHERE state = 'running'
-             UNION ALL SELECT queue, state FROM jobs WHERE state = 'dead'
-         ) AS unfinished GROUP BY queue, state ORDER BY 1, 2",
-    )
+    let jobs_by_state = sqlx::query_as(concat!(
+        "SELECT queue, state::text, count(*) FROM (",
+        crate::queue::unfinished_jobs!(),
+        ") AS unfinished GROUP BY queue, state ORDER BY 1, 2",
+    ))
     .fetch_all(&mut *conn)
     .await?;
     let ready_now = sqlx::query_as(
