@@ -10,7 +10,6 @@ use crate::queue::QueueError;
 use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
 use crate::store::approvals;
-use crate::store::run_phases;
 use crate::teams::Scope;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -157,7 +156,12 @@ pub async fn decide(
             Err(ApprovalError::Conflict { id, existing: prev })
         };
     }
-    if run.state != RunState::AwaitingApproval {
+    // Another branch may still run: the run waits on this request as long as it has
+    // not ended and the phase still awaits approval.
+    let waits = phases
+        .iter()
+        .any(|p| p.phase_key == request.phase_key && p.state == PhaseState::AwaitingApproval);
+    if run.state.is_terminal() || !waits {
         return Err(ApprovalError::RunNotWaiting(run.state.as_str()));
     }
     // 3. Record it and act on it; 4. append the events; commit.
@@ -204,15 +208,14 @@ async fn act(
                 .phase(phase)
                 .cloned()
                 .ok_or(StoreError::Stale("phase"))?;
-            let round =
-                run_phases::run_phases_new_round(conn, locked.run.id, &row, d.comment).await?;
-            locked.set_state(conn, RunState::Running, None).await?;
+            let round = locked.new_round(conn, phase, d.comment).await?;
             PhaseJob::first_attempt(locked.run.id, phase, round, row.requires.as_deref())
                 .enqueue(conn, &locked.run.queue)
                 .await?;
             locked
                 .events
                 .push(NewEvent::phase_queued(phase, round, true));
+            advance::settle(conn, locked).await?;
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Budgets that never fail open and never dead-end: a run whose USD or token budget
 //! runs out (before an attempt, or between two model calls) is parked as
-//! `awaiting_budget`, keeping the phase job it stopped at. An approver raises the
-//! budget (the job is enqueued again and the attempt resumes) or aborts the run.
+//! `awaiting_budget`, keeping the phase job it stopped at (and the jobs of parallel
+//! branches that stop while it waits). An approver raises the budget (the jobs are
+//! enqueued again and the attempts resume) or aborts the run.
 
 use crate::advance::{self, LockedRun};
 use crate::events::NewEvent;
@@ -152,11 +153,15 @@ pub async fn park(
             .set_phase_state(conn, &job.phase, PhaseState::Pending, None)
             .await?;
     }
-    locked
-        .set_state(conn, RunState::AwaitingBudget, Some(reason))
-        .await?;
     let parked = serde_json::to_value(job).unwrap_or_default();
-    let park = runs::runs_park_for_budget(conn, locked.run.id, &parked).await?;
+    // A branch that stops while the run waits already joins the same park.
+    let again = locked.run.state == RunState::AwaitingBudget;
+    if !again {
+        locked
+            .set_state(conn, RunState::AwaitingBudget, Some(reason))
+            .await?;
+    }
+    let park = runs::runs_park_for_budget(conn, locked.run.id, &parked, !again).await?;
     locked
         .events
         .push(NewEvent::run_awaiting_budget(&job.phase, park, reason));
@@ -247,6 +252,21 @@ fn check_limits(
     Ok(())
 }
 
+/// The jobs a park holds: a list (an earlier release kept one job as an object).
+fn parked_jobs(parked: Option<serde_json::Value>) -> Result<Vec<PhaseJob>, StoreError> {
+    let list = match parked {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(list)) => list,
+        Some(one) => vec![one],
+    };
+    list.into_iter()
+        .map(|j| {
+            serde_json::from_value(j)
+                .map_err(|e| StoreError::Corrupt(format!("parked job does not parse: {e}")))
+        })
+        .collect()
+}
+
 async fn raise(
     conn: &mut PgConnection,
     locked: &mut LockedRun,
@@ -256,30 +276,36 @@ async fn raise(
 ) -> Result<BudgetOutcome, BudgetError> {
     check_limits(&locked.run, usd, tokens)?;
     let (parked, park) = runs::runs_set_budget(conn, locked.run.id, usd, tokens).await?;
-    let parked: Option<PhaseJob> = parked.and_then(|j| serde_json::from_value(j).ok());
-    let (RunState::AwaitingBudget, Some(mut job)) = (locked.run.state, parked) else {
+    let jobs = parked_jobs(parked)?;
+    if locked.run.state != RunState::AwaitingBudget || jobs.is_empty() {
         return Ok(BudgetOutcome::Raised { resumed: false });
-    };
-    // Still out of the other kind of budget: stay parked, with the job kept.
+    }
+    // Still out of the other kind of budget: stay parked, with the jobs kept.
     let raised = Spend {
         budget_usd: usd.or(locked.run.budget_usd),
         budget_tokens: tokens.or(locked.run.budget_tokens),
         ..Spend::from(&locked.run)
     };
     if raised.exhausted().is_some() {
-        runs::runs_park_for_budget(
+        runs::runs_keep_parked(
             conn,
             locked.run.id,
-            &serde_json::to_value(&job).unwrap_or_default(),
+            &serde_json::to_value(&jobs).unwrap_or_default(),
         )
         .await?;
         return Ok(BudgetOutcome::Raised { resumed: false });
     }
     locked.set_state(conn, RunState::Running, None).await?;
-    job.resume = park;
-    job.enqueue(conn, &locked.run.queue).await?;
+    for mut job in jobs.iter().cloned() {
+        job.resume = park;
+        job.enqueue(conn, &locked.run.queue).await?;
+    }
     locked.events.push(NewEvent::run_budget_raised(
-        &job.phase, park, usd, tokens, by,
+        &jobs[0].phase,
+        park,
+        usd,
+        tokens,
+        by,
     ));
     Ok(BudgetOutcome::Raised { resumed: true })
 }

@@ -66,6 +66,7 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Transition(_) | Self::Stale(_) => ErrorKind::Conflict,
+            Self::Corrupt(_) => ErrorKind::Internal,
             Self::Db(e) => e.kind(),
         }
     }

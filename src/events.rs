@@ -149,6 +149,28 @@ impl NewEvent {
         )
     }
 
+    /// A phase whose condition did not hold is skipped; the phases that need it go on.
+    #[must_use]
+    pub fn phase_skipped(phase: &str, round: i32, condition: &str) -> Self {
+        phase_event(
+            "phase.skipped",
+            phase,
+            format!("phase:{phase}:r{round}:skipped"),
+            json!({ "round": round, "condition": condition, "held": false }),
+        )
+    }
+
+    /// A fan-out phase started one item per element (`items` of them).
+    #[must_use]
+    pub fn phase_fanned_out(phase: &str, round: i32, items: usize, over: &str) -> Self {
+        phase_event(
+            "phase.fanned_out",
+            phase,
+            format!("phase:{phase}:r{round}:fanned_out"),
+            json!({ "round": round, "items": items, "over": over }),
+        )
+    }
+
     #[must_use]
     pub fn phase_completed(phase: &str, round: i32) -> Self {
         phase_event(

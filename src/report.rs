@@ -49,7 +49,8 @@ pub fn render_json(r: &ReportInputs) -> Value {
                                  "sha256": a.sha256, "valid": a.valid, "validation_errors": a.validation_errors }))
                 .collect();
             let cost = phase_cost(r, &p.phase_key);
-            json!({ "key": p.phase_key, "role": p.role, "state": p.state, "attempts": p.attempts,
+            json!({ "key": p.phase_key, "needs": p.needs_in(&r.phases), "parent": p.parent,
+                    "role": p.role, "state": p.state, "attempts": p.attempts,
                     "max_attempts": p.max_attempts, "round": p.round, "error": p.error,
                     "started_at": p.started_at, "finished_at": p.finished_at,
                     "duration_ms": duration_ms(p.started_at, p.finished_at), "artifacts": artifacts,
@@ -97,9 +98,13 @@ pub fn render_markdown(r: &ReportInputs) -> String {
     );
     let _ = writeln!(
         md,
-        "## Phases\n\n| phase | state | attempts | round | duration | model calls | tokens in/out | artifact sha256 |\n|---|---|---|---|---|---|---|---|"
+        "## Phases\n\n| phase | needs | state | attempts | round | duration | model calls | tokens in/out | artifact sha256 |\n|---|---|---|---|---|---|---|---|---|"
     );
     for p in &r.phases {
+        let needs = match &p.parent {
+            Some(parent) => format!("item of {parent}"),
+            None => p.needs_in(&r.phases).join(", "),
+        };
         let sha = r
             .artifacts
             .iter()
@@ -112,7 +117,7 @@ pub fn render_markdown(r: &ReportInputs) -> String {
         let cost = phase_cost(r, &p.phase_key);
         let _ = writeln!(
             md,
-            "| {} | {} | {}/{} | {} | {dur} | {} | {}/{} | {sha} |",
+            "| {} | {needs} | {} | {}/{} | {} | {dur} | {} | {}/{} | {sha} |",
             p.phase_key,
             p.state.as_str(),
             p.attempts,
@@ -123,6 +128,7 @@ pub fn render_markdown(r: &ReportInputs) -> String {
             cost.tokens_out
         );
     }
+    graph(&mut md, r);
     if !r.approvals.is_empty() {
         let _ = writeln!(md, "\n## Approvals\n");
         for a in &r.approvals {
@@ -156,6 +162,41 @@ pub fn render_markdown(r: &ReportInputs) -> String {
         }
     }
     md
+}
+
+/// The phase graph as a Mermaid flowchart: each phase (a fan-out with its item count)
+/// with its state, an edge from each need, skipped phases greyed.
+fn graph(md: &mut String, r: &ReportInputs) {
+    let _ = writeln!(md, "\n## Graph\n\n```mermaid\nflowchart LR");
+    let node = |key: &str| format!("p_{}", key.replace(['-', '.'], "_"));
+    for p in r.phases.iter().filter(|p| p.parent.is_none()) {
+        let items = r
+            .phases
+            .iter()
+            .filter(|i| i.parent.as_deref() == Some(&p.phase_key))
+            .count();
+        let label = if items > 0 {
+            format!("{} x{items}", p.phase_key)
+        } else {
+            p.phase_key.clone()
+        };
+        let _ = writeln!(
+            md,
+            "  {}[\"{label}<br/>{}\"]",
+            node(&p.phase_key),
+            p.state.as_str()
+        );
+        for need in p.needs_in(&r.phases) {
+            let _ = writeln!(md, "  {} --> {}", node(&need), node(&p.phase_key));
+        }
+        if p.state == crate::state::PhaseState::Skipped {
+            let _ = writeln!(md, "  class {} skipped", node(&p.phase_key));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "  classDef skipped fill:#eee,color:#999,stroke-dasharray:4\n```"
+    );
 }
 
 /// The stored report: (json, markdown).

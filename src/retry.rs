@@ -1,18 +1,29 @@
-//! Re-open a failed run at the phase that failed (operator action, `admin requeue
-//! --run`). One transaction: the failed phase starts a new round, the phases skipped
-//! after it are pending again, the run is running again (its retry count goes up), its
-//! stale report is removed and the phase job is enqueued on the run's queue.
+//! Re-open a failed run at the phases that failed (operator action, `admin requeue
+//! --run`). One transaction: each failed phase starts a new round, the skipped phases
+//! are pending again (in a new round), the run is running again (its retry count goes
+//! up), its stale report is removed, and every phase whose needs are met starts again
+//! (a condition is tested again; a fan-out starts the items it has that are not done).
 
-use crate::advance::LockedRun;
+use crate::advance::{self, LockedRun};
 use crate::events::NewEvent;
 use crate::ids::RunId;
-use crate::phase_job::PhaseJob;
 use crate::queue::QueueError;
 use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
+use crate::store::run_phases::PhaseRow;
 use crate::store::{reports, run_phases, runs};
 use serde::Serialize;
 use sqlx::PgPool;
+
+impl From<advance::AdvanceError> for RetryError {
+    fn from(e: advance::AdvanceError) -> Self {
+        match e {
+            advance::AdvanceError::Queue(q) => Self::Queue(q),
+            advance::AdvanceError::Store(s) => Self::Store(s),
+            advance::AdvanceError::Db(d) => Self::Db(d),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Retried {
@@ -39,7 +50,8 @@ pub enum RetryError {
     Db(#[from] sqlx::Error),
 }
 
-/// Re-open a failed run at its first phase that did not complete. With `dry_run` the
+/// Re-open a failed run at its failed phases (or, when none failed, its first phase
+/// that did not complete). With `dry_run` the
 /// answer says what would happen and nothing changes.
 ///
 /// # Errors
@@ -61,9 +73,14 @@ pub async fn retry_failed_run(
             state: run.state.as_str(),
         });
     }
-    let phase = phases
+    let failed: Vec<PhaseRow> = phases
         .iter()
-        .find(|p| p.state != PhaseState::Completed)
+        .filter(|p| p.state == PhaseState::Failed)
+        .cloned()
+        .collect();
+    let phase = failed
+        .first()
+        .or_else(|| phases.iter().find(|p| p.state != PhaseState::Completed))
         .cloned()
         .ok_or(RetryError::NothingToRetry(run_id))?;
     let retried = Retried {
@@ -77,8 +94,8 @@ pub async fn retry_failed_run(
     }
     let previous_error = run.error.clone();
     let mut locked = LockedRun::new(run, phases);
-    run_phases::run_phases_new_round(&mut tx, run_id, &phase, None).await?;
-    run_phases::run_phases_reopen_after(&mut tx, run_id, phase.position).await?;
+    // 1. The failed phases start a new round; the skipped ones are pending again.
+    reopen(&mut tx, &mut locked, &failed).await?;
     locked.set_state(&mut tx, RunState::Running, None).await?;
     reports::reports_delete(&mut tx, run_id).await?;
     locked.events.push(NewEvent::run_retried(
@@ -88,16 +105,37 @@ pub async fn retry_failed_run(
         previous_error.as_deref(),
         by,
     ));
-    PhaseJob::first_attempt(
-        run_id,
-        &phase.phase_key,
-        retried.round,
-        phase.requires.as_deref(),
-    )
-    .enqueue(&mut tx, &locked.run.queue)
-    .await?;
+    // 2. Start every phase whose needs are met.
+    let ready: Vec<String> = locked
+        .phases
+        .iter()
+        .filter(|p| p.parent.is_none() && p.state == PhaseState::Pending && locked.needs_met(p))
+        .map(|p| p.phase_key.clone())
+        .collect();
+    advance::start_ready(&mut tx, &mut locked, ready).await?;
     locked.flush_events(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(run_id = %run_id, phase = %phase.phase_key, round = retried.round, "failed run re-opened");
     Ok(retried)
+}
+
+/// Failed phases start a new round; skipped ones are pending again in a new round.
+async fn reopen(
+    conn: &mut sqlx::PgConnection,
+    locked: &mut LockedRun,
+    failed: &[PhaseRow],
+) -> Result<(), RetryError> {
+    for p in failed {
+        locked.new_round(conn, &p.phase_key, None).await?;
+    }
+    run_phases::run_phases_reopen_skipped(conn, locked.run.id).await?;
+    for p in &mut locked.phases {
+        if p.state == PhaseState::Skipped {
+            p.state = PhaseState::Pending;
+            p.round += 1;
+            p.attempts = 0;
+            p.error = None;
+        }
+    }
+    Ok(())
 }

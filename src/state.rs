@@ -37,6 +37,8 @@ pub const RUN_TRANSITIONS: &[(RunState, RunState)] = &[
     (Running, Completed),
     (Running, Failed),
     (Running, Cancelled),
+    // An approver aborts at one branch's gate while another branch still runs.
+    (Running, Aborted),
     // A decision: approve (next phase, or the end), revise, reject, abort; or a cancel.
     (AwaitingApproval, Running),
     (AwaitingApproval, Completed),
@@ -50,6 +52,8 @@ pub const RUN_TRANSITIONS: &[(RunState, RunState)] = &[
     (AwaitingBudget, Running),
     (AwaitingBudget, Aborted),
     (AwaitingBudget, Cancelled),
+    // Waiting for budget, a parallel branch fails (its artifact, or a reviewer's reject).
+    (AwaitingBudget, Failed),
     // An operator re-opens a failed run at its failed phase.
     (Failed, Running),
 ];
@@ -161,6 +165,8 @@ pub const PHASE_TRANSITIONS: &[(PhaseState, PhaseState)] = {
         (Pending, Skipped),
         (Running, Skipped),
         (AwaitingApproval, Skipped),
+        // A fan-out with no array to go over fails before any attempt.
+        (Pending, Failed),
         // An operator re-opens a failed run: its failed phase and the skipped rest.
         (Failed, Pending),
         (Skipped, Pending),
@@ -278,7 +284,7 @@ mod tests {
         }
         assert_eq!(
             RunState::sources_of(Aborted),
-            vec![AwaitingApproval, AwaitingBudget]
+            vec![Running, AwaitingApproval, AwaitingBudget]
         );
         assert_eq!(
             "awaiting_approval".parse::<RunState>(),

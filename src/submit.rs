@@ -11,7 +11,7 @@ use crate::input_files::{self, InputFile};
 use crate::phase_job::PhaseJob;
 use crate::store::files::{self, Blob};
 use crate::store::persona_registry;
-use crate::store::runs::{self, NewRun};
+use crate::store::runs::{self, NewPhase, NewRun};
 use crate::validate::SchemaRegistry;
 use crate::workflow::Definition;
 use crate::workflow::{Backend, Persona, WorkflowTemplate, canonical_json, sha256_hex};
@@ -337,6 +337,39 @@ fn check_template(req: &SubmitRequest, schemas: &SchemaRegistry) -> Result<(), S
             ));
         }
     }
+    for (i, p) in req.template.phases.iter().enumerate() {
+        check_against_schemas(&req.template, i, p, schemas)?;
+    }
+    Ok(())
+}
+
+/// A condition or a fan-out the upstream phase's schema rules out: a value its schema
+/// never allows (the phase could never run), or a fan-out over what is not an array.
+fn check_against_schemas(
+    template: &crate::workflow::WorkflowTemplate,
+    i: usize,
+    p: &crate::workflow::Phase,
+    schemas: &SchemaRegistry,
+) -> Result<(), SubmitError> {
+    let schema_of = |phase: &str| {
+        template
+            .phase(phase)
+            .and_then(|(_, ph)| ph.expected_artifact.as_ref())
+            .and_then(|a| schemas.schema(&a.schema).ok())
+    };
+    if let Some(c) = &p.when
+        && let Some(why) = schema_of(&c.artifact).and_then(|s| c.never_holds_under(s))
+    {
+        return Err(invalid(format!("template.phases[{i}].when"), why));
+    }
+    if let Some(f) = &p.fan_out
+        && let Some(why) = f
+            .source()
+            .and_then(|(phase, _)| schema_of(phase))
+            .and_then(|s| f.not_an_array_under(s))
+    {
+        return Err(invalid(format!("template.phases[{i}].fan_out.over"), why));
+    }
     Ok(())
 }
 
@@ -570,11 +603,12 @@ fn new_run<'a>(
     request_hash: &'a str,
 ) -> Result<NewRun<'a>, SubmitError> {
     let run_id = RunId::new();
-    let first = req
-        .template
-        .phases
-        .first()
-        .ok_or_else(|| invalid("template.phases", "a template needs at least one phase"))?;
+    if req.template.phases.is_empty() {
+        return Err(invalid(
+            "template.phases",
+            "a template needs at least one phase",
+        ));
+    }
     let mut personas: Vec<(String, String, String, serde_json::Value)> = Vec::new();
     let mut bindings = Vec::new();
     for (role, b) in bound {
@@ -605,14 +639,30 @@ fn new_run<'a>(
         .phases
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            (
-                i32::try_from(i).unwrap_or(i32::MAX),
-                p.key.clone(),
-                p.role.clone(),
-                i32::try_from(p.max_attempts).unwrap_or(i32::MAX),
-                requires(&p.role),
-            )
+        .map(|(i, p)| NewPhase {
+            position: i32::try_from(i).unwrap_or(i32::MAX),
+            key: p.key.clone(),
+            role: p.role.clone(),
+            max_attempts: i32::try_from(p.max_attempts).unwrap_or(i32::MAX),
+            requires: requires(&p.role),
+            needs: req
+                .template
+                .needs_of(i)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect();
+    // The phases that need nothing start at once, in parallel.
+    let first_jobs = req
+        .template
+        .phases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| req.template.needs_of(*i).is_empty())
+        .map(|(_, p)| {
+            PhaseJob::first_attempt(run_id, &p.key, 1, requires(&p.role).as_deref())
+                .to_job(&req.queue)
         })
         .collect();
     Ok(NewRun {
@@ -644,8 +694,7 @@ fn new_run<'a>(
             req.template.phases.len(),
             &req.team,
         ),
-        first_job: PhaseJob::first_attempt(run_id, &first.key, 1, requires(&first.role).as_deref())
-            .to_job(&req.queue),
+        first_jobs,
     })
 }
 

@@ -747,3 +747,48 @@ async fn metrics_openapi_health_and_ui_are_served() {
     }
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_graph_template_is_served_with_its_needs_and_a_graph_mistake_is_a_422_naming_the_field() {
+    let pool = pool().await;
+    let q = unique_queue("api-graph");
+    let api = ApiServer::start(&pool, None).await;
+    let admin = api.client(Some(ADMIN));
+    let read = |p: &str| std::fs::read_to_string(support::engine::repo(p)).unwrap();
+    let mut body = example_body(&q, json!({}));
+    body["template"] = json!(read("examples/parallel-review.yaml"));
+    // A cycle: the specification needs the summary.
+    let mut cyclic = body.clone();
+    cyclic["template"] = json!(read("examples/parallel-review.yaml").replacen(
+        "  - key: spec\n    role: author\n",
+        "  - key: spec\n    role: author\n    needs: [summary]\n",
+        1
+    ));
+    let (s, e) = admin.post("/v1/runs", &cyclic).await;
+    assert_eq!(s.as_u16(), 422, "{e}");
+    assert_eq!(error_code(&e), "invalid");
+    assert_eq!(e["error"]["field"], "template.phases[0].needs", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cycle: spec needs summary needs verify"),
+        "{message}"
+    );
+    // The graph as submitted: the run detail names each phase's needs.
+    let (s, created) = admin.post("/v1/runs", &body).await;
+    assert_eq!(s.as_u16(), 201, "{created}");
+    let id = created["run_id"].as_str().unwrap().to_owned();
+    let (_, d) = admin.get(&format!("/v1/runs/{id}")).await;
+    let needs = |key: &str| {
+        d["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase_key"] == key)
+            .map(|p| p["needs"].clone())
+            .unwrap()
+    };
+    assert_eq!(needs("spec"), json!([]));
+    assert_eq!(needs("review_security"), json!(["spec"]));
+    assert_eq!(needs("verify"), json!(["spec", "rework"]));
+    api.shutdown().await;
+}

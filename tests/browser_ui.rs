@@ -284,3 +284,71 @@ async fn a_person_submits_a_run_in_the_browser_approves_it_and_sees_it_complete(
     fleet.shutdown().await;
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_run_page_draws_a_graph_run_with_parallel_branches_a_fan_out_and_a_skipped_phase() {
+    let pool = pool().await;
+    let q = unique_queue("browser-graph");
+    let api = ApiServer::start(&pool, None).await;
+    let template = phasefleet::workflow::Definition::load(&support::engine::repo(
+        "examples/parallel-review.yaml",
+    ))
+    .unwrap();
+    let mut req = support::engine::request(&q, json!({"synthetic": {"array_items": 3}}));
+    req.template = template;
+    let run = support::engine::submit(&pool, req).await;
+    let fleet = Fleet::synthetic(&pool, &q, 2);
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    browser.goto(&format!("{}/#/runs/{run}", api.base)).await;
+    // The summary waits on a human; the graph shows every phase with its state.
+    browser
+        .wait_for(
+            "svg.graph g[data-node='summary'][data-state='awaiting_approval']",
+            "the summary waits in the graph",
+        )
+        .await;
+    browser
+        .wait_for(
+            "svg.graph g[data-node='rework'][data-state='skipped']",
+            "the skipped rework is drawn greyed",
+        )
+        .await;
+    let drawn = browser
+        .js("return [document.querySelectorAll('svg.graph g.node').length, document.querySelectorAll('svg.graph line.edge').length, document.querySelector(\"svg.graph g[data-node='verify'] text\").textContent, getComputedStyle(document.querySelector(\"svg.graph g[data-node='rework'] rect\")).strokeDasharray, document.querySelector(\"tr[data-phase='rework']\").className]")
+        .await;
+    // 7 phases (the fan-out drawn once); 9 edges: spec into each review, each review
+    // into rework, spec and rework into verify, verify into summary.
+    assert_eq!(drawn[0], 7, "{drawn}");
+    assert_eq!(drawn[1], 9, "{drawn}");
+    assert_eq!(drawn[2], "verify ×3 (3 done)", "{drawn}");
+    assert_ne!(drawn[3], "none", "skipped is dashed: {drawn}");
+    assert_eq!(drawn[4], "skipped", "{drawn}");
+    let shot = browser
+        .cmd(reqwest::Method::GET, "/screenshot", json!({}))
+        .await;
+    // Kept for a person to look at: target/ui-screenshots/run-graph.png.
+    if let Some(png) = shot.as_str() {
+        let dir = support::engine::repo("target/ui-screenshots");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("run-graph.png.b64"), png);
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("base64 -d run-graph.png.b64 > run-graph.png && rm run-graph.png.b64")
+            .current_dir(&dir)
+            .status();
+    }
+    browser
+        .click(".approval button[data-action='approve']", "approve button")
+        .await;
+    browser
+        .wait_for(
+            "svg.graph g[data-node='summary'][data-state='completed']",
+            "the summary completes in the graph",
+        )
+        .await;
+    browser.quit().await;
+    fleet.shutdown().await;
+    api.shutdown().await;
+}

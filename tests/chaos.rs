@@ -1,4 +1,5 @@
-//! Chaos: many runs through several worker processes against the mock LLM over HTTP,
+//! Chaos: many runs (a quarter of them graphs: parallel phases, a condition, a fan-out)
+//! through several worker processes against the mock LLM over HTTP,
 //! while workers are SIGKILLed at random, PostgreSQL is restarted once and Redis is
 //! stopped and started. Afterwards the invariant checker must find nothing, every run
 //! must have completed, and the ledger must account for every request the mock saw.
@@ -142,6 +143,15 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
             .replace("persona: synthetic-reviewer", "persona: reviewer"),
     )
     .unwrap();
+    // Every fourth run is a graph: three parallel reviews, a condition, a fan-out.
+    let graph = WorkflowTemplate::from_str_named(
+        "chaos-graph.yaml",
+        &std::fs::read_to_string(engine::repo("examples/parallel-review.yaml"))
+            .unwrap()
+            .replace("persona: synthetic-author", "persona: author")
+            .replace("persona: synthetic-reviewer", "persona: reviewer"),
+    )
+    .unwrap();
     let schemas = engine::schemas();
     let q = "chaos";
     let mut runs: Vec<RunId> = Vec::new();
@@ -157,7 +167,11 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
             _ => {}
         }
         let req = SubmitRequest {
-            template: template.clone(),
+            template: if i % 4 == 3 {
+                graph.clone()
+            } else {
+                template.clone()
+            },
             personas: personas.clone(),
             inputs: RunInputs {
                 requirements: format!("# Chaos run {i}"),
@@ -397,10 +411,13 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
         "a finished ledger row without a request"
     );
     // A turn sent twice is a phase job delivered again after a kill or a restart.
-    let (events, jobs_redelivered): (i64, i64) = sqlx::query_as(
+    let (events, jobs_redelivered, fan_outs, items, skipped): (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM run_events WHERE run_id = ANY($1)),
                 (SELECT count(*) FROM (SELECT 1 FROM llm_calls WHERE run_id = ANY($1)
-                  GROUP BY run_id, phase_key, attempt, turn HAVING count(*) > 1) AS again)",
+                  GROUP BY run_id, phase_key, attempt, turn HAVING count(*) > 1) AS again),
+                (SELECT count(*) FROM run_events WHERE run_id = ANY($1) AND kind = 'phase.fanned_out'),
+                (SELECT count(*) FROM run_phases WHERE run_id = ANY($1) AND parent IS NOT NULL AND state = 'completed'),
+                (SELECT count(*) FROM run_phases WHERE run_id = ANY($1) AND state = 'skipped')",
     )
     .bind(&ids)
     .fetch_one(&mut *c)
@@ -410,15 +427,19 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
         "CHAOS: runs={total} completed={completed} workers={workers_wanted} kills={kills} pg_restarts={pg_restarts} \
          redis_outages={redis_outages} dead_lettered_by_kills_and_reopened={reopened} approvals_decided={} mock_requests={requests} ledger_rows={} \
          ledger_cut_off_in_flight={cut_off} ledger_not_sent={not_sent} events={events} jobs_redelivered={jobs_redelivered} \
+         graph_runs={} fan_outs={fan_outs} items_completed={items} phases_skipped_by_condition={skipped} \
          violations=0 secs={:.0}",
         decided.load(Ordering::Relaxed),
         rows.len(),
+        total / 4,
         started.elapsed().as_secs_f64()
     );
     assert!(
         kills > 0 && pg_restarts == 1 && redis_outages == 1,
         "the chaos happened"
     );
+    assert_eq!(fan_outs, total / 4, "every graph run fanned out once");
+    assert!(items >= fan_outs, "every fan-out's items completed");
     drop(c);
     pool.close().await;
     drop(redis);

@@ -653,3 +653,54 @@ async fn the_readme_demo_completes_every_run_and_decides_every_gate() {
     .unwrap();
     assert_eq!(decided, 20, "one approved gate per run");
 }
+
+#[tokio::test]
+async fn a_graph_mistake_in_a_template_exits_2_naming_the_phase_and_field() {
+    let dir = TempDir::new("cli-graph");
+    let example =
+        std::fs::read_to_string(support::engine::repo("examples/parallel-review.yaml")).unwrap();
+    let persona = support::engine::repo("examples/personas/synthetic-author.yaml");
+    let reviewer = support::engine::repo("examples/personas/synthetic-reviewer.yaml");
+    for (name, text, field, says) in [
+        (
+            "cycle.yaml",
+            example.replacen(
+                "    role: author\n",
+                "    role: author\n    needs: [summary]\n",
+                1,
+            ),
+            "phases[0].needs",
+            "cycle: spec needs summary",
+        ),
+        (
+            "fan-out.yaml",
+            example.replace("needs: [spec, rework]", "needs: [rework]"),
+            "phases[5].fan_out.over",
+            "not one of this phase's needs",
+        ),
+        (
+            "condition.yaml",
+            example.replace("artifact: review_security,", "artifact: summary,"),
+            "phases[4].when.artifact",
+            "not upstream",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = cli(&[
+            "submit",
+            path.to_str().unwrap(),
+            "--persona",
+            persona.to_str().unwrap(),
+            "--persona",
+            reviewer.to_str().unwrap(),
+        ])
+        .await;
+        assert_eq!(out.code, 2, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("`{field}`")) && out.stderr.contains(says),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+}

@@ -117,6 +117,39 @@ function wireBudget(root, id, after) {
   $("button.abort", el).onclick = () => send({ action: "abort", reason: "aborted from the UI" });
 }
 
+// The phases a phase needs (a run stored before phases named them: the one before it).
+function needsOf(p, phases) {
+  if (p.needs) return p.needs;
+  const before = phases.filter((q) => !q.parent && q.position < p.position);
+  return before.length ? [before[before.length - 1].phase_key] : [];
+}
+
+// The run's phase graph as SVG: columns by depth, an edge from each need, a fan-out
+// drawn once with its items counted, skipped phases greyed.
+function phaseGraph(phases) {
+  const top = phases.filter((p) => !p.parent), depth = {};
+  const depthOf = (p, seen = 0) => {
+    if (depth[p.phase_key] !== undefined || seen > top.length) return depth[p.phase_key] || 0;
+    const needs = needsOf(p, phases).map((k) => top.find((q) => q.phase_key === k)).filter(Boolean);
+    return (depth[p.phase_key] = needs.length ? 1 + Math.max(...needs.map((q) => depthOf(q, seen + 1))) : 0);
+  };
+  top.forEach((p) => depthOf(p));
+  const rows = {}, at = {}, W = 150, H = 44, GX = 50, GY = 14;
+  top.forEach((p) => { const c = depth[p.phase_key]; rows[c] = (rows[c] || 0) + 1; at[p.phase_key] = [c * (W + GX), (rows[c] - 1) * (H + GY)]; });
+  const width = (Math.max(...top.map((p) => depth[p.phase_key])) + 1) * (W + GX), height = Math.max(...Object.values(rows)) * (H + GY);
+  const edges = top.flatMap((p) => needsOf(p, phases).filter((k) => at[k]).map((k) => {
+    const [x1, y1] = at[k], [x2, y2] = at[p.phase_key];
+    return `<line x1="${x1 + W}" y1="${y1 + H / 2}" x2="${x2}" y2="${y2 + H / 2}" class="edge" marker-end="url(#arrow)"/>`;
+  }));
+  const nodes = top.map((p) => {
+    const [x, y] = at[p.phase_key], items = phases.filter((i) => i.parent === p.phase_key);
+    const label = items.length ? `${p.phase_key} ×${items.length} (${items.filter((i) => i.state === "completed").length} done)` : p.phase_key;
+    return `<g class="node s-${esc(p.state)}" data-node="${esc(p.phase_key)}" data-state="${esc(p.state)}"><rect x="${x}" y="${y}" width="${W}" height="${H}" rx="6"/>
+      <text x="${x + 8}" y="${y + 18}">${esc(label)}</text><text x="${x + 8}" y="${y + 35}" class="sub">${esc(p.state)}</text></g>`;
+  });
+  return `<svg class="graph" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0L10,5L0,10z"/></marker></defs>${edges.join("")}${nodes.join("")}</svg>`;
+}
+
 async function runPage(id) {
   $("#main").innerHTML = `<section><h2>Run <code>${esc(id)}</code> <span id="run-state"></span></h2><div id="run-error" class="err"></div>
     <div class="row"><button id="cancel">Cancel run</button></div></section>
@@ -137,7 +170,9 @@ async function runPage(id) {
       $("#run-state").innerHTML = stateSpan(d.run.state);
       $("#run-error").textContent = d.run.error || "";
       $("#cancel").hidden = ["completed", "failed", "aborted", "cancelled"].includes(d.run.state);
-      const open = d.approvals.filter((a) => !a.action && d.run.state === "awaiting_approval");
+      // A branch may wait on a human while another branch still runs.
+      const ended = ["completed", "failed", "aborted", "cancelled"].includes(d.run.state);
+      const open = d.approvals.filter((a) => !a.action && !ended);
       // Re-render only when something changed, so a comment being typed survives live updates.
       const key = JSON.stringify([d.run.state, d.approvals.map((a) => [a.id, a.action])]);
       if (key !== approvalsKey) {
@@ -148,8 +183,8 @@ async function runPage(id) {
         wireDecisions($("#approvals"), refresh);
         wireBudget($("#approvals"), id, refresh);
       }
-      $("#phases").innerHTML = `<table><thead><tr><th>Phase</th><th>Role</th><th>State</th><th>Attempts</th><th>Round</th><th>Error</th></tr></thead><tbody>
-        ${d.phases.map((p) => `<tr data-phase="${esc(p.phase_key)}"><td>${esc(p.phase_key)}</td><td>${esc(p.role)}</td><td>${stateSpan(p.state)}</td><td>${esc(p.attempts)}/${esc(p.max_attempts)}</td><td>${esc(p.round)}</td><td>${esc(p.error || "")}</td></tr>`).join("")}</tbody></table>`;
+      $("#phases").innerHTML = phaseGraph(d.phases) + `<table><thead><tr><th>Phase</th><th>Needs</th><th>Role</th><th>State</th><th>Attempts</th><th>Round</th><th>Error</th></tr></thead><tbody>
+        ${d.phases.map((p) => `<tr data-phase="${esc(p.phase_key)}" class="${p.state === "skipped" ? "skipped" : ""}"><td>${esc(p.phase_key)}</td><td>${esc(p.parent ? "item of " + p.parent : needsOf(p, d.phases).join(", "))}</td><td>${esc(p.role)}</td><td>${stateSpan(p.state)}</td><td>${esc(p.attempts)}/${esc(p.max_attempts)}</td><td>${esc(p.round)}</td><td>${esc(p.error || "")}</td></tr>`).join("")}</tbody></table>`;
       $("#artifacts").innerHTML = d.artifacts.length ? `<table><thead><tr><th>Phase</th><th>Attempt</th><th>Path</th><th>Schema</th><th>Valid</th><th>sha256</th><th></th></tr></thead><tbody>
         ${d.artifacts.map((a) => `<tr><td>${esc(a.phase_key)}</td><td>r${esc(a.round)} a${esc(a.attempt)}</td><td>${esc(a.path)}</td><td>${esc(a.schema_id)}</td><td>${a.valid ? "yes" : "no"}</td><td><code>${esc((a.sha256 || "").slice(0, 12))}</code></td>
           <td><button class="view" data-artifact="${esc(a.id)}">view</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">none yet</span>`;

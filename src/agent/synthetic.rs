@@ -8,9 +8,12 @@
 //!   artifact (a revise or an operator retry starts a new round);
 //! - `invalid_phases: [keys]`: limit those two to these phases;
 //! - `never_write: true`: write nothing (the attempt fails for lack of an artifact);
-//! - `delay_ms: N`: take N ms per attempt (interruptible);
+//! - `delay_ms: N`: take N ms per attempt (interruptible); `delay_phases: [keys]`
+//!   limits it to these phases;
 //! - `hang_after_write: true`: after writing, wait until interrupted (a timeout);
-//! - `tokens: N`: report N tokens used per attempt (to exercise budgets).
+//! - `tokens: N`: report N tokens used per attempt (to exercise budgets);
+//! - `array_items: N`: the artifact's top-level arrays get N elements (at most 1000),
+//!   an element's `id` numbered `R1`, `R2`, ... (to exercise fan-outs).
 //!
 //! A phase without an expected artifact gets `synthetic/<phase>.txt`, which lists the
 //! workspace's files with their sizes.
@@ -31,7 +34,15 @@ impl Agent for SyntheticAgent {
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
         let d = req.extra.get("synthetic").cloned().unwrap_or(Value::Null);
-        if let Some(ms) = d.get("delay_ms").and_then(Value::as_u64) {
+        let delayed = d
+            .get("delay_phases")
+            .and_then(Value::as_array)
+            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(&req.phase_key)));
+        if let Some(ms) = d
+            .get("delay_ms")
+            .and_then(Value::as_u64)
+            .filter(|_| delayed)
+        {
             tokio::select! {
                 () = cancel.cancelled() => return Err(AgentError::Cancelled),
                 () = tokio::time::sleep(Duration::from_millis(ms)) => {}
@@ -91,6 +102,9 @@ impl Agent for SyntheticAgent {
             json!({ "synthetic_invalid": true }).to_string()
         } else {
             let mut v = instance(schema, schema, 0);
+            if let Some(n) = d.get("array_items").and_then(Value::as_u64) {
+                widen_arrays(&mut v, schema, n.min(1000));
+            }
             cite_workspace(&mut v, schema, &req.workspace.lock());
             if let Value::Object(m) = &mut v {
                 // Give consumers something run-specific to look at, where allowed.
@@ -115,6 +129,36 @@ impl Agent for SyntheticAgent {
             turns: 1,
             accepted: false,
         })
+    }
+}
+
+/// Give each top-level array of `artifact` `n` elements, numbering their `id`s.
+fn widen_arrays(artifact: &mut Value, schema: &Value, n: u64) {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    let Value::Object(fields) = artifact else {
+        return;
+    };
+    for (key, value) in fields.iter_mut() {
+        let Some(items) = props
+            .get(key)
+            .filter(|_| value.is_array())
+            .and_then(|s| s.get("items"))
+        else {
+            continue;
+        };
+        *value = Value::Array(
+            (1..=n)
+                .map(|i| {
+                    let mut element = instance(items, schema, 1);
+                    if let Some(Value::String(id)) = element.get_mut("id") {
+                        *id = format!("R{i}");
+                    }
+                    element
+                })
+                .collect(),
+        );
     }
 }
 

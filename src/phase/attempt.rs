@@ -85,6 +85,10 @@ pub(super) async fn run_agent<A: Agent>(
         previous: started.previous.as_ref(),
         revise_comment: started.revise_comment.as_deref(),
         files: &files,
+        item: started
+            .item
+            .as_ref()
+            .map(|i| (i.name.as_str(), i.index, i.over.as_str(), &i.element)),
     }
     .render();
     let request = AgentRequest {

@@ -36,6 +36,8 @@ pub struct Envelope<'a> {
     pub revise_comment: Option<&'a str>,
     /// The workspace's paths (binary files marked), in order.
     pub files: &'a [String],
+    /// For an item of a fan-out: (name, index, where from, element).
+    pub item: Option<(&'a str, i32, &'a str, &'a serde_json::Value)>,
 }
 
 impl Envelope<'_> {
@@ -67,6 +69,13 @@ impl Envelope<'_> {
                 );
             }
             s.push('\n');
+        }
+        if let Some((name, index, over, element)) = self.item {
+            let _ = writeln!(
+                s,
+                "## Your {name}\nThis attempt handles element {index} of {over} (one job per element; the others are handled separately). `{name}`:\n```json\n{}\n```\n",
+                bounded(&serde_json::to_string_pretty(element).unwrap_or_default())
+            );
         }
         let _ = writeln!(s, "## Instructions\n{}", p.instructions);
         self.revision(&mut s);
@@ -263,6 +272,7 @@ mod tests {
             previous: Some(previous),
             revise_comment: comment,
             files: &[],
+            item: None,
         }
         .render()
     }

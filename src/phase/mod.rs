@@ -224,7 +224,10 @@ impl<A: Agent> Engine<A> {
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
         if let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await?
-            && matches!(run.state, RunState::Queued | RunState::Running)
+            && matches!(
+                run.state,
+                RunState::Queued | RunState::Running | RunState::AwaitingBudget
+            )
         {
             let mut locked = LockedRun::new(run, phases);
             crate::budget::park(&mut tx, &mut locked, p, reason).await?;

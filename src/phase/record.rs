@@ -34,8 +34,10 @@ pub(super) async fn record(
     let mut tx = pool.begin().await?;
     // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
     let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+    // A parallel branch may have parked the run for budget meanwhile: this attempt's
+    // artifact is recorded all the same.
     if let Some((run, phases)) = current.filter(|(run, phases)| {
-        run.state == RunState::Running
+        matches!(run.state, RunState::Running | RunState::AwaitingBudget)
             && phases.iter().any(|ph| {
                 ph.phase_key == p.phase
                     && ph.state == PhaseState::Running
@@ -43,7 +45,7 @@ pub(super) async fn record(
                     && ph.attempts == p.attempt
             })
     }) {
-        let mut locked = LockedRun::new(run, phases);
+        let mut locked = LockedRun::new(run, phases).with_template(started.template.clone());
         // 2. Store the artifact, then act on it.
         if let Some(artifact_id) =
             store_artifact(&mut tx, &mut locked, p, started, &outcome).await?
@@ -202,9 +204,8 @@ async fn park(
     locked
         .set_phase_state(conn, &p.phase, PhaseState::AwaitingApproval, None)
         .await?;
-    locked
-        .set_state(conn, RunState::AwaitingApproval, None)
-        .await?;
+    // The run waits on the human only when no other branch can move.
+    advance::settle(conn, locked).await?;
     if let Some(id) = inserted {
         locked.events.push(NewEvent::approval_requested(
             &p.phase,

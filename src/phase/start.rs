@@ -13,10 +13,15 @@ use crate::store::run_phases::{self, PhaseRow};
 use crate::store::runs::{self, RunRow};
 use crate::workflow::{Persona, Phase, RunInputs, WorkflowTemplate};
 use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 
 /// What the worker learned at the start of an attempt.
 pub(super) struct Started {
+    /// The run's template (its phase graph, for what the attempt's outcome starts).
+    pub template: Arc<WorkflowTemplate>,
     pub phase: Phase,
+    /// For an item of a fan-out: its element.
+    pub item: Option<Item>,
     pub persona: Persona,
     pub inputs: RunInputs,
     pub prior: Vec<PriorArtifact>,
@@ -28,11 +33,23 @@ pub(super) struct Started {
     pub files: Vec<SeedFile>,
 }
 
+/// The element an item of a fan-out works on.
+pub(super) struct Item {
+    /// The name it has in the prompt (the fan-out's `as`).
+    pub name: String,
+    pub index: i32,
+    /// Where it comes from (`spec#/requirements`).
+    pub over: String,
+    pub element: serde_json::Value,
+}
+
 /// Whether this delivery is not the attempt the phase is at (the run moved on, another
 /// delivery finished it, or it belongs to an older round).
 fn is_stale(run: &RunRow, phase: &PhaseRow, p: &PhaseJob) -> bool {
-    !matches!(run.state, RunState::Queued | RunState::Running)
-        || phase.state.is_terminal()
+    !matches!(
+        run.state,
+        RunState::Queued | RunState::Running | RunState::AwaitingBudget
+    ) || phase.state.is_terminal()
         || phase.state == PhaseState::AwaitingApproval
         || phase.round != p.round
         || phase.attempts > p.attempt
@@ -76,18 +93,28 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseErr
     }
     let mut locked = LockedRun::new(run, phases);
     // 3. A run out of budget waits for a top-up, before any call (parked together
-    //    with this job's completion).
+    //    with this job's completion); so does a branch that starts while another
+    //    branch's park holds the run.
     if let Some(spent) = crate::budget::Spend::from(&locked.run).exhausted() {
         return Ok(Start::OutOfBudget(format!("budget exhausted: {spent}")));
     }
-    // 4. Mark the attempt started; read the files it starts with.
+    if locked.run.state == RunState::AwaitingBudget {
+        let reason = locked.run.error.clone().unwrap_or_default();
+        return Ok(Start::OutOfBudget(reason));
+    }
+    // 4. Mark the attempt started; read the files it starts with (its inputs and what
+    //    the phases upstream of it wrote).
+    let has_files = ctx.has_files;
+    let mut started = parse_context(ctx, &phase, p)?;
     mark_started(&mut tx, &mut locked, &phase, p).await?;
-    let seed = if ctx.has_files {
-        files::run_files_seed(&mut tx, p.run_id, phase.position).await?
-    } else {
-        Vec::new()
-    };
-    let started = parse_context(ctx, &phase, p, seed)?;
+    if has_files {
+        let upstream: Vec<String> = started
+            .template
+            .upstream_of(phase.template_key())
+            .into_iter()
+            .collect();
+        started.files = files::run_files_seed(&mut tx, p.run_id, &upstream).await?;
+    }
     tx.commit().await?;
     Ok(Start::Ready(Box::new(started)))
 }
@@ -110,31 +137,45 @@ async fn mark_started(
     Ok(())
 }
 
-fn parse_context(
-    ctx: AttemptContext,
-    phase: &PhaseRow,
-    p: &PhaseJob,
-    files: Vec<SeedFile>,
-) -> Result<Started, PhaseError> {
+fn parse_context(ctx: AttemptContext, row: &PhaseRow, p: &PhaseJob) -> Result<Started, PhaseError> {
     let template: WorkflowTemplate = serde_json::from_value(ctx.template)
         .map_err(|e| PhaseError::Permanent(format!("stored template does not parse: {e}")))?;
     let template_phase = template
-        .phase(&p.phase)
+        .phase(row.template_key())
         .map(|(_, ph)| ph.clone())
         .ok_or_else(|| PhaseError::Permanent(format!("template has no phase {:?}", p.phase)))?;
     let persona: Persona = serde_json::from_value(ctx.persona)
         .map_err(|e| PhaseError::Permanent(format!("stored persona does not parse: {e}")))?;
+    // Only the phases upstream of this one: a parallel branch's artifact is not an input.
+    let upstream = template.upstream_of(row.template_key());
+    let prior = ctx
+        .prior
+        .0
+        .into_iter()
+        .filter(|a| upstream.contains(&a.phase_key))
+        .collect();
+    let item = match (&template_phase.fan_out, ctx.item, row.item_index) {
+        (Some(f), Some(element), Some(index)) => Some(Item {
+            name: f.as_name.clone(),
+            index,
+            over: f.over.clone(),
+            element,
+        }),
+        _ => None,
+    };
     Ok(Started {
+        template: Arc::new(template),
         phase: template_phase,
+        item,
         persona,
         inputs: RunInputs {
             requirements: ctx.requirements,
             objective: ctx.objective,
             extra: ctx.extra,
         },
-        prior: ctx.prior.0,
+        prior,
         previous: ctx.previous.map(|p| p.0),
-        revise_comment: phase.revise_comment.clone(),
-        files,
+        revise_comment: row.revise_comment.clone(),
+        files: Vec::new(),
     })
 }

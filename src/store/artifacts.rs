@@ -150,3 +150,81 @@ pub async fn artifacts_get_many(
     .fetch_all(&mut *conn)
     .await
 }
+
+/// The content of the accepted artifact of `phase` (its latest valid one with a path),
+/// if it has one.
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_accepted_content(
+    conn: &mut PgConnection,
+    run: RunId,
+    phase: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT content FROM artifacts
+          WHERE run_id = $1 AND phase_key = $2 AND valid AND path IS NOT NULL
+          ORDER BY round DESC, attempt DESC LIMIT 1",
+    )
+    .bind(run)
+    .bind(phase)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.and_then(|(c,)| c))
+}
+
+/// A fan-out phase's gathered artifact to store.
+pub struct Gathered<'a> {
+    pub run: RunId,
+    pub phase: &'a str,
+    pub round: i32,
+    pub path: &'a str,
+    pub schema_id: &'a str,
+    /// Refuse to gather more bytes than this.
+    pub max_bytes: i64,
+}
+
+/// Store the artifact of fan-out phase `g.phase`: the array of its items' accepted
+/// artifacts in item order, as attempt 0 of its round. `Err(size)` when the array would
+/// hold more than `g.max_bytes`; `Ok(None)` when it is stored already.
+///
+/// # Errors
+/// Database errors.
+pub async fn artifacts_gather(
+    conn: &mut PgConnection,
+    g: &Gathered<'_>,
+) -> Result<Result<Option<i64>, i64>, sqlx::Error> {
+    let (id, size): (Option<i64>, i64) = sqlx::query_as(
+        "WITH items AS (
+             SELECT p.item_index, a.content FROM run_phases p
+               JOIN LATERAL (SELECT content FROM artifacts x
+                              WHERE x.run_id = p.run_id AND x.phase_key = p.phase_key AND x.valid
+                              ORDER BY x.round DESC, x.attempt DESC LIMIT 1) a ON true
+              WHERE p.run_id = $1 AND p.parent = $2
+         ), size AS (
+             SELECT COALESCE(sum(length(content)), 0)::bigint AS bytes FROM items
+         ), gathered AS (
+             SELECT COALESCE((SELECT jsonb_agg(content::jsonb ORDER BY item_index) FROM items),
+                             '[]'::jsonb)::text AS content
+               FROM size WHERE size.bytes <= $6
+         ), stored AS (
+             INSERT INTO artifacts (run_id, phase_key, round, attempt, path, schema_id, content, sha256, valid)
+             SELECT $1, $2, $3, 0, $4, $5, g.content, encode(sha256(convert_to(g.content, 'UTF8')), 'hex'), true
+               FROM gathered g
+             ON CONFLICT (run_id, phase_key, round, attempt) DO NOTHING RETURNING id
+         )
+         SELECT (SELECT id FROM stored), (SELECT bytes FROM size)",
+    )
+    .bind(g.run)
+    .bind(g.phase)
+    .bind(g.round)
+    .bind(g.path)
+    .bind(g.schema_id)
+    .bind(g.max_bytes)
+    .fetch_one(&mut *conn)
+    .await?;
+    if size > g.max_bytes {
+        return Ok(Err(size));
+    }
+    Ok(Ok(id))
+}

@@ -117,16 +117,16 @@ pub async fn run_files_replace(
     Ok(())
 }
 
-/// What an attempt of a phase at `position` starts with: the run's inputs, then the
-/// files of each completed phase before it in template order (a later phase's file
-/// replaces an earlier one at the same path).
+/// What an attempt of a phase starts with: the run's inputs, then the files of each
+/// completed phase `upstream` of it (one phase later in template order replaces an
+/// earlier one's file at the same path).
 ///
 /// # Errors
 /// Database errors.
 pub async fn run_files_seed(
     conn: &mut PgConnection,
     run: RunId,
-    position: i32,
+    upstream: &[String],
 ) -> Result<Vec<SeedFile>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT ON (f.path) f.path, CASE WHEN b.is_binary THEN NULL ELSE b.content END AS content,
@@ -135,11 +135,11 @@ pub async fn run_files_seed(
            JOIN file_blobs b ON b.sha256 = f.sha256
            LEFT JOIN run_phases p ON p.run_id = f.run_id AND p.phase_key = f.origin
           WHERE f.run_id = $1
-            AND (f.origin = '' OR (p.state = 'completed' AND p.position < $2))
+            AND (f.origin = '' OR (p.state = 'completed' AND p.phase_key = ANY($2)))
           ORDER BY f.path, COALESCE(p.position, -1) DESC",
     )
     .bind(run)
-    .bind(position)
+    .bind(upstream)
     .fetch_all(&mut *conn)
     .await
 }

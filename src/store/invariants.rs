@@ -23,11 +23,36 @@ const CHECKS: &[(&str, &str)] = &[
                              AND (j.state = 'ready' OR (j.state = 'running' AND j.lease_expires_at > now())))",
     ),
     (
-        "a run awaiting approval has exactly one pending request",
-        "SELECT r.id::text || ' has ' || count(a.id) || ' pending requests' FROM runs r
+        "a run awaiting approval has a pending request (one per phase that waits)",
+        "SELECT r.id::text || ' has ' || count(a.id) || ' pending requests for '
+                || (SELECT count(*) FROM run_phases p WHERE p.run_id = r.id AND p.state = 'awaiting_approval')
+                || ' phases awaiting approval' FROM runs r
            LEFT JOIN approval_requests a ON a.run_id = r.id AND a.state = 'pending'
           WHERE ($1::uuid[] IS NULL OR r.id = ANY($1)) AND r.state = 'awaiting_approval'
-          GROUP BY r.id HAVING count(a.id) <> 1",
+          GROUP BY r.id
+         HAVING count(a.id) = 0 OR count(a.id) <> (SELECT count(*) FROM run_phases p
+                                                    WHERE p.run_id = r.id AND p.state = 'awaiting_approval')",
+    ),
+    (
+        "a phase starts only after every phase it needs was accepted or skipped",
+        "SELECT p.run_id::text || ' phase ' || p.phase_key || ' started before its need ' || n.need || ' was done'
+           FROM run_phases p CROSS JOIN LATERAL unnest(p.needs) AS n(need)
+           JOIN LATERAL (SELECT min(e.seq) AS seq FROM run_events e
+                          WHERE e.run_id = p.run_id AND e.phase_key = p.phase_key AND e.kind = 'phase.started') s
+             ON s.seq IS NOT NULL
+           LEFT JOIN LATERAL (SELECT min(e.seq) AS seq FROM run_events e
+                               WHERE e.run_id = p.run_id AND e.phase_key = n.need
+                                 AND e.kind IN ('phase.completed', 'phase.skipped')) d ON true
+          WHERE ($1::uuid[] IS NULL OR p.run_id = ANY($1)) AND (d.seq IS NULL OR d.seq > s.seq)",
+    ),
+    (
+        "a fan-out's gathered artifact holds one element per item",
+        "SELECT a.run_id::text || ' phase ' || a.phase_key || ' gathered ' || jsonb_array_length(a.content::jsonb)
+                || ' elements for ' || count(i.phase_key) || ' items'
+           FROM artifacts a JOIN run_phases i ON i.run_id = a.run_id AND i.parent = a.phase_key
+          WHERE ($1::uuid[] IS NULL OR a.run_id = ANY($1)) AND a.attempt = 0
+          GROUP BY a.id, a.run_id, a.phase_key, a.content
+         HAVING jsonb_array_length(a.content::jsonb) <> count(i.phase_key)",
     ),
     (
         "no job runs without a live lease",
@@ -70,10 +95,11 @@ const CHECKS: &[(&str, &str)] = &[
             AND (p.run_id IS NULL OR p.final_state <> r.state)",
     ),
     (
-        "a completed run has every phase completed",
+        "a completed run has every phase completed (or skipped by its condition)",
         "SELECT r.id::text || ' phase ' || p.phase_key || ' is ' || p.state::text FROM runs r
            JOIN run_phases p ON p.run_id = r.id
-          WHERE ($1::uuid[] IS NULL OR r.id = ANY($1)) AND r.state = 'completed' AND p.state <> 'completed'",
+          WHERE ($1::uuid[] IS NULL OR r.id = ANY($1)) AND r.state = 'completed'
+            AND p.state NOT IN ('completed', 'skipped')",
     ),
     (
         "no run has a job it could still execute after it ended",

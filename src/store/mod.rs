@@ -31,6 +31,9 @@ pub enum StoreError {
     /// take the lock changed it).
     #[error("the {0} changed under its lock")]
     Stale(&'static str),
+    /// What the database holds does not parse (a stored template, a parked job).
+    #[error("stored {0}")]
+    Corrupt(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }

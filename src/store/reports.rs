@@ -69,7 +69,7 @@ pub async fn reports_load_inputs(
                 r.budget_tokens, r.spent_usd, r.spent_tokens, r.error, r.created_at, r.started_at,
                 r.finished_at, r.queue, r.retries, r.team,
                 t.name AS template_name, t.version AS template_version,
-                (SELECT COALESCE(jsonb_agg(to_jsonb(p) - 'run_id' ORDER BY p.position), '[]'::jsonb)
+                (SELECT COALESCE(jsonb_agg(to_jsonb(p) - 'run_id' - 'item' ORDER BY p.position, p.item_index NULLS FIRST), '[]'::jsonb)
                    FROM run_phases p WHERE p.run_id = r.id) AS phases,
                 (SELECT COALESCE(jsonb_agg(jsonb_build_object('id', a.id, 'phase_key', a.phase_key,
                         'round', a.round, 'attempt', a.attempt, 'path', a.path, 'schema_id', a.schema_id,

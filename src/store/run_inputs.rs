@@ -16,7 +16,8 @@ pub struct AttemptContext {
     pub requirements: String,
     pub objective: serde_json::Value,
     pub extra: serde_json::Value,
-    /// The accepted artifacts of completed phases.
+    /// The accepted artifacts of completed phases (not of fan-out items: their fan-out
+    /// phase's artifact gathers them).
     pub prior: sqlx::types::Json<Vec<PriorArtifact>>,
     /// The latest artifact of this phase before this attempt (the previous attempt of
     /// this round, or the last of an earlier round), if any.
@@ -25,6 +26,8 @@ pub struct AttemptContext {
     pub recorded: bool,
     /// The run holds files (inputs, or earlier phases' outputs).
     pub has_files: bool,
+    /// For an item of a fan-out: its element.
+    pub item: Option<serde_json::Value>,
 }
 
 /// An earlier phase's accepted artifact.
@@ -65,7 +68,7 @@ pub async fn run_inputs_attempt_context(
                    JOIN LATERAL (SELECT phase_key, path, content FROM artifacts x
                                   WHERE x.run_id = ph.run_id AND x.phase_key = ph.phase_key AND x.valid AND x.path IS NOT NULL
                                   ORDER BY x.round DESC, x.attempt DESC LIMIT 1) a ON true
-                  WHERE ph.run_id = r.id AND ph.state = 'completed') AS prior,
+                  WHERE ph.run_id = r.id AND ph.state = 'completed' AND ph.parent IS NULL) AS prior,
                 (SELECT jsonb_build_object('round', v.round, 'attempt', v.attempt, 'content', v.content,
                         'valid', v.valid, 'validation_errors', v.validation_errors)
                    FROM artifacts v
@@ -74,7 +77,8 @@ pub async fn run_inputs_attempt_context(
                 EXISTS (SELECT 1 FROM artifacts d
                          WHERE d.run_id = r.id AND d.phase_key = $2 AND d.round = $3 AND d.attempt = $4)
                   AS recorded,
-                EXISTS (SELECT 1 FROM run_files f WHERE f.run_id = r.id) AS has_files
+                EXISTS (SELECT 1 FROM run_files f WHERE f.run_id = r.id) AS has_files,
+                p.item
            FROM runs r
            JOIN templates t ON t.hash = r.template_hash
            JOIN run_phases p ON p.run_id = r.id AND p.phase_key = $2

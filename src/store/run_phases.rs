@@ -25,10 +25,51 @@ pub struct PhaseRow {
     /// The capability its jobs require (`provider:NAME`), if any.
     #[serde(default)]
     pub requires: Option<String>,
+    /// The phases it needs; `None` for runs stored before phases named their needs:
+    /// the phase before it by position (see [`PhaseRow::needs_in`]).
+    #[serde(default)]
+    pub needs: Option<Vec<String>>,
+    /// For an item of a fan-out: the fan-out phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For an item of a fan-out: its element's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_index: Option<i32>,
+}
+
+impl PhaseRow {
+    /// The phases it needs, among the run's `phases` (a row without `needs` needs the
+    /// top-level phase before it by position).
+    #[must_use]
+    pub fn needs_in(&self, phases: &[PhaseRow]) -> Vec<String> {
+        if self.parent.is_some() {
+            return Vec::new();
+        }
+        self.needs.clone().unwrap_or_else(|| {
+            phases
+                .iter()
+                .filter(|p| p.parent.is_none() && p.position < self.position)
+                .max_by_key(|p| p.position)
+                .map(|p| vec![p.phase_key.clone()])
+                .unwrap_or_default()
+        })
+    }
+
+    /// The key of the template phase it runs (an item runs its fan-out's phase).
+    #[must_use]
+    pub fn template_key(&self) -> &str {
+        self.parent.as_deref().unwrap_or(&self.phase_key)
+    }
+}
+
+/// The key of item `index` of fan-out phase `phase`.
+#[must_use]
+pub fn item_key(phase: &str, index: usize) -> String {
+    format!("{phase}[{index}]")
 }
 
 const PHASE_COLUMNS: &str = "position, phase_key, role, state, attempts, max_attempts, round,
-    revise_comment, error, started_at, finished_at, requires";
+    revise_comment, error, started_at, finished_at, requires, needs, parent, item_index";
 
 /// The phases of a run in template order.
 ///
@@ -39,7 +80,7 @@ pub async fn run_phases_list(
     run: RunId,
 ) -> Result<Vec<PhaseRow>, sqlx::Error> {
     sqlx::query_as::<_, PhaseRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {PHASE_COLUMNS} FROM run_phases WHERE run_id = $1 ORDER BY position"
+        "SELECT {PHASE_COLUMNS} FROM run_phases WHERE run_id = $1 ORDER BY position, item_index NULLS FIRST"
     )))
     .bind(run)
     .fetch_all(&mut *conn)
@@ -148,23 +189,66 @@ pub async fn run_phases_skip_unfinished(
     Ok(())
 }
 
-/// Phases after `position` that were skipped go back to `pending` (an operator
-/// re-opens a failed run; its failed phase starts a new round separately).
+/// Every skipped phase goes back to `pending` in a new round (an operator re-opens a
+/// failed run; its failed phases start a new round separately). A new round gives a
+/// re-opened phase new job keys: its earlier round's job may have been cancelled.
 ///
 /// # Errors
 /// Database errors.
-pub async fn run_phases_reopen_after(
+pub async fn run_phases_reopen_skipped(
     conn: &mut PgConnection,
     run: RunId,
-    position: i32,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE run_phases SET state = 'pending', error = NULL, finished_at = NULL
-          WHERE run_id = $1 AND position > $2 AND state = 'skipped'",
+        "UPDATE run_phases SET state = 'pending', round = round + 1, attempts = 0, error = NULL,
+                finished_at = NULL
+          WHERE run_id = $1 AND state = 'skipped'",
     )
     .bind(run)
-    .bind(position)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// A fan-out's items, pending, each with its element.
+pub struct NewItems<'a> {
+    pub parent: &'a PhaseRow,
+    pub elements: &'a [serde_json::Value],
+}
+
+/// Insert the items of a fan-out phase (`parent[0]`, `parent[1]`, ...): each pending,
+/// with its parent's role, attempts and capability, and its element. Returns the rows.
+///
+/// # Errors
+/// Database errors.
+pub async fn run_phases_insert_items(
+    conn: &mut PgConnection,
+    run: RunId,
+    new: &NewItems<'_>,
+) -> Result<Vec<PhaseRow>, sqlx::Error> {
+    let p = new.parent;
+    let keys: Vec<String> = (0..new.elements.len())
+        .map(|i| item_key(&p.phase_key, i))
+        .collect();
+    let indexes: Vec<i32> = (0..new.elements.len())
+        .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect();
+    sqlx::query_as::<_, PhaseRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts, requires, needs,
+                                 parent, item_index, item)
+         SELECT $1, $2, i.key, $3, $4, $5, '{{}}', $6, i.index, i.element
+           FROM unnest($7::text[], $8::int[], $9::jsonb[]) AS i(key, index, element)
+         RETURNING {PHASE_COLUMNS}"
+    )))
+    .bind(run)
+    .bind(p.position)
+    .bind(&p.role)
+    .bind(p.max_attempts)
+    .bind(&p.requires)
+    .bind(&p.phase_key)
+    .bind(&keys)
+    .bind(&indexes)
+    .bind(new.elements)
+    .fetch_all(&mut *conn)
+    .await
 }

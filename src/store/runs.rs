@@ -57,6 +57,9 @@ struct RunAndPhase {
     phase_started_at: Option<DateTime<Utc>>,
     phase_finished_at: Option<DateTime<Utc>>,
     phase_requires: Option<String>,
+    needs: Option<Vec<String>>,
+    parent: Option<String>,
+    item_index: Option<i32>,
 }
 
 /// Lock and read a run. `None` when it does not exist.
@@ -86,9 +89,9 @@ pub async fn runs_lock_with_phases(
         "SELECT {RUN_COLUMNS}, p.position, p.phase_key, p.role, p.state AS phase_state, p.attempts,
                 p.max_attempts, p.round, p.revise_comment, p.error AS phase_error,
                 p.started_at AS phase_started_at, p.finished_at AS phase_finished_at,
-                p.requires AS phase_requires
+                p.requires AS phase_requires, p.needs, p.parent, p.item_index
            FROM runs r JOIN run_phases p ON p.run_id = r.id
-          WHERE r.id = $1 ORDER BY p.position FOR UPDATE OF r, p"
+          WHERE r.id = $1 ORDER BY p.position, p.item_index NULLS FIRST FOR UPDATE OF r, p"
     )))
     .bind(id)
     .fetch_all(&mut *conn)
@@ -109,6 +112,9 @@ pub async fn runs_lock_with_phases(
             started_at: r.phase_started_at,
             finished_at: r.phase_finished_at,
             requires: r.phase_requires,
+            needs: r.needs,
+            parent: r.parent,
+            item_index: r.item_index,
         });
         run = Some(r.run);
     }
@@ -205,7 +211,8 @@ pub async fn runs_get_budget(
     .await
 }
 
-/// Keep the phase job a run stopped at for budget; returns the park's number.
+/// Add the phase job a run stopped at to the jobs its budget park keeps (`new_park`:
+/// the run just stopped, so a new park begins); returns the park's number.
 ///
 /// # Errors
 /// Database errors.
@@ -213,15 +220,38 @@ pub async fn runs_park_for_budget(
     conn: &mut PgConnection,
     id: RunId,
     job: &serde_json::Value,
+    new_park: bool,
 ) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE runs SET budget_parks = budget_parks + 1, parked_job = $2 WHERE id = $1
+        "UPDATE runs SET budget_parks = budget_parks + CASE WHEN $3 THEN 1 ELSE 0 END,
+                parked_job = CASE jsonb_typeof(parked_job) WHEN 'array' THEN parked_job
+                                  WHEN 'object' THEN jsonb_build_array(parked_job)
+                                  ELSE '[]'::jsonb END || jsonb_build_array($2::jsonb)
+          WHERE id = $1
          RETURNING budget_parks",
     )
     .bind(id)
     .bind(job)
+    .bind(new_park)
     .fetch_one(&mut *conn)
     .await
+}
+
+/// Put the jobs a raise took back into the park (the run is still out of budget).
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_keep_parked(
+    conn: &mut PgConnection,
+    id: RunId,
+    jobs: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE runs SET parked_job = $2 WHERE id = $1")
+        .bind(id)
+        .bind(jobs)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Set a run's limits (either may stay as it is) and take back the phase job it was
@@ -288,6 +318,19 @@ pub async fn runs_find_by_key(
         .await
 }
 
+/// A phase of a submitted run.
+#[derive(Debug, Clone)]
+pub struct NewPhase {
+    pub position: i32,
+    pub key: String,
+    pub role: String,
+    pub max_attempts: i32,
+    /// The capability its jobs require (`provider:NAME`).
+    pub requires: Option<String>,
+    /// The phases it needs (none: it starts with the run).
+    pub needs: Vec<String>,
+}
+
 /// Everything a submitted run starts with, stored by [`runs_insert_submitted`].
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -305,15 +348,15 @@ pub struct NewRun<'a> {
     pub inputs: (&'a str, &'a serde_json::Value, &'a serde_json::Value),
     /// (role, persona hash, binding hash, overridden).
     pub bindings: Vec<(String, String, String, bool)>,
-    /// (position, key, role, max attempts, the capability its jobs require).
-    pub phases: Vec<(i32, String, String, i32, Option<String>)>,
+    pub phases: Vec<NewPhase>,
     pub event: NewEvent,
-    pub first_job: NewJob,
+    /// The first attempts of the phases that need nothing.
+    pub first_jobs: Vec<NewJob>,
 }
 
 /// Store a submitted run whole, in ONE statement (so one commit): its template and
 /// personas (once per hash), the run, inputs, bindings, phases, the `run.submitted`
-/// event and the first phase job. Returns `None`, and stores nothing but definitions,
+/// event and the first phase jobs. Returns `None`, and stores nothing but definitions,
 /// when the team already has a run under the idempotency key.
 ///
 /// # Errors
@@ -327,7 +370,7 @@ pub async fn runs_insert_submitted(
         new.personas.iter().map(f).collect()
     };
     let persona_bodies: Vec<&serde_json::Value> = new.personas.iter().map(|p| &p.3).collect();
-    let job = &new.first_job;
+    let jobs = &new.first_jobs;
     let row: Option<(RunId,)> = sqlx::query_as(
         "WITH template AS (
              INSERT INTO templates (hash, name, version, body) VALUES ($1, $2, $3, $4)
@@ -349,14 +392,18 @@ pub async fn runs_insert_submitted(
              INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden)
              SELECT run.id, b.* FROM run, unnest($20::text[], $21::text[], $22::text[], $23::bool[]) AS b
          ), phases AS (
-             INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts, requires)
-             SELECT run.id, p.* FROM run, unnest($24::int[], $25::text[], $26::text[], $27::int[], $38::text[]) AS p
+             INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts, requires, needs)
+             SELECT run.id, p.position, p.key, p.role, p.max_attempts, p.requires,
+                    string_to_array(p.needs, ',')
+               FROM run, unnest($24::int[], $25::text[], $26::text[], $27::int[], $38::text[], $40::text[])
+                         AS p(position, key, role, max_attempts, requires, needs)
          ), event AS (
              INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
              SELECT id, 1, $28, NULL, $29, $30 FROM run
          ), job AS (
              INSERT INTO jobs (queue, kind, payload, priority, max_attempts, unique_key, run_id, requires)
-             SELECT $31, $32, $33, $34, $35, $36, id, $39 FROM run
+             SELECT $31, $32, j.payload, $34, $35, j.unique_key, id, j.requires
+               FROM run, unnest($33::jsonb[], $36::text[], $39::text[]) AS j(payload, unique_key, requires)
          )
          SELECT id FROM run WHERE pg_notify($37, id::text || ':1')::text IS NOT NULL",
     )
@@ -383,22 +430,23 @@ pub async fn runs_insert_submitted(
     .bind(new.bindings.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
     .bind(new.bindings.iter().map(|b| b.2.clone()).collect::<Vec<_>>())
     .bind(new.bindings.iter().map(|b| b.3).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.0).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.1.clone()).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.2.clone()).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.3).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.position).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.key.clone()).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.role.clone()).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.max_attempts).collect::<Vec<_>>())
     .bind(new.event.kind)
     .bind(&new.event.key)
     .bind(&new.event.data)
-    .bind(&job.queue)
-    .bind(&job.kind)
-    .bind(&job.payload)
-    .bind(job.priority)
-    .bind(job.max_attempts)
-    .bind(&job.unique_key)
+    .bind(new.queue)
+    .bind(crate::phase_job::PHASE_JOB_KIND)
+    .bind(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
+    .bind(jobs.first().map_or(0, |j| j.priority))
+    .bind(crate::phase_job::PHASE_JOB_MAX_DELIVERIES)
+    .bind(jobs.iter().map(|j| j.unique_key.clone()).collect::<Vec<_>>())
     .bind(crate::events::EVENTS_CHANNEL)
-    .bind(new.phases.iter().map(|p| p.4.clone()).collect::<Vec<_>>())
-    .bind(&job.requires)
+    .bind(new.phases.iter().map(|p| p.requires.clone()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.requires.clone()).collect::<Vec<_>>())
+    .bind(new.phases.iter().map(|p| p.needs.join(",")).collect::<Vec<_>>())
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(id,)| id))

@@ -19,3 +19,19 @@ pub async fn templates_get_summary(
     .await?;
     Ok(summary)
 }
+
+/// A template's body, as stored.
+///
+/// # Errors
+/// Database errors (a hash no template has is one).
+pub async fn templates_get_body(
+    conn: &mut PgConnection,
+    hash: &str,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let (body,): (serde_json::Value,) =
+        sqlx::query_as("SELECT body FROM templates WHERE hash = $1")
+            .bind(hash)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(body)
+}

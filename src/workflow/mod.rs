@@ -3,11 +3,13 @@
 
 mod canonical;
 pub mod document;
+mod graph;
 mod inputs;
 mod persona;
 mod template;
 
 pub use canonical::{canonical_json, sha256_hex};
+pub use graph::{Condition, FanOut, MAX_FAN_OUT_ITEMS};
 pub use inputs::{Budget, RunInputs};
 pub use persona::{ArtifactVia, Backend, Persona};
 pub use template::{ExpectedArtifact, Phase, RoleDefault, WorkflowTemplate};

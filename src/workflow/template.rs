@@ -1,5 +1,7 @@
-//! Workflow templates: roles and an ordered list of phases.
+//! Workflow templates: roles and phases; by default each phase needs the one before it
+//! (`needs`, `fan_out` and `when` make a graph: `graph.rs`).
 
+use super::graph::{Condition, FanOut};
 use super::{Definition, Problem, at_most, problem};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -51,6 +53,19 @@ pub struct Phase {
     #[serde(default = "default_max_attempts")]
     #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: u32,
+    /// The phases that must be accepted (or skipped) before this one starts; default:
+    /// the phase before it (none for the first). Phases whose needs are met run in
+    /// parallel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 100)]
+    pub needs: Option<Vec<String>>,
+    /// Run one item of this phase per element of an array in a needed phase's
+    /// artifact; their artifacts are gathered, in order, as this phase's artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
+    /// Run only when this holds; otherwise the phase is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -82,7 +97,7 @@ fn check_gates(gates: &[String]) -> Result<(), String> {
     }
 }
 
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -97,7 +112,7 @@ impl Definition for WorkflowTemplate {
         for (i, phase) in self.phases.iter().enumerate() {
             self.check_phase(i, phase, &mut keys, &mut paths)?;
         }
-        Ok(())
+        self.check_graph()
     }
 }
 

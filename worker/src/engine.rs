@@ -27,7 +27,9 @@ impl From<PhaseError> for JobError {
             PhaseError::Queue(q) => JobError::Queue(q),
             PhaseError::Db(d) | PhaseError::Store(StoreError::Db(d)) => JobError::Db(d),
             PhaseError::Store(e @ StoreError::Stale(_)) => JobError::retry(e.to_string()),
-            PhaseError::Store(e @ StoreError::Transition(_)) => JobError::Permanent(e.to_string()),
+            PhaseError::Store(e @ (StoreError::Transition(_) | StoreError::Corrupt(_))) => {
+                JobError::Permanent(e.to_string())
+            }
         }
     }
 }

@@ -1,0 +1,352 @@
+//! Moving a run forward after a phase is accepted (validated, or approved): start the
+//! phases it was the last need of (`schedule.rs`: conditions, fan-outs, the join of a
+//! fan-out's items), settle the run's state from its phases, or complete the run; and
+//! ending a run in any terminal state with its report. Always called inside the
+//! caller's transaction, with the run row locked (so two workers accepting the last two
+//! needs of a join at the same instant take turns, and only the second sees the join
+//! ready); the events go into the caller's batch (appended once, at the end of the
+//! transaction).
+
+mod schedule;
+
+pub use schedule::start_ready;
+
+use crate::events::NewEvent;
+use crate::phase_job::PhaseJob;
+use crate::queue::QueueError;
+use crate::report;
+use crate::state::{PhaseState, RunState};
+use crate::store::StoreError;
+use crate::store::run_phases::{self, PhaseRow};
+use crate::store::runs::{self, RunRow};
+
+use crate::workflow::WorkflowTemplate;
+use sqlx::PgConnection;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdvanceError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A run read under its lock, with its phases, and the events the transaction appends.
+pub struct LockedRun {
+    pub run: RunRow,
+    pub phases: Vec<PhaseRow>,
+    pub events: Vec<NewEvent>,
+    /// The run's template, once read (see [`LockedRun::template`]).
+    template: Option<Arc<WorkflowTemplate>>,
+}
+
+impl LockedRun {
+    #[must_use]
+    pub fn new(run: RunRow, phases: Vec<PhaseRow>) -> Self {
+        Self {
+            run,
+            phases,
+            events: Vec::new(),
+            template: None,
+        }
+    }
+
+    /// The same, with the run's template already read (a phase job has it).
+    #[must_use]
+    pub fn with_template(mut self, template: Arc<WorkflowTemplate>) -> Self {
+        self.template = Some(template);
+        self
+    }
+
+    /// The run's template (read from the database once per transaction).
+    ///
+    /// # Errors
+    /// Database errors; a stored template that does not parse is [`StoreError::Corrupt`].
+    pub async fn template(
+        &mut self,
+        conn: &mut PgConnection,
+    ) -> Result<Arc<WorkflowTemplate>, StoreError> {
+        if let Some(t) = &self.template {
+            return Ok(t.clone());
+        }
+        let body =
+            crate::store::templates::templates_get_body(conn, &self.run.template_hash).await?;
+        let template: WorkflowTemplate = serde_json::from_value(body)
+            .map_err(|e| StoreError::Corrupt(format!("template does not parse: {e}")))?;
+        let template = Arc::new(template);
+        self.template = Some(template.clone());
+        Ok(template)
+    }
+
+    /// Whether every phase `row` needs is accepted or skipped.
+    #[must_use]
+    pub fn needs_met(&self, row: &PhaseRow) -> bool {
+        row.needs_in(&self.phases).iter().all(|need| {
+            self.phase(need)
+                .is_some_and(|p| matches!(p.state, PhaseState::Completed | PhaseState::Skipped))
+        })
+    }
+
+    /// The pending top-level phases that need `key` and whose needs are all met now.
+    #[must_use]
+    pub fn ready_dependents(&self, key: &str) -> Vec<String> {
+        self.phases
+            .iter()
+            .filter(|p| p.parent.is_none() && p.state == PhaseState::Pending)
+            .filter(|p| p.needs_in(&self.phases).iter().any(|n| n == key) && self.needs_met(p))
+            .map(|p| p.phase_key.clone())
+            .collect()
+    }
+
+    /// The items of fan-out phase `key`, in order.
+    pub fn items_of<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a PhaseRow> + 'a {
+        self.phases
+            .iter()
+            .filter(move |p| p.parent.as_deref() == Some(key))
+    }
+
+    /// Whether some phase is queued or running: an attempt that is not a fan-out phase
+    /// (whose items do the work), or a pending phase whose needs are met (its job
+    /// waits on the queue).
+    #[must_use]
+    pub fn has_active_phase(&self) -> bool {
+        self.phases.iter().any(|p| match p.state {
+            PhaseState::Running => self.items_of(&p.phase_key).next().is_none(),
+            PhaseState::Pending => match &p.parent {
+                Some(parent) => self
+                    .phase(parent)
+                    .is_some_and(|f| f.state == PhaseState::Running),
+                None => self.needs_met(p),
+            },
+            _ => false,
+        })
+    }
+
+    /// The phase `key`, as read under the lock (and changed since, through `self`).
+    #[must_use]
+    pub fn phase(&self, key: &str) -> Option<&PhaseRow> {
+        self.phases.iter().find(|p| p.phase_key == key)
+    }
+
+    /// Move the run to `next` (checked against the transition table).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn set_state(
+        &mut self,
+        conn: &mut PgConnection,
+        next: RunState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.run = runs::runs_set_state(conn, &self.run, next, error).await?;
+        Ok(())
+    }
+
+    /// Move phase `key` to `next` (checked against the transition table).
+    ///
+    /// # Errors
+    /// [`StoreError`]; a phase the run does not have is [`StoreError::Stale`].
+    pub async fn set_phase_state(
+        &mut self,
+        conn: &mut PgConnection,
+        key: &str,
+        next: PhaseState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let phase = self
+            .phases
+            .iter_mut()
+            .find(|p| p.phase_key == key)
+            .ok_or(StoreError::Stale("phase"))?;
+        run_phases::run_phases_set_state(conn, self.run.id, phase, next, error).await?;
+        phase.state = next;
+        phase.error = error.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Start a new round of phase `key` (a revision with the reviewer's `comment`, or
+    /// an operator's retry): it becomes pending with no attempts. Returns the round.
+    ///
+    /// # Errors
+    /// [`StoreError`]; a phase the run does not have is [`StoreError::Stale`].
+    pub async fn new_round(
+        &mut self,
+        conn: &mut PgConnection,
+        key: &str,
+        comment: Option<&str>,
+    ) -> Result<i32, StoreError> {
+        let phase = self
+            .phases
+            .iter_mut()
+            .find(|p| p.phase_key == key)
+            .ok_or(StoreError::Stale("phase"))?;
+        let round = run_phases::run_phases_new_round(conn, self.run.id, phase, comment).await?;
+        phase.state = PhaseState::Pending;
+        phase.round = round;
+        phase.attempts = 0;
+        phase.error = None;
+        phase.revise_comment = comment.map(str::to_owned);
+        Ok(round)
+    }
+
+    /// Append the collected events (one statement).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let events = std::mem::take(&mut self.events);
+        crate::store::events::events_append(conn, self.run.id, &events).await?;
+        Ok(())
+    }
+}
+
+/// Mark `key` completed (an item's last sibling completes its fan-out phase too), start
+/// the phases that were waiting on it, and settle the run: running, awaiting approval
+/// (nothing else can move), or completed (every phase accepted or skipped).
+///
+/// # Errors
+/// [`AdvanceError`].
+pub async fn phase_accepted(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    key: &str,
+) -> Result<(), AdvanceError> {
+    let row = complete_phase(conn, locked, key).await?;
+    // 1. An item completes its fan-out when its siblings are all completed.
+    let accepted = match row.parent {
+        Some(parent) => {
+            if !locked
+                .items_of(&parent)
+                .all(|i| i.state == PhaseState::Completed)
+            {
+                return settle(conn, locked).await;
+            }
+            if !schedule::gather(conn, locked, &parent).await? {
+                return Ok(());
+            }
+            parent
+        }
+        None => key.to_owned(),
+    };
+    // 2. Start what it was the last need of; 3. settle the run.
+    let ready = locked.ready_dependents(&accepted);
+    start_ready(conn, locked, ready).await?;
+    settle(conn, locked).await
+}
+
+/// Mark `key` completed with its event; returns the row.
+async fn complete_phase(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    key: &str,
+) -> Result<PhaseRow, AdvanceError> {
+    locked
+        .set_phase_state(conn, key, PhaseState::Completed, None)
+        .await?;
+    let row = locked
+        .phase(key)
+        .cloned()
+        .ok_or(StoreError::Stale("phase"))?;
+    locked
+        .events
+        .push(NewEvent::phase_completed(key, row.round));
+    Ok(row)
+}
+
+/// Set the run's state from its phases: completed when every phase is accepted or
+/// skipped; running while a phase is queued or running; awaiting approval when the
+/// only thing left is a human's decision. A run that ended or waits on budget stays.
+///
+/// # Errors
+/// [`AdvanceError`].
+pub async fn settle(conn: &mut PgConnection, locked: &mut LockedRun) -> Result<(), AdvanceError> {
+    if locked.run.state.is_terminal() || locked.run.state == RunState::AwaitingBudget {
+        return Ok(());
+    }
+    if locked
+        .phases
+        .iter()
+        .all(|p| matches!(p.state, PhaseState::Completed | PhaseState::Skipped))
+    {
+        return end_run(conn, locked, RunState::Completed, None).await;
+    }
+    let next = if locked.has_active_phase() {
+        RunState::Running
+    } else if locked
+        .phases
+        .iter()
+        .any(|p| p.state == PhaseState::AwaitingApproval)
+    {
+        RunState::AwaitingApproval
+    } else {
+        return Ok(());
+    };
+    if locked.run.state != next {
+        locked.set_state(conn, next, None).await?;
+    }
+    Ok(())
+}
+
+/// Fail the attempt `p` of its phase (when the phase's state allows it), with its
+/// event, and end the run as failed.
+///
+/// # Errors
+/// Store, queue and database errors.
+pub async fn fail_phase_and_run(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    p: &PhaseJob,
+    error: &str,
+) -> Result<(), AdvanceError> {
+    if locked
+        .phase(&p.phase)
+        .is_some_and(|ph| ph.state.can_become(PhaseState::Failed))
+    {
+        locked
+            .set_phase_state(conn, &p.phase, PhaseState::Failed, Some(error))
+            .await?;
+        locked
+            .events
+            .push(NewEvent::phase_failed(&p.phase, p.round, p.attempt, error));
+    }
+    end_run(conn, locked, RunState::Failed, Some(error)).await
+}
+
+/// End the run in `state` (completed, failed, aborted or cancelled): skip unfinished
+/// phases, cancel its remaining jobs (a running one's worker is told at commit), record
+/// the event and store the report.
+///
+/// # Errors
+/// [`AdvanceError`].
+pub async fn end_run(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    state: RunState,
+    error: Option<&str>,
+) -> Result<(), AdvanceError> {
+    let run_id = locked.run.id;
+    locked.set_state(conn, state, error).await?;
+    let mut unfinished = false;
+    for p in &mut locked.phases {
+        if p.state.can_become(PhaseState::Skipped) {
+            p.state = PhaseState::Skipped;
+            unfinished = true;
+        }
+    }
+    if unfinished {
+        run_phases::run_phases_skip_unfinished(conn, run_id).await?;
+    }
+    // A run completes only when its last phase was accepted: no other job is left.
+    if state != RunState::Completed {
+        crate::queue::cancel_run_jobs(conn, run_id).await?;
+    }
+    locked
+        .events
+        .push(NewEvent::run_ended(state, error, locked.run.retries));
+    report::compose_and_store(conn, run_id).await?;
+    tracing::info!(run_id = %run_id, state = state.as_str(), "run ended");
+    Ok(())
+}
