@@ -35,6 +35,10 @@ pub enum ApprovalError {
     Conflict { id: ApprovalId, existing: Action },
     #[error("run is {0} and no longer waits on this approval")]
     RunNotWaiting(&'static str),
+    #[error(
+        "this request is about round {round} of its phase, which is at round {now} now: decide the newer request"
+    )]
+    Superseded { round: i32, now: i32 },
     #[error("invalid decision: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -158,11 +162,18 @@ pub async fn decide(
     }
     // Another branch may still run: the run waits on this request as long as it has
     // not ended and the phase still awaits approval.
-    let waits = phases
-        .iter()
-        .any(|p| p.phase_key == request.phase_key && p.state == PhaseState::AwaitingApproval);
+    let phase = phases.iter().find(|p| p.phase_key == request.phase_key);
+    let waits = phase.is_some_and(|p| p.state == PhaseState::AwaitingApproval);
     if run.state.is_terminal() || !waits {
         return Err(ApprovalError::RunNotWaiting(run.state.as_str()));
+    }
+    // An operator's retry re-ran the phase: this request is about an artifact of an
+    // earlier round, not the one that waits now.
+    if let Some(p) = phase.filter(|p| p.round != request.round) {
+        return Err(ApprovalError::Superseded {
+            round: request.round,
+            now: p.round,
+        });
     }
     // 3. Record it and act on it; 4. append the events; commit.
     let mut locked = LockedRun::new(run, phases);

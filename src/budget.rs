@@ -287,12 +287,12 @@ async fn raise(
         ..Spend::from(&locked.run)
     };
     if raised.exhausted().is_some() {
-        runs::runs_keep_parked(
-            conn,
-            locked.run.id,
-            &serde_json::to_value(&jobs).unwrap_or_default(),
-        )
-        .await?;
+        // One job as an object, more as a list (an earlier release reads the object).
+        let kept = match jobs.as_slice() {
+            [one] => serde_json::to_value(one),
+            many => serde_json::to_value(many),
+        };
+        runs::runs_keep_parked(conn, locked.run.id, &kept.unwrap_or_default()).await?;
         return Ok(BudgetOutcome::Raised { resumed: false });
     }
     locked.set_state(conn, RunState::Running, None).await?;

@@ -96,7 +96,9 @@ impl Classify for ApprovalError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
-            Self::Conflict { .. } | Self::RunNotWaiting(_) => ErrorKind::Conflict,
+            Self::Conflict { .. } | Self::RunNotWaiting(_) | Self::Superseded { .. } => {
+                ErrorKind::Conflict
+            }
             Self::Invalid(_) => ErrorKind::invalid("comment"),
             Self::Queue(e) => e.kind(),
             Self::Store(e) => e.kind(),

@@ -95,13 +95,14 @@ impl NewEvent {
         )
     }
 
-    /// The budget ran out at `phase`; the run waits for a top-up (park number `park`).
+    /// The budget ran out at `phase` (or `phase` stopped while the run already waited,
+    /// and joins park number `park`); the run waits for a top-up.
     #[must_use]
     pub fn run_awaiting_budget(phase: &str, park: i32, reason: &str) -> Self {
         phase_event(
             "run.awaiting_budget",
             phase,
-            format!("run.awaiting_budget:{park}"),
+            format!("run.awaiting_budget:{park}:{phase}"),
             json!({ "reason": reason }),
         )
     }

@@ -168,7 +168,13 @@ pub fn render_markdown(r: &ReportInputs) -> String {
 /// with its state, an edge from each need, skipped phases greyed.
 fn graph(md: &mut String, r: &ReportInputs) {
     let _ = writeln!(md, "\n## Graph\n\n```mermaid\nflowchart LR");
-    let node = |key: &str| format!("p_{}", key.replace(['-', '.'], "_"));
+    let top: Vec<&str> = r
+        .phases
+        .iter()
+        .filter(|p| p.parent.is_none())
+        .map(|p| p.phase_key.as_str())
+        .collect();
+    let node = |key: &str| format!("p{}", top.iter().position(|k| *k == key).unwrap_or(0));
     for p in r.phases.iter().filter(|p| p.parent.is_none()) {
         let items = r
             .phases

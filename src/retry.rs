@@ -113,6 +113,7 @@ pub async fn retry_failed_run(
         .map(|p| p.phase_key.clone())
         .collect();
     advance::start_ready(&mut tx, &mut locked, ready).await?;
+    advance::settle(&mut tx, &mut locked).await?;
     locked.flush_events(&mut tx).await?;
     tx.commit().await?;
     tracing::info!(run_id = %run_id, phase = %phase.phase_key, round = retried.round, "failed run re-opened");

@@ -351,14 +351,21 @@ fn check_against_schemas(
     p: &crate::workflow::Phase,
     schemas: &SchemaRegistry,
 ) -> Result<(), SubmitError> {
+    // The schema of a phase's accepted artifact: a fan-out phase's is the array of its
+    // items' artifacts.
     let schema_of = |phase: &str| {
-        template
-            .phase(phase)
-            .and_then(|(_, ph)| ph.expected_artifact.as_ref())
-            .and_then(|a| schemas.schema(&a.schema).ok())
+        let (_, ph) = template.phase(phase)?;
+        let schema = schemas
+            .schema(&ph.expected_artifact.as_ref()?.schema)
+            .ok()?;
+        Some(if ph.fan_out.is_some() {
+            serde_json::json!({ "type": "array", "items": schema })
+        } else {
+            schema.clone()
+        })
     };
     if let Some(c) = &p.when
-        && let Some(why) = schema_of(&c.artifact).and_then(|s| c.never_holds_under(s))
+        && let Some(why) = schema_of(&c.artifact).and_then(|s| c.never_holds_under(&s))
     {
         return Err(invalid(format!("template.phases[{i}].when"), why));
     }
@@ -366,7 +373,7 @@ fn check_against_schemas(
         && let Some(why) = f
             .source()
             .and_then(|(phase, _)| schema_of(phase))
-            .and_then(|s| f.not_an_array_under(s))
+            .and_then(|s| f.not_an_array_under(&s))
     {
         return Err(invalid(format!("template.phases[{i}].fan_out.over"), why));
     }

@@ -366,7 +366,10 @@ async fn a_phase_whose_condition_does_not_hold_is_skipped_and_what_needs_it_goes
     );
     assert_eq!(count(&events, "phase.started", "rework"), 0);
     let (_, _, markdown) = engine::report(&pool, run).await;
-    assert!(markdown.contains("class p_rework skipped"), "{markdown}");
+    assert!(
+        markdown.contains("p2[\"rework<br/>skipped\"]") && markdown.contains("class p2 skipped"),
+        "{markdown}"
+    );
     assert_invariants(&pool, &[run]).await;
 }
 
@@ -385,7 +388,8 @@ async fn decide(pool: &sqlx::PgPool, run: RunId, phase: &str, action: Action) {
         .await
         .unwrap()
         .into_iter()
-        .find(|a| a.phase_key == phase && a.action.is_none())
+        .filter(|a| a.phase_key == phase && a.action.is_none())
+        .max_by_key(|a| a.round)
         .unwrap();
     drop(c);
     let comment = (action == Action::Revise).then_some("again, please");
@@ -482,8 +486,17 @@ async fn a_branch_waits_at_its_gate_while_the_other_branch_still_runs() {
     let run = submit(&pool, &q, &t, extra).await;
     let fleet = Fleet::synthetic(&pool, &q, 2);
     wait_phase(&pool, run, "b", PhaseState::AwaitingApproval).await;
-    // slow still runs: so does the run, and the request can be decided.
+    // slow still runs: so does the run, and the request is in the approvers' inbox.
     assert_eq!(engine::run_state(&pool, run).await, RunState::Running);
+    let mut c = pool.acquire().await.unwrap();
+    let inbox = approval::pending(&mut c, &Scope::Fleet, 1000)
+        .await
+        .unwrap();
+    drop(c);
+    assert!(
+        inbox.iter().any(|a| a.run_id == run && a.phase_key == "b"),
+        "the gate of a branch is listed while another branch runs"
+    );
     decide(&pool, run, "b", Action::Approve).await;
     assert_eq!(phase_state(&pool, run, "b").await, PhaseState::Completed);
     assert_eq!(engine::run_state(&pool, run).await, RunState::Running);
@@ -729,6 +742,15 @@ async fn a_condition_the_schema_rules_out_and_a_fan_out_over_a_non_array_are_ref
             "template.phases[5].fan_out.over",
             "spec#/title is of type \"string\"",
         ),
+        // The fan-out's artifact is the array of its items' (check.v1) artifacts.
+        (
+            example.replace(
+                "    needs: [verify]\n",
+                "    needs: [verify]\n    when: { artifact: verify, pointer: /0/method, equals: telepathy }\n",
+            ),
+            "template.phases[6].when",
+            "[\"telepathy\"] can only be one of [\"test\",\"inspection\",\"demo\",\"analysis\"]",
+        ),
     ] {
         let mut req = engine::request(&q, json!({}));
         req.template = WorkflowTemplate::from_str_named("t.yaml", &text).unwrap();
@@ -742,5 +764,252 @@ async fn a_condition_the_schema_rules_out_and_a_fan_out_over_a_non_array_are_ref
             }
             other => panic!("{other}"),
         }
+    }
+}
+
+#[tokio::test]
+async fn a_request_left_from_before_an_operator_retry_cannot_approve_the_new_round() {
+    let pool = pool().await;
+    let q = unique_queue("dag-stale-request");
+    let t = template(&DIAMOND.replace(
+        "key: b, role: reviewer, needs: [a],",
+        "key: b, role: reviewer, needs: [a], gates: [legal],",
+    ));
+    // b waits at its gate while c, slower, fails its first round.
+    let extra = json!({"synthetic": {"invalid_rounds": 1, "invalid_phases": ["c"],
+                                     "delay_ms": 400, "delay_phases": ["c"]}});
+    let run = submit(&pool, &q, &t, extra).await;
+    let fleet = Fleet::synthetic(&pool, &q, 2);
+    wait_phase(&pool, run, "b", PhaseState::AwaitingApproval).await;
+    let mut c = pool.acquire().await.unwrap();
+    let waiting = approval::pending(&mut c, &Scope::Fleet, 1000)
+        .await
+        .unwrap();
+    drop(c);
+    let first = waiting.iter().find(|a| a.run_id == run).unwrap().id;
+    assert_eq!(
+        engine::wait_for(&pool, run, &[RunState::Failed]).await,
+        RunState::Failed
+    );
+    phasefleet::retry::retry_failed_run(&pool, run, Some("ops"), false)
+        .await
+        .unwrap();
+    // b runs again (round 2) and waits on a new request.
+    eventually(Duration::from_secs(30), "b's round 2 waits", || async {
+        let mut c = pool.acquire().await.unwrap();
+        let row = engine::phase_of(&mut c, run, "b").await.unwrap().unwrap();
+        (row.round == 2 && row.state == PhaseState::AwaitingApproval).then_some(())
+    })
+    .await;
+    let old = approval::decide(
+        &pool,
+        &Scope::Fleet,
+        first,
+        Action::Approve,
+        None,
+        Some("tests"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            old,
+            approval::ApprovalError::Superseded { round: 1, now: 2 }
+        ),
+        "{old}"
+    );
+    let mut c = pool.acquire().await.unwrap();
+    let waiting: Vec<_> = approval::pending(&mut c, &Scope::Fleet, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.run_id == run)
+        .collect();
+    drop(c);
+    assert_eq!(waiting.len(), 1, "only the new round's request waits");
+    assert_eq!(waiting[0].round, 2);
+    decide(&pool, run, "b", Action::Approve).await;
+    assert_eq!(
+        engine::wait_for(&pool, run, &[RunState::Completed, RunState::Failed]).await,
+        RunState::Completed
+    );
+    fleet.shutdown().await;
+    assert_invariants(&pool, &[run]).await;
+}
+
+#[tokio::test]
+async fn a_branch_whose_run_another_branch_parked_for_budget_joins_the_park_mid_attempt() {
+    let pool = pool().await;
+    let q = unique_queue("dag-budget-mid");
+    // Three branches after a: b spends the budget at once, c checks it 0.5 s later and
+    // parks the run, e checks it 1.2 s later and finds the run already parked.
+    let t = template(
+        "
+  - { key: a, role: author, instructions: write, expected_artifact: { path: a.json, schema: spec.v1 } }
+  - { key: b, role: reviewer, needs: [a], instructions: review, expected_artifact: { path: b.json, schema: review.v1 } }
+  - { key: c, role: reviewer, needs: [a], instructions: review, expected_artifact: { path: c.json, schema: review.v1 } }
+  - { key: e, role: reviewer, needs: [a], instructions: review, expected_artifact: { path: e.json, schema: review.v1 } }
+  - { key: d, role: author, needs: [b, c, e], instructions: plan, expected_artifact: { path: d.json, schema: verify.v1 } }
+",
+    );
+    let mut req = engine::request(
+        &q,
+        json!({"synthetic": {"tokens": 100, "delay_ms": 500, "delay_phases": ["c"]}}),
+    );
+    req.template = t;
+    req.budget.tokens = Some(150);
+    let run = engine::submit(&pool, req).await;
+    let slow_e = Fleet::start(
+        &pool,
+        &q,
+        2,
+        4,
+        DelayedPhase {
+            phase: "e",
+            ms: 1200,
+        },
+    );
+    assert_eq!(
+        engine::wait_for(&pool, run, &[RunState::AwaitingBudget]).await,
+        RunState::AwaitingBudget
+    );
+    // c and e are both kept by the park: nothing runs, nothing is lost.
+    eventually(
+        Duration::from_secs(10),
+        "c and e wait in the park",
+        || async {
+            let c = phase_state(&pool, run, "c").await;
+            let e = phase_state(&pool, run, "e").await;
+            (c == PhaseState::Pending && e == PhaseState::Pending).then_some(())
+        },
+    )
+    .await;
+    phasefleet::budget::decide(
+        &pool,
+        &Scope::Fleet,
+        run,
+        &phasefleet::budget::BudgetDecision::Raise {
+            usd: None,
+            tokens: Some(100_000),
+        },
+        Some("tests"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        engine::wait_for(&pool, run, &[RunState::Completed, RunState::Failed]).await,
+        RunState::Completed,
+        "{}",
+        engine::error_of(&pool, run).await
+    );
+    slow_e.shutdown().await;
+    assert_invariants(&pool, &[run]).await;
+}
+
+/// The synthetic agent, slower in one phase.
+#[derive(Clone)]
+struct DelayedPhase {
+    phase: &'static str,
+    ms: u64,
+}
+
+impl phasefleet::agent::Agent for DelayedPhase {
+    async fn run(
+        &self,
+        req: phasefleet::agent::AgentRequest,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<phasefleet::agent::AgentOutcome, phasefleet::agent::AgentError> {
+        if req.phase_key == self.phase && req.round == 1 {
+            tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        }
+        phasefleet::agent::synthetic::SyntheticAgent
+            .run(req, cancel)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_fan_out_over_a_skipped_phase_is_skipped_and_what_needs_it_goes_on() {
+    let pool = pool().await;
+    let q = unique_queue("fanout-skipped");
+    let t = template(
+        "
+  - { key: review, role: reviewer, instructions: review, expected_artifact: { path: r.json, schema: review.v1 } }
+  - key: triage
+    role: author
+    instructions: list what to fix
+    when: { artifact: review, pointer: /verdict, equals: reject }
+    expected_artifact: { path: triage.json, schema: spec.v1 }
+  - key: fix
+    role: author
+    instructions: fix one
+    fan_out: { over: 'triage#/requirements' }
+    expected_artifact: { path: fix.json, schema: check.v1 }
+  - { key: summary, role: reviewer, instructions: sum up, expected_artifact: { path: s.json, schema: summary.v1 } }
+",
+    );
+    let run = submit(&pool, &q, &t, json!({})).await;
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    assert_eq!(
+        engine::drive(&pool, run).await,
+        RunState::Completed,
+        "{}",
+        engine::error_of(&pool, run).await
+    );
+    fleet.shutdown().await;
+    assert_eq!(phase_state(&pool, run, "triage").await, PhaseState::Skipped);
+    assert_eq!(phase_state(&pool, run, "fix").await, PhaseState::Skipped);
+    assert_eq!(
+        phase_state(&pool, run, "summary").await,
+        PhaseState::Completed
+    );
+    assert_invariants(&pool, &[run]).await;
+}
+
+#[tokio::test]
+async fn files_the_items_wrote_reach_the_phases_after_the_fan_out() {
+    let pool = pool().await;
+    let q = unique_queue("fanout-files");
+    let t = template(FAN_OUT);
+    let run = submit(&pool, &q, &t, json!({"synthetic": {"array_items": 2}})).await;
+    let agent = engine::Recording {
+        inner: WritesNote,
+        envelopes: Default::default(),
+    };
+    let fleet = Fleet::start(&pool, &q, 1, 4, agent.clone());
+    assert_eq!(engine::drive(&pool, run).await, RunState::Completed);
+    fleet.shutdown().await;
+    let envelopes = agent.envelopes.lock().unwrap().clone();
+    let summary = envelopes
+        .iter()
+        .find(|(p, ..)| p == "summary")
+        .map(|(.., e)| e.clone())
+        .unwrap();
+    for note in ["notes/verify-0-.md", "notes/verify-1-.md", "notes/spec.md"] {
+        assert!(
+            summary.contains(&format!("- {note}\n")),
+            "{note} in {summary}"
+        );
+    }
+}
+
+/// The synthetic agent, writing `notes/<phase>.md` besides its artifact.
+#[derive(Clone)]
+struct WritesNote;
+
+impl phasefleet::agent::Agent for WritesNote {
+    async fn run(
+        &self,
+        req: phasefleet::agent::AgentRequest,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<phasefleet::agent::AgentOutcome, phasefleet::agent::AgentError> {
+        let note = format!("notes/{}.md", req.phase_key.replace(['[', ']'], "-"));
+        req.workspace
+            .lock()
+            .write(&note, "what this phase found".to_owned())
+            .unwrap();
+        phasefleet::agent::synthetic::SyntheticAgent
+            .run(req, cancel)
+            .await
     }
 }

@@ -172,7 +172,8 @@ async function runPage(id) {
       $("#cancel").hidden = ["completed", "failed", "aborted", "cancelled"].includes(d.run.state);
       // A branch may wait on a human while another branch still runs.
       const ended = ["completed", "failed", "aborted", "cancelled"].includes(d.run.state);
-      const open = d.approvals.filter((a) => !a.action && !ended);
+      const waits = (a) => d.phases.some((p) => p.phase_key === a.phase_key && p.state === "awaiting_approval" && p.round === a.round);
+      const open = d.approvals.filter((a) => !a.action && !ended && waits(a));
       // Re-render only when something changed, so a comment being typed survives live updates.
       const key = JSON.stringify([d.run.state, d.approvals.map((a) => [a.id, a.action])]);
       if (key !== approvalsKey) {

@@ -66,6 +66,9 @@ async fn start_phase(
         .phase(&phase.key)
         .cloned()
         .ok_or(StoreError::Stale("phase"))?;
+    if row.state != PhaseState::Pending {
+        return Ok(Started::Queued);
+    }
     // 1. A condition that does not hold skips the phase.
     if let Some(condition) = &phase.when
         && !condition_holds(conn, locked, condition).await?
@@ -136,9 +139,24 @@ async fn fan_out_items(
     fan_out: &FanOut,
 ) -> Result<Started, AdvanceError> {
     let key = row.phase_key.as_str();
+    let source = fan_out.source().map_or("", |(phase, _)| phase);
+    // Nothing to go over: the phase it fans out over was skipped by its condition.
+    if locked
+        .phase(source)
+        .is_some_and(|s| s.state == PhaseState::Skipped)
+    {
+        locked
+            .set_phase_state(conn, key, PhaseState::Skipped, None)
+            .await?;
+        locked.events.push(NewEvent::phase_skipped(
+            key,
+            row.round,
+            &format!("{source} was skipped: no array to fan out over"),
+        ));
+        return Ok(Started::Satisfied);
+    }
     let existing = locked.items_of(key).next().is_some();
     if !existing {
-        let source = fan_out.source().map_or("", |(phase, _)| phase);
         let artifact = accepted_artifact(conn, locked, source).await?;
         let elements = match fan_out.items(artifact.as_ref()) {
             Ok(elements) => elements,
@@ -223,12 +241,14 @@ pub(super) async fn gather(
         .phase(key)
         .and_then(|(_, p)| p.expected_artifact.clone())
         .ok_or(StoreError::Stale("phase"))?;
+    // An array of artifacts of the items' schema.
+    let schema_id = format!("{}[]", expected.schema);
     let gathered = Gathered {
         run: locked.run.id,
         phase: key,
         round: row.round,
         path: &expected.path,
-        schema_id: &expected.schema,
+        schema_id: &schema_id,
         max_bytes: MAX_GATHERED_BYTES,
     };
     if let Err(size) = artifacts::artifacts_gather(conn, &gathered).await? {

@@ -109,6 +109,9 @@ pub(super) async fn run_agent<A: Agent>(
             error: format!("phase {} agent failed: {error}", p.phase),
             retry,
         },
+        // Refused because the run stopped running: another branch may have parked it
+        // for budget, and then this attempt waits in the park too.
+        AgentExit::RunEnded => Box::pin(ended_or_parked(pool, p)).await,
         other => other,
     };
     // A tool thread that overran its deadline may still hold the lock: wait off the
@@ -117,6 +120,25 @@ pub(super) async fn run_agent<A: Agent>(
         .await
         .map_err(|e| PhaseError::Retry(format!("reading the workspace failed: {e}")))?;
     Ok(Attempted { ended, workspace })
+}
+
+/// Why the run refused the agent: it ended, or it waits for budget (a parallel
+/// branch spent it).
+async fn ended_or_parked(pool: &PgPool, p: &PhaseJob) -> AgentExit {
+    let run = match pool.acquire().await {
+        Ok(mut conn) => crate::store::runs::runs_get(&mut conn, p.run_id)
+            .await
+            .ok()
+            .flatten(),
+        Err(_) => None,
+    };
+    match run {
+        Some(r) if r.state == crate::state::RunState::AwaitingBudget => AgentExit::OutOfBudget(
+            r.error
+                .unwrap_or_else(|| "the run waits for budget".to_owned()),
+        ),
+        _ => AgentExit::RunEnded,
+    }
 }
 
 fn expected_artifact(

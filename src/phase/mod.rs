@@ -108,7 +108,9 @@ impl<A: Agent> Engine<A> {
         let started = std::time::Instant::now();
         let result = self.run_attempt(job, &p, cancel).instrument(span).await;
         let outcome = if result.is_ok() { "done" } else { "error" };
-        metrics::histogram!("phasefleet_phase_attempt_duration_seconds", "phase" => p.phase.clone(), "outcome" => outcome)
+        // Labelled by the template's phase: a fan-out's items share its series.
+        let phase = p.phase.split('[').next().unwrap_or_default().to_owned();
+        metrics::histogram!("phasefleet_phase_attempt_duration_seconds", "phase" => phase, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
         result
     }
@@ -223,7 +225,17 @@ impl<A: Agent> Engine<A> {
         reason: &str,
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
-        if let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await?
+        let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+        // An approver raised the budget since this attempt saw it spent: start again.
+        if let Some((run, _)) = &current
+            && matches!(run.state, RunState::Queued | RunState::Running)
+            && crate::budget::Spend::from(run).exhausted().is_none()
+        {
+            return Err(PhaseError::Retry(
+                "the budget was raised meanwhile; the attempt starts again".into(),
+            ));
+        }
+        if let Some((run, phases)) = current
             && matches!(
                 run.state,
                 RunState::Queued | RunState::Running | RunState::AwaitingBudget

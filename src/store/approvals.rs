@@ -165,8 +165,15 @@ pub async fn approvals_record_decision(
     Ok(())
 }
 
-/// Requests that wait on a human (their run is parked on them), oldest first; only
-/// those of runs `scope` sees.
+/// What makes an undecided request one a human is waited on for: its phase awaits
+/// approval in the request's round (another branch of the run may still be running; a
+/// request of an ended run, or of an earlier round an operator's retry left behind,
+/// is not).
+const WAITED_ON: &str = "JOIN runs ON runs.id = r.run_id
+     JOIN run_phases ph ON ph.run_id = r.run_id AND ph.phase_key = r.phase_key
+                       AND ph.round = r.round AND ph.state = 'awaiting_approval'";
+
+/// Requests that wait on a human, oldest first; only those of runs `scope` sees.
 ///
 /// # Errors
 /// Database errors.
@@ -176,9 +183,8 @@ pub async fn approvals_pending(
     limit: i64,
 ) -> Result<Vec<ApprovalRow>, sqlx::Error> {
     sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
-        "{APPROVAL_SELECT} JOIN runs ON runs.id = r.run_id
-          WHERE r.state = 'pending' AND runs.state = 'awaiting_approval'
-            AND ($2::text IS NULL OR runs.team = $2)
+        "{APPROVAL_SELECT} {WAITED_ON}
+          WHERE r.state = 'pending' AND ($2::text IS NULL OR runs.team = $2)
           ORDER BY r.created_at LIMIT $1"
     )))
     .bind(limit)
@@ -187,8 +193,8 @@ pub async fn approvals_pending(
     .await
 }
 
-/// The requests of any of `runs` that wait on a human (the run is parked on them: a
-/// cancelled run's undecided request is not), oldest first.
+/// The requests of any of `runs` that wait on a human (a cancelled run's undecided
+/// request does not), oldest first.
 ///
 /// # Errors
 /// Database errors.
@@ -197,8 +203,8 @@ pub async fn approvals_pending_for_runs(
     runs: &[RunId],
 ) -> Result<Vec<ApprovalRow>, sqlx::Error> {
     sqlx::query_as::<_, ApprovalRow>(sqlx::AssertSqlSafe(format!(
-        "{APPROVAL_SELECT} JOIN runs ON runs.id = r.run_id
-          WHERE r.run_id = ANY($1) AND r.state = 'pending' AND runs.state = 'awaiting_approval'
+        "{APPROVAL_SELECT} {WAITED_ON}
+          WHERE r.run_id = ANY($1) AND r.state = 'pending'
           ORDER BY r.created_at"
     )))
     .bind(runs)

@@ -202,7 +202,7 @@ pub async fn artifacts_gather(
                               ORDER BY x.round DESC, x.attempt DESC LIMIT 1) a ON true
               WHERE p.run_id = $1 AND p.parent = $2
          ), size AS (
-             SELECT COALESCE(sum(length(content)), 0)::bigint AS bytes FROM items
+             SELECT COALESCE(sum(octet_length(content)), 0)::bigint AS bytes FROM items
          ), gathered AS (
              SELECT COALESCE((SELECT jsonb_agg(content::jsonb ORDER BY item_index) FROM items),
                              '[]'::jsonb)::text AS content

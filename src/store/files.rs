@@ -118,8 +118,9 @@ pub async fn run_files_replace(
 }
 
 /// What an attempt of a phase starts with: the run's inputs, then the files of each
-/// completed phase `upstream` of it (one phase later in template order replaces an
-/// earlier one's file at the same path).
+/// completed phase `upstream` of it and of their fan-out items (one phase later in
+/// template order replaces an earlier one's file at the same path, a later item an
+/// earlier item's).
 ///
 /// # Errors
 /// Database errors.
@@ -135,8 +136,9 @@ pub async fn run_files_seed(
            JOIN file_blobs b ON b.sha256 = f.sha256
            LEFT JOIN run_phases p ON p.run_id = f.run_id AND p.phase_key = f.origin
           WHERE f.run_id = $1
-            AND (f.origin = '' OR (p.state = 'completed' AND p.phase_key = ANY($2)))
-          ORDER BY f.path, COALESCE(p.position, -1) DESC",
+            AND (f.origin = '' OR (p.state = 'completed'
+                                   AND (p.phase_key = ANY($2) OR p.parent = ANY($2))))
+          ORDER BY f.path, COALESCE(p.position, -1) DESC, p.item_index DESC NULLS LAST",
     )
     .bind(run)
     .bind(upstream)

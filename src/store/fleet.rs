@@ -42,10 +42,14 @@ pub async fn fleet_gauges(conn: &mut PgConnection) -> Result<FleetGauges, sqlx::
     )
     .fetch_all(&mut *conn)
     .await?;
-    let (pending_approvals,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM approval_requests WHERE state = 'pending'")
-            .fetch_one(&mut *conn)
-            .await?;
+    let (pending_approvals,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM approval_requests a
+               JOIN run_phases ph ON ph.run_id = a.run_id AND ph.phase_key = a.phase_key
+                                 AND ph.round = a.round AND ph.state = 'awaiting_approval'
+              WHERE a.state = 'pending'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     let workers = sqlx::query_as(
         "SELECT state, count(*), COALESCE(sum(in_flight), 0)::bigint FROM workers
           WHERE state <> 'stopped' AND heartbeat_at > now() - interval '1 minute' GROUP BY state ORDER BY 1",

@@ -36,7 +36,9 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "a phase starts only after every phase it needs was accepted or skipped",
         "SELECT p.run_id::text || ' phase ' || p.phase_key || ' started before its need ' || n.need || ' was done'
-           FROM run_phases p CROSS JOIN LATERAL unnest(p.needs) AS n(need)
+           FROM run_phases p
+           LEFT JOIN run_phases fan ON fan.run_id = p.run_id AND fan.phase_key = p.parent
+           CROSS JOIN LATERAL unnest(COALESCE(fan.needs, p.needs)) AS n(need)
            JOIN LATERAL (SELECT min(e.seq) AS seq FROM run_events e
                           WHERE e.run_id = p.run_id AND e.phase_key = p.phase_key AND e.kind = 'phase.started') s
              ON s.seq IS NOT NULL

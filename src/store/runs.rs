@@ -212,7 +212,9 @@ pub async fn runs_get_budget(
 }
 
 /// Add the phase job a run stopped at to the jobs its budget park keeps (`new_park`:
-/// the run just stopped, so a new park begins); returns the park's number.
+/// the run just stopped, so a new park begins with this job alone); returns the park's
+/// number. One job is kept as an object, more as a list (an earlier release reads the
+/// object).
 ///
 /// # Errors
 /// Database errors.
@@ -224,9 +226,10 @@ pub async fn runs_park_for_budget(
 ) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE runs SET budget_parks = budget_parks + CASE WHEN $3 THEN 1 ELSE 0 END,
-                parked_job = CASE jsonb_typeof(parked_job) WHEN 'array' THEN parked_job
-                                  WHEN 'object' THEN jsonb_build_array(parked_job)
-                                  ELSE '[]'::jsonb END || jsonb_build_array($2::jsonb)
+                parked_job = CASE WHEN $3 OR parked_job IS NULL THEN $2::jsonb
+                                  WHEN jsonb_typeof(parked_job) = 'array'
+                                  THEN parked_job || jsonb_build_array($2::jsonb)
+                                  ELSE jsonb_build_array(parked_job, $2::jsonb) END
           WHERE id = $1
          RETURNING budget_parks",
     )
@@ -547,7 +550,7 @@ pub async fn runs_list_summaries(
     sqlx::query_as::<_, RunSummary>(
         "SELECT r.id, r.state, r.team, t.name AS template, t.version AS template_version, r.submitted_by,
                 r.spent_usd, r.spent_tokens, r.error, r.created_at, r.finished_at,
-                (SELECT count(*) FROM approval_requests a WHERE a.run_id = r.id AND a.state = 'pending') AS pending_approvals
+                (SELECT count(*) FROM approval_requests a JOIN run_phases ph ON ph.run_id = a.run_id AND ph.phase_key = a.phase_key AND ph.round = a.round AND ph.state = 'awaiting_approval' WHERE a.run_id = r.id AND a.state = 'pending') AS pending_approvals
            FROM runs r JOIN templates t ON t.hash = r.template_hash
           WHERE ($1::run_state IS NULL OR r.state = $1)
             AND ($2::text IS NULL OR t.name = $2)
