@@ -2,7 +2,7 @@
 //! the next phase, re-runs the phase (revise) or ends the run. The same decision twice
 //! is a no-op; a different second decision is refused.
 
-use crate::advance::{self, AdvanceError, LockedRun};
+use crate::advance::{self, LockedRun};
 use crate::events::NewEvent;
 use crate::ids::{ApprovalId, RunId};
 use crate::phase_job::PhaseJob;
@@ -49,15 +49,7 @@ pub enum ApprovalError {
     Db(#[from] sqlx::Error),
 }
 
-impl From<AdvanceError> for ApprovalError {
-    fn from(e: AdvanceError) -> Self {
-        match e {
-            AdvanceError::Queue(q) => Self::Queue(q),
-            AdvanceError::Store(s) => Self::Store(s),
-            AdvanceError::Db(d) => Self::Db(d),
-        }
-    }
-}
+crate::from_advance_error!(ApprovalError);
 
 /// Requests that wait on a human, oldest first; only those of runs `scope` sees.
 ///

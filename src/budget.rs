@@ -109,15 +109,7 @@ pub enum BudgetError {
     Db(#[from] sqlx::Error),
 }
 
-impl From<advance::AdvanceError> for BudgetError {
-    fn from(e: advance::AdvanceError) -> Self {
-        match e {
-            advance::AdvanceError::Queue(q) => Self::Queue(q),
-            advance::AdvanceError::Store(s) => Self::Store(s),
-            advance::AdvanceError::Db(d) => Self::Db(d),
-        }
-    }
-}
+crate::from_advance_error!(BudgetError);
 
 /// An abort's reason is stored with the run's error: at most 2000 characters, no NUL.
 fn check_reason(reason: &str) -> Result<(), BudgetError> {

@@ -15,15 +15,7 @@ use crate::store::{reports, run_phases, runs};
 use serde::Serialize;
 use sqlx::PgPool;
 
-impl From<advance::AdvanceError> for RetryError {
-    fn from(e: advance::AdvanceError) -> Self {
-        match e {
-            advance::AdvanceError::Queue(q) => Self::Queue(q),
-            advance::AdvanceError::Store(s) => Self::Store(s),
-            advance::AdvanceError::Db(d) => Self::Db(d),
-        }
-    }
-}
+crate::from_advance_error!(RetryError);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Retried {

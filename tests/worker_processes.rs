@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
-const FAST: &[&str] = &[
-    "--lease-ms",
-    "1500",
-    "--poll-ms",
-    "200",
-    "--concurrency",
-    "4",
-];
-
 async fn wait_running_on(pool: &sqlx::PgPool, id: phasefleet::JobId, worker: phasefleet::WorkerId) {
     eventually(
         Duration::from_secs(30),
@@ -40,10 +31,10 @@ async fn sigkilled_workers_job_is_reclaimed_within_the_lease_window() {
         NewJob::new("sleep", json!({ "ms_by_attempt": [60_000, 1_000] })).queue(&q),
     )
     .await;
-    let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST_WORKER);
     let a_id = worker_id_of(&pool, a.pid()).await;
     wait_running_on(&pool, id, a_id).await;
-    let mut b = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let mut b = WorkerProcess::spawn(&test_db_url(), &q, FAST_WORKER);
     let b_id = worker_id_of(&pool, b.pid()).await;
 
     a.signal("KILL");
@@ -83,11 +74,11 @@ async fn paused_zombie_worker_cannot_complete_a_rescued_job() {
         NewJob::new("sleep", json!({ "ms_by_attempt": [2_500, 10] })).queue(&q),
     )
     .await;
-    let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let mut a = WorkerProcess::spawn(&test_db_url(), &q, FAST_WORKER);
     let a_id = worker_id_of(&pool, a.pid()).await;
     wait_running_on(&pool, id, a_id).await;
     a.signal("STOP");
-    let b = WorkerProcess::spawn(&test_db_url(), &q, FAST);
+    let b = WorkerProcess::spawn(&test_db_url(), &q, FAST_WORKER);
     let b_id = worker_id_of(&pool, b.pid()).await;
     eventually(
         Duration::from_secs(20),

@@ -34,6 +34,23 @@ pub enum AdvanceError {
     Db(#[from] sqlx::Error),
 }
 
+/// `From<AdvanceError>` for a flow's error enum that has the same three variants
+/// (`Queue`, `Store`, `Db`): what advancing a run can fail with passes through as is.
+#[macro_export]
+macro_rules! from_advance_error {
+    ($error:ty) => {
+        impl From<$crate::advance::AdvanceError> for $error {
+            fn from(e: $crate::advance::AdvanceError) -> Self {
+                match e {
+                    $crate::advance::AdvanceError::Queue(q) => Self::Queue(q),
+                    $crate::advance::AdvanceError::Store(s) => Self::Store(s),
+                    $crate::advance::AdvanceError::Db(d) => Self::Db(d),
+                }
+            }
+        }
+    };
+}
+
 /// A run read under its lock, with its phases, and the events the transaction appends.
 pub struct LockedRun {
     pub run: RunRow,

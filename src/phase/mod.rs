@@ -16,7 +16,7 @@ pub use envelope::Envelope;
 /// long model conversation. Every process exporting metrics uses these.
 pub const DURATION_BUCKETS_SECS: &[f64] = &[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
 
-use crate::advance::{self, AdvanceError, LockedRun};
+use crate::advance::{self, LockedRun};
 use crate::agent::Agent;
 use crate::queue::{self, ClaimedJob, Completed, QueueError};
 use crate::state::RunState;
@@ -46,15 +46,7 @@ pub enum PhaseError {
     Db(#[from] sqlx::Error),
 }
 
-impl From<AdvanceError> for PhaseError {
-    fn from(e: AdvanceError) -> Self {
-        match e {
-            AdvanceError::Queue(q) => Self::Queue(q),
-            AdvanceError::Store(s) => Self::Store(s),
-            AdvanceError::Db(d) => Self::Db(d),
-        }
-    }
-}
+crate::from_advance_error!(PhaseError);
 
 /// Runs phase jobs. Cheap to clone; shared by every in-flight job of a worker.
 pub struct Engine<A> {

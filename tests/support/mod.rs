@@ -193,6 +193,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Worker process flags for tests: 1.5 s leases, 200 ms polls, 4 slots.
+pub const FAST_WORKER: &[&str] = &[
+    "--lease-ms",
+    "1500",
+    "--poll-ms",
+    "200",
+    "--concurrency",
+    "4",
+];
+
 /// A `phasefleet-worker` child process, killed when dropped.
 pub struct WorkerProcess {
     pub child: tokio::process::Child,
