@@ -135,23 +135,17 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
         persona("erroring-author", "mock/server-error"),
     ];
     let config_file = engine::mock_config_file(&format!("{mock}/v1"));
-    let template = WorkflowTemplate::from_str_named(
-        "chaos.yaml",
-        &std::fs::read_to_string(engine::repo("examples/spec-review-verify.yaml"))
+    // An example template with its roles played by the mock's personas.
+    let example = |path: &str| {
+        let text = std::fs::read_to_string(engine::repo(path))
             .unwrap()
             .replace("persona: synthetic-author", "persona: author")
-            .replace("persona: synthetic-reviewer", "persona: reviewer"),
-    )
-    .unwrap();
+            .replace("persona: synthetic-reviewer", "persona: reviewer");
+        WorkflowTemplate::from_str_named(path, &text).unwrap()
+    };
+    let template = example("examples/spec-review-verify.yaml");
     // Every fourth run is a graph: three parallel reviews, a condition, a fan-out.
-    let graph = WorkflowTemplate::from_str_named(
-        "chaos-graph.yaml",
-        &std::fs::read_to_string(engine::repo("examples/parallel-review.yaml"))
-            .unwrap()
-            .replace("persona: synthetic-author", "persona: author")
-            .replace("persona: synthetic-reviewer", "persona: reviewer"),
-    )
-    .unwrap();
+    let graph = example("examples/parallel-review.yaml");
     let schemas = engine::schemas();
     let q = "chaos";
     let mut runs: Vec<RunId> = Vec::new();
