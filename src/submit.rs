@@ -641,13 +641,18 @@ fn new_run<'a>(
             .and_then(|b| b.persona.provider.as_deref())
             .map(crate::agent::provider_capability)
     };
+    // Positions follow the graph: each phase after everything it needs.
+    let mut position = vec![0; req.template.phases.len()];
+    for (rank, i) in req.template.topological_order().into_iter().enumerate() {
+        position[i] = i32::try_from(rank).unwrap_or(i32::MAX);
+    }
     let phases = req
         .template
         .phases
         .iter()
         .enumerate()
         .map(|(i, p)| NewPhase {
-            position: i32::try_from(i).unwrap_or(i32::MAX),
+            position: position[i],
             key: p.key.clone(),
             role: p.role.clone(),
             max_attempts: i32::try_from(p.max_attempts).unwrap_or(i32::MAX),

@@ -693,6 +693,11 @@ fn graph_mistakes_are_refused_naming_the_phase_and_field() {
             "phases[1].fan_out.max_items",
             "1..=1000",
         ),
+        (
+            "  - { key: a, role: author, instructions: x, expected_artifact: { path: a.json, schema: spec.v1 } }\n  - { key: b, role: author, needs: [a], instructions: x, fan_out: { over: 'a#/requirements', max_items: 600 }, expected_artifact: { path: b.json, schema: check.v1 } }\n  - { key: c, role: author, needs: [a], instructions: x, fan_out: { over: 'a#/requirements', max_items: 600 }, expected_artifact: { path: c.json, schema: check.v1 } }\n",
+            "phases",
+            "add up to 1200",
+        ),
     ];
     for (phases, field, message) in cases {
         let text = format!(
@@ -830,6 +835,10 @@ async fn a_request_left_from_before_an_operator_retry_cannot_approve_the_new_rou
     drop(c);
     assert_eq!(waiting.len(), 1, "only the new round's request waits");
     assert_eq!(waiting[0].round, 2);
+    // c's second round completes; then the run waits on b's new request alone, and the
+    // request left from round 1 does not count against it.
+    engine::wait_for(&pool, run, &[RunState::AwaitingApproval]).await;
+    assert_invariants(&pool, &[run]).await;
     decide(&pool, run, "b", Action::Approve).await;
     ends_completed(&pool, run).await;
     fleet.shutdown().await;
@@ -997,5 +1006,66 @@ impl phasefleet::agent::Agent for WritesNote {
         phasefleet::agent::synthetic::SyntheticAgent
             .run(req, cancel)
             .await
+    }
+}
+
+#[tokio::test]
+async fn a_phase_sees_the_file_of_what_it_needs_even_when_the_template_lists_it_later() {
+    let pool = pool().await;
+    let q = unique_queue("dag-files-order");
+    // fix is listed first but needs draft; both write shared.txt; test needs fix.
+    let t = template(
+        "
+  - { key: fix, role: author, needs: [draft], instructions: fix it }
+  - { key: draft, role: author, needs: [], instructions: draft it }
+  - { key: test, role: author, needs: [fix], instructions: test it }
+",
+    );
+    let run = submit(&pool, &q, &t, json!({})).await;
+    let fleet = Fleet::start(&pool, &q, 1, 4, WritesShared);
+    ends_completed(&pool, run).await;
+    fleet.shutdown().await;
+    let read = |path: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut c = pool.acquire().await.unwrap();
+            let (_, content) = phasefleet::store::files::run_files_content(&mut c, run, path, None)
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8(content).unwrap()
+        }
+    };
+    assert_eq!(read("seen-by-test.txt").await, "written by fix");
+    assert_eq!(
+        read("shared.txt").await,
+        "written by fix",
+        "the downstream writer's file"
+    );
+}
+
+/// Writes `seen-by-<phase>.txt` with the `shared.txt` it was given, then its own
+/// `shared.txt` (except phase `test`).
+#[derive(Clone)]
+struct WritesShared;
+
+impl phasefleet::agent::Agent for WritesShared {
+    async fn run(
+        &self,
+        req: phasefleet::agent::AgentRequest,
+        _cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<phasefleet::agent::AgentOutcome, phasefleet::agent::AgentError> {
+        let mut ws = req.workspace.lock();
+        let seen = ws.get("shared.txt").unwrap_or("nothing").to_owned();
+        ws.write(&format!("seen-by-{}.txt", req.phase_key), seen)
+            .unwrap();
+        if req.phase_key != "test" {
+            ws.write("shared.txt", format!("written by {}", req.phase_key))
+                .unwrap();
+        }
+        Ok(phasefleet::agent::AgentOutcome {
+            turns: 1,
+            accepted: false,
+        })
     }
 }

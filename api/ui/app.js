@@ -178,7 +178,8 @@ async function runPage(id) {
       const key = JSON.stringify([d.run.state, d.approvals.map((a) => [a.id, a.action])]);
       if (key !== approvalsKey) {
         approvalsKey = key;
-        $("#approvals").innerHTML = d.run.state === "awaiting_budget" ? budgetControls(d.run)
+        // A run waiting for budget may also have a branch waiting at a gate: show both.
+        $("#approvals").innerHTML = d.run.state === "awaiting_budget" ? budgetControls(d.run) + open.map(decisionControls).join("")
           : open.length ? open.map(decisionControls).join("")
           : (d.approvals.length ? d.approvals.map((a) => `<div>${esc(a.phase_key)} r${esc(a.round)}: <b>${esc(a.action || "pending")}</b> ${esc(a.decided_by || "")} ${esc(a.comment || "")}</div>`).join("") : `<span class="muted">none</span>`);
         wireDecisions($("#approvals"), refresh);

@@ -188,7 +188,7 @@ pub async fn run_files_content(
            JOIN file_blobs b ON b.sha256 = f.sha256
            LEFT JOIN run_phases p ON p.run_id = f.run_id AND p.phase_key = f.origin
           WHERE f.run_id = $1 AND f.path = $2 AND ($3::text IS NULL OR f.origin = $3)
-          ORDER BY COALESCE(p.position, -1) DESC
+          ORDER BY COALESCE(p.position, -1) DESC, p.item_index DESC NULLS LAST, f.created_at DESC
           LIMIT 1",
     )
     .bind(run)

@@ -27,7 +27,10 @@ const CHECKS: &[(&str, &str)] = &[
         "SELECT r.id::text || ' has ' || count(a.id) || ' pending requests for '
                 || (SELECT count(*) FROM run_phases p WHERE p.run_id = r.id AND p.state = 'awaiting_approval')
                 || ' phases awaiting approval' FROM runs r
-           LEFT JOIN approval_requests a ON a.run_id = r.id AND a.state = 'pending'
+           LEFT JOIN (approval_requests a
+                      JOIN run_phases ph ON ph.run_id = a.run_id AND ph.phase_key = a.phase_key
+                                        AND ph.round = a.round AND ph.state = 'awaiting_approval')
+                  ON a.run_id = r.id AND a.state = 'pending'
           WHERE ($1::uuid[] IS NULL OR r.id = ANY($1)) AND r.state = 'awaiting_approval'
           GROUP BY r.id
          HAVING count(a.id) = 0 OR count(a.id) <> (SELECT count(*) FROM run_phases p

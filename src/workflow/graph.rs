@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 
-/// Most elements a fan-out may declare (`max_items`).
+/// Most elements a fan-out may declare (`max_items`), and most items a run's fan-outs
+/// may declare in all.
 pub const MAX_FAN_OUT_ITEMS: u32 = 1000;
 
 /// One job per element of an array in an earlier phase's artifact.
@@ -199,6 +200,32 @@ impl WorkflowTemplate {
         }
     }
 
+    /// The phases in an order where each comes after everything it needs (template
+    /// order where the graph allows): the positions a run stores, so that "later" means
+    /// downstream (a later phase's file replaces an earlier one's at the same path).
+    /// Phases of a cycle (refused at load) come last.
+    #[must_use]
+    pub fn topological_order(&self) -> Vec<usize> {
+        let n = self.phases.len();
+        let mut placed = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        while order.len() < n {
+            let next = (0..n).find(|&i| {
+                !placed[i]
+                    && self
+                        .needs_of(i)
+                        .iter()
+                        .all(|need| self.phase(need).is_none_or(|(j, _)| placed[j]))
+            });
+            let Some(i) = next.or_else(|| (0..n).find(|&i| !placed[i])) else {
+                break;
+            };
+            placed[i] = true;
+            order.push(i);
+        }
+        order
+    }
+
     /// Every phase `key` depends on, directly or through others.
     #[must_use]
     pub fn upstream_of(&self, key: &str) -> BTreeSet<String> {
@@ -238,6 +265,19 @@ impl WorkflowTemplate {
             if let Some(c) = &p.when {
                 self.check_condition(i, c)?;
             }
+        }
+        let items: u32 = self
+            .phases
+            .iter()
+            .filter_map(|p| p.fan_out.as_ref().map(|f| f.max_items))
+            .sum();
+        if items > MAX_FAN_OUT_ITEMS {
+            return Err(problem(
+                "phases",
+                format!(
+                    "the fan-outs' max_items add up to {items}; a run has at most {MAX_FAN_OUT_ITEMS} items in all"
+                ),
+            ));
         }
         Ok(())
     }
