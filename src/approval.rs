@@ -5,7 +5,6 @@
 use crate::advance::{self, LockedRun};
 use crate::events::NewEvent;
 use crate::ids::{ApprovalId, RunId};
-use crate::phase_job::PhaseJob;
 use crate::queue::QueueError;
 use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
@@ -207,17 +206,12 @@ async fn act(
             advance::end_run(conn, locked, RunState::Aborted, Some(&error)).await?;
         }
         Action::Revise => {
+            locked.new_round(conn, phase, d.comment).await?;
             let row = locked
                 .phase(phase)
                 .cloned()
                 .ok_or(StoreError::Stale("phase"))?;
-            let round = locked.new_round(conn, phase, d.comment).await?;
-            PhaseJob::first_attempt(locked.run.id, phase, round, row.requires.as_deref())
-                .enqueue(conn, &locked.run.queue)
-                .await?;
-            locked
-                .events
-                .push(NewEvent::phase_queued(phase, round, true));
+            advance::enqueue_first_attempt(conn, locked, &row, true).await?;
             advance::settle(conn, locked).await?;
         }
     }

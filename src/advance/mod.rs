@@ -9,7 +9,7 @@
 
 mod schedule;
 
-pub use schedule::start_ready;
+pub use schedule::{enqueue_first_attempt, start_ready};
 
 use crate::events::NewEvent;
 use crate::phase_job::PhaseJob;

@@ -88,14 +88,20 @@ async fn start_phase(
         return fan_out_items(conn, locked, &row, fan_out).await;
     }
     // 3. Any other phase: its first attempt.
-    enqueue_first_attempt(conn, locked, &row).await?;
+    enqueue_first_attempt(conn, locked, &row, false).await?;
     Ok(Started::Queued)
 }
 
-async fn enqueue_first_attempt(
+/// Enqueue attempt 1 of `row`'s round, with its `phase.queued` event (`revise`: the
+/// round is a reviewer's revision).
+///
+/// # Errors
+/// Queue errors.
+pub async fn enqueue_first_attempt(
     conn: &mut PgConnection,
     locked: &mut LockedRun,
     row: &PhaseRow,
+    revise: bool,
 ) -> Result<(), AdvanceError> {
     PhaseJob::first_attempt(
         locked.run.id,
@@ -107,7 +113,7 @@ async fn enqueue_first_attempt(
     .await?;
     locked
         .events
-        .push(NewEvent::phase_queued(&row.phase_key, row.round, false));
+        .push(NewEvent::phase_queued(&row.phase_key, row.round, revise));
     Ok(())
 }
 
@@ -162,7 +168,7 @@ async fn fan_out_items(
             Ok(elements) => elements,
             Err(problem) => {
                 let error = format!("phase {key} cannot fan out: {problem}");
-                fail_unstarted(conn, locked, row, &error).await?;
+                fail_without_attempt(conn, locked, row, &error).await?;
                 return Ok(Started::RunEnded);
             }
         };
@@ -199,14 +205,14 @@ async fn fan_out_items(
         });
     }
     for item in &pending {
-        enqueue_first_attempt(conn, locked, item).await?;
+        enqueue_first_attempt(conn, locked, item, false).await?;
     }
     Ok(Started::Queued)
 }
 
-/// A phase that cannot start (its fan-out has no array to go over) fails, and so does
-/// the run.
-async fn fail_unstarted(
+/// A phase that fails outside any attempt (its fan-out has no array to go over, or its
+/// items' artifacts are too large to gather) fails, and so does the run.
+async fn fail_without_attempt(
     conn: &mut PgConnection,
     locked: &mut LockedRun,
     row: &PhaseRow,
@@ -255,13 +261,7 @@ pub(super) async fn gather(
         let error = format!(
             "phase {key}: its items' artifacts hold {size} bytes, more than the {MAX_GATHERED_BYTES} one gathered artifact may"
         );
-        locked
-            .set_phase_state(conn, key, PhaseState::Failed, Some(&error))
-            .await?;
-        locked
-            .events
-            .push(NewEvent::phase_failed(key, row.round, 0, &error));
-        end_run(conn, locked, RunState::Failed, Some(&error)).await?;
+        fail_without_attempt(conn, locked, &row, &error).await?;
         return Ok(false);
     }
     super::complete_phase(conn, locked, key).await?;

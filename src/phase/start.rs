@@ -31,6 +31,8 @@ pub(super) struct Started {
     pub revise_comment: Option<String>,
     /// The files the workspace starts with: inputs and earlier phases' outputs.
     pub files: Vec<SeedFile>,
+    /// The phases upstream of this one (what it reads artifacts and files of).
+    pub upstream: Vec<String>,
 }
 
 /// The element an item of a fan-out works on.
@@ -108,12 +110,7 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseErr
     let mut started = parse_context(ctx, &phase, p)?;
     mark_started(&mut tx, &mut locked, &phase, p).await?;
     if has_files {
-        let upstream: Vec<String> = started
-            .template
-            .upstream_of(phase.template_key())
-            .into_iter()
-            .collect();
-        started.files = files::run_files_seed(&mut tx, p.run_id, &upstream).await?;
+        started.files = files::run_files_seed(&mut tx, p.run_id, &started.upstream).await?;
     }
     tx.commit().await?;
     Ok(Start::Ready(Box::new(started)))
@@ -177,5 +174,6 @@ fn parse_context(ctx: AttemptContext, row: &PhaseRow, p: &PhaseJob) -> Result<St
         previous: ctx.previous.map(|p| p.0),
         revise_comment: row.revise_comment.clone(),
         files: Vec::new(),
+        upstream: upstream.into_iter().collect(),
     })
 }
