@@ -53,6 +53,12 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.25; done
 fi
 
+# nftables for the partition tests (tests/partitions.rs cuts links with it inside
+# network namespaces; they need root, as CI has).
+if [ "$(id -u)" = 0 ] && ! command -v nft >/dev/null; then
+  log "installing nftables (partition tests)"; apt_install nftables
+fi
+
 # Headless Chromium and chromedriver for the web UI test (Debian's packages).
 if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
   log "installing chromium and chromium-driver (browser test)"; apt_install chromium chromium-driver

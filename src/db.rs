@@ -99,7 +99,13 @@ pub async fn migrate_tolerating_newer(pool: &PgPool) -> Result<(), DbError> {
 
 /// Whether the database answers.
 pub async fn ping(pool: &PgPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+    // Bounded: on a cut link a pooled connection hangs instead of failing, and a
+    // readiness probe must answer "no" within its own timeout.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    );
+    matches!(answer.await, Ok(Ok(_)))
 }
 
 /// Take the session advisory lock `key` if nobody holds it (on this connection).

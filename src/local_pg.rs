@@ -272,6 +272,65 @@ impl LocalPg {
         self.run("pg_ctl restart", &mut cmd).await
     }
 
+    /// Start a streaming standby of this server under `dir`: a base backup taken
+    /// with `pg_basebackup -R` (it writes `standby.signal` and the connection to this
+    /// server), started with `settings`.
+    ///
+    /// # Errors
+    /// [`LocalPgError`] when the backup or the start fails.
+    pub async fn start_standby(
+        &self,
+        dir: &Path,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, LocalPgError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let dir = dir.canonicalize().map_err(io_err(dir))?;
+        if let Some(user) = &self.run_as {
+            self.run("chown", Command::new("chown").arg("-R").arg(user).arg(&dir))
+                .await?;
+        }
+        let mut cmd = self.pg_command("pg_basebackup");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        self.run("pg_basebackup", &mut cmd).await?;
+        Self::start(&dir, settings).await
+    }
+
+    /// Promote a standby to primary (`pg_ctl promote`, waiting until it accepts writes).
+    ///
+    /// # Errors
+    /// [`LocalPgError::Command`] when `pg_ctl promote` fails.
+    pub async fn promote(&self) -> Result<(), LocalPgError> {
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "promote"]);
+        self.run("pg_ctl promote", &mut cmd).await
+    }
+
+    /// Stop the server the way a crash does (`-m immediate`: no checkpoint, clients cut).
+    ///
+    /// # Errors
+    /// [`LocalPgError::Command`] when `pg_ctl stop` fails.
+    pub async fn crash(&mut self) -> Result<(), LocalPgError> {
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "immediate", "stop"]);
+        self.run("pg_ctl stop -m immediate", &mut cmd).await?;
+        self.stopped = true;
+        Ok(())
+    }
+
     /// Stop the server now.
     ///
     /// # Errors

@@ -32,66 +32,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private redis-server that can be stopped and started on the same port.
-struct Redis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let mut r = Self { port, child: None };
-        r.up();
-        r
-    }
-
-    fn up(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/provision.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not come up");
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
 fn persona(name: &str, model: &str) -> Persona {
     Persona::from_str_named(
         &format!("{name}.yaml"),
@@ -121,7 +61,7 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
         .await
         .unwrap();
     phasefleet::db::migrate(&pool).await.unwrap();
-    let mut redis = Redis::start(free_port());
+    let mut redis = RedisServer::start(free_port());
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = format!("http://{}", listener.local_addr().unwrap());

@@ -703,3 +703,66 @@ async fn stats_report_depth_and_oldest_ready() {
     assert!(s.ready_now >= 2);
     assert!(s.oldest_ready_age_secs.is_some());
 }
+
+/// A worker that lost its lease (cut off, then back) may not begin a model call for
+/// the job: the ledger row before the call is written only under the current lease.
+#[tokio::test]
+async fn a_model_call_begins_only_under_the_deliverys_current_lease() {
+    let pool = pool().await;
+    let q = unique_queue("ledger-lease");
+    let run = support::engine::submit(&pool, support::engine::request(&q, json!({}))).await;
+    // The run is running (its first phase would have started it).
+    sqlx::query("UPDATE runs SET state = 'running' WHERE id = $1")
+        .bind(run)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let job_q = unique_queue("ledger-lease-job");
+    enqueue(&pool, NewJob::new("noop", json!({})).queue(&job_q)).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let first = queue::claim(
+        &mut conn,
+        WorkerId::new(),
+        &job_q,
+        1,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap()[0]
+        .lease();
+    let ledger =
+        |lease| phasefleet::agent::Ledger::new(pool.clone(), run, "spec", 1).under_lease(lease);
+    ledger(first)
+        .begin_call(1, "mock/valid", "openai", uuid::Uuid::new_v4())
+        .await
+        .unwrap();
+    // The lease runs out and another worker takes the job.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    queue::rescue_expired(&mut conn, 1000).await.unwrap();
+    let second = queue::claim(
+        &mut conn,
+        WorkerId::new(),
+        &job_q,
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()[0]
+        .lease();
+    assert!(matches!(
+        ledger(first)
+            .begin_call(2, "mock/valid", "openai", uuid::Uuid::new_v4())
+            .await,
+        Err(phasefleet::agent::ledger::BeginError::RunEnded)
+    ));
+    ledger(second)
+        .begin_call(2, "mock/valid", "openai", uuid::Uuid::new_v4())
+        .await
+        .unwrap();
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM llm_calls WHERE run_id = $1")
+        .bind(run)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "the stale delivery wrote no ledger row");
+}

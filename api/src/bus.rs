@@ -59,6 +59,16 @@ impl EventBus {
 
     /// "redis" when wake-ups currently arrive through Redis, else "postgres".
     #[must_use]
+    /// Redis as this replica sees it: `ok`, `unreachable` (live events then come
+    /// through its own LISTEN) or `off` (not configured).
+    pub fn redis_state(&self) -> &'static str {
+        match (self.redis, self.redis_live.load(Ordering::Relaxed)) {
+            (false, _) => "off",
+            (true, true) => "ok",
+            (true, false) => "unreachable",
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         if self.redis && self.redis_live.load(Ordering::Relaxed) {
             "redis"
@@ -109,11 +119,14 @@ async fn listen_pg(
                         let _ = tx.send(run);
                     }
                     if let Some(conn) = redis.as_mut() {
-                        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                            .arg(REDIS_CHANNEL)
-                            .arg(n.payload())
-                            .query_async(conn)
-                            .await;
+                        let mut cmd = redis::cmd("PUBLISH");
+                        cmd.arg(REDIS_CHANNEL).arg(n.payload());
+                        let publish = cmd.query_async::<i64>(conn);
+                        let published = tokio::time::timeout(REDIS_TIMEOUT, publish)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(timed_out("Redis did not answer PUBLISH in time"))
+                            });
                         if let Err(e) = published {
                             tracing::warn!(error = %e, "event relay: Redis publish failed; giving up the relay");
                             return;
@@ -155,7 +168,9 @@ async fn relay_once(pool: &PgPool, url: &str, stop: &CancellationToken) -> Resul
     }
     let outcome = async {
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
+        let conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| timed_out("Redis did not answer in time"))??;
         tracing::info!("event relay: this instance relays PostgreSQL NOTIFY to Redis");
         // The broadcast side is unused here: the relay only publishes.
         let (tx, _) = broadcast::channel(1);
@@ -195,13 +210,25 @@ async fn subscribe_redis(pool: PgPool, url: String, bus: EventBus, stop: Cancell
     }
 }
 
+/// How long a Redis command may take before Redis counts as unreachable: a cut link
+/// drops packets silently, so without a bound a command waits for TCP to give up.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, what))
+}
+
 async fn redis_ping(url: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .map(|_| ())
+    tokio::time::timeout(REDIS_TIMEOUT, async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .map_err(|_| timed_out("Redis did not answer PING in time"))?
 }
 
 async fn redis_stream(
@@ -210,13 +237,25 @@ async fn redis_stream(
     stop: &CancellationToken,
 ) -> redis::RedisResult<()> {
     let client = redis::Client::open(url)?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(REDIS_CHANNEL).await?;
+    let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(REDIS_CHANNEL).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    })
+    .await
+    .map_err(|_| timed_out("Redis did not answer SUBSCRIBE in time"))??;
     bus.redis_live.store(true, Ordering::Relaxed);
     let mut messages = pubsub.on_message();
+    // A quiet subscription cannot tell a partition from silence: PING Redis (over the
+    // same link) every two seconds and fall back when it does not answer.
+    let mut health = tokio::time::interval(Duration::from_secs(2));
     loop {
         let msg = tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            _ = health.tick() => {
+                redis_ping(url).await?;
+                continue;
+            }
             m = messages.next() => m,
         };
         let Some(msg) = msg else {

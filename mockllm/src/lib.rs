@@ -9,6 +9,7 @@
 //! | `mock/rate-limited` | first call of each conversation: 429 with `Retry-After: 1` |
 //! | `mock/server-error` | first two calls of each conversation: HTTP 500 |
 //! | `mock/slow-<ms>` | waits `<ms>` before answering like `valid` |
+//! | `mock/steps-<n>-<ms>` | `n` turns, each answered after `<ms>`: `ls` until the last, which writes a valid artifact |
 //! | `mock/malformed-args` | first turn's tool arguments are not JSON |
 //! | `mock/multi-tool` | two tool calls in one turn with `content: null` |
 //! | `mock/escape` | tries to write `../../etc/passwd` first |
@@ -564,6 +565,24 @@ async fn chat(
                 write_valid(&path, &schema),
             ],
         ),
+        s if s.starts_with("steps-") => {
+            let mut parts = s.trim_start_matches("steps-").split('-');
+            let turns: usize = parts.next().and_then(|v| v.parse().ok()).unwrap_or(3);
+            let ms: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            match (tool_results + 1).cmp(&turns) {
+                std::cmp::Ordering::Less => (
+                    None,
+                    vec![tool_call(
+                        &format!("call_ls_{tool_results}"),
+                        "ls",
+                        "{}".into(),
+                    )],
+                ),
+                std::cmp::Ordering::Equal => (None, vec![write_valid(&path, &schema)]),
+                std::cmp::Ordering::Greater => (Some("done".into()), vec![]),
+            }
+        }
         s if s.starts_with("slow-") || s == "slow" => {
             let ms = s
                 .strip_prefix("slow-")

@@ -25,7 +25,7 @@ pub struct Ledger {
 /// Why [`Ledger::begin_call`] refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BeginError {
-    #[error("the run is no longer running")]
+    #[error("the run is no longer running, or this delivery's lease is gone")]
     RunEnded,
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -40,8 +40,16 @@ impl Ledger {
                 run: run_id,
                 phase: phase.to_owned(),
                 attempt,
+                lease: None,
             },
         }
+    }
+
+    /// Begin calls only while `lease` is held (see [`ledger::llm_calls_begin`]).
+    #[must_use]
+    pub fn under_lease(mut self, lease: crate::queue::Lease) -> Self {
+        self.at.lease = Some(lease);
+        self
     }
 
     /// Refuse the next call when the run is over budget, or no longer running (a cancel

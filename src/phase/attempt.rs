@@ -10,6 +10,7 @@ use crate::agent::{
     Agent, AgentError, AgentRequest, ArtifactCheck, Ledger, SharedWorkspace, Workspace,
 };
 use crate::phase_job::PhaseJob;
+use crate::queue::Lease;
 use crate::store::files::{Blob, SeedFile};
 use crate::validate::{Issue, SchemaRegistry, Validation};
 use crate::workflow::Phase;
@@ -58,10 +59,12 @@ pub(super) async fn run_agent<A: Agent>(
     schemas: &SchemaRegistry,
     pool: &PgPool,
     p: &PhaseJob,
-    started: &Started,
-    seed: Vec<SeedFile>,
+    started: &mut Started,
+    lease: Lease,
     cancel: &CancellationToken,
 ) -> Result<Attempted, PhaseError> {
+    let seed = std::mem::take(&mut started.files);
+    let started = &*started;
     let phase = &started.phase;
     let artifact = expected_artifact(schemas, started)?;
     // Seeding copies up to the inputs' bound: off the async threads.
@@ -100,7 +103,7 @@ pub(super) async fn run_agent<A: Agent>(
         envelope,
         artifact,
         extra: started.inputs.extra.clone(),
-        ledger: Ledger::new(pool.clone(), p.run_id, &p.phase, p.attempt),
+        ledger: Ledger::new(pool.clone(), p.run_id, &p.phase, p.attempt).under_lease(lease),
         workspace: workspace.clone(),
     };
     let ended = run_under_timeout(agent, request, phase.timeout, cancel).await;

@@ -129,14 +129,13 @@ impl<A: Agent> Engine<A> {
             start::Start::Ready(started) => started,
         };
         // 2. Run the agent under the phase timeout; a cancel interrupts it.
-        let seed = std::mem::take(&mut started.files);
         let attempted = attempt::run_agent(
             &*self.agent,
             &self.schemas,
             &self.pool,
             p,
-            &started,
-            seed,
+            &mut started,
+            job.lease(),
             &cancel,
         )
         .await?;

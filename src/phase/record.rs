@@ -34,6 +34,15 @@ pub(super) async fn record(
     let mut tx = pool.begin().await?;
     // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
     let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+    if current
+        .as_ref()
+        .is_some_and(|(_, phases)| start_was_lost(phases, p))
+    {
+        return Err(PhaseError::Retry(format!(
+            "phase {} has not started attempt {} (its start was not kept: a database failover lost it); delivering it again",
+            p.phase, p.attempt
+        )));
+    }
     // A parallel branch may have parked the run for budget meanwhile: this attempt's
     // artifact is recorded all the same.
     if let Some((run, phases)) = current.filter(|(run, phases)| {
@@ -59,6 +68,17 @@ pub(super) async fn record(
     let done = queue::complete(&mut tx, &job.lease()).await?;
     tx.commit().await?;
     Ok(done)
+}
+
+/// Whether the phase is *behind* this delivery: its row has not counted this attempt,
+/// although this delivery started it. Only a commit lost after it was acknowledged (a
+/// failover to a standby that had not received it) does that; completing the job as a
+/// stale delivery would leave the phase pending with no job, so it is delivered again.
+fn start_was_lost(phases: &[crate::store::run_phases::PhaseRow], p: &PhaseJob) -> bool {
+    phases
+        .iter()
+        .find(|ph| ph.phase_key == p.phase)
+        .is_some_and(|ph| ph.round < p.round || (ph.round == p.round && ph.attempts < p.attempt))
 }
 
 /// Store the artifact; `None` when this attempt's artifact is stored already.

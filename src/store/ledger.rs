@@ -2,6 +2,7 @@
 //! request is sent, finished after), one per tool call.
 
 use crate::ids::RunId;
+use crate::queue::Lease;
 use serde::Serialize;
 use sqlx::PgConnection;
 
@@ -11,10 +12,15 @@ pub struct AttemptKey {
     pub run: RunId,
     pub phase: String,
     pub attempt: i32,
+    /// The queue lease the attempt runs under, when it runs under one: a call is
+    /// begun only while the lease is still this delivery's.
+    pub lease: Option<Lease>,
 }
 
 /// Write the `in_flight` row of a model HTTP attempt, unless the run is no longer
-/// running (checked in the same statement). Returns whether the row was written.
+/// running or the attempt's lease is no longer held (another worker took the job
+/// while this one was cut off), both checked in the same statement. Returns whether
+/// the row was written.
 ///
 /// # Errors
 /// Database errors.
@@ -29,7 +35,9 @@ pub async fn llm_calls_begin(
     let inserted = sqlx::query(
         "INSERT INTO llm_calls (run_id, phase_key, attempt, turn, model, backend, status, call_id)
          SELECT $1, $2, $3, $4, $5, $6, 'in_flight', $7
-          WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND state = 'running')",
+          WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND state = 'running')
+            AND ($8::bigint IS NULL OR EXISTS (
+                 SELECT 1 FROM jobs WHERE id = $8 AND lease_token = $9 AND state = 'running'))",
     )
     .bind(at.run)
     .bind(&at.phase)
@@ -38,6 +46,8 @@ pub async fn llm_calls_begin(
     .bind(model)
     .bind(backend)
     .bind(call_id)
+    .bind(at.lease.map(|l| l.job_id))
+    .bind(at.lease.map(|l| l.token))
     .execute(&mut *conn)
     .await?;
     Ok(inserted.rows_affected() == 1)

@@ -148,3 +148,42 @@ pub fn error_code(body: &Value) -> String {
     assert!(e["status"].as_u64().is_some(), "error shape: {body}");
     e["code"].as_str().unwrap().to_owned()
 }
+
+/// Read SSE messages from `res` until `stop` says so; returns (id, event, data) triples.
+pub async fn read_sse(
+    res: &mut reqwest::Response,
+    mut stop: impl FnMut(&str, &Value) -> bool,
+) -> Vec<(Option<i64>, String, Value)> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    loop {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(60), res.chunk())
+            .await
+            .expect("an SSE message within 60 s")
+            .unwrap();
+        let Some(chunk) = chunk else { return out };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let block: String = buf.drain(..i + 2).collect();
+            let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if data.is_empty() {
+                continue; // keep-alive comment
+            }
+            let value: Value = serde_json::from_str(&data).unwrap();
+            let done = stop(&event, &value);
+            out.push((id, event, value));
+            if done {
+                return out;
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@ use phasefleet::queue::Lease;
 use phasefleet::{JobId, RunId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Why a running job was interrupted; decides what the runtime writes afterwards.
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum StopReason {
     /// Shutdown past the grace period: hand the job back without spending an attempt.
     Shutdown,
-    /// The lease is gone: write nothing.
+    /// The lease is gone (taken by another worker, or not renewed within its length,
+    /// so another worker may have it): write nothing.
     LeaseLost,
     /// Someone cancelled the job: mark it cancelled.
     Cancelled,
@@ -24,6 +26,9 @@ pub(crate) struct Entry {
     pub run_id: Option<RunId>,
     pub cancel: CancellationToken,
     pub reason: Option<StopReason>,
+    /// When the lease was last known to be held for a whole lease length from then:
+    /// the claim, or the start of the last heartbeat that renewed it.
+    pub renewed: Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,6 +51,7 @@ impl InFlight {
                 run_id,
                 cancel,
                 reason: None,
+                renewed: Instant::now(),
             },
         );
     }
@@ -53,6 +59,32 @@ impl InFlight {
     /// Forget a job; returns why it was interrupted, if it was.
     pub fn remove(&self, id: JobId) -> Option<StopReason> {
         self.lock().remove(&id).and_then(|e| e.reason)
+    }
+
+    /// The leases in `sent`, renewed by a heartbeat that started at `at`.
+    pub fn renewed(&self, sent: &[Lease], at: Instant) {
+        let mut all = self.lock();
+        for lease in sent {
+            if let Some(e) = all.get_mut(&lease.job_id)
+                && e.lease.token == lease.token
+            {
+                e.renewed = e.renewed.max(at);
+            }
+        }
+    }
+
+    /// Interrupt, as lost, every job whose lease was not renewed within `lease`: the
+    /// database may have given it to another worker already. Returns their ids.
+    pub fn stop_unrenewed(&self, lease: Duration) -> Vec<JobId> {
+        let mut stopped = Vec::new();
+        for (id, e) in self.lock().iter_mut() {
+            if e.reason.is_none() && e.renewed.elapsed() >= lease {
+                e.reason = Some(StopReason::LeaseLost);
+                e.cancel.cancel();
+                stopped.push(*id);
+            }
+        }
+        stopped
     }
 
     pub fn leases(&self) -> Vec<Lease> {

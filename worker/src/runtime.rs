@@ -70,7 +70,9 @@ impl Shared {
     /// Write the worker's heartbeat with the jobs completed since the last one (kept
     /// for the next heartbeat when this one fails).
     async fn beat(&self, in_flight: usize, state: &str) -> Result<bool, sqlx::Error> {
-        let completed = self.completed.swap(0, Ordering::AcqRel);
+        // Taken off the count only once written: a heartbeat that fails or is dropped
+        // (timed out) leaves it for the next one.
+        let completed = self.completed.load(Ordering::Acquire);
         let beat = registry::Heartbeat {
             id: self.id,
             queue: &self.cfg.queue,
@@ -78,11 +80,9 @@ impl Shared {
             state,
             completed,
         };
-        let written = registry::heartbeat(&self.pool, &beat).await;
-        if written.is_err() {
-            self.completed.fetch_add(completed, Ordering::AcqRel);
-        }
-        written
+        let drain = registry::heartbeat(&self.pool, &beat).await?;
+        self.completed.fetch_sub(completed, Ordering::AcqRel);
+        Ok(drain)
     }
 }
 
@@ -163,6 +163,7 @@ impl<H: JobHandler> Worker<H> {
                 services_stop.clone(),
             ));
             services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
+            services.spawn(lease_watch(shared.clone(), services_stop.clone()));
             services.spawn(rescue_loop(shared.clone(), self.handler.clone(), services_stop.clone()));
             // Stopped with the other services, after the last job has ended.
             let flush_stop = services_stop.clone();
@@ -481,6 +482,23 @@ async fn write_outcome(
     }
 }
 
+/// Stop every job whose lease this worker could not renew within the lease length
+/// (a partition from PostgreSQL, a stalled process): after that the job may be running
+/// on another worker, so this one must not go on (no further model calls, no writes;
+/// its completion would be refused by the fence anyway). Checked ten times a lease.
+async fn lease_watch(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.cfg.lease / 10;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for id in shared.inflight.stop_unrenewed(shared.cfg.lease) {
+            tracing::warn!(job_id = %id, lease_ms = shared.cfg.lease.as_millis(), "lease not renewed in time; interrupting job");
+        }
+    }
+}
+
 async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = shared.cfg.lease / 3;
     loop {
@@ -490,13 +508,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let leases = shared.inflight.leases();
         if !leases.is_empty() {
-            let report = async {
+            let sent_at = tokio::time::Instant::now().into_std();
+            // Bounded: a heartbeat stuck on a cut link must not hold up the next one.
+            let report = tokio::time::timeout(shared.cfg.lease / 2, async {
                 let mut conn = shared.pool.acquire().await?;
                 queue::heartbeat(&mut conn, &leases, shared.cfg.lease).await
-            }
+            })
             .await;
             match report {
-                Ok(report) => {
+                Err(_elapsed) => tracing::warn!("lease heartbeat timed out"),
+                Ok(Ok(report)) => {
+                    shared.inflight.renewed(&leases, sent_at);
                     for id in report.lost {
                         tracing::warn!(job_id = %id, "lease lost; interrupting job");
                         shared.inflight.stop(id, StopReason::LeaseLost);
@@ -506,7 +528,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
                         shared.inflight.stop(id, StopReason::Cancelled);
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "lease heartbeat failed"),
+                Ok(Err(err)) => tracing::warn!(error = %err, "lease heartbeat failed"),
             }
         }
         let draining = shared.draining.load(Ordering::Acquire);
@@ -516,15 +538,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             (true, 0) => "drained",
             (true, _) => "draining",
         };
-        match shared.beat(in_flight, state).await {
-            Ok(drain) => {
+        let beat = tokio::time::timeout(shared.cfg.lease / 2, shared.beat(in_flight, state));
+        match beat.await {
+            Err(_elapsed) => tracing::warn!("worker heartbeat timed out"),
+            Ok(Ok(drain)) => {
                 if drain != draining {
                     tracing::info!(drain, "drain state changed");
                     shared.draining.store(drain, Ordering::Release);
                     shared.wake.notify_one();
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "worker heartbeat failed"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "worker heartbeat failed"),
         }
     }
 }

@@ -15,7 +15,9 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: PostgreSQL answers. Also says how live events are fanned out.
+/// Readiness: PostgreSQL answers (within 2 s). Also says how live events are fanned
+/// out and whether Redis answers; Redis unreachable keeps the replica ready, since its
+/// own LISTEN carries live events meanwhile (docs/adr/0014-partitions-and-failover.md).
 #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "system",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness, description = "PostgreSQL does not answer")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -30,6 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Json(Readiness {
             database: if db { "ok" } else { "unreachable" },
             event_bus: state.bus.kind(),
+            redis: state.bus.redis_state(),
         }),
     )
 }
@@ -40,6 +43,8 @@ pub struct Readiness {
     pub database: &'static str,
     /// How live events reach this replica: `redis` or `postgres`.
     pub event_bus: &'static str,
+    /// `ok`, `unreachable` (live events then come through PostgreSQL) or `off`.
+    pub redis: &'static str,
 }
 
 /// The bundled example: YAML texts ready for `POST /v1/runs`.
