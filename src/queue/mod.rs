@@ -2,9 +2,11 @@
 //!
 //! Invariants this module keeps (see docs/adr/0001-own-queue-on-sqlx.md):
 //! - a job in state `running` has exactly one lease (owner, expiry, fencing token);
-//! - every claim bumps the fencing token, and every state change a worker makes after
+//! - every claim raises the fencing token, and every state change a worker makes after
 //!   a claim (`complete`, `retry`, `hand_back`, …) presents that token, so a worker
-//!   whose lease was rescued (a "zombie") can change nothing;
+//!   whose lease was rescued (a "zombie") can change nothing. The token is the claim's
+//!   time in microseconds (or one more than the last, if larger): a claim lost in a
+//!   database failover is not handed out again with the same token;
 //! - completion and enqueue take a `&mut PgConnection`, so callers make them part of
 //!   their own transaction: a job's effects and its completion commit together.
 

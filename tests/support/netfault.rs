@@ -116,8 +116,8 @@ pub struct Node {
 /// What the link of one node does to its packets now.
 #[derive(Debug, Default, Clone)]
 struct Faults {
-    /// Relay ports whose packets are dropped (a cut).
-    cut: Vec<u16>,
+    /// Relays (address and port) whose packets are dropped (a cut).
+    cut: Vec<SocketAddr>,
     /// Per mille of every packet on the link dropped at random.
     loss_permille: u32,
 }
@@ -144,7 +144,8 @@ impl FaultNet {
         run("nft", &["--version"]);
         sweep_stale();
         let pid = std::process::id();
-        // 10.<200..249>.<0..255>.0/24 from the pid: links of concurrent tests differ.
+        // 10.<200..249>.<0..255>.0/24 from the pid: links of concurrent test processes
+        // differ (pids 12 800 apart would share one).
         let octets = [
             200 + u8::try_from(pid % 50).unwrap(),
             u8::try_from((pid / 50) % 256).unwrap(),
@@ -160,9 +161,12 @@ impl FaultNet {
 
     /// A namespace named after `name` with a veth link to this namespace (a /30).
     pub fn node(&mut self, name: &str) -> Node {
-        let i = u8::try_from(self.nodes.len()).unwrap();
-        assert!(i < 60, "at most 60 nodes");
-        let ns = format!("{PREFIX}{}-{name}", self.pid);
+        // Counted across the process: tests run as threads of one process (plain
+        // `cargo test`) still get names and links of their own.
+        static NODES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let i = NODES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(i < 63, "at most 63 nodes per process");
+        let ns = format!("{PREFIX}{}-{i}-{name}", self.pid);
         let host_if = format!("pf{}h{i}", self.pid);
         let link = format!("pf{}n{i}", self.pid);
         let [a, b] = self.octets;
@@ -244,14 +248,14 @@ impl FaultNet {
     /// Drop every packet between `node` and `relay`, both ways, until [`FaultNet::heal`].
     pub fn cut(&self, node: &Node, relay: &Relay) {
         self.edit(node, |f| {
-            if !f.cut.contains(&relay.port()) {
-                f.cut.push(relay.port());
+            if !f.cut.contains(&relay.addr) {
+                f.cut.push(relay.addr);
             }
         });
     }
 
     pub fn heal(&self, node: &Node, relay: &Relay) {
-        self.edit(node, |f| f.cut.retain(|p| *p != relay.port()));
+        self.edit(node, |f| f.cut.retain(|a| *a != relay.addr));
     }
 
     /// Drop `permille` of every packet on `node`'s link, each way, at random.
@@ -278,16 +282,11 @@ impl FaultNet {
             .unwrap_or_default();
         let mut input = String::new();
         let mut output = String::new();
-        if !f.cut.is_empty() {
-            let ports = f
-                .cut
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            // Relays on the link (host side) and on the node's loopback alike.
-            input.push_str(&format!("    tcp sport {{ {ports} }} drop\n"));
-            output.push_str(&format!("    tcp dport {{ {ports} }} drop\n"));
+        // Relays on the link (host side) and on the node's loopback alike.
+        for relay in &f.cut {
+            let (ip, port) = (relay.ip(), relay.port());
+            input.push_str(&format!("    ip saddr {ip} tcp sport {port} drop\n"));
+            output.push_str(&format!("    ip daddr {ip} tcp dport {port} drop\n"));
         }
         if f.loss_permille > 0 {
             let n = f.loss_permille;

@@ -13,9 +13,12 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum StopReason {
     /// Shutdown past the grace period: hand the job back without spending an attempt.
     Shutdown,
-    /// The lease is gone (taken by another worker, or not renewed within its length,
-    /// so another worker may have it): write nothing.
+    /// The lease is gone (another worker holds the job): write nothing.
     LeaseLost,
+    /// The lease was not renewed within its length (PostgreSQL unreachable), so
+    /// another worker may hold the job: hand it back under the old lease, which
+    /// changes nothing if the lease is indeed gone.
+    LeaseUnrenewed,
     /// Someone cancelled the job: mark it cancelled.
     Cancelled,
 }
@@ -26,8 +29,9 @@ pub(crate) struct Entry {
     pub run_id: Option<RunId>,
     pub cancel: CancellationToken,
     pub reason: Option<StopReason>,
-    /// When the lease was last known to be held for a whole lease length from then:
-    /// the claim, or the start of the last heartbeat that renewed it.
+    /// From when the lease is known to be held for a whole lease length: the job's
+    /// arrival here (just after its claim), or the start of the last heartbeat that
+    /// renewed it.
     pub renewed: Instant,
 }
 
@@ -73,13 +77,13 @@ impl InFlight {
         }
     }
 
-    /// Interrupt, as lost, every job whose lease was not renewed within `lease`: the
-    /// database may have given it to another worker already. Returns their ids.
+    /// Interrupt every job whose lease was not renewed within `lease`: the database
+    /// may have given it to another worker already. Returns their ids.
     pub fn stop_unrenewed(&self, lease: Duration) -> Vec<JobId> {
         let mut stopped = Vec::new();
         for (id, e) in self.lock().iter_mut() {
             if e.reason.is_none() && e.renewed.elapsed() >= lease {
-                e.reason = Some(StopReason::LeaseLost);
+                e.reason = Some(StopReason::LeaseUnrenewed);
                 e.cancel.cancel();
                 stopped.push(*id);
             }

@@ -68,21 +68,34 @@ impl Shared {
     }
 
     /// Write the worker's heartbeat with the jobs completed since the last one (kept
-    /// for the next heartbeat when this one fails).
+    /// for the next heartbeat when this one fails or is dropped).
     async fn beat(&self, in_flight: usize, state: &str) -> Result<bool, sqlx::Error> {
-        // Taken off the count only once written: a heartbeat that fails or is dropped
-        // (timed out) leaves it for the next one.
-        let completed = self.completed.load(Ordering::Acquire);
+        let mut unwritten = Unwritten {
+            counter: &self.completed,
+            count: self.completed.swap(0, Ordering::AcqRel),
+        };
         let beat = registry::Heartbeat {
             id: self.id,
             queue: &self.cfg.queue,
             in_flight,
             state,
-            completed,
+            completed: unwritten.count,
         };
         let drain = registry::heartbeat(&self.pool, &beat).await?;
-        self.completed.fetch_sub(completed, Ordering::AcqRel);
+        unwritten.count = 0;
         Ok(drain)
+    }
+}
+
+/// Completions taken off the counter for a heartbeat: put back unless written.
+struct Unwritten<'a> {
+    counter: &'a AtomicU64,
+    count: u64,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_add(self.count, Ordering::AcqRel);
     }
 }
 
@@ -163,7 +176,7 @@ impl<H: JobHandler> Worker<H> {
                 services_stop.clone(),
             ));
             services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
-            services.spawn(lease_watch(shared.clone(), services_stop.clone()));
+            services.spawn(lease_loop(shared.clone(), services_stop.clone()));
             services.spawn(rescue_loop(shared.clone(), self.handler.clone(), services_stop.clone()));
             // Stopped with the other services, after the last job has ended.
             let flush_stop = services_stop.clone();
@@ -458,7 +471,7 @@ async fn write_outcome(
                 token: lease.token,
             })
         }
-        (Some(StopReason::Shutdown | StopReason::Cancelled), _) => {
+        (Some(StopReason::Shutdown | StopReason::Cancelled | StopReason::LeaseUnrenewed), _) => {
             tracing::info!(?reason, "handing job back");
             queue::hand_back(&mut conn, lease).await
         }
@@ -482,54 +495,61 @@ async fn write_outcome(
     }
 }
 
-/// Stop every job whose lease this worker could not renew within the lease length
-/// (a partition from PostgreSQL, a stalled process): after that the job may be running
-/// on another worker, so this one must not go on (no further model calls, no writes;
-/// its completion would be refused by the fence anyway). Checked ten times a lease.
-async fn lease_watch(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = shared.cfg.lease / 10;
+/// Renew the leases of the jobs in flight four times a lease (each try bounded by a
+/// quarter lease, so one slow or lost try still leaves the next in time), and stop
+/// every job whose lease was not renewed within the lease length: PostgreSQL may have
+/// given it to another worker (a partition, a stalled process), so this one must not
+/// go on. Its completion would be refused by the fence anyway; stopping it early saves
+/// the model calls.
+async fn lease_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.cfg.lease / 4;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+        renew_leases(&shared, every).await;
         for id in shared.inflight.stop_unrenewed(shared.cfg.lease) {
             tracing::warn!(job_id = %id, lease_ms = shared.cfg.lease.as_millis(), "lease not renewed in time; interrupting job");
         }
     }
 }
 
+async fn renew_leases(shared: &Shared, bound: Duration) {
+    let leases = shared.inflight.leases();
+    if leases.is_empty() {
+        return;
+    }
+    let sent_at = std::time::Instant::now();
+    let report = tokio::time::timeout(bound, async {
+        let mut conn = shared.pool.acquire().await?;
+        queue::heartbeat(&mut conn, &leases, shared.cfg.lease).await
+    })
+    .await;
+    match report {
+        Err(_elapsed) => tracing::warn!("lease heartbeat timed out"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "lease heartbeat failed"),
+        Ok(Ok(report)) => {
+            shared.inflight.renewed(&leases, sent_at);
+            for id in report.lost {
+                tracing::warn!(job_id = %id, "lease lost; interrupting job");
+                shared.inflight.stop(id, StopReason::LeaseLost);
+            }
+            for id in report.cancel_requested {
+                tracing::info!(job_id = %id, "cancel requested; interrupting job");
+                shared.inflight.stop(id, StopReason::Cancelled);
+            }
+        }
+    }
+}
+
+/// The worker's own heartbeat (state, in flight, throughput; drain requests come back).
 async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = shared.cfg.lease / 3;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
-        }
-        let leases = shared.inflight.leases();
-        if !leases.is_empty() {
-            let sent_at = tokio::time::Instant::now().into_std();
-            // Bounded: a heartbeat stuck on a cut link must not hold up the next one.
-            let report = tokio::time::timeout(shared.cfg.lease / 2, async {
-                let mut conn = shared.pool.acquire().await?;
-                queue::heartbeat(&mut conn, &leases, shared.cfg.lease).await
-            })
-            .await;
-            match report {
-                Err(_elapsed) => tracing::warn!("lease heartbeat timed out"),
-                Ok(Ok(report)) => {
-                    shared.inflight.renewed(&leases, sent_at);
-                    for id in report.lost {
-                        tracing::warn!(job_id = %id, "lease lost; interrupting job");
-                        shared.inflight.stop(id, StopReason::LeaseLost);
-                    }
-                    for id in report.cancel_requested {
-                        tracing::info!(job_id = %id, "cancel requested; interrupting job");
-                        shared.inflight.stop(id, StopReason::Cancelled);
-                    }
-                }
-                Ok(Err(err)) => tracing::warn!(error = %err, "lease heartbeat failed"),
-            }
         }
         let draining = shared.draining.load(Ordering::Acquire);
         let in_flight = shared.inflight.len();
@@ -538,7 +558,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             (true, 0) => "drained",
             (true, _) => "draining",
         };
-        let beat = tokio::time::timeout(shared.cfg.lease / 2, shared.beat(in_flight, state));
+        // Bounded: a beat stuck on a cut link must not hold up the next one.
+        let beat = tokio::time::timeout(shared.cfg.lease, shared.beat(in_flight, state));
         match beat.await {
             Err(_elapsed) => tracing::warn!("worker heartbeat timed out"),
             Ok(Ok(drain)) => {
