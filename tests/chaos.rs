@@ -15,9 +15,9 @@ mod support;
 use phasefleet::RunId;
 use phasefleet::approval::{self, Action};
 use phasefleet::local_pg::LocalPg;
-use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
+use phasefleet::submit::SubmitRequest;
 use phasefleet::workflow::Definition;
-use phasefleet::workflow::{Persona, WorkflowTemplate};
+use phasefleet::workflow::WorkflowTemplate;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,16 +30,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn persona(name: &str, model: &str) -> Persona {
-    Persona::from_str_named(
-        &format!("{name}.yaml"),
-        &format!(
-            "name: {name}\nversion: '1'\nbackend: openai\nprovider: mock\nmodel: {model}\nsystem_prompt: Write the artifact with write_file, then stop.\nmax_turns: 6\n"
-        ),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +59,10 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
 
     // Three model behaviours: slow enough that kills land mid-call, a repair, 5xx retries.
     let personas = vec![
-        persona("author", "mock/slow-800"),
-        persona("reviewer", "mock/slow-400"),
-        persona("flaky-author", "mock/invalid-then-valid"),
-        persona("erroring-author", "mock/server-error"),
+        mock::named_persona("author", "mock/slow-800"),
+        mock::named_persona("reviewer", "mock/slow-400"),
+        mock::named_persona("flaky-author", "mock/invalid-then-valid"),
+        mock::named_persona("erroring-author", "mock/server-error"),
     ];
     let config_file = engine::mock_config_file(&format!("{mock}/v1"));
     // An example template with its roles played by the mock's personas.
@@ -107,20 +97,10 @@ async fn runs_survive_killed_workers_a_postgres_restart_and_a_redis_outage() {
                 template.clone()
             },
             personas: personas.clone(),
-            inputs: RunInputs {
-                requirements: format!("# Chaos run {i}"),
-                objective: serde_json::json!({}),
-                extra: serde_json::json!({}),
-            },
-            files: Vec::new(),
             bindings,
-            budget: Budget::default(),
             idempotency_key: Some(format!("chaos-{i}")),
             submitted_by: Some("chaos".into()),
-            queue: q.into(),
-            team: phasefleet::teams::DEFAULT_TEAM.into(),
-            may_define_provider_personas: true,
-            allow_unserved: true,
+            ..engine::request(q, serde_json::json!({}))
         };
         runs.push(
             phasefleet::submit::submit(&pool, &schemas, &engine::config(), req)

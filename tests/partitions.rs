@@ -12,8 +12,8 @@ mod support;
 
 use phasefleet::RunId;
 use phasefleet::local_pg::LocalPg;
-use phasefleet::submit::{Budget, RunInputs, SubmitRequest};
-use phasefleet::workflow::{Definition, Persona, WorkflowTemplate};
+use phasefleet::submit::SubmitRequest;
+use phasefleet::workflow::{Definition, WorkflowTemplate};
 use phasefleet_mockllm::Stats;
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -27,16 +27,6 @@ use support::*;
 /// Worker leases in these scenarios: a cut longer than this loses the lease.
 const LEASE_MS: u64 = 2000;
 
-fn persona(name: &str, model: &str) -> Persona {
-    Persona::from_str_named(
-        &format!("{name}.yaml"),
-        &format!(
-            "name: {name}\nversion: '1'\nbackend: openai\nprovider: mock\nmodel: {model}\nsystem_prompt: Write the artifact with write_file, then stop.\nmax_turns: 6\n"
-        ),
-    )
-    .unwrap()
-}
-
 /// The example workflow without its gate, its roles played by mock models.
 fn request(queue: &str, author: &str, reviewer: &str, i: usize) -> SubmitRequest {
     let text = std::fs::read_to_string(engine::repo("examples/spec-review-verify.yaml"))
@@ -46,21 +36,13 @@ fn request(queue: &str, author: &str, reviewer: &str, i: usize) -> SubmitRequest
         .replace("gates: [human_review]", "");
     SubmitRequest {
         template: WorkflowTemplate::from_str_named("partition.yaml", &text).unwrap(),
-        personas: vec![persona("author", author), persona("reviewer", reviewer)],
-        inputs: RunInputs {
-            requirements: format!("# Partition run {i}"),
-            objective: serde_json::json!({}),
-            extra: serde_json::json!({}),
-        },
-        files: Vec::new(),
-        bindings: Default::default(),
-        budget: Budget::default(),
+        personas: vec![
+            mock::named_persona("author", author),
+            mock::named_persona("reviewer", reviewer),
+        ],
         idempotency_key: Some(format!("partition-{queue}-{i}")),
         submitted_by: Some("partitions".into()),
-        queue: queue.into(),
-        team: phasefleet::teams::DEFAULT_TEAM.into(),
-        may_define_provider_personas: true,
-        allow_unserved: true,
+        ..engine::request(queue, serde_json::json!({}))
     }
 }
 
@@ -537,11 +519,6 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
     let base = format!("http://{}:8080", api_node.addr);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let ready = |http: reqwest::Client, base: String| async move {
-        let res = http.get(format!("{base}/readyz")).send().await.ok()?;
-        let status = res.status();
-        Some((status, res.json::<serde_json::Value>().await.ok()?))
-    };
     let submit = |key: &'static str| {
         let (http, base) = (http.clone(), base.clone());
         async move {
@@ -558,13 +535,8 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
                 .map(|r| r.status())
         }
     };
-    eventually(Duration::from_secs(60), "the API is ready on Redis", || {
-        let f = ready(http.clone(), base.clone());
-        async move {
-            f.await
-                .filter(|(s, b)| s.is_success() && b["event_bus"] == "redis")
-                .map(|_| ())
-        }
+    wait_ready(&http, &base, 60, "the API is ready on Redis", |s, b| {
+        s.is_success() && b["event_bus"] == "redis"
     })
     .await;
     let mut statuses = vec![submit("cut-api-1").await.unwrap()];
@@ -584,17 +556,12 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
     // 1. Redis cut: still ready (its own LISTEN takes over the wake-ups), submits
     //    accepted, the open stream goes on.
     cluster.net.cut(&api_node, &bus);
-    eventually(
-        Duration::from_secs(30),
+    wait_ready(
+        &http,
+        &base,
+        30,
         "readiness says Redis is unreachable",
-        || {
-            let f = ready(http.clone(), base.clone());
-            async move {
-                f.await
-                    .filter(|(s, b)| s.is_success() && b["redis"] == "unreachable")
-                    .map(|_| ())
-            }
-        },
+        |s, b| s.is_success() && b["redis"] == "unreachable",
     )
     .await;
     statuses.push(submit("cut-api-2").await.unwrap());
@@ -603,20 +570,12 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
 
     // 2. PostgreSQL cut: not ready; a submit is refused, not half-made.
     cluster.net.cut(&api_node, &db);
-    eventually(
-        Duration::from_secs(30),
+    wait_ready(
+        &http,
+        &base,
+        30,
         "readiness is 503 without PostgreSQL",
-        || {
-            let f = ready(http.clone(), base.clone());
-            async move {
-                f.await
-                    .filter(|(s, b)| {
-                        *s == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                            && b["database"] == "unreachable"
-                    })
-                    .map(|_| ())
-            }
-        },
+        |s, b| s == reqwest::StatusCode::SERVICE_UNAVAILABLE && b["database"] == "unreachable",
     )
     .await;
     let refused = submit("cut-api-3").await;
@@ -626,11 +585,7 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
     );
     drop(res);
     cluster.net.heal(&api_node, &db);
-    eventually(Duration::from_secs(60), "ready again", || {
-        let f = ready(http.clone(), base.clone());
-        async move { f.await.filter(|(s, _)| s.is_success()).map(|_| ()) }
-    })
-    .await;
+    wait_ready(&http, &base, 60, "ready again", |s, _| s.is_success()).await;
     statuses.push(submit("cut-api-3").await.unwrap());
     assert!(
         statuses.iter().all(|s| *s == reqwest::StatusCode::CREATED),
@@ -672,6 +627,23 @@ async fn the_api_cut_off_from_redis_then_postgres_loses_nothing_and_its_streams_
     }
     cluster.assert_invariants(&ids).await;
     redis.down();
+}
+
+/// Poll the API's `/readyz` until `holds(status, body)`.
+async fn wait_ready(
+    http: &reqwest::Client,
+    base: &str,
+    secs: u64,
+    what: &str,
+    holds: impl Fn(reqwest::StatusCode, &serde_json::Value) -> bool,
+) {
+    eventually(Duration::from_secs(secs), what, || async {
+        let res = http.get(format!("{base}/readyz")).send().await.ok()?;
+        let status = res.status();
+        let body = res.json::<serde_json::Value>().await.ok()?;
+        holds(status, &body).then_some(())
+    })
+    .await;
 }
 
 async fn run_by_key(pool: &PgPool, key: &str) -> RunId {

@@ -7,7 +7,7 @@ use phasefleet::agent::openai::RetryPolicy;
 use phasefleet::agent::providers::Providers;
 use phasefleet::agent::router::BackendRouter;
 use phasefleet::queue::Backoff;
-use phasefleet::workflow::{Backend, Persona};
+use phasefleet::workflow::{Backend, Definition, Persona};
 use phasefleet_mockllm::Stats;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,4 +89,16 @@ pub fn persona(model: &str) -> Persona {
         seed: None,
         artifact_via: Default::default(),
     }
+}
+
+/// A persona `name` playing `model` on the mock provider, read from YAML as a user's
+/// would be (several turns allowed).
+pub fn named_persona(name: &str, model: &str) -> Persona {
+    Persona::from_str_named(
+        &format!("{name}.yaml"),
+        &format!(
+            "name: {name}\nversion: '1'\nbackend: openai\nprovider: mock\nmodel: {model}\nsystem_prompt: Write the artifact with write_file, then stop.\nmax_turns: 6\n"
+        ),
+    )
+    .unwrap()
 }
