@@ -12,6 +12,7 @@ mod support;
 
 use phasefleet::RunId;
 use phasefleet::local_pg::LocalPg;
+use phasefleet::state::PhaseState;
 use phasefleet::submit::SubmitRequest;
 use phasefleet::workflow::{Definition, WorkflowTemplate};
 use phasefleet_mockllm::Stats;
@@ -27,15 +28,23 @@ use support::*;
 /// Worker leases in these scenarios: a cut longer than this loses the lease.
 const LEASE_MS: u64 = 2000;
 
-/// The example workflow without its gate, its roles played by mock models.
-fn request(queue: &str, author: &str, reviewer: &str, i: usize) -> SubmitRequest {
-    let text = std::fs::read_to_string(engine::repo("examples/spec-review-verify.yaml"))
+/// The example workflow, its roles played by the personas `author` and `reviewer`;
+/// without its gate unless `gated`.
+fn example(gated: bool) -> WorkflowTemplate {
+    let mut text = std::fs::read_to_string(engine::repo("examples/spec-review-verify.yaml"))
         .unwrap()
         .replace("persona: synthetic-author", "persona: author")
-        .replace("persona: synthetic-reviewer", "persona: reviewer")
-        .replace("gates: [human_review]", "");
+        .replace("persona: synthetic-reviewer", "persona: reviewer");
+    if !gated {
+        text = text.replace("gates: [human_review]", "");
+    }
+    WorkflowTemplate::from_str_named("partition.yaml", &text).unwrap()
+}
+
+/// The example workflow without its gate, its roles played by mock models.
+fn request(queue: &str, author: &str, reviewer: &str, i: usize) -> SubmitRequest {
     SubmitRequest {
-        template: WorkflowTemplate::from_str_named("partition.yaml", &text).unwrap(),
+        template: example(false),
         personas: vec![
             mock::named_persona("author", author),
             mock::named_persona("reviewer", reviewer),
@@ -169,18 +178,6 @@ impl Cluster {
     }
 }
 
-async fn phase_state(pool: &PgPool, run: RunId, phase: &str) -> Option<String> {
-    sqlx::query_as::<_, (String,)>(
-        "SELECT state::text FROM run_phases WHERE run_id = $1 AND phase_key = $2",
-    )
-    .bind(run)
-    .bind(phase)
-    .fetch_optional(pool)
-    .await
-    .unwrap()
-    .map(|r| r.0)
-}
-
 async fn count(pool: &PgPool, sql: &'static str, run: RunId) -> i64 {
     sqlx::query_as::<_, (i64,)>(sql)
         .bind(run)
@@ -271,10 +268,13 @@ async fn a_worker_cut_off_from_postgres_past_its_lease_is_fenced_when_the_link_h
     .await;
     let state = drive(&cluster.pool, run).await;
     assert_eq!(state, phasefleet::state::RunState::Completed);
-    assert_eq!(
-        phase_state(&cluster.pool, run, "spec").await.as_deref(),
-        Some("completed")
-    );
+    let mut c = cluster.pool.acquire().await.unwrap();
+    let spec = engine::phase_of(&mut c, run, "spec")
+        .await
+        .unwrap()
+        .unwrap();
+    drop(c);
+    assert_eq!(spec.state, PhaseState::Completed);
     // What the cut worker asked the model after the heal: later phases it claimed
     // are its own work; a request for the spec would be the attempt taken from it.
     let sent = cut.model.captured();
@@ -756,13 +756,7 @@ async fn fail_over_under_load(synchronous: bool, runs: usize) -> FailoverLoss {
     let mut ids = Vec::new();
     for i in 0..runs {
         let mut req = request(queue, "mock/slow-300", "mock/slow-300", i);
-        req.template = {
-            let text = std::fs::read_to_string(engine::repo("examples/spec-review-verify.yaml"))
-                .unwrap()
-                .replace("persona: synthetic-author", "persona: author")
-                .replace("persona: synthetic-reviewer", "persona: reviewer");
-            WorkflowTemplate::from_str_named("gated.yaml", &text).unwrap()
-        };
+        req.template = example(true);
         ids.push(cluster.submit(req).await);
     }
     // A reviewer approves whatever waits, through the proxy, riding out the failover.

@@ -122,12 +122,11 @@ async fn listen_pg(
                     if let Some(conn) = redis.as_mut() {
                         let mut cmd = redis::cmd("PUBLISH");
                         cmd.arg(REDIS_CHANNEL).arg(n.payload());
-                        let publish = cmd.query_async::<i64>(conn);
-                        let published = tokio::time::timeout(REDIS_TIMEOUT, publish)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(timed_out("Redis did not answer PUBLISH in time"))
-                            });
+                        let published = bounded(
+                            "Redis did not answer PUBLISH in time",
+                            cmd.query_async::<i64>(conn),
+                        )
+                        .await;
                         if let Err(e) = published {
                             tracing::warn!(error = %e, "event relay: Redis publish failed; giving up the relay");
                             return;
@@ -174,9 +173,11 @@ async fn relay(pool: PgPool, url: String, stop: CancellationToken) {
 
 async fn redis_connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url)?;
-    tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-        .await
-        .map_err(|_| timed_out("Redis did not answer in time"))?
+    bounded(
+        "Redis did not answer in time",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
 }
 
 /// Relay while this instance holds the lock; whether it did.
@@ -229,20 +230,26 @@ async fn subscribe_redis(pool: PgPool, url: String, bus: EventBus, stop: Cancell
 /// drops packets silently, so without a bound a command waits for TCP to give up.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn timed_out(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, what))
+/// `command`, failing as an I/O error saying `what` did not answer within
+/// [`REDIS_TIMEOUT`].
+async fn bounded<T>(
+    what: &'static str,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(REDIS_TIMEOUT, command)
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, what)))?
 }
 
 async fn redis_ping(url: &str) -> redis::RedisResult<()> {
     let mut conn = redis_connect(url).await?;
-    tokio::time::timeout(REDIS_TIMEOUT, async {
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-    })
+    let ping = redis::cmd("PING");
+    bounded(
+        "Redis did not answer PING in time",
+        ping.query_async::<String>(&mut conn),
+    )
     .await
-    .map_err(|_| timed_out("Redis did not answer PING in time"))?
+    .map(|_| ())
 }
 
 async fn redis_stream(
@@ -251,13 +258,12 @@ async fn redis_stream(
     stop: &CancellationToken,
 ) -> redis::RedisResult<()> {
     let client = redis::Client::open(url)?;
-    let pubsub = tokio::time::timeout(REDIS_TIMEOUT, async {
+    let pubsub = bounded("Redis did not answer SUBSCRIBE in time", async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(REDIS_CHANNEL).await?;
-        Ok::<_, redis::RedisError>(pubsub)
+        Ok(pubsub)
     })
-    .await
-    .map_err(|_| timed_out("Redis did not answer SUBSCRIBE in time"))??;
+    .await?;
     bus.redis_live.store(true, Ordering::Relaxed);
     let (mut sink, mut messages) = pubsub.split();
     // A quiet subscription cannot tell a partition from silence: PING over the
@@ -269,9 +275,7 @@ async fn redis_stream(
         let msg = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             _ = health.tick() => {
-                tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>())
-                    .await
-                    .map_err(|_| timed_out("Redis did not answer PING in time"))??;
+                bounded("Redis did not answer PING in time", sink.ping::<redis::Value>()).await?;
                 continue;
             }
             m = messages.next() => m,

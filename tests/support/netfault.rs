@@ -103,7 +103,6 @@ fn sweep_stale() {
 /// A component's namespace and its link to this process's namespace.
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub name: String,
     pub ns: String,
     /// The link's address on this side: relays for the node listen here.
     pub host: Ipv4Addr,
@@ -174,7 +173,6 @@ impl FaultNet {
         let addr = Ipv4Addr::new(10, a, b, i * 4 + 2);
         run("ip", &["netns", "add", &ns]);
         let node = Node {
-            name: name.to_owned(),
             ns: ns.clone(),
             host,
             addr,
@@ -361,8 +359,6 @@ struct RelayShared {
     delay_down: Mutex<Duration>,
     /// Cancelled to drop every connection open now.
     generation: Mutex<CancellationToken>,
-    /// Bytes relayed from the clients to the target.
-    bytes_up: std::sync::atomic::AtomicU64,
     /// What the clients sent since [`Relay::capture`] (at most 16 MiB).
     captured: Mutex<Option<Vec<u8>>>,
 }
@@ -375,7 +371,6 @@ impl Relay {
             delay: Mutex::new(None),
             delay_down: Mutex::new(Duration::ZERO),
             generation: Mutex::new(CancellationToken::new()),
-            bytes_up: std::sync::atomic::AtomicU64::new(0),
             captured: Mutex::new(None),
         });
         let stop = CancellationToken::new();
@@ -434,13 +429,6 @@ impl Relay {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Bytes the clients sent through this relay so far.
-    pub fn bytes_up(&self) -> u64 {
-        self.shared
-            .bytes_up
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Send new connections to `target` and drop the open ones.
     pub fn retarget(&self, target: SocketAddr) {
         *self.shared.target.lock().unwrap() = target;
@@ -489,15 +477,11 @@ async fn pipe(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if up {
-                shared
-                    .bytes_up
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-                if let Some(kept) = shared.captured.lock().unwrap().as_mut()
-                    && kept.len() < 16 << 20
-                {
-                    kept.extend_from_slice(&buf[..n]);
-                }
+            if up
+                && let Some(kept) = shared.captured.lock().unwrap().as_mut()
+                && kept.len() < 16 << 20
+            {
+                kept.extend_from_slice(&buf[..n]);
             }
             // Like `tc netem` on the client's interface: one way, client to server.
             let hold = match *shared.delay.lock().unwrap() {
