@@ -255,6 +255,78 @@ impl NewEvent {
             json!({ "approval_id": approval, "action": action, "comment": comment, "by": by }),
         )
     }
+
+    /// A model HTTP attempt is about to be sent (its ledger row was just written).
+    #[must_use]
+    pub fn model_call_started(at: &CallSite<'_>, call_id: uuid::Uuid, model: &str) -> Self {
+        phase_event(
+            "model.call_started",
+            at.phase,
+            format!("model:{call_id}:started"),
+            json!({ "call_id": call_id, "attempt": at.attempt, "turn": at.turn, "model": model }),
+        )
+    }
+
+    /// A model HTTP attempt ended: its status, tokens, cost and latency.
+    #[must_use]
+    pub fn model_call_finished(
+        at: &CallSite<'_>,
+        call_id: uuid::Uuid,
+        call: &CallSummary<'_>,
+    ) -> Self {
+        phase_event(
+            "model.call_finished",
+            at.phase,
+            format!("model:{call_id}:finished"),
+            json!({ "call_id": call_id, "attempt": at.attempt, "turn": at.turn, "model": call.model,
+                    "status": call.status, "tokens_in": call.tokens_in, "tokens_out": call.tokens_out,
+                    "cost_usd": call.cost_usd, "latency_ms": call.latency_ms }),
+        )
+    }
+
+    /// The agent called a tool (`tool_call_id` is its row in the tool audit).
+    #[must_use]
+    pub fn tool_called(at: &CallSite<'_>, tool_call_id: i64, tool: &ToolSummary<'_>) -> Self {
+        phase_event(
+            "tool.called",
+            at.phase,
+            format!("tool:{tool_call_id}"),
+            json!({ "tool_call_id": tool_call_id, "attempt": at.attempt, "turn": at.turn,
+                    "tool": tool.name, "path": tool.path, "ok": tool.ok,
+                    "bytes_in": tool.bytes_in, "bytes_out": tool.bytes_out }),
+        )
+    }
+}
+
+/// Where a model or tool call happened: the phase attempt and the agent's turn.
+#[derive(Debug, Clone, Copy)]
+pub struct CallSite<'a> {
+    pub phase: &'a str,
+    pub attempt: i32,
+    pub turn: i32,
+}
+
+/// What `model.call_finished` says about a call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallSummary<'a> {
+    pub model: &'a str,
+    pub status: &'a str,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
+    pub latency_ms: i64,
+}
+
+/// What `tool.called` says about a tool call: its name, the workspace path it named
+/// (if any), whether it succeeded (`false`: refused or failed), and the size of its
+/// arguments and of its answer in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolSummary<'a> {
+    pub name: &'a str,
+    pub path: Option<&'a str>,
+    pub ok: bool,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
 }
 
 /// What the `artifact.*` events say about a stored artifact.

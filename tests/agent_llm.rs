@@ -194,6 +194,35 @@ async fn rate_limits_and_server_errors_are_retried_and_ledgered() {
         u64::try_from(l.len() + e.len()).unwrap(),
         m.stats.requests.load(Ordering::SeqCst)
     );
+    // Every HTTP attempt, failed ones included, is on the run's log as it happens:
+    // one started and one finished event per ledger row, with the row's status.
+    for run in [limited, erroring] {
+        let events = support::engine::events_of(&pool, run).await;
+        let calls: Vec<(uuid::Uuid, String)> =
+            sqlx::query_as("SELECT call_id, status FROM llm_calls WHERE run_id = $1 ORDER BY id")
+                .bind(run)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for (call_id, status) in &calls {
+            let of = |kind: &str| {
+                events
+                    .iter()
+                    .filter(|e| e.kind == kind && e.data["call_id"] == json!(call_id))
+                    .collect::<Vec<_>>()
+            };
+            let (started, finished) = (of("model.call_started"), of("model.call_finished"));
+            assert_eq!((started.len(), finished.len()), (1, 1), "{call_id}");
+            assert!(started[0].seq < finished[0].seq);
+            assert_eq!(finished[0].data["status"], json!(status));
+        }
+        let model_events = events
+            .iter()
+            .filter(|e| e.kind.starts_with("model."))
+            .count();
+        assert_eq!(model_events, 2 * calls.len());
+        support::engine::assert_event_log_sound(&pool, run).await;
+    }
 }
 
 #[tokio::test]
@@ -259,6 +288,40 @@ async fn malformed_arguments_escapes_and_multi_tool_turns_are_handled() {
             .await
             .unwrap();
     assert_eq!(ls, 3);
+    // Each audited tool call is one `tool.called` event; a refused call says so.
+    for run in [malformed, escape, multi] {
+        let audit = phasefleet::store::ledger::tool_calls_list(
+            &mut pool.acquire().await.unwrap(),
+            run,
+            0,
+            100,
+        )
+        .await
+        .unwrap();
+        let events: Vec<_> = support::engine::events_of(&pool, run)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "tool.called")
+            .collect();
+        assert_eq!(events.len(), audit.len());
+        for (event, row) in events.iter().zip(&audit) {
+            assert_eq!(event.data["tool_call_id"], json!(row.id));
+            assert_eq!(event.data["ok"], json!(row.ok));
+            assert_eq!(event.data["tool"], json!(row.tool));
+            assert_eq!(event.phase_key.as_deref(), Some(row.phase_key.as_str()));
+        }
+    }
+    let escaped: Vec<_> = support::engine::events_of(&pool, escape)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "tool.called" && e.data["ok"] == json!(false))
+        .collect();
+    assert!(
+        escaped
+            .iter()
+            .all(|e| e.data["path"].as_str().is_some_and(|p| p.contains(".."))),
+        "{escaped:?}"
+    );
     assert!(
         !std::path::Path::new("/etc/passwd")
             .metadata()

@@ -665,6 +665,7 @@ async fn metrics_openapi_health_and_ui_are_served() {
         "/v1/runs/{id}",
         "/v1/runs/{id}/events",
         "/v1/runs/{id}/events/stream",
+        "/v1/runs/{id}/tool-calls",
         "/v1/runs/{id}/report",
         "/v1/runs/{id}/artifacts/{artifact_id}",
         "/v1/runs/{id}/cancel",

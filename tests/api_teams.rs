@@ -84,6 +84,7 @@ async fn a_teams_tokens_reach_only_its_own_runs_on_every_route() {
         format!("/v1/runs/{run_a}"),
         format!("/v1/runs/{run_a}/events"),
         format!("/v1/runs/{run_a}/events/stream"),
+        format!("/v1/runs/{run_a}/tool-calls"),
         format!("/v1/runs/{run_a}/report"),
         format!("/v1/runs/{run_a}/artifacts/{artifact}"),
     ];

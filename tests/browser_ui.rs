@@ -352,3 +352,94 @@ async fn the_run_page_draws_a_graph_run_with_parallel_branches_a_fan_out_and_a_s
     fleet.shutdown().await;
     api.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reviewer_watches_model_and_tool_calls_arrive_live_on_the_run_page() {
+    let pool = pool().await;
+    let q = unique_queue("browser-live");
+    let api = ApiServer::start(&pool, None).await;
+    let mock = support::mock::Mock::start().await;
+    // Six turns of 800 ms each: five `ls` calls, then the artifact.
+    let mut req = support::engine::request(&q, json!({}));
+    req.personas
+        .push(support::mock::persona("mock/steps-6-800"));
+    req.bindings.insert("author".into(), "llm".into());
+    let run = support::engine::submit(&pool, req).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    browser.goto(&format!("{}/#/runs/{run}", api.base)).await;
+    let fleet = Fleet::start(&pool, &q, 1, 2, mock.agent());
+
+    // The first tool call shows under the spec phase while that phase still runs.
+    browser
+        .wait_for(
+            "#activity [data-activity='spec'] li[data-kind='tool.called']",
+            "a tool call shown live",
+        )
+        .await;
+    let mut c = pool.acquire().await.unwrap();
+    let spec = support::engine::phase_of(&mut c, run, "spec")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        spec.state,
+        phasefleet::state::PhaseState::Running,
+        "seen while the phase runs"
+    );
+    let shown = browser
+        .js("return [...document.querySelectorAll(\"#activity [data-activity='spec'] li\")].map(li => li.dataset.kind + ' ' + li.textContent)")
+        .await;
+    let shown: Vec<String> = serde_json::from_value(shown).unwrap();
+    assert!(
+        shown[0].starts_with("model.call_started") && shown[0].contains("mock/steps-6-800"),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.starts_with("model.call_finished") && s.contains("ok")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.starts_with("tool.called") && s.contains("tool ls: ok")),
+        "{shown:?}"
+    );
+
+    // The artifact's write arrives too, and the run goes on to its gate.
+    browser
+        .wait_for(
+            "#activity [data-activity='spec'] li:nth-of-type(18)",
+            "every spec call shown",
+        )
+        .await;
+    browser
+        .wait_for(
+            "#run-state [data-state='awaiting_approval']",
+            "run waits on a human",
+        )
+        .await;
+    let spec_items = browser
+        .js("return [...document.querySelectorAll(\"#activity [data-activity='spec'] li\")].map(li => li.dataset.kind)")
+        .await;
+    let spec_items: Vec<String> = serde_json::from_value(spec_items).unwrap();
+    let count = |k: &str| spec_items.iter().filter(|s| *s == k).count();
+    // What the page showed is the ledger and the tool audit, one item per row.
+    let calls = phasefleet::store::ledger::llm_calls_count(&mut c, run, "spec", 1)
+        .await
+        .unwrap();
+    let tools = phasefleet::store::ledger::tool_calls_list(&mut c, run, 0, 100)
+        .await
+        .unwrap();
+    let spec_tools = tools.iter().filter(|t| t.phase_key == "spec").count();
+    assert_eq!(count("model.call_started") as i64, calls, "{spec_items:?}");
+    assert_eq!(count("model.call_finished") as i64, calls, "{spec_items:?}");
+    assert_eq!(count("tool.called"), spec_tools, "{spec_items:?}");
+    assert_eq!(spec_tools, 6, "five ls and one write: {tools:?}");
+    browser.quit().await;
+    fleet.shutdown().await;
+    api.shutdown().await;
+}

@@ -135,6 +135,7 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/events", get(runs::events))
         .route("/runs/{id}/events/stream", get(stream::stream))
+        .route("/runs/{id}/tool-calls", get(runs::tool_calls))
         .route("/runs/{id}/report", get(runs::report))
         .route("/runs/{id}/artifacts/{artifact_id}", get(runs::artifact))
         .route(

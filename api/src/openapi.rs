@@ -25,7 +25,7 @@ team).
 Strings are stored in PostgreSQL, which cannot hold the NUL character (U+0000): a
 string containing it is refused with 422 naming the field."),
     paths(
-        runs::submit, runs::list, runs::show, runs::events, runs::report, runs::artifact, runs::cancel, runs::budget,
+        runs::submit, runs::list, runs::show, runs::events, runs::tool_calls, runs::report, runs::artifact, runs::cancel, runs::budget,
         stream::stream, approvals::pending, approvals::decide,
         files::upload, files::list, files::download, files::phase_artifact,
         admin::list_personas, admin::register_persona, admin::delete_persona,

@@ -155,6 +155,7 @@ async function runPage(id) {
     <div class="row"><button id="cancel">Cancel run</button></div></section>
     <section><h3>Approvals</h3><div id="approvals"></div></section>
     <section><h3>Phases</h3><div id="phases"></div></section>
+    <section><h3>In-phase activity</h3><div id="activity"><span class="muted">no model or tool calls yet</span></div></section>
     <section><h3>Artifacts</h3><div id="artifacts"></div><pre id="artifact-view" hidden></pre></section>
     <section><h3>Files</h3><div id="files"></div></section>
     <section><h3>Costs</h3><div id="costs"></div></section>
@@ -224,8 +225,36 @@ async function runPage(id) {
     li.dataset.kind = ev.kind;
     li.textContent = `#${ev.seq} ${new Date(ev.at).toLocaleTimeString()} ${ev.kind}${ev.phase ? " [" + ev.phase + "]" : ""}`;
     $("#timeline").appendChild(li);
-    refresh();
+    const progress = showActivity(ev);
+    // A call starting or a tool answering changes nothing else on the page.
+    if (!progress || ev.kind === "model.call_finished") refresh();
   });
+}
+
+// Model and tool calls as they happen, grouped under their phase. Returns whether the
+// event was one of them.
+function showActivity(ev) {
+  const d = ev.data || {};
+  let text;
+  if (ev.kind === "model.call_started") text = `model ${d.model} called (attempt ${d.attempt}, turn ${d.turn})`;
+  else if (ev.kind === "model.call_finished") text = `model ${d.model} answered: ${d.status}, ${d.tokens_in}/${d.tokens_out} tokens, $${Number(d.cost_usd || 0).toFixed(4)}, ${d.latency_ms} ms`;
+  else if (ev.kind === "tool.called") text = `tool ${d.tool}${d.path ? " " + d.path : ""}: ${d.ok ? "ok" : "refused"} (${d.bytes_in} bytes in, ${d.bytes_out} out)`;
+  else return false;
+  const root = $("#activity");
+  if (!root.querySelector("[data-activity]")) root.innerHTML = "";
+  let group = [...root.querySelectorAll("[data-activity]")].find((g) => g.dataset.activity === ev.phase);
+  if (!group) {
+    group = document.createElement("details");
+    group.open = true; group.dataset.activity = ev.phase || "";
+    group.innerHTML = `<summary>${esc(ev.phase)}</summary><ol class="activity"></ol>`;
+    root.appendChild(group);
+  }
+  const li = document.createElement("li");
+  li.dataset.kind = ev.kind;
+  if (d.ok === false) li.className = "refused";
+  li.textContent = `${new Date(ev.at).toLocaleTimeString()} ${text}`;
+  $("ol", group).appendChild(li);
+  return true;
 }
 
 // Server-Sent Events over fetch (EventSource cannot send an Authorization header);

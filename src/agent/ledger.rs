@@ -7,8 +7,10 @@
 //! always the ledger's sum.
 
 use super::AgentError;
+use crate::events::{CallSite, CallSummary, NewEvent, ToolSummary};
 use crate::ids::RunId;
 use crate::state::RunState;
+use crate::store::events;
 use crate::store::ledger::{self, AttemptKey};
 use crate::store::runs;
 use sqlx::PgPool;
@@ -121,11 +123,21 @@ impl Ledger {
         backend: &str,
         call_id: uuid::Uuid,
     ) -> Result<(), BeginError> {
-        let mut conn = self.pool.acquire().await?;
-        if ledger::llm_calls_begin(&mut conn, &self.at, turn, model, backend, call_id).await? {
-            Ok(())
-        } else {
-            Err(BeginError::RunEnded)
+        let mut tx = self.pool.begin().await?;
+        if !ledger::llm_calls_begin(&mut tx, &self.at, turn, model, backend, call_id).await? {
+            return Err(BeginError::RunEnded);
+        }
+        let started = NewEvent::model_call_started(&self.site(turn), call_id, model);
+        events::events_append(&mut tx, self.at.run, &[started]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn site(&self, turn: i32) -> CallSite<'_> {
+        CallSite {
+            phase: &self.at.phase,
+            attempt: self.at.attempt,
+            turn,
         }
     }
 
@@ -137,6 +149,18 @@ impl Ledger {
     pub async fn record_call(&self, c: &CallRecord<'_>) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         ledger::llm_calls_finish(&mut tx, &self.at, c).await?;
+        if let Some(call_id) = c.call_id {
+            let summary = CallSummary {
+                model: c.model,
+                status: c.status,
+                tokens_in: c.tokens_in,
+                tokens_out: c.tokens_out,
+                cost_usd: c.cost_usd,
+                latency_ms: c.latency_ms,
+            };
+            let finished = NewEvent::model_call_finished(&self.site(c.turn), call_id, &summary);
+            events::events_append(&mut tx, self.at.run, &[finished]).await?;
+        }
         let tokens = c.tokens_in.saturating_add(c.tokens_out);
         if tokens > 0 || c.cost_usd > 0.0 {
             let state = runs::runs_add_spend(&mut tx, self.at.run, c.cost_usd, tokens).await?;
@@ -163,6 +187,7 @@ impl Ledger {
         ok: bool,
         summary: &str,
     ) -> Result<(), sqlx::Error> {
+        let answer_bytes = summary.len();
         let mut end = arguments.len().min(64 * 1024);
         while !arguments.is_char_boundary(end) {
             end -= 1;
@@ -178,8 +203,27 @@ impl Ledger {
             .collect::<String>()
             .replace('\0', "");
         let tool = super::tools::printable(tool, 64);
-        let mut conn = self.pool.acquire().await?;
-        ledger::tool_calls_insert(&mut conn, &self.at, turn, &tool, &args, ok, &summary).await
+        let path: Option<String> = args
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .map(|p| super::tools::printable(p, 256));
+        let mut tx = self.pool.begin().await?;
+        let id =
+            ledger::tool_calls_insert(&mut tx, &self.at, turn, &tool, &args, ok, &summary).await?;
+        let called = ToolSummary {
+            name: &tool,
+            path: path.as_deref(),
+            ok,
+            bytes_in: arguments.len(),
+            bytes_out: answer_bytes,
+        };
+        events::events_append(
+            &mut tx,
+            self.at.run,
+            &[NewEvent::tool_called(&self.site(turn), id, &called)],
+        )
+        .await?;
+        tx.commit().await
     }
 }
 

@@ -122,6 +122,7 @@ pub async fn llm_calls_finish(
 }
 
 /// Audit one tool call (arguments as JSON, or as a string when they do not parse).
+/// Returns the audit row's id.
 ///
 /// # Errors
 /// Database errors.
@@ -133,10 +134,10 @@ pub async fn tool_calls_insert(
     arguments: &serde_json::Value,
     ok: bool,
     summary: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO tool_calls (run_id, phase_key, attempt, turn, tool, arguments, ok, result_summary)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(at.run)
     .bind(&at.phase)
@@ -146,9 +147,46 @@ pub async fn tool_calls_insert(
     .bind(arguments)
     .bind(ok)
     .bind(summary)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// One row of the tool audit.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ToolCall {
+    pub id: i64,
+    pub phase_key: String,
+    pub attempt: i32,
+    pub turn: i32,
+    pub tool: String,
+    /// The arguments the model sent (JSON, or a string when they did not parse; at
+    /// most 64 KiB).
+    pub arguments: serde_json::Value,
+    pub ok: bool,
+    /// The start of the tool's answer (at most 500 characters).
+    pub result_summary: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A run's tool calls after audit row `after_id`, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn tool_calls_list(
+    conn: &mut PgConnection,
+    run: RunId,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<ToolCall>, sqlx::Error> {
+    sqlx::query_as::<_, ToolCall>(
+        "SELECT id, phase_key, attempt, turn, tool, arguments, ok, result_summary, created_at
+           FROM tool_calls WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(run)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// LLM spend of a run, per phase and model.

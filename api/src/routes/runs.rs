@@ -448,6 +448,34 @@ pub async fn events(
     ))
 }
 
+/// A run's tool calls (the tool audit), oldest first: what each call asked, whether it
+/// succeeded, and the start of its answer. `after` is the last `id` already read.
+#[utoipa::path(get, operation_id = "list_run_tool_calls", path = "/v1/runs/{id}/tool-calls", tag = "runs", params(("id" = String, Path, format = Uuid), EventsQuery),
+    responses((status = 200, body = Vec<phasefleet::store::ledger::ToolCall>), (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
+    security(("bearer" = ["read"])))]
+pub async fn tool_calls(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<RunId>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<phasefleet::store::ledger::ToolCall>>, ApiError> {
+    caller.require(Role::Read)?;
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    visible_run(&state, &caller, id).await?;
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(
+        phasefleet::store::ledger::tool_calls_list(
+            &mut conn,
+            id,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(500),
+        )
+        .await?,
+    ))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
