@@ -62,6 +62,18 @@ impl Classify for QueueError {
     }
 }
 
+impl Classify for crate::operator::OperatorError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NoSuchWorker(_) | Self::NoLiveWorker => ErrorKind::NotFound,
+            Self::BadQueue => ErrorKind::invalid("queue"),
+            Self::ReasonTooLong => ErrorKind::invalid("reason"),
+            Self::Queue(e) => e.kind(),
+            Self::Db(e) => e.kind(),
+        }
+    }
+}
+
 impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {

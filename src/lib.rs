@@ -18,6 +18,7 @@ pub mod events;
 pub mod ids;
 pub mod input_files;
 pub mod local_pg;
+pub mod operator;
 pub mod phase;
 pub mod phase_job;
 pub mod prices;

@@ -260,13 +260,7 @@ fn apply_team_limits(req: &mut SubmitRequest, config: &Config) -> Result<(), Sub
             "team names use letters, digits, '_', '-', '.'",
         ));
     }
-    let queue_ok = !req.queue.is_empty()
-        && req.queue.len() <= 64
-        && req
-            .queue
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !queue_ok {
+    if !crate::config::is_name(&req.queue) {
         return Err(invalid(
             "queue",
             "1 to 64 characters from A-Z a-z 0-9 - _ .",

@@ -116,13 +116,20 @@ impl Browser {
         .await
     }
 
+    /// Click the element `css` matches; a page that re-rendered it between finding
+    /// and clicking (a stale element) is asked again.
     async fn click(&self, css: &str, what: &str) {
-        let el = self.wait_for(css, what).await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{el}/click"),
-            json!({}),
-        )
+        eventually(Duration::from_secs(60), what, || async {
+            let el = self.wait_for(css, what).await;
+            let v = self
+                .cmd(
+                    reqwest::Method::POST,
+                    &format!("/element/{el}/click"),
+                    json!({}),
+                )
+                .await;
+            v.get("error").is_none().then_some(())
+        })
         .await;
     }
 
@@ -325,20 +332,7 @@ async fn the_run_page_draws_a_graph_run_with_parallel_branches_a_fan_out_and_a_s
     assert_eq!(drawn[2], "verify ×3 (3 done)", "{drawn}");
     assert_ne!(drawn[3], "none", "skipped is dashed: {drawn}");
     assert_eq!(drawn[4], "skipped", "{drawn}");
-    let shot = browser
-        .cmd(reqwest::Method::GET, "/screenshot", json!({}))
-        .await;
-    // Kept for a person to look at: target/ui-screenshots/run-graph.png.
-    if let Some(png) = shot.as_str() {
-        let dir = support::engine::repo("target/ui-screenshots");
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(dir.join("run-graph.png.b64"), png);
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("base64 -d run-graph.png.b64 > run-graph.png && rm run-graph.png.b64")
-            .current_dir(&dir)
-            .status();
-    }
+    screenshot(&browser, "run-graph.png").await;
     browser
         .click(".approval button[data-action='approve']", "approve button")
         .await;
@@ -442,4 +436,158 @@ async fn a_reviewer_watches_model_and_tool_calls_arrive_live_on_the_run_page() {
     browser.quit().await;
     fleet.shutdown().await;
     api.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operator_requeues_a_dead_job_and_pauses_a_queue_from_the_fleet_page_and_sees_the_audit()
+{
+    let pool = pool().await;
+    let q = unique_queue("browser-fleet");
+    let api = ApiServer::start(&pool, None).await;
+    let worker = WorkerProcess::spawn(
+        &test_db_url(),
+        &q,
+        &["--lease-ms", "3000", "--poll-ms", "200"],
+    );
+    let worker_id = worker_id_of(&pool, worker.pid()).await;
+    // A job that fails until `until` and has one attempt: it dies, and a requeue after
+    // `until` completes it.
+    let until = chrono::Utc::now().timestamp_millis() + 3_000;
+    let dead = enqueue(
+        &pool,
+        phasefleet::queue::NewJob::new("fail", json!({ "until_unix_ms": until }))
+            .queue(&q)
+            .max_attempts(1),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the job is dead", || async {
+        (job_state(&pool, dead).await == phasefleet::queue::JobState::Dead).then_some(())
+    })
+    .await;
+    while chrono::Utc::now().timestamp_millis() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    browser.goto(&format!("{}/#/fleet", api.base)).await;
+    browser
+        .wait_for("svg.throughput rect", "the throughput chart")
+        .await;
+    let live_worker = format!("#workers tr[data-worker='{worker_id}']");
+    browser.wait_for(&live_worker, "the worker listed").await;
+
+    // Requeue the dead job with a click: it runs again and completes.
+    browser
+        .click(
+            &format!("#dead tr[data-job='{}'] button.requeue", dead.0),
+            "requeue button",
+        )
+        .await;
+    eventually(
+        Duration::from_secs(30),
+        "the requeued job completes",
+        || async {
+            (job_state(&pool, dead).await == phasefleet::queue::JobState::Completed).then_some(())
+        },
+    )
+    .await;
+
+    // Pause the queue with a click: the page shows it paused, the database holds it,
+    // and the audit shows both actions as the admin token's.
+    browser
+        .click(
+            &format!("#queues tr[data-queue='{q}'] button.pause"),
+            "pause button",
+        )
+        .await;
+    browser
+        .wait_for(
+            &format!("#queues tr[data-queue='{q}'][data-paused='true']"),
+            "the queue shown paused",
+        )
+        .await;
+    let mut c = pool.acquire().await.unwrap();
+    assert!(phasefleet::queue::is_paused(&mut c, &q).await.unwrap());
+    browser
+        .wait_for(
+            "#audit tr[data-action='pause_queue'][data-ok='true']",
+            "the pause in the audit",
+        )
+        .await;
+    let rows = phasefleet::store::operator_actions::operator_actions_list(&mut c, None, 500)
+        .await
+        .unwrap();
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r.target.as_deref() == Some(&q) || r.target.as_deref() == Some(&dead.0.to_string())
+        })
+        .map(|r| (r.action.as_str(), r.actor.as_str(), r.via.as_str(), r.ok))
+        .collect();
+    assert_eq!(
+        mine,
+        vec![
+            ("pause_queue", "admin-token-1", "api", true),
+            ("requeue_job", "admin-token-1", "api", true),
+        ],
+        "{rows:?}"
+    );
+    let shown = browser
+        .js(&format!("return [...document.querySelectorAll('#audit tr[data-audit]')].filter(r => r.textContent.includes('{q}')).map(r => r.textContent)"))
+        .await;
+    assert!(
+        shown[0]
+            .as_str()
+            .is_some_and(|t| t.contains("admin-token-1") && t.contains("paused")),
+        "{shown}"
+    );
+    screenshot(&browser, "fleet.png").await;
+
+    // A job enqueued now waits: the queue is paused.
+    let waiting = enqueue(
+        &pool,
+        phasefleet::queue::NewJob::new("noop", json!({})).queue(&q),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        job_state(&pool, waiting).await,
+        phasefleet::queue::JobState::Ready
+    );
+    browser
+        .click(
+            &format!("#queues tr[data-queue='{q}'] button.resume"),
+            "resume button",
+        )
+        .await;
+    eventually(
+        Duration::from_secs(30),
+        "the waiting job runs once resumed",
+        || async {
+            (job_state(&pool, waiting).await == phasefleet::queue::JobState::Completed)
+                .then_some(())
+        },
+    )
+    .await;
+    browser.quit().await;
+    api.shutdown().await;
+}
+
+/// Keep what the browser shows for a person to look at: target/ui-screenshots/NAME.
+async fn screenshot(browser: &Browser, name: &str) {
+    let shot = browser
+        .cmd(reqwest::Method::GET, "/screenshot", json!({}))
+        .await;
+    let Some(png) = shot.as_str() else { return };
+    let dir = support::engine::repo("target/ui-screenshots");
+    let _ = std::fs::create_dir_all(&dir);
+    let encoded = format!("{name}.b64");
+    let _ = std::fs::write(dir.join(&encoded), png);
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"base64 -d "$1" > "$2" && rm "$1""#)
+        .args(["sh", &encoded, name])
+        .current_dir(&dir)
+        .status();
 }

@@ -197,6 +197,16 @@ async fn requeue_of_dead_lettered_jobs_completes_them_and_dry_run_changes_nothin
     );
 
     ok(&cli(&["admin", "requeue", "--dead", &q]).await);
+    // The audit holds the requeue as the CLI user's, with what it did; the dry run
+    // changed nothing and is not there.
+    let audit = audit_of(&pool, &q).await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].via.as_str(), audit[0].ok),
+        ("requeue_dead", "cli", true)
+    );
+    assert!(audit[0].actor.starts_with("cli:"), "{audit:?}");
+    assert!(audit[0].result.contains("3 dead job(s)"), "{audit:?}");
     eventually(
         Duration::from_secs(30),
         "requeued jobs complete",
@@ -223,6 +233,15 @@ async fn requeue_refuses_a_running_job_with_a_conflict_and_changes_nothing() {
     let out = cli(&["admin", "requeue", "--job", &id.0.to_string()]).await;
     assert_eq!(out.code, 4, "conflict; stderr: {}", out.stderr);
     assert!(out.stderr.contains("running"), "{}", out.stderr);
+    // Refused, and recorded as refused with the reason.
+    let audit = audit_of(&pool, &id.0.to_string()).await;
+    assert_eq!(
+        audit
+            .iter()
+            .map(|a| (a.action.as_str(), a.ok, a.result.contains("running")))
+            .collect::<Vec<_>>(),
+        vec![("requeue_job", false, true)]
+    );
     let after = job(&pool, id).await;
     assert_eq!(
         (after.state, after.attempts, after.lease_owner),
@@ -703,4 +722,18 @@ async fn a_graph_mistake_in_a_template_exits_2_naming_the_phase_and_field() {
             out.stderr
         );
     }
+}
+
+/// The audit rows whose target is `target`, newest first.
+async fn audit_of(
+    pool: &sqlx::PgPool,
+    target: &str,
+) -> Vec<phasefleet::store::operator_actions::OperatorActionRow> {
+    let mut c = pool.acquire().await.unwrap();
+    phasefleet::store::operator_actions::operator_actions_list(&mut c, None, 500)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.target.as_deref() == Some(target))
+        .collect()
 }

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use error::ApiError;
 use phasefleet::config::Config;
 use phasefleet::validate::SchemaRegistry;
-use routes::{admin, approvals, files, runs, stream, system, ui};
+use routes::{admin, approvals, files, fleet, runs, stream, system, ui};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -153,6 +153,11 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/approvals", get(approvals::pending))
         .route("/approvals/{id}/decision", post(approvals::decide))
         .route("/admin/personas", get(admin::list_personas))
+        .route("/admin/workers", get(fleet::workers))
+        .route("/admin/queues", get(fleet::queues))
+        .route("/admin/jobs", get(fleet::jobs))
+        .route("/admin/actions", post(fleet::act))
+        .route("/admin/audit", get(fleet::audit))
         .route(
             "/admin/personas/{name}",
             axum::routing::put(admin::register_persona).delete(admin::delete_persona),

@@ -4,7 +4,7 @@
 //! so no route can forget one.
 
 use crate::error::ErrorBody;
-use crate::routes::{admin, approvals, files, runs, stream, system};
+use crate::routes::{admin, approvals, files, fleet, runs, stream, system};
 use serde_json::{Value, json};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
@@ -29,6 +29,7 @@ string containing it is refused with 422 naming the field."),
         stream::stream, approvals::pending, approvals::decide,
         files::upload, files::list, files::download, files::phase_artifact,
         admin::list_personas, admin::register_persona, admin::delete_persona,
+        fleet::workers, fleet::queues, fleet::jobs, fleet::act, fleet::audit,
         system::healthz, system::readyz, system::metrics, system::example,
     ),
     components(schemas(

@@ -335,10 +335,95 @@ function submitPage() {
   };
 }
 
+// A bar chart as SVG: one bar per value, labelled below where `labels` has text.
+function barChart(values, labels, { width = 420, height = 110, cls = "bars", unit = "" } = {}) {
+  const max = Math.max(1, ...values), bw = width / Math.max(1, values.length);
+  const bars = values.map((v, i) => {
+    const h = Math.round((v / max) * (height - 28));
+    return `<g><rect x="${(i * bw + 1).toFixed(1)}" y="${height - 16 - h}" width="${Math.max(1, bw - 2).toFixed(1)}" height="${h}"><title>${esc(labels[i])}: ${esc(v)}${esc(unit)}</title></rect>
+      ${labels[i] && (values.length < 16 || i % 3 === 0) ? `<text x="${(i * bw + bw / 2).toFixed(1)}" y="${height - 3}" text-anchor="middle">${esc(labels[i])}</text>` : ""}</g>`;
+  }).join("");
+  return `<svg class="${esc(cls)}" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}"><text x="0" y="10" class="sub">max ${esc(max)}${esc(unit)}</text>${bars}</svg>`;
+}
+
+async function fleetAct(action, after) {
+  try { showError(null); const out = await api("/v1/admin/actions", { method: "POST", body: action }); if (after) after(out); return out; } catch (e) { showError(e); return null; }
+}
+
+let stopFleet = null;
+
+// Set a section's HTML only when what it shows changed (so a button is not replaced
+// between a person's pointing and clicking); `wire` attaches its handlers.
+function renderIf(el, key, html, wire) {
+  if (el.dataset.key === key) return;
+  el.dataset.key = key; el.innerHTML = html;
+  if (wire) wire(el);
+}
+
+// The fleet: workers, queues (with throughput and depth charts), dead-lettered jobs and
+// the audit of operator actions, refreshed every two seconds.
+async function fleetPage(gen) {
+  $("#main").innerHTML = `<section><h2>Fleet</h2><div class="row"><button id="drain-all">Drain all workers</button><button id="undrain-all">Undrain all</button>
+      <button id="rescue">Rescue stuck jobs</button></div>
+      <div class="row charts"><div><h3>Completed per minute (15 min)</h3><div id="throughput"></div></div><div><h3>Ready now (sampled while this page is open)</h3><div id="depth"></div></div></div></section>
+    <section><h3>Workers</h3><div id="workers"></div></section>
+    <section><h3>Queues</h3><div id="queues"></div></section>
+    <section><h3>Dead-lettered jobs</h3><div id="dead"></div></section>
+    <section><h3>Audit</h3><div id="audit"></div></section>`;
+  const depth = [];
+  $("#drain-all").onclick = () => fleetAct({ action: "drain_workers", worker: null }, load);
+  $("#undrain-all").onclick = () => fleetAct({ action: "undrain_workers", worker: null }, load);
+  $("#rescue").onclick = () => fleetAct({ action: "rescue_stuck" }, load);
+  async function load() {
+    if (gen !== routeGen) return;
+    try {
+      const [workers, qv, dead, audit] = await Promise.all([api("/v1/admin/workers"), api("/v1/admin/queues"),
+        api("/v1/admin/jobs?state=dead&limit=100"), api("/v1/admin/audit?limit=30")]);
+      if (gen !== routeGen) return;
+      $("#throughput").innerHTML = barChart(qv.throughput.map((p) => p.completed), qv.throughput.map((p) => new Date(p.minute).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })), { cls: "bars throughput" });
+      depth.push(qv.queues.reduce((n, q) => n + q.ready_now, 0)); if (depth.length > 60) depth.shift();
+      $("#depth").innerHTML = barChart(depth, depth.map(() => ""), { cls: "bars depth" });
+      const workerKey = JSON.stringify(workers.map((w) => [w.id, w.state, w.drain_requested, w.in_flight]));
+      renderIf($("#workers"), workerKey, workers.length ? `<table><thead><tr><th>Worker</th><th>Host</th><th>Queues</th><th>State</th><th>Heartbeat</th><th>In flight</th><th></th></tr></thead><tbody>
+        ${workers.map((w) => `<tr data-worker="${esc(w.id)}"><td>${esc(w.name)}</td><td>${esc(w.host)}:${esc(w.pid)}</td><td>${esc(w.queues.join(", "))}</td><td>${stateSpan(w.drain_requested && w.state === "running" ? "draining" : w.state)}</td>
+          <td class="age">${Number(w.heartbeat_age_secs).toFixed(1)} s ago</td><td>${esc(w.in_flight)}/${esc(w.concurrency)}</td>
+          <td><button class="${w.drain_requested ? "undrain" : "drain"}">${w.drain_requested ? "undrain" : "drain"}</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">no live worker</span>`,
+        (el) => el.querySelectorAll("tr[data-worker] button").forEach((b) => {
+          b.onclick = () => fleetAct({ action: b.className === "drain" ? "drain_workers" : "undrain_workers", worker: b.closest("tr").dataset.worker }, load);
+        }));
+      workers.forEach((w) => { const td = $(`#workers tr[data-worker="${w.id}"] td.age`); if (td) td.textContent = `${Number(w.heartbeat_age_secs).toFixed(1)} s ago`; });
+      const queueKey = JSON.stringify(qv.queues.map((q) => [q.queue, q.ready, q.running, q.dead, q.paused, q.pause_reason, q.completed_last_15_minutes, q.workers, Math.round(q.oldest_ready_age_secs || 0)]));
+      renderIf($("#queues"), queueKey, qv.queues.length ? `<table><thead><tr><th>Queue</th><th>Ready</th><th>Running</th><th>Dead</th><th>Oldest ready</th><th>Done (15 min)</th><th>Workers</th><th>Paused</th><th></th></tr></thead><tbody>
+        ${qv.queues.map((q) => `<tr data-queue="${esc(q.queue)}" data-paused="${q.paused}"><td>${esc(q.queue)}</td><td>${esc(q.ready)}</td><td>${esc(q.running)}</td><td>${esc(q.dead)}</td>
+          <td>${q.oldest_ready_age_secs == null ? "" : Number(q.oldest_ready_age_secs).toFixed(1) + " s"}</td><td>${esc(q.completed_last_15_minutes)}</td><td>${esc(q.workers)}</td>
+          <td>${q.paused ? "paused" + (q.pause_reason ? ": " + esc(q.pause_reason) : "") : ""}</td>
+          <td><button class="${q.paused ? "resume" : "pause"}">${q.paused ? "resume" : "pause"}</button>${q.dead ? ` <button class="requeue-dead">requeue ${esc(q.dead)} dead</button>` : ""}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no queue has work</span>`,
+        (el) => el.querySelectorAll("tr[data-queue] button").forEach((b) => {
+          const queue = b.closest("tr").dataset.queue;
+          b.onclick = () => fleetAct(b.className === "pause" ? { action: "pause_queue", queue, reason: "paused from the fleet page" }
+            : b.className === "resume" ? { action: "resume_queue", queue } : { action: "requeue_dead", queue }, load);
+        }));
+      renderIf($("#dead"), JSON.stringify(dead.map((j) => [j.id, j.attempts])), dead.length ? `<table><thead><tr><th>Job</th><th>Queue</th><th>Kind</th><th>Run</th><th>Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
+        ${dead.map((j) => `<tr data-job="${esc(j.id)}"><td>${esc(j.id)}</td><td>${esc(j.queue)}</td><td>${esc(j.kind)}</td><td>${j.run_id ? `<a href="#/runs/${esc(j.run_id)}">${esc(j.run_id.slice(0, 8))}</a>` : ""}</td>
+          <td>${esc(j.attempts)}/${esc(j.max_attempts)}</td><td>${esc((j.last_error || "").slice(0, 120))}</td><td><button class="requeue">requeue</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">none</span>`,
+        (el) => el.querySelectorAll("tr[data-job] button").forEach((b) => {
+          b.onclick = () => fleetAct({ action: "requeue_job", job: Number(b.closest("tr").dataset.job) }, load);
+        }));
+      renderIf($("#audit"), JSON.stringify(audit.map((a) => a.id)), audit.length ? `<table><thead><tr><th>When</th><th>Who</th><th>Via</th><th>Action</th><th>Target</th><th>Result</th></tr></thead><tbody>
+        ${audit.map((a) => `<tr data-audit="${esc(a.id)}" data-action="${esc(a.action)}" data-ok="${a.ok}"><td>${when(a.at)}</td><td>${esc(a.actor)}</td><td>${esc(a.via)}</td><td>${esc(a.action)}</td><td>${esc(a.target || "")}</td>
+          <td class="${a.ok ? "" : "err"}">${esc(a.result)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no operator action yet</span>`);
+    } catch (e) { showError(e); }
+  }
+  await load();
+  const timer = setInterval(load, 2000);
+  stopFleet = () => clearInterval(timer);
+}
+
 async function route() {
   const gen = ++routeGen;
   takeTokenFromFragment();
   if (stopStream) { stopStream(); stopStream = null; }
+  if (stopFleet) { stopFleet(); stopFleet = null; }
   showError(null);
   const h = location.hash.replace(/^#/, "") || "/runs";
   const [path, query] = h.split("?");
@@ -346,6 +431,7 @@ async function route() {
     if (path.startsWith("/runs/")) await runPage(path.slice(6));
     else if (path === "/approvals") await approvalsPage(gen);
     else if (path === "/submit") submitPage();
+    else if (path === "/fleet") await fleetPage(gen);
     else await runsPage(Object.fromEntries(new URLSearchParams(query || "")), gen);
   } catch (e) { $("#main").innerHTML = ""; showError(e); }
 }

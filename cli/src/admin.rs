@@ -1,8 +1,9 @@
 //! `phasefleet admin …`: operate the queue and the fleet through PostgreSQL.
 
-use crate::exit::{CliError, FAILURE, NOT_FOUND, USAGE};
+use crate::exit::{CliError, FAILURE, USAGE};
 use crate::output::{Output, cell, print_one, print_rows};
 use clap::Subcommand;
+use phasefleet::operator::{self, Operator, OperatorAction, Via};
 use phasefleet::queue::{self, JobState};
 use phasefleet::{JobId, RunId, WorkerId};
 use sqlx::PgPool;
@@ -112,27 +113,56 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration like 30m, 12h or 7d, got {s:?}: {e}"))
 }
 
-/// Apply a drain/undrain to every worker (`all`) or to each named one.
-async fn for_each_target<F, Fut, E>(
+/// Who the CLI acts as in the audit: `cli:<user>@<host>`.
+fn operator_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("cli:{}@{host}", crate::submit::whoami())
+}
+
+/// Take `action`, recorded in the audit as this CLI user's.
+async fn perform(pool: &PgPool, action: &OperatorAction) -> Result<operator::Outcome, CliError> {
+    let actor = operator_name();
+    let who = Operator {
+        actor: &actor,
+        via: Via::Cli,
+    };
+    Ok(operator::perform(pool, who, action).await?)
+}
+
+/// Record an action taken without [`perform`] in the audit.
+async fn record(pool: &PgPool, action: &str, target: &str, result: Result<&str, &str>) {
+    let actor = operator_name();
+    let who = Operator {
+        actor: &actor,
+        via: Via::Cli,
+    };
+    if let Err(e) = operator::record(pool, who, action, Some(target), result).await {
+        eprintln!("warning: the action was not recorded in the audit: {e}");
+    }
+}
+
+/// Drain or undrain every worker (`all`) or each named one.
+async fn ask_workers(
+    pool: &PgPool,
     all: bool,
     workers: &[WorkerId],
-    mut f: F,
-) -> Result<Vec<WorkerId>, CliError>
-where
-    F: FnMut(Option<WorkerId>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<WorkerId>, E>>,
-    CliError: From<E>,
-{
+    drain: bool,
+) -> Result<Vec<WorkerId>, CliError> {
+    let action = |worker| {
+        if drain {
+            OperatorAction::DrainWorkers { worker }
+        } else {
+            OperatorAction::UndrainWorkers { worker }
+        }
+    };
     if all {
-        return Ok(f(None).await?);
+        return Ok(perform(pool, &action(None)).await?.workers);
     }
     let mut ids = Vec::new();
     for w in workers {
-        let got = f(Some(*w)).await?;
-        if got.is_empty() {
-            return Err(CliError::new(NOT_FOUND, format!("no live worker {w}")));
-        }
-        ids.extend(got);
+        ids.extend(perform(pool, &action(Some(*w))).await?.workers);
     }
     Ok(ids)
 }
@@ -146,8 +176,7 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
             timeout_secs,
         } => drain(pool, &worker, all, wait.then_some(timeout_secs), output).await,
         Admin::Undrain { worker, all } => {
-            let ids =
-                for_each_target(all, &worker, |t| phasefleet_worker::undrain(pool, t)).await?;
+            let ids = ask_workers(pool, all, &worker, false).await?;
             Ok(print_rows(output, &ids, &["worker"], |id| {
                 vec![id.to_string()]
             })?)
@@ -184,14 +213,13 @@ pub async fn run(pool: &PgPool, cmd: Admin, output: Output) -> Result<(), CliErr
         } => check(pool, &run, lease_grace_secs, output).await,
         Admin::Stats => stats(pool, output).await,
         Admin::Pause { queue: q, reason } => {
-            queue::pause(&mut *pool.acquire().await?, &q, reason.as_deref()).await?;
-            eprintln!("paused {q}");
+            let done = perform(pool, &OperatorAction::PauseQueue { queue: q, reason }).await?;
+            eprintln!("{}", done.result);
             Ok(())
         }
         Admin::Resume { queue: q } => {
-            if !queue::resume(&mut *pool.acquire().await?, &q).await? {
-                eprintln!("{q} was not paused");
-            }
+            let done = perform(pool, &OperatorAction::ResumeQueue { queue: q }).await?;
+            eprintln!("{}", done.result);
             Ok(())
         }
         Admin::Cancel { id } => cancel(pool, id, output).await,
@@ -211,10 +239,7 @@ async fn drain(
     wait_secs: Option<u64>,
     output: Output,
 ) -> Result<(), CliError> {
-    let ids = for_each_target(all, worker, |t| phasefleet_worker::drain(pool, t)).await?;
-    if ids.is_empty() {
-        return Err(CliError::new(NOT_FOUND, "no live worker matched"));
-    }
+    let ids = ask_workers(pool, all, worker, true).await?;
     eprintln!("drain requested for {} worker(s)", ids.len());
     if let Some(timeout_secs) = wait_secs {
         let end = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
@@ -250,7 +275,22 @@ async fn reopen_run(
     output: Output,
 ) -> Result<(), CliError> {
     let by = crate::submit::whoami();
-    let out = phasefleet::retry::retry_failed_run(pool, run, Some(&by), dry_run).await?;
+    let out = phasefleet::retry::retry_failed_run(pool, run, Some(&by), dry_run).await;
+    if !dry_run {
+        let result = match &out {
+            Ok(r) => Ok(format!(
+                "re-opened at phase {} (retry {})",
+                r.phase, r.retries
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let text = match &result {
+            Ok(t) => Ok(t.as_str()),
+            Err(t) => Err(t.as_str()),
+        };
+        record(pool, "reopen_run", &run.to_string(), text).await;
+    }
+    let out = out?;
     if dry_run {
         eprintln!("dry run: nothing changed");
     }
@@ -272,32 +312,34 @@ async fn requeue(
     output: Output,
 ) -> Result<(), CliError> {
     let mut conn = pool.acquire().await?;
-    let ids: Vec<JobId> = if let Some(id) = job {
-        let row = queue::get(&mut conn, JobId(id)).await?;
-        if !dry_run {
-            queue::requeue(&mut conn, JobId(id)).await?;
+    let ids: Vec<JobId> = match (job, dead, stuck, dry_run) {
+        (Some(id), _, _, true) => vec![queue::get(&mut conn, JobId(id)).await?.id],
+        (Some(id), _, _, false) => {
+            perform(pool, &OperatorAction::RequeueJob { job: JobId(id) })
+                .await?
+                .jobs
         }
-        vec![row.id]
-    } else if let Some(q) = dead {
-        queue::requeue_dead(&mut conn, &q, dry_run).await?
-    } else if stuck && dry_run {
-        queue::list(&mut conn, Some(JobState::Running), None, None, 10_000)
-            .await?
-            .into_iter()
-            .filter(|j| j.lease_expires_at.is_some_and(|e| e < chrono::Utc::now()))
-            .map(|j| j.id)
-            .collect()
-    } else if stuck {
-        queue::rescue_expired(&mut conn, 10_000)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect()
-    } else {
-        return Err(CliError::new(
-            USAGE,
-            "say what to requeue: --job ID, --run RUN, --dead QUEUE or --stuck",
-        ));
+        (None, Some(q), _, true) => queue::requeue_dead(&mut conn, &q, true).await?,
+        (None, Some(q), _, false) => {
+            perform(pool, &OperatorAction::RequeueDead { queue: q })
+                .await?
+                .jobs
+        }
+        (None, None, true, true) => {
+            queue::list(&mut conn, Some(JobState::Running), None, None, 10_000)
+                .await?
+                .into_iter()
+                .filter(|j| j.lease_expires_at.is_some_and(|e| e < chrono::Utc::now()))
+                .map(|j| j.id)
+                .collect()
+        }
+        (None, None, true, false) => perform(pool, &OperatorAction::RescueStuck).await?.jobs,
+        (None, None, false, _) => {
+            return Err(CliError::new(
+                USAGE,
+                "say what to requeue: --job ID, --run RUN, --dead QUEUE or --stuck",
+            ));
+        }
     };
     if dry_run {
         eprintln!("dry run: {} job(s) would be requeued", ids.len());
@@ -401,12 +443,8 @@ async fn stats(pool: &PgPool, output: Output) -> Result<(), CliError> {
 }
 
 async fn cancel(pool: &PgPool, id: i64, output: Output) -> Result<(), CliError> {
-    let outcome = queue::cancel(&mut *pool.acquire().await?, JobId(id)).await?;
-    Ok(print_one(output, &outcome, |o| match o {
-        queue::CancelOutcome::Cancelled => "cancelled".to_owned(),
-        queue::CancelOutcome::Requested => "cancel requested; its worker stops it now".to_owned(),
-        queue::CancelOutcome::AlreadyFinished(s) => format!("already finished ({})", s.as_str()),
-    })?)
+    let outcome = perform(pool, &OperatorAction::CancelJob { job: JobId(id) }).await?;
+    Ok(print_one(output, &outcome, |o| o.result.clone())?)
 }
 
 /// Delete finished jobs (and, with `runs`, ended runs) older than `older_than`, in
@@ -440,6 +478,16 @@ async fn prune(
         // that no run used.
         blobs_deleted = phasefleet::store::files::file_blobs_prune(&mut conn, older_than).await?;
     }
+    let said = format!(
+        "deleted {jobs_deleted} job(s), {runs_deleted} run(s) and {blobs_deleted} stored file(s)"
+    );
+    record(
+        pool,
+        "prune",
+        &format!("older than {}", humantime::format_duration(older_than)),
+        Ok(&said),
+    )
+    .await;
     Ok(print_one(
         output,
         &serde_json::json!({ "deleted": jobs_deleted, "runs_deleted": runs_deleted, "files_deleted": blobs_deleted }),

@@ -26,7 +26,9 @@ fn code_for(kind: &ErrorKind) -> u8 {
 
 /// The kind of a library error inside `e`, if it is one.
 fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
-    use phasefleet::{approval, budget, cancel, config, queue, retry, store, submit, workflow};
+    use phasefleet::{
+        approval, budget, cancel, config, operator, queue, retry, store, submit, workflow,
+    };
     macro_rules! try_kind {
         ($($t:ty),*) => {
             $(if let Some(x) = e.downcast_ref::<$t>() { return Some(x.kind()); })*
@@ -34,6 +36,7 @@ fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
     }
     try_kind!(
         queue::QueueError,
+        operator::OperatorError,
         store::StoreError,
         submit::SubmitError,
         approval::ApprovalError,

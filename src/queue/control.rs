@@ -211,7 +211,7 @@ pub async fn requeue_dead(
 }
 
 /// One job, as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobRow {
     pub id: JobId,
     pub queue: String,
@@ -339,4 +339,96 @@ pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
         completed_last_minute,
         running_with_expired_lease: expired,
     })
+}
+
+/// One queue as the fleet page shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct QueueSummary {
+    pub queue: String,
+    pub ready: i64,
+    pub running: i64,
+    pub dead: i64,
+    /// Jobs cancelled within the last hour.
+    pub cancelled_last_hour: i64,
+    /// Ready jobs whose `run_at` has passed.
+    pub ready_now: i64,
+    pub oldest_ready_age_secs: Option<f64>,
+    /// Paused by its own pause or by the fleet-wide one (`*`).
+    pub paused: bool,
+    pub pause_reason: Option<String>,
+    /// Jobs workers reported completed over the last 15 minutes.
+    pub completed_last_15_minutes: i64,
+    /// Live workers serving it.
+    pub workers: i64,
+}
+
+/// Every queue that has unfinished jobs, a pause, recent completions or a live worker
+/// (at most `limit`, by name).
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn queue_summaries(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<QueueSummary>, QueueError> {
+    let rows = sqlx::query_as::<_, QueueSummary>(
+        "WITH names AS (
+             SELECT DISTINCT queue FROM jobs WHERE state IN ('ready', 'running', 'dead')
+             UNION SELECT queue FROM queue_pauses WHERE queue <> '*'
+             UNION SELECT queue FROM job_completions WHERE at > now() - interval '15 minutes'
+             UNION SELECT unnest(queues) FROM workers WHERE state <> 'stopped'
+                                                      AND heartbeat_at > now() - interval '1 minute'
+         ), q AS (SELECT queue FROM names ORDER BY queue LIMIT $1)
+         SELECT q.queue,
+                (SELECT count(*) FROM jobs j WHERE j.queue = q.queue AND j.state = 'ready') AS ready,
+                (SELECT count(*) FROM jobs j WHERE j.queue = q.queue AND j.state = 'running') AS running,
+                (SELECT count(*) FROM jobs j WHERE j.queue = q.queue AND j.state = 'dead') AS dead,
+                (SELECT count(*) FROM jobs j WHERE j.queue = q.queue AND j.state = 'cancelled'
+                                               AND j.finished_at > now() - interval '1 hour') AS cancelled_last_hour,
+                (SELECT count(*) FROM jobs j WHERE j.queue = q.queue AND j.state = 'ready'
+                                               AND j.run_at <= now()) AS ready_now,
+                (SELECT EXTRACT(EPOCH FROM now() - min(j.run_at))::float8 FROM jobs j
+                  WHERE j.queue = q.queue AND j.state = 'ready' AND j.run_at <= now()) AS oldest_ready_age_secs,
+                EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN (q.queue, '*')) AS paused,
+                (SELECT p.reason FROM queue_pauses p WHERE p.queue IN (q.queue, '*')
+                  ORDER BY p.queue = '*' LIMIT 1) AS pause_reason,
+                (SELECT COALESCE(sum(c.completed), 0)::int8 FROM job_completions c
+                  WHERE c.queue = q.queue AND c.at > now() - interval '15 minutes') AS completed_last_15_minutes,
+                (SELECT count(*) FROM workers w WHERE q.queue = ANY(w.queues) AND w.state <> 'stopped'
+                                                  AND w.heartbeat_at > now() - interval '1 minute') AS workers
+           FROM q ORDER BY q.queue",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
+/// Jobs completed per minute, fleet-wide.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ThroughputPoint {
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+}
+
+/// Completions per minute over the last `minutes` minutes (a minute without any is
+/// there with 0), oldest first.
+///
+/// # Errors
+/// [`QueueError::Db`] on database failure.
+pub async fn throughput_by_minute(
+    conn: &mut PgConnection,
+    minutes: i32,
+) -> Result<Vec<ThroughputPoint>, QueueError> {
+    let rows = sqlx::query_as::<_, ThroughputPoint>(
+        "SELECT m.minute, COALESCE(sum(c.completed), 0)::int8 AS completed
+           FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1),
+                                date_trunc('minute', now()), interval '1 minute') AS m(minute)
+           LEFT JOIN job_completions c ON c.at >= m.minute AND c.at < m.minute + interval '1 minute'
+          GROUP BY m.minute ORDER BY m.minute",
+    )
+    .bind(minutes)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
 }

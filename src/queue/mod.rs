@@ -47,8 +47,9 @@ pub mod workers;
 pub use backoff::Backoff;
 pub use claim::{HeartbeatReport, Rescued, claim, claim_capable, heartbeat, rescue_expired};
 pub use control::{
-    CancelOutcome, JobRow, QueueStats, StateCount, cancel, cancel_run_jobs, get, is_paused, list,
-    pause, prune, requeue, requeue_dead, resume, stats,
+    CancelOutcome, JobRow, QueueStats, QueueSummary, StateCount, ThroughputPoint, cancel,
+    cancel_run_jobs, get, is_paused, list, pause, prune, queue_summaries, requeue, requeue_dead,
+    resume, stats, throughput_by_minute,
 };
 pub use enqueue::{Enqueued, NewJob, enqueue};
 pub use finish::{
@@ -60,7 +61,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "job_state", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {

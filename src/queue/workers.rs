@@ -109,8 +109,11 @@ pub async fn mark_stopped(pool: &PgPool, id: WorkerId) -> Result<(), sqlx::Error
 ///
 /// # Errors
 /// Database errors.
-pub async fn drain(pool: &PgPool, worker: Option<WorkerId>) -> Result<Vec<WorkerId>, sqlx::Error> {
-    set_drain(pool, worker, true).await
+pub async fn drain(
+    conn: &mut sqlx::PgConnection,
+    worker: Option<WorkerId>,
+) -> Result<Vec<WorkerId>, sqlx::Error> {
+    set_drain(conn, worker, true).await
 }
 
 /// Undo [`drain`].
@@ -118,14 +121,14 @@ pub async fn drain(pool: &PgPool, worker: Option<WorkerId>) -> Result<Vec<Worker
 /// # Errors
 /// Database errors.
 pub async fn undrain(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     worker: Option<WorkerId>,
 ) -> Result<Vec<WorkerId>, sqlx::Error> {
-    set_drain(pool, worker, false).await
+    set_drain(conn, worker, false).await
 }
 
 async fn set_drain(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     worker: Option<WorkerId>,
     on: bool,
 ) -> Result<Vec<WorkerId>, sqlx::Error> {
@@ -135,13 +138,13 @@ async fn set_drain(
     )
     .bind(worker)
     .bind(on)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
 /// A worker as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct WorkerRow {
     pub id: WorkerId,
     pub name: String,

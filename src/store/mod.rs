@@ -10,6 +10,7 @@ pub mod files;
 pub mod fleet;
 pub mod invariants;
 pub mod ledger;
+pub mod operator_actions;
 pub mod persona_registry;
 pub mod personas;
 pub mod reports;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-fn require_fleet_admin(caller: &Caller) -> Result<(), ApiError> {
+pub(crate) fn require_fleet_admin(caller: &Caller) -> Result<(), ApiError> {
     caller.require(Role::Admin)?;
     if caller.scope != Scope::Fleet {
         return Err(ApiError::new(

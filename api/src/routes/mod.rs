@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod files;
+pub mod fleet;
 pub mod runs;
 pub mod stream;
 pub mod system;
