@@ -178,7 +178,7 @@ async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
     .await;
     wait_running_on(&pool, in_flight, wid).await;
     assert_eq!(
-        phasefleet_worker::drain(&mut *pool.acquire().await.unwrap(), Some(wid))
+        phasefleet_worker::drain(&mut pool.acquire().await.unwrap(), Some(wid))
             .await
             .unwrap(),
         vec![wid]
@@ -207,7 +207,7 @@ async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
         JobState::Ready,
         "a drained worker claims nothing"
     );
-    phasefleet_worker::undrain(&mut *pool.acquire().await.unwrap(), Some(wid))
+    phasefleet_worker::undrain(&mut pool.acquire().await.unwrap(), Some(wid))
         .await
         .unwrap();
     eventually(
