@@ -10,6 +10,7 @@ use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
 use crate::store::approvals;
 use crate::teams::Scope;
+use crate::workflow::OnTimeout;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
@@ -40,6 +41,10 @@ pub enum ApprovalError {
     Superseded { round: i32, now: i32 },
     #[error("invalid decision: {0}")]
     Invalid(String),
+    #[error(
+        "this approval was escalated to group {0:?} when its deadline passed; decide it with a token of that group"
+    )]
+    EscalatedTo(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
@@ -109,7 +114,8 @@ fn check_decision(
     Ok(())
 }
 
-/// Decide a request of a run `scope` sees.
+/// Decide a request of a run `scope` sees, as someone who may decide any request
+/// (an operator at the CLI, a fleet-wide admin). See [`decide_as_member`].
 ///
 /// # Errors
 /// [`ApprovalError::NotFound`] (also for another team's request),
@@ -119,6 +125,23 @@ fn check_decision(
 pub async fn decide(
     pool: &PgPool,
     scope: &Scope,
+    id: ApprovalId,
+    action: Action,
+    comment: Option<&str>,
+    decided_by: Option<&str>,
+) -> Result<Decided, ApprovalError> {
+    decide_as_member(pool, scope, None, id, action, comment, decided_by).await
+}
+
+/// [`decide`] by a member of `groups` (`None`: any group): a request escalated to a
+/// group the decider is not in is refused.
+///
+/// # Errors
+/// As [`decide`]; [`ApprovalError::EscalatedTo`] for a request escalated elsewhere.
+pub async fn decide_as_member(
+    pool: &PgPool,
+    scope: &Scope,
+    decider_groups: Option<&[String]>,
     id: ApprovalId,
     action: Action,
     comment: Option<&str>,
@@ -166,20 +189,148 @@ pub async fn decide(
             now: p.round,
         });
     }
+    // An escalated request waits on its group: only that group (or a fleet-wide
+    // admin, or an operator at the CLI) decides it.
+    if let (Some(group), Some(groups)) = (
+        request
+            .escalate_to
+            .as_deref()
+            .filter(|_| request.escalated_at.is_some()),
+        decider_groups,
+    ) && !groups.iter().any(|g| g == group)
+    {
+        return Err(ApprovalError::EscalatedTo(group.to_owned()));
+    }
     // 3. Record it and act on it; 4. append the events; commit.
     let mut locked = LockedRun::new(run, phases);
-    approvals::approvals_record_decision(&mut tx, &request, action, comment, decided_by).await?;
-    locked.events.push(NewEvent::approval_decided(
-        &request.phase_key,
-        id,
-        action.as_str(),
-        comment,
-        decided_by,
-    ));
-    act(&mut tx, &mut locked, &request, &decision).await?;
-    locked.flush_events(&mut tx).await?;
+    record_and_act(&mut tx, &mut locked, &request, &decision).await?;
     tx.commit().await?;
     Ok(Decided::Recorded)
+}
+
+/// Record `d` on `request`, act on it and append the events.
+async fn record_and_act(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    request: &ApprovalRow,
+    d: &Decision<'_>,
+) -> Result<(), ApprovalError> {
+    approvals::approvals_record_decision(conn, request, d.action, d.comment, d.by).await?;
+    locked.events.push(NewEvent::approval_decided(
+        &request.phase_key,
+        request.id,
+        d.action.as_str(),
+        d.comment,
+        d.by,
+    ));
+    act(conn, locked, request, d).await?;
+    locked.flush_events(conn).await?;
+    Ok(())
+}
+
+/// The queue job that applies an approval's deadline.
+pub const DEADLINE_JOB_KIND: &str = "approval_deadline";
+
+/// Schedule the job that applies approval `id`'s deadline at `at`, on the run's queue
+/// (in the transaction that creates the request). No process waits for it.
+///
+/// # Errors
+/// Queue errors.
+pub async fn schedule_deadline(
+    conn: &mut PgConnection,
+    queue: &str,
+    run: RunId,
+    id: ApprovalId,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), QueueError> {
+    let job =
+        crate::queue::NewJob::new(DEADLINE_JOB_KIND, serde_json::json!({ "approval_id": id }))
+            .queue(queue)
+            .run_at(at)
+            .run_id(run)
+            .unique_key(format!("approval-deadline:{id}"));
+    crate::queue::enqueue(conn, &job).await?;
+    Ok(())
+}
+
+/// What a deadline did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineOutcome {
+    /// Decided (or escalated) as the gate said.
+    Applied(OnTimeout),
+    /// A person decided in time, the run ended or moved on: nothing to do.
+    NothingWaits,
+}
+
+/// Apply approval `id`'s deadline, and complete its job under `lease`, in one
+/// transaction: an undecided request of a run that still waits on it is rejected,
+/// aborted, approved or escalated as its gate says; anything else changes nothing.
+///
+/// # Errors
+/// [`ApprovalError`]; a lost lease is [`QueueError::LeaseLost`] (nothing applied).
+pub async fn apply_deadline(
+    pool: &PgPool,
+    lease: &crate::queue::Lease,
+    id: ApprovalId,
+) -> Result<(DeadlineOutcome, crate::queue::Completed), ApprovalError> {
+    let mut tx = pool.begin().await?;
+    let outcome = apply_deadline_in(&mut tx, id).await?;
+    let completed = crate::queue::complete(&mut tx, lease).await?;
+    tx.commit().await?;
+    Ok((outcome, completed))
+}
+
+async fn apply_deadline_in(
+    conn: &mut PgConnection,
+    id: ApprovalId,
+) -> Result<DeadlineOutcome, ApprovalError> {
+    let Some(run_id) = approvals::approvals_get_run(conn, id).await? else {
+        return Ok(DeadlineOutcome::NothingWaits);
+    };
+    let Some((run, phases)) = crate::store::runs::runs_lock_with_phases(conn, run_id).await? else {
+        return Ok(DeadlineOutcome::NothingWaits);
+    };
+    let Some(request) = approvals::approvals_lock(conn, id).await? else {
+        return Ok(DeadlineOutcome::NothingWaits);
+    };
+    let waits = phases.iter().any(|p| {
+        p.phase_key == request.phase_key
+            && p.round == request.round
+            && p.state == PhaseState::AwaitingApproval
+    });
+    let on_timeout = request.on_timeout.as_deref().and_then(OnTimeout::parse);
+    let (Some(on_timeout), true, None, None, false) = (
+        on_timeout,
+        waits,
+        request.action,
+        request.escalated_at,
+        run.state.is_terminal(),
+    ) else {
+        return Ok(DeadlineOutcome::NothingWaits);
+    };
+    let mut locked = LockedRun::new(run, phases);
+    let action = match on_timeout {
+        OnTimeout::Reject => Action::Reject,
+        OnTimeout::Abort => Action::Abort,
+        OnTimeout::Approve => Action::Approve,
+        OnTimeout::Escalate => {
+            approvals::approvals_mark_escalated(conn, id).await?;
+            let group = request.escalate_to.as_deref().unwrap_or_default();
+            locked
+                .events
+                .push(NewEvent::approval_escalated(&request.phase_key, id, group));
+            locked.flush_events(conn).await?;
+            return Ok(DeadlineOutcome::Applied(on_timeout));
+        }
+    };
+    let comment = "no decision before the approval's deadline";
+    let decision = Decision {
+        action,
+        comment: Some(comment),
+        by: Some("deadline"),
+    };
+    record_and_act(conn, &mut locked, &request, &decision).await?;
+    Ok(DeadlineOutcome::Applied(on_timeout))
 }
 
 /// What a decision does to the run.

@@ -112,6 +112,7 @@ impl Classify for ApprovalError {
                 ErrorKind::Conflict
             }
             Self::Invalid(_) => ErrorKind::invalid("comment"),
+            Self::EscalatedTo(_) => ErrorKind::Conflict,
             Self::Queue(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::Db(e) => e.kind(),

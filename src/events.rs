@@ -256,6 +256,17 @@ impl NewEvent {
         )
     }
 
+    /// The approval's deadline passed undecided and it went to `group`.
+    #[must_use]
+    pub fn approval_escalated(phase: &str, approval: ApprovalId, group: &str) -> Self {
+        phase_event(
+            "approval.escalated",
+            phase,
+            format!("approval:{approval}:escalated"),
+            json!({ "approval_id": approval, "group": group }),
+        )
+    }
+
     /// A model HTTP attempt is about to be sent (its ledger row was just written).
     #[must_use]
     pub fn model_call_started(at: &CallSite<'_>, call_id: uuid::Uuid, model: &str) -> Self {

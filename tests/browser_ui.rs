@@ -591,3 +591,58 @@ async fn screenshot(browser: &Browser, name: &str) {
         .current_dir(&dir)
         .status();
 }
+
+#[tokio::test]
+async fn a_gate_with_a_deadline_shows_its_time_left_and_rejects_the_run_without_anyone_acting() {
+    let pool = pool().await;
+    let q = unique_queue("browser-deadline");
+    let api = ApiServer::start(&pool, None).await;
+    let mut req = support::engine::request(&q, json!({}));
+    let gated = req
+        .template
+        .phases
+        .iter_mut()
+        .find(|p| !p.gates.is_empty())
+        .unwrap();
+    gated.deadline = Some("4s".into());
+    gated.on_timeout = Some(phasefleet::workflow::OnTimeout::Reject);
+    let run = support::engine::submit(&pool, req).await;
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    support::engine::pending_approval(&pool, run).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    browser.goto(&format!("{}/#/approvals", api.base)).await;
+    // The inbox counts down; nobody clicks.
+    let shown = eventually(Duration::from_secs(20), "time left shown", || async {
+        let v = browser
+            .js(&format!("return [...document.querySelectorAll('#inbox > div')].filter(d => d.innerHTML.includes('{run}')).map(d => d.querySelector('.deadline')?.textContent)[0]"))
+            .await;
+        v.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(shown.contains("s left, then reject"), "{shown}");
+    browser.goto(&format!("{}/#/runs/{run}", api.base)).await;
+    browser
+        .wait_for(
+            "#run-state [data-state='failed']",
+            "the run failed at its deadline",
+        )
+        .await;
+    let error = browser
+        .js("return document.querySelector('#run-error').textContent")
+        .await;
+    assert!(
+        error
+            .as_str()
+            .is_some_and(|e| e.contains("rejected by deadline")),
+        "{error}"
+    );
+    let approvals = phasefleet::approval::for_run(&mut pool.acquire().await.unwrap(), run)
+        .await
+        .unwrap();
+    assert_eq!(approvals[0].decided_by.as_deref(), Some("deadline"));
+    browser.quit().await;
+    fleet.shutdown().await;
+    api.shutdown().await;
+}

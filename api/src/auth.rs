@@ -4,7 +4,9 @@
 //! in constant time. Roles: `read` (list and show), `submit` (read + submit + cancel),
 //! `approve` (read + approvals), `admin` (everything). Every token belongs to a team
 //! (`TEAM/ROLE:…`; without a team, `default`) and sees that team's runs only, except an
-//! admin token without a team, which is fleet-wide.
+//! admin token without a team, which is fleet-wide. A token may belong to an approver
+//! group (`TEAM/approve@GROUP:…`): an approval escalated to a group is decided by that
+//! group's tokens (or a fleet-wide admin) only.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -67,6 +69,8 @@ struct Entry {
     role: Role,
     /// None: a fleet-wide admin token.
     team: Option<String>,
+    /// The approver group, if any.
+    group: Option<String>,
     name: String,
 }
 
@@ -96,6 +100,13 @@ impl Tokens {
         {
             let n = i + 1;
             let (who, secret) = entry.split_once(':').ok_or(AuthConfigError::Malformed(n))?;
+            let (who, group) = match who.trim().split_once('@') {
+                Some((who, group)) if phasefleet::config::is_name(group) => {
+                    (who, Some(group.to_owned()))
+                }
+                Some(_) => return Err(AuthConfigError::Malformed(n)),
+                None => (who, None),
+            };
             let (team, role) = match who.trim().split_once('/') {
                 Some((team, role)) if phasefleet::config::is_name(team) => {
                     (Some(team.to_owned()), role)
@@ -126,6 +137,7 @@ impl Tokens {
                 digest,
                 role,
                 team,
+                group,
                 name,
             });
         }
@@ -172,6 +184,8 @@ pub struct Caller {
     pub scope: Scope,
     /// Who, for audit fields (`decided_by`, `submitted_by`): the token's label.
     pub name: String,
+    /// The approver groups the token belongs to.
+    pub groups: Vec<String>,
 }
 
 impl Caller {
@@ -220,6 +234,7 @@ impl FromRequestParts<AppState> for Caller {
                 role: Role::Admin,
                 scope: Scope::Fleet,
                 name: "anonymous".into(),
+                groups: Vec::new(),
             });
         }
         let header = parts
@@ -244,6 +259,7 @@ impl FromRequestParts<AppState> for Caller {
             role: entry.role,
             scope: entry.team.clone().map_or(Scope::Fleet, Scope::Team),
             name: entry.name.clone(),
+            groups: entry.group.iter().cloned().collect(),
         })
     }
 }
@@ -273,6 +289,17 @@ mod tests {
         );
         assert!(matches!(
             Tokens::parse("bad team/submit:xxxxxxxxxxxxxxxxxxxx"),
+            Err(AuthConfigError::Malformed(1))
+        ));
+        // An approver group after `@`; a group that is not a plain name is refused.
+        let grouped = Tokens::parse("team-a/approve@leads:lead-secret-00001").unwrap();
+        let lead = grouped.lookup("lead-secret-00001").unwrap();
+        assert_eq!(
+            (lead.role, lead.team.as_deref(), lead.group.as_deref()),
+            (Role::Approve, Some("team-a"), Some("leads"))
+        );
+        assert!(matches!(
+            Tokens::parse("team-a/approve@bad group:lead-secret-00001"),
             Err(AuthConfigError::Malformed(1))
         ));
         assert!(t.lookup("admin-secret-00002").is_none());

@@ -71,9 +71,21 @@ async function runsPage(params, gen) {
   if (page.next_cursor) $("#next").onclick = () => runsPage(Object.assign({}, params, { cursor: page.next_cursor }), routeGen);
 }
 
+// Time left before an approval's deadline decides it (or the group it went to).
+function deadlineNote(a) {
+  if (a.escalated_at) return ` <span class="deadline escalated" data-escalated="${esc(a.escalate_to)}">escalated to ${esc(a.escalate_to)}</span>`;
+  if (!a.deadline_at) return "";
+  return ` <span class="deadline" data-deadline="${esc(a.deadline_at)}" data-then="${esc(a.on_timeout)}">${deadlineText(a.deadline_at, a.on_timeout)}</span>`;
+}
+function deadlineText(at, then) {
+  const left = Math.max(0, Math.round((new Date(at) - Date.now()) / 1000));
+  return left > 0 ? `${left} s left, then ${then}` : `deadline passed: ${then}`;
+}
+setInterval(() => document.querySelectorAll(".deadline[data-deadline]").forEach((el) => { el.textContent = deadlineText(el.dataset.deadline, el.dataset.then); }), 1000);
+
 function decisionControls(a) {
   return `<div class="row approval" data-approval="${esc(a.id)}">
-    <span>Approval on <b>${esc(a.phase_key)}</b> (round ${esc(a.round)}, gates: ${esc(a.gates.join(", "))})</span>
+    <span>Approval on <b>${esc(a.phase_key)}</b> (round ${esc(a.round)}, gates: ${esc(a.gates.join(", "))})${deadlineNote(a)}</span>
     <input class="comment" placeholder="comment (needed for revise)" size="30">
     ${["approve", "reject", "abort", "revise"].map((x) => `<button class="decide ${x === "approve" ? "primary" : ""}" data-action="${x}">${x}</button>`).join("")}
   </div>`;

@@ -17,6 +17,7 @@ use crate::store::approvals::{self, NewRequest};
 use crate::store::artifacts::{self, NewArtifact};
 use crate::store::files::{self, Blob};
 use crate::store::runs;
+use crate::workflow::OnTimeout;
 use crate::workflow::sha256_hex;
 use sqlx::{PgConnection, PgPool};
 
@@ -208,6 +209,11 @@ async fn park(
         .as_ref()
         .map_or("files", |a| a.path.as_str());
     let key = format!("{}:{}:r{}:{output}", p.run_id, p.phase, p.round);
+    let deadline_at = phase
+        .deadline()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| chrono::Utc::now() + d);
+    let on_timeout = phase.on_timeout.unwrap_or(OnTimeout::Reject);
     let inserted = approvals::approvals_insert_request(
         conn,
         &NewRequest {
@@ -218,9 +224,13 @@ async fn park(
             artifact_id,
             gates: &phase.gates,
             key: &key,
+            deadline: deadline_at.map(|at| (at, on_timeout.as_str(), phase.escalate_to.as_deref())),
         },
     )
     .await?;
+    if let (Some(id), Some(at)) = (inserted, deadline_at) {
+        crate::approval::schedule_deadline(conn, &locked.run.queue, p.run_id, id, at).await?;
+    }
     locked
         .set_phase_state(conn, &p.phase, PhaseState::AwaitingApproval, None)
         .await?;

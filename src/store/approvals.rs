@@ -61,11 +61,20 @@ pub struct ApprovalRow {
     pub comment: Option<String>,
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
+    /// When `on_timeout` applies to it if nobody decided.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// `reject`, `abort`, `approve` or `escalate`.
+    pub on_timeout: Option<String>,
+    /// The approver group it goes to on escalation.
+    pub escalate_to: Option<String>,
+    /// Set once the deadline escalated it: from then on only `escalate_to` decides.
+    pub escalated_at: Option<DateTime<Utc>>,
 }
 
 const APPROVAL_SELECT: &str =
     "SELECT r.id, r.run_id, r.phase_key, r.round, r.gates, r.artifact_id, r.created_at,
-        d.action, d.comment, d.decided_by, d.decided_at
+        d.action, d.comment, d.decided_by, d.decided_at,
+        r.deadline_at, r.on_timeout, r.escalate_to, r.escalated_at
    FROM approval_requests r LEFT JOIN approval_decisions d ON d.request_id = r.id";
 
 /// A new approval request.
@@ -79,6 +88,8 @@ pub struct NewRequest<'a> {
     pub gates: &'a [String],
     /// Unique per run: run, phase, round and artifact path.
     pub key: &'a str,
+    /// The deadline, what it does, and the group an escalation goes to.
+    pub deadline: Option<(DateTime<Utc>, &'a str, Option<&'a str>)>,
 }
 
 /// Create the request; `None` when the run has one under this key already.
@@ -90,8 +101,10 @@ pub async fn approvals_insert_request(
     r: &NewRequest<'_>,
 ) -> Result<Option<ApprovalId>, sqlx::Error> {
     let row: Option<(ApprovalId,)> = sqlx::query_as(
-        "INSERT INTO approval_requests (id, run_id, phase_key, round, artifact_id, gates, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, idempotency_key) DO NOTHING RETURNING id",
+        "INSERT INTO approval_requests (id, run_id, phase_key, round, artifact_id, gates, idempotency_key,
+                                        deadline_at, on_timeout, escalate_to)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (run_id, idempotency_key) DO NOTHING RETURNING id",
     )
     .bind(r.id)
     .bind(r.run)
@@ -100,6 +113,9 @@ pub async fn approvals_insert_request(
     .bind(r.artifact_id)
     .bind(r.gates)
     .bind(r.key)
+    .bind(r.deadline.map(|d| d.0))
+    .bind(r.deadline.map(|d| d.1))
+    .bind(r.deadline.and_then(|d| d.2))
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(id,)| id))
@@ -162,6 +178,21 @@ pub async fn approvals_record_decision(
     .bind(decided_by)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Mark a request escalated to its group (its deadline has passed).
+///
+/// # Errors
+/// Database errors.
+pub async fn approvals_mark_escalated(
+    conn: &mut PgConnection,
+    id: ApprovalId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE approval_requests SET escalated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

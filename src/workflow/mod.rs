@@ -12,7 +12,7 @@ pub use canonical::{canonical_json, sha256_hex};
 pub use graph::{Condition, FanOut, MAX_FAN_OUT_ITEMS};
 pub use inputs::{Budget, RunInputs};
 pub use persona::{ArtifactVia, Backend, Persona};
-pub use template::{ExpectedArtifact, Phase, RoleDefault, WorkflowTemplate};
+pub use template::{ExpectedArtifact, OnTimeout, Phase, RoleDefault, WorkflowTemplate};
 
 use std::path::Path;
 

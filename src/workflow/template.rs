@@ -45,6 +45,19 @@ pub struct Phase {
     #[serde(default)]
     #[schema(max_items = 16)]
     pub gates: Vec<String>,
+    /// How long a gate's approval may wait (e.g. `2s`, `30m`, `2d`; 1 s to 30 days);
+    /// then `on_timeout` decides. Needs `gates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64)]
+    pub deadline: Option<String>,
+    /// What the deadline does to an undecided approval (default `reject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
+    /// The approver group an escalated approval goes to: only a token of that group
+    /// (or a fleet-wide admin) may then decide it. Needs `on_timeout: escalate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
+    pub escalate_to: Option<String>,
     /// Seconds the agent may take for one attempt.
     #[serde(default = "default_timeout")]
     #[schema(minimum = 1, maximum = 86400)]
@@ -66,6 +79,93 @@ pub struct Phase {
     /// Run only when this holds; otherwise the phase is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Condition>,
+}
+
+/// What an approval deadline does when nobody decided in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The phase fails and the run with it.
+    Reject,
+    /// The run is aborted.
+    Abort,
+    /// The artifact is accepted and the run goes on.
+    Approve,
+    /// The approval goes to the `escalate_to` group, and waits on it.
+    Escalate,
+}
+
+impl OnTimeout {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::Abort => "abort",
+            Self::Approve => "approve",
+            Self::Escalate => "escalate",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Reject, Self::Abort, Self::Approve, Self::Escalate]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+/// The longest approval deadline.
+pub const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+impl Phase {
+    /// The approval deadline as a duration (checked at load, so a stored template's
+    /// parses).
+    #[must_use]
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d.trim()).ok())
+    }
+}
+
+fn check_deadline(p: &Phase) -> Result<(), (&'static str, String)> {
+    if let Some(text) = &p.deadline {
+        if p.gates.is_empty() {
+            return Err((
+                "deadline",
+                "a deadline needs `gates` (it bounds an approval's wait)".into(),
+            ));
+        }
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
+            (
+                "deadline",
+                format!("expected a duration like 2s, 30m or 2d: {e}"),
+            )
+        })?;
+        if d < std::time::Duration::from_secs(1) || d > MAX_DEADLINE {
+            return Err(("deadline", "must be 1 s to 30 days".into()));
+        }
+    } else if p.on_timeout.is_some() || p.escalate_to.is_some() {
+        return Err((
+            "on_timeout",
+            "`on_timeout` and `escalate_to` need a `deadline`".into(),
+        ));
+    }
+    match (p.on_timeout, &p.escalate_to) {
+        (Some(OnTimeout::Escalate), None) => Err((
+            "escalate_to",
+            "`on_timeout: escalate` needs the group to escalate to".into(),
+        )),
+        (Some(OnTimeout::Escalate), Some(group)) if !is_identifier(group) => Err((
+            "escalate_to",
+            "group names use letters, digits, '_', '-', '.'".into(),
+        )),
+        (o, Some(_)) if o != Some(OnTimeout::Escalate) => Err((
+            "escalate_to",
+            "`escalate_to` goes with `on_timeout: escalate`".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -199,6 +299,7 @@ impl WorkflowTemplate {
         }
         at_most(&at("instructions"), &p.instructions, 64 * 1024)?;
         check_gates(&p.gates).map_err(|m| problem(at("gates"), m))?;
+        check_deadline(p).map_err(|(field, m)| problem(at(field), m))?;
         if let Some(artifact) = &p.expected_artifact {
             crate::agent::workspace::check_relative_path(&artifact.path)
                 .map_err(|m| problem(at("expected_artifact.path"), m))?;

@@ -3,7 +3,9 @@
 
 use crate::builtin::Builtins;
 use crate::handler::{JobContext, JobError, JobHandler};
+use phasefleet::ApprovalId;
 use phasefleet::agent::Agent;
+use phasefleet::approval::{self, ApprovalError};
 use phasefleet::phase::{Engine, PHASE_JOB_KIND, PhaseError};
 use phasefleet::queue::Completed;
 use phasefleet::store::StoreError;
@@ -34,6 +36,21 @@ impl From<PhaseError> for JobError {
     }
 }
 
+/// An approval's deadline job: apply `on_timeout` if nobody decided in time.
+async fn apply_deadline(ctx: &JobContext) -> Result<Completed, JobError> {
+    let id: ApprovalId = serde_json::from_value(ctx.job.payload["approval_id"].clone())
+        .map_err(|e| JobError::Permanent(format!("not an approval deadline job: {e}")))?;
+    match approval::apply_deadline(&ctx.pool, &ctx.job.lease(), id).await {
+        Ok((outcome, completed)) => {
+            tracing::info!(approval_id = %id, ?outcome, "approval deadline");
+            Ok(completed)
+        }
+        Err(ApprovalError::Queue(q)) => Err(JobError::Queue(q)),
+        Err(ApprovalError::Db(d) | ApprovalError::Store(StoreError::Db(d))) => Err(JobError::Db(d)),
+        Err(e) => Err(JobError::retry(e.to_string())),
+    }
+}
+
 impl<A: Agent> JobHandler for EngineHandler<A> {
     fn capabilities(&self) -> Vec<String> {
         self.engine.capabilities()
@@ -41,11 +58,13 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
 
     async fn handle(&self, ctx: JobContext) -> Result<Completed, JobError> {
         // Both paths boxed: a phase waiting on its model holds only its own state.
-        if ctx.job.kind == PHASE_JOB_KIND {
-            let phase = self.engine.run_phase_job(&ctx.job, ctx.cancel.clone());
-            Ok(Box::pin(phase).await?)
-        } else {
-            Box::pin(Builtins.handle(ctx)).await
+        match ctx.job.kind.as_str() {
+            PHASE_JOB_KIND => {
+                let phase = self.engine.run_phase_job(&ctx.job, ctx.cancel.clone());
+                Ok(Box::pin(phase).await?)
+            }
+            approval::DEADLINE_JOB_KIND => Box::pin(apply_deadline(&ctx)).await,
+            _ => Box::pin(Builtins.handle(ctx)).await,
         }
     }
 

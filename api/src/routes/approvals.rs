@@ -69,7 +69,7 @@ pub enum DecisionOutcome {
     params(("id" = String, Path, format = Uuid)), request_body = DecisionBody,
     responses((status = 200, body = DecisionResponse),
               (status = 404, body = ErrorBody, description = "no such approval request in the caller's team"),
-              (status = 409, body = ErrorBody, description = "a different decision was made before"),
+              (status = 409, body = ErrorBody, description = "a different decision was made before, or the request was escalated to an approver group the token is not in"),
               (status = 422, body = ErrorBody, description = "`revise` without a comment, or an invalid body")),
     security(("bearer" = ["approve"])))]
 pub async fn decide(
@@ -83,9 +83,13 @@ pub async fn decide(
         .action
         .parse()
         .map_err(|e: String| ApiError::invalid("action", e))?;
-    let out = phasefleet::approval::decide(
+    // A fleet-wide admin decides any request; anyone else only within their groups.
+    let groups =
+        (caller.scope != phasefleet::teams::Scope::Fleet).then_some(caller.groups.as_slice());
+    let out = phasefleet::approval::decide_as_member(
         &state.pool,
         &caller.scope,
+        groups,
         id,
         action,
         body.comment.as_deref(),
