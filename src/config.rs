@@ -21,6 +21,11 @@
 //! [teams.team-a]
 //! queues = ["default", "team-a"]
 //! max_budget_usd = 5.0
+//!
+//! [webhooks.ops]
+//! url = "https://hooks.example.com/phasefleet"
+//! secret_env = "OPS_WEBHOOK_SECRET"            # HMAC-SHA256 signing secret
+//! events = ["approval.requested", "run.ended"] # default: every notification
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +69,31 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub teams: BTreeMap<String, TeamConfig>,
+    /// Where approvals, decisions, run ends and exhausted budgets are announced.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+}
+
+/// One webhook: what it receives, where, signed with which secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://…` (plain http only to a loopback address, with
+    /// `allow_insecure_loopback`).
+    pub url: String,
+    /// The environment variable holding the signing secret (HMAC-SHA256).
+    pub secret_env: String,
+    #[serde(default)]
+    pub allow_insecure_loopback: bool,
+    /// Which notifications (default: all of [`crate::webhooks::NOTIFICATIONS`]).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Only runs of these teams (default: every team).
+    #[serde(default)]
+    pub teams: Option<Vec<String>>,
+    /// Delivery attempts before a delivery is dead-lettered (default 8; 1 to 50).
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
 }
 
 /// One OpenAI-compatible endpoint.
@@ -303,11 +333,47 @@ impl Config {
         Ok(config)
     }
 
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        for (name, w) in &self.webhooks {
+            let at = |f: &str| format!("webhooks.{name}.{f}");
+            if !is_name(name) {
+                return Err(invalid(
+                    format!("webhooks.{name}"),
+                    "webhook names use letters, digits, '_', '-', '.'",
+                ));
+            }
+            check_base_url(&w.url, w.allow_insecure_loopback).map_err(|m| invalid(at("url"), m))?;
+            if !is_env_name(&w.secret_env) || RESERVED_ENV.contains(&w.secret_env.as_str()) {
+                return Err(invalid(
+                    at("secret_env"),
+                    "must be the NAME of an environment variable holding the secret (not one of the fleet's own)",
+                ));
+            }
+            let known = crate::webhooks::NOTIFICATIONS;
+            if let Some(bad) = w
+                .events
+                .iter()
+                .flatten()
+                .find(|e| !known.contains(&e.as_str()))
+            {
+                return Err(invalid(
+                    at("events"),
+                    format!("{bad:?} is not a notification; known: {}", known.join(", ")),
+                ));
+            }
+            if w.max_attempts.is_some_and(|n| !(1..=50).contains(&n)) {
+                return Err(invalid(at("max_attempts"), "must be 1 to 50"));
+            }
+        }
+        Ok(())
+    }
+
     /// Structural checks serde cannot express.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the field.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.check_webhooks()?;
         for (name, p) in &self.providers {
             let at = |f: &str| format!("providers.{name}.{f}");
             if !is_name(name) {

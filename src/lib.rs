@@ -32,6 +32,7 @@ pub mod teams;
 pub mod telemetry;
 pub mod validate;
 pub mod views;
+pub mod webhooks;
 pub mod workflow;
 
 pub use ids::{ApprovalId, JobId, RunId, WorkerId};

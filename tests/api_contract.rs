@@ -143,7 +143,7 @@ async fn schemathesis_finds_nothing() {
     eprintln!("schemathesis: {}", summary.join(" | "));
     assert!(ok, "schemathesis found problems:\n{output}");
     assert!(
-        output.contains("Tested: 28"),
+        output.contains("Tested: 29"),
         "schemathesis did not test every operation:\n{output}"
     );
     fleet.shutdown().await;

@@ -158,6 +158,7 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/admin/jobs", get(fleet::jobs))
         .route("/admin/actions", post(fleet::act))
         .route("/admin/audit", get(fleet::audit))
+        .route("/admin/webhooks/deliveries", get(fleet::webhook_deliveries))
         .route(
             "/admin/personas/{name}",
             axum::routing::put(admin::register_persona).delete(admin::delete_persona),

@@ -29,7 +29,7 @@ string containing it is refused with 422 naming the field."),
         stream::stream, approvals::pending, approvals::decide,
         files::upload, files::list, files::download, files::phase_artifact,
         admin::list_personas, admin::register_persona, admin::delete_persona,
-        fleet::workers, fleet::queues, fleet::jobs, fleet::act, fleet::audit,
+        fleet::workers, fleet::queues, fleet::jobs, fleet::act, fleet::audit, fleet::webhook_deliveries,
         system::healthz, system::readyz, system::metrics, system::example,
     ),
     components(schemas(

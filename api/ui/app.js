@@ -381,7 +381,8 @@ async function fleetPage(gen) {
     <section><h3>Workers</h3><div id="workers"></div></section>
     <section><h3>Queues</h3><div id="queues"></div></section>
     <section><h3>Dead-lettered jobs</h3><div id="dead"></div></section>
-    <section><h3>Audit</h3><div id="audit"></div></section>`;
+    <section><h3>Audit</h3><div id="audit"></div></section>
+    <section><h3>Webhook deliveries</h3><div id="deliveries"></div></section>`;
   const depth = [];
   $("#drain-all").onclick = () => fleetAct({ action: "drain_workers", worker: null }, load);
   $("#undrain-all").onclick = () => fleetAct({ action: "undrain_workers", worker: null }, load);
@@ -389,8 +390,8 @@ async function fleetPage(gen) {
   async function load() {
     if (gen !== routeGen) return;
     try {
-      const [workers, qv, dead, audit] = await Promise.all([api("/v1/admin/workers"), api("/v1/admin/queues"),
-        api("/v1/admin/jobs?state=dead&limit=100"), api("/v1/admin/audit?limit=30")]);
+      const [workers, qv, dead, audit, deliveries] = await Promise.all([api("/v1/admin/workers"), api("/v1/admin/queues"),
+        api("/v1/admin/jobs?state=dead&limit=100"), api("/v1/admin/audit?limit=30"), api("/v1/admin/webhooks/deliveries?limit=30")]);
       if (gen !== routeGen) return;
       $("#throughput").innerHTML = barChart(qv.throughput.map((p) => p.completed), qv.throughput.map((p) => new Date(p.minute).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })), { cls: "bars throughput" });
       depth.push(qv.queues.reduce((n, q) => n + q.ready_now, 0)); if (depth.length > 60) depth.shift();
@@ -424,6 +425,9 @@ async function fleetPage(gen) {
       renderIf($("#audit"), JSON.stringify(audit.map((a) => a.id)), audit.length ? `<table><thead><tr><th>When</th><th>Who</th><th>Via</th><th>Action</th><th>Target</th><th>Result</th></tr></thead><tbody>
         ${audit.map((a) => `<tr data-audit="${esc(a.id)}" data-action="${esc(a.action)}" data-ok="${a.ok}"><td>${when(a.at)}</td><td>${esc(a.actor)}</td><td>${esc(a.via)}</td><td>${esc(a.action)}</td><td>${esc(a.target || "")}</td>
           <td class="${a.ok ? "" : "err"}">${esc(a.result)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no operator action yet</span>`);
+      renderIf($("#deliveries"), JSON.stringify(deliveries.map((d) => d.id)), deliveries.length ? `<table><thead><tr><th>When</th><th>Webhook</th><th>Notification</th><th>Run</th><th>Delivery</th><th>Attempt</th><th>Result</th><th>ms</th></tr></thead><tbody>
+        ${deliveries.map((d) => `<tr data-delivery="${esc(d.delivery_id)}" data-ok="${d.ok}"><td>${when(d.at)}</td><td>${esc(d.webhook)}</td><td>${esc(d.notification)}</td><td><a href="#/runs/${esc(d.run_id)}">${esc(d.run_id.slice(0, 8))}</a></td>
+          <td><code>${esc(d.delivery_id.slice(0, 12))}</code></td><td>${esc(d.attempt)}</td><td class="${d.ok ? "" : "err"}">${d.ok ? "HTTP " + esc(d.status_code) : esc(d.error || "")}</td><td>${esc(d.duration_ms)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no webhook delivery yet</span>`);
     } catch (e) { showError(e); }
   }
   await load();

@@ -209,13 +209,16 @@ impl LockedRun {
         Ok(round)
     }
 
-    /// Append the collected events (one statement).
+    /// Append the collected events (one statement), and enqueue a notification job for
+    /// each one a webhook may be told of (`crate::webhooks`).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    pub async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), AdvanceError> {
         let events = std::mem::take(&mut self.events);
-        crate::store::events::events_append(conn, self.run.id, &events).await?;
+        let appended = crate::store::events::events_append(conn, self.run.id, &events).await?;
+        crate::webhooks::enqueue_notifications(conn, &self.run.queue, self.run.id, &appended)
+            .await?;
         Ok(())
     }
 }

@@ -8,7 +8,8 @@ use sqlx::PgConnection;
 /// skipped, the rest get the next dense sequence numbers from `runs.next_event_seq`,
 /// and live streams are notified of the last one. Call inside the transaction that
 /// makes the change the events record, after locking the run (every engine transaction
-/// does), so sequences and the duplicate check cannot race. Returns the new seqs.
+/// does), so sequences and the duplicate check cannot race. Returns what was appended
+/// (a key the run already used appends nothing).
 ///
 /// # Errors
 /// Database errors (including a missing run).
@@ -16,7 +17,7 @@ pub async fn events_append(
     conn: &mut PgConnection,
     run: RunId,
     events: &[NewEvent],
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<Vec<Appended>, sqlx::Error> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -24,7 +25,7 @@ pub async fn events_append(
     let phases: Vec<Option<&str>> = events.iter().map(|e| e.phase.as_deref()).collect();
     let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
     let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
-    let seqs: Vec<(i64,)> = sqlx::query_as(
+    let appended: Vec<Appended> = sqlx::query_as(
         "WITH new AS (
              SELECT e.kind, e.phase, e.key, e.data, e.ord,
                     row_number() OVER (ORDER BY e.ord) AS n
@@ -41,11 +42,11 @@ pub async fn events_append(
              INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
              SELECT $1, bump.first + new.n - 1, new.kind, new.phase, new.key, new.data
                FROM new, bump
-          RETURNING seq
+          RETURNING seq, kind
          ), notified AS (
              SELECT pg_notify($6, $1::text || ':' || max(seq)) FROM inserted HAVING count(*) > 0
          )
-         SELECT seq FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
+         SELECT seq, kind FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
          ORDER BY seq",
     )
     .bind(run)
@@ -56,7 +57,32 @@ pub async fn events_append(
     .bind(EVENTS_CHANNEL)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(seqs.into_iter().map(|(s,)| s).collect())
+    Ok(appended)
+}
+
+/// An event [`events_append`] appended.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Appended {
+    pub seq: i64,
+    pub kind: String,
+}
+
+/// One event of a run by its seq.
+///
+/// # Errors
+/// Database errors.
+pub async fn events_get(
+    conn: &mut PgConnection,
+    run: RunId,
+    seq: i64,
+) -> Result<Option<Event>, sqlx::Error> {
+    sqlx::query_as::<_, Event>(
+        "SELECT seq, kind, phase_key, data, created_at FROM run_events WHERE run_id = $1 AND seq = $2",
+    )
+    .bind(run)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 /// Events of a run after `after_seq`, in order.

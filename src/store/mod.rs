@@ -18,6 +18,7 @@ pub mod run_inputs;
 pub mod run_phases;
 pub mod runs;
 pub mod templates;
+pub mod webhook_deliveries;
 
 use crate::state::ForbiddenTransition;
 use sqlx::postgres::PgQueryResult;

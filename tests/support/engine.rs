@@ -9,6 +9,7 @@ use phasefleet::phase::Engine;
 use phasefleet::state::RunState;
 use phasefleet::submit::{Budget, RunInputs, SubmitRequest, Submitted};
 use phasefleet::validate::SchemaRegistry;
+use phasefleet::webhooks::Webhooks;
 use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
@@ -158,6 +159,25 @@ impl Fleet {
         concurrency: usize,
         agent: A,
     ) -> Self {
+        Self::start_with_webhooks(
+            pool,
+            queue,
+            workers,
+            concurrency,
+            agent,
+            &Webhooks::default(),
+        )
+    }
+
+    /// [`Fleet::start`] with workers that deliver to `webhooks`.
+    pub fn start_with_webhooks<A: Agent + Clone>(
+        pool: &PgPool,
+        queue: &str,
+        workers: usize,
+        concurrency: usize,
+        agent: A,
+        webhooks: &Webhooks,
+    ) -> Self {
         let stop = CancellationToken::new();
         let handles = (0..workers)
             .map(|_| {
@@ -170,7 +190,8 @@ impl Fleet {
                     ..WorkerConfig::default()
                 };
                 let engine = Engine::new(pool.clone(), schemas(), agent.clone());
-                let w = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
+                let handler = EngineHandler::new(engine).with_webhooks(webhooks.clone());
+                let w = Worker::new(pool.clone(), cfg, handler);
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     w.run(stop).await.unwrap();

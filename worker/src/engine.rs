@@ -9,14 +9,27 @@ use phasefleet::approval::{self, ApprovalError};
 use phasefleet::phase::{Engine, PHASE_JOB_KIND, PhaseError};
 use phasefleet::queue::Completed;
 use phasefleet::store::StoreError;
+use phasefleet::webhooks::{self, WebhookError, Webhooks};
 
 pub struct EngineHandler<A> {
     engine: Engine<A>,
+    webhooks: Webhooks,
 }
 
 impl<A: Agent> EngineHandler<A> {
     pub fn new(engine: Engine<A>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            webhooks: Webhooks::default(),
+        }
+    }
+
+    /// Deliver notifications to these webhooks (none by default: notifications are
+    /// then completed without a delivery).
+    #[must_use]
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 }
 
@@ -33,6 +46,17 @@ impl From<PhaseError> for JobError {
                 JobError::Permanent(e.to_string())
             }
         }
+    }
+}
+
+fn webhook_error(e: WebhookError) -> JobError {
+    match e {
+        WebhookError::Queue(q) => JobError::Queue(q),
+        WebhookError::Db(d) => JobError::Db(d),
+        WebhookError::BadJob(m) => JobError::Permanent(m),
+        e @ (WebhookError::Rejected { .. }
+        | WebhookError::Unreachable { .. }
+        | WebhookError::Secret(_)) => JobError::retry(e.to_string()),
     }
 }
 
@@ -64,6 +88,16 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
                 Ok(Box::pin(phase).await?)
             }
             approval::DEADLINE_JOB_KIND => Box::pin(apply_deadline(&ctx)).await,
+            webhooks::NOTIFICATION_JOB_KIND => {
+                let lease = ctx.job.lease();
+                let fanned = webhooks::fan_out(&ctx.pool, &self.webhooks, &ctx.job, &lease);
+                Box::pin(fanned).await.map_err(webhook_error)
+            }
+            webhooks::DELIVERY_JOB_KIND => {
+                let delivered = webhooks::deliver(&ctx.pool, &self.webhooks, &ctx.job);
+                Box::pin(delivered).await.map_err(webhook_error)?;
+                Ok(ctx.complete_batched().await?)
+            }
             _ => Box::pin(Builtins.handle(ctx)).await,
         }
     }

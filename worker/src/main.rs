@@ -82,10 +82,15 @@ async fn main() -> anyhow::Result<()> {
     let agent = BackendRouter::from_config(&config)
         .await
         .map_err(anyhow::Error::msg)?;
+    let webhooks = phasefleet::webhooks::Webhooks::from_config(&config)?;
     let engine = Engine::new(pool.clone(), schemas, agent);
-    Worker::new(pool, cfg, EngineHandler::new(engine))
-        .with_force(signals.force.clone())
-        .run(signals.graceful)
-        .await?;
+    Worker::new(
+        pool,
+        cfg,
+        EngineHandler::new(engine).with_webhooks(webhooks),
+    )
+    .with_force(signals.force.clone())
+    .run(signals.graceful)
+    .await?;
     Ok(())
 }

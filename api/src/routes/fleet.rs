@@ -13,6 +13,7 @@ use phasefleet::operator::{self, Operator, OperatorAction, Outcome, Via};
 use phasefleet::queue::workers::WorkerRow;
 use phasefleet::queue::{self, JobRow, JobState, QueueSummary, ThroughputPoint};
 use phasefleet::store::operator_actions::{self, OperatorActionRow};
+use phasefleet::store::webhook_deliveries::{self, DeliveryAttempt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -161,5 +162,37 @@ pub async fn audit(
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
         operator_actions::operator_actions_list(&mut conn, q.before, q.limit.unwrap_or(50)).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// Only this run's notifications.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub run: Option<phasefleet::RunId>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    pub limit: Option<i64>,
+}
+
+/// Webhook delivery attempts, newest first: which notification, which attempt, the
+/// receiver's status or the error.
+#[utoipa::path(get, operation_id = "list_webhook_deliveries", path = "/v1/admin/webhooks/deliveries", tag = "admin", params(DeliveriesQuery),
+    responses((status = 200, body = Vec<DeliveryAttempt>)),
+    security(("bearer" = ["admin"])))]
+pub async fn webhook_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<Vec<DeliveryAttempt>>, ApiError> {
+    require_fleet_admin(&caller)?;
+    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(
+        webhook_deliveries::webhook_deliveries_list(&mut conn, q.run, q.limit.unwrap_or(50))
+            .await?,
     ))
 }

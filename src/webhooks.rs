@@ -1,0 +1,343 @@
+//! Notifications to operator-configured webhooks: an approval requested, decided or
+//! escalated, a run ended, a budget exhausted. Each goes through the queue in two
+//! steps, so nothing is lost and no process waits:
+//! 1. the engine transaction that appends the event enqueues a `notification` job
+//!    ([`enqueue_notifications`], called by `LockedRun::flush_events`);
+//! 2. a worker turns it into one `webhook_delivery` job per subscribed webhook
+//!    ([`fan_out`]), in one transaction with the notification's completion;
+//! 3. each delivery POSTs a JSON body signed with HMAC-SHA256 over `<timestamp>.<body>`
+//!    ([`deliver`]); a failure is retried with the queue's backoff. Delivery is at
+//!    least once: the `delivery_id` (the same on every attempt) lets a receiver drop a
+//!    repeat. Every attempt is recorded (`webhook_deliveries`).
+
+use crate::config::{Config, WebhookConfig};
+use crate::ids::RunId;
+use crate::queue::{self, ClaimedJob, Completed, Lease, NewJob, QueueError};
+use crate::store::webhook_deliveries::{self, NewDeliveryAttempt};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The notifications a webhook may subscribe to.
+pub const NOTIFICATIONS: &[&str] = &[
+    "approval.requested",
+    "approval.decided",
+    "approval.escalated",
+    "run.ended",
+    "budget.exhausted",
+];
+
+/// The job that turns one event into deliveries.
+pub const NOTIFICATION_JOB_KIND: &str = "notification";
+/// The job that delivers one notification to one webhook.
+pub const DELIVERY_JOB_KIND: &str = "webhook_delivery";
+
+/// The header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub const SIGNATURE_HEADER: &str = "phasefleet-signature";
+/// The header carrying the delivery id.
+pub const DELIVERY_HEADER: &str = "phasefleet-delivery";
+/// How long a receiver may take to answer.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The notification an event kind announces, if any.
+#[must_use]
+pub fn notification_of(kind: &str) -> Option<&'static str> {
+    match kind {
+        "approval.requested" => Some("approval.requested"),
+        "approval.decided" => Some("approval.decided"),
+        "approval.escalated" => Some("approval.escalated"),
+        "run.completed" | "run.failed" | "run.aborted" | "run.cancelled" => Some("run.ended"),
+        "run.awaiting_budget" => Some("budget.exhausted"),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook {webhook} answered HTTP {status}")]
+    Rejected { webhook: String, status: u16 },
+    #[error("webhook {webhook} could not be reached: {message}")]
+    Unreachable { webhook: String, message: String },
+    #[error("not a notification job: {0}")]
+    BadJob(String),
+    #[error("webhook secret: {0}")]
+    Secret(String),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Enqueue a `notification` job for each appended event that announces one (called in
+/// the transaction that appends them).
+///
+/// # Errors
+/// Queue errors.
+pub async fn enqueue_notifications(
+    conn: &mut PgConnection,
+    queue: &str,
+    run: RunId,
+    appended: &[crate::store::events::Appended],
+) -> Result<(), QueueError> {
+    for a in appended
+        .iter()
+        .filter(|a| notification_of(&a.kind).is_some())
+    {
+        let job = NewJob::new(
+            NOTIFICATION_JOB_KIND,
+            json!({ "run_id": run, "seq": a.seq }),
+        )
+        .queue(queue)
+        .unique_key(format!("notification:{run}:{}", a.seq));
+        queue::enqueue(conn, &job).await?;
+    }
+    Ok(())
+}
+
+/// The configured webhooks with their secrets, and the HTTP client that delivers.
+#[derive(Clone, Default)]
+pub struct Webhooks {
+    hooks: BTreeMap<String, (WebhookConfig, Vec<u8>)>,
+    http: Option<reqwest::Client>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("names", &self.hooks.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// The configuration's webhooks, each secret read from its variable now.
+    ///
+    /// # Errors
+    /// [`WebhookError::Secret`] naming a webhook whose variable is unset or empty.
+    pub fn from_config(config: &Config) -> Result<Self, WebhookError> {
+        Self::from_config_with(config, |name| std::env::var(name).ok())
+    }
+
+    /// [`Webhooks::from_config`] with the secrets from `lookup` (variable name ->
+    /// value) instead of the environment.
+    ///
+    /// # Errors
+    /// As [`Webhooks::from_config`].
+    pub fn from_config_with(
+        config: &Config,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, WebhookError> {
+        let mut hooks = BTreeMap::new();
+        for (name, w) in &config.webhooks {
+            let secret = lookup(&w.secret_env)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    WebhookError::Secret(format!("webhook {name}: {} is not set", w.secret_env))
+                })?;
+            hooks.insert(name.clone(), (w.clone(), secret.into_bytes()));
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(DELIVERY_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| WebhookError::Secret(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            hooks,
+            http: Some(http),
+        })
+    }
+
+    fn subscribed<'a>(
+        &'a self,
+        notification: &'a str,
+        team: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a WebhookConfig)> {
+        self.hooks
+            .iter()
+            .map(|(n, (w, _))| (n, w))
+            .filter(move |(_, w)| {
+                w.events
+                    .as_ref()
+                    .is_none_or(|e| e.iter().any(|x| x == notification))
+                    && w.teams.as_ref().is_none_or(|t| t.iter().any(|x| x == team))
+            })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NotificationJob {
+    run_id: RunId,
+    seq: i64,
+}
+
+/// A delivery job's payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeliveryJob {
+    webhook: String,
+    delivery_id: String,
+    notification: String,
+    run_id: RunId,
+    seq: i64,
+}
+
+/// The id a receiver deduplicates on: the same for one event and one webhook, however
+/// often it is enqueued or attempted.
+fn delivery_id(webhook: &str, run: RunId, seq: i64) -> String {
+    let digest = Sha256::digest(format!("{webhook}:{run}:{seq}").as_bytes());
+    hex::encode(&digest[..16])
+}
+
+/// Turn a `notification` job into one delivery job per subscribed webhook, completing
+/// it under `lease` in the same transaction.
+///
+/// # Errors
+/// [`WebhookError`].
+pub async fn fan_out(
+    pool: &PgPool,
+    hooks: &Webhooks,
+    job: &ClaimedJob,
+    lease: &Lease,
+) -> Result<Completed, WebhookError> {
+    let n: NotificationJob = serde_json::from_value(job.payload.clone())
+        .map_err(|e| WebhookError::BadJob(e.to_string()))?;
+    let mut tx = pool.begin().await?;
+    let found = crate::store::events::events_get(&mut tx, n.run_id, n.seq).await?;
+    let run = crate::store::runs::runs_get(&mut tx, n.run_id).await?;
+    if let (Some(event), Some(run)) = (found, run)
+        && let Some(notification) = notification_of(&event.kind)
+    {
+        for (name, w) in hooks.subscribed(notification, &run.team) {
+            let payload = DeliveryJob {
+                webhook: name.clone(),
+                delivery_id: delivery_id(name, n.run_id, n.seq),
+                notification: notification.to_owned(),
+                run_id: n.run_id,
+                seq: n.seq,
+            };
+            let delivery = NewJob::new(DELIVERY_JOB_KIND, json!(payload))
+                .queue(&job.queue)
+                .max_attempts(w.max_attempts.unwrap_or(8))
+                .unique_key(format!("webhook:{name}:{}:{}", n.run_id, n.seq));
+            queue::enqueue(&mut tx, &delivery).await?;
+        }
+    }
+    let completed = queue::complete(&mut tx, lease).await?;
+    tx.commit().await?;
+    Ok(completed)
+}
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+#[must_use]
+pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Deliver one `webhook_delivery` job's notification and record the attempt. A
+/// webhook no longer configured is skipped (recorded as such).
+///
+/// # Errors
+/// [`WebhookError::Rejected`] / [`WebhookError::Unreachable`] (the queue retries);
+/// database errors.
+pub async fn deliver(
+    pool: &PgPool,
+    hooks: &Webhooks,
+    job: &ClaimedJob,
+) -> Result<(), WebhookError> {
+    let d: DeliveryJob = serde_json::from_value(job.payload.clone())
+        .map_err(|e| WebhookError::BadJob(e.to_string()))?;
+    let mut conn = pool.acquire().await?;
+    let body = body_of(&mut conn, &d).await?;
+    let started = Instant::now();
+    let outcome = match (hooks.hooks.get(&d.webhook), &hooks.http) {
+        (Some((w, secret)), Some(http)) => post(http, w, secret, &d, &body).await,
+        _ => Err((None, "webhook no longer configured; skipped".to_owned())),
+    };
+    let (status, error) = match &outcome {
+        Ok(status) => (Some(*status), None),
+        Err((status, message)) => (*status, Some(message.as_str())),
+    };
+    let ok = outcome.is_ok() || !hooks.hooks.contains_key(&d.webhook);
+    let attempt = NewDeliveryAttempt {
+        delivery_id: &d.delivery_id,
+        webhook: &d.webhook,
+        notification: &d.notification,
+        run_id: d.run_id,
+        event_seq: d.seq,
+        attempt: job.attempts,
+        status_code: status.map(i32::from),
+        ok,
+        error,
+        duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+    };
+    webhook_deliveries::webhook_deliveries_insert(&mut conn, &attempt).await?;
+    match outcome {
+        _ if ok => Ok(()),
+        Err((Some(status), _)) => Err(WebhookError::Rejected {
+            webhook: d.webhook,
+            status,
+        }),
+        Err((None, message)) => Err(WebhookError::Unreachable {
+            webhook: d.webhook,
+            message,
+        }),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// The JSON a webhook receives.
+async fn body_of(conn: &mut PgConnection, d: &DeliveryJob) -> Result<Vec<u8>, WebhookError> {
+    let event = crate::store::events::events_get(conn, d.run_id, d.seq).await?;
+    let run = crate::store::runs::runs_get(conn, d.run_id).await?;
+    let body = json!({
+        "delivery_id": d.delivery_id,
+        "notification": d.notification,
+        "run": run.as_ref().map(|r| json!({
+            "id": r.id, "team": r.team, "state": r.state.as_str(), "template_hash": r.template_hash,
+            "error": r.error })),
+        "event": event.map(|e| json!({
+            "seq": e.seq, "kind": e.kind, "phase": e.phase_key, "data": e.data, "at": e.created_at })),
+    });
+    Ok(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// POST `body` signed; the receiver's status on a 2xx, else what went wrong.
+async fn post(
+    http: &reqwest::Client,
+    w: &WebhookConfig,
+    secret: &[u8],
+    d: &DeliveryJob,
+    body: &[u8],
+) -> Result<u16, (Option<u16>, String)> {
+    let timestamp = chrono::Utc::now().timestamp();
+    let sent = http
+        .post(&w.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature(secret, timestamp, body))
+        .header(DELIVERY_HEADER, &d.delivery_id)
+        .header("phasefleet-notification", &d.notification)
+        .body(body.to_vec())
+        .send()
+        .await;
+    match sent {
+        Ok(resp) if resp.status().is_success() => Ok(resp.status().as_u16()),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            Err((Some(status), format!("HTTP {status}")))
+        }
+        // The error names the URL the operator configured; never a body.
+        Err(e) => Err((None, e.without_url().to_string())),
+    }
+}
