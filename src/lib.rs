@@ -25,6 +25,7 @@ pub mod prices;
 pub mod queue;
 pub mod report;
 pub mod retry;
+pub mod safe_html;
 pub mod state;
 pub mod store;
 pub mod submit;

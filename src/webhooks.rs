@@ -175,7 +175,8 @@ struct NotificationJob {
     seq: i64,
 }
 
-/// A delivery job's payload.
+/// A delivery job's payload: the body is made once, at fan-out, so every attempt of a
+/// delivery sends the same bytes (signed anew).
 #[derive(Debug, Serialize, Deserialize)]
 struct DeliveryJob {
     webhook: String,
@@ -183,6 +184,7 @@ struct DeliveryJob {
     notification: String,
     run_id: RunId,
     seq: i64,
+    body: serde_json::Value,
 }
 
 /// The id a receiver deduplicates on: the same for one event and one webhook, however
@@ -212,9 +214,11 @@ pub async fn fan_out(
         && let Some(notification) = notification_of(&event.kind)
     {
         for (name, w) in hooks.subscribed(notification, &run.team) {
+            let id = delivery_id(name, n.run_id, n.seq);
             let payload = DeliveryJob {
                 webhook: name.clone(),
-                delivery_id: delivery_id(name, n.run_id, n.seq),
+                body: body_of(&id, notification, &run, &event),
+                delivery_id: id,
                 notification: notification.to_owned(),
                 run_id: n.run_id,
                 seq: n.seq,
@@ -245,11 +249,12 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-/// Deliver one `webhook_delivery` job's notification and record the attempt. A
-/// webhook no longer configured is skipped (recorded as such).
+/// Deliver one `webhook_delivery` job's notification and record the attempt. No
+/// database connection is held while the receiver answers.
 ///
 /// # Errors
-/// [`WebhookError::Rejected`] / [`WebhookError::Unreachable`] (the queue retries);
+/// [`WebhookError::Rejected`] / [`WebhookError::Unreachable`] (the queue retries; also
+/// for a webhook this worker has no configuration for, which another worker may);
 /// database errors.
 pub async fn deliver(
     pool: &PgPool,
@@ -258,18 +263,19 @@ pub async fn deliver(
 ) -> Result<(), WebhookError> {
     let d: DeliveryJob = serde_json::from_value(job.payload.clone())
         .map_err(|e| WebhookError::BadJob(e.to_string()))?;
-    let mut conn = pool.acquire().await?;
-    let body = body_of(&mut conn, &d).await?;
+    let body = serde_json::to_vec(&d.body).unwrap_or_default();
     let started = Instant::now();
     let outcome = match (hooks.hooks.get(&d.webhook), &hooks.http) {
         (Some((w, secret)), Some(http)) => post(http, w, secret, &d, &body).await,
-        _ => Err((None, "webhook no longer configured; skipped".to_owned())),
+        _ => Err((
+            None,
+            "this worker has no configuration for the webhook".to_owned(),
+        )),
     };
     let (status, error) = match &outcome {
         Ok(status) => (Some(*status), None),
         Err((status, message)) => (*status, Some(message.as_str())),
     };
-    let ok = outcome.is_ok() || !hooks.hooks.contains_key(&d.webhook);
     let attempt = NewDeliveryAttempt {
         delivery_id: &d.delivery_id,
         webhook: &d.webhook,
@@ -278,13 +284,14 @@ pub async fn deliver(
         event_seq: d.seq,
         attempt: job.attempts,
         status_code: status.map(i32::from),
-        ok,
+        ok: outcome.is_ok(),
         error,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
     };
+    let mut conn = pool.acquire().await?;
     webhook_deliveries::webhook_deliveries_insert(&mut conn, &attempt).await?;
     match outcome {
-        _ if ok => Ok(()),
+        Ok(_) => Ok(()),
         Err((Some(status), _)) => Err(WebhookError::Rejected {
             webhook: d.webhook,
             status,
@@ -293,24 +300,24 @@ pub async fn deliver(
             webhook: d.webhook,
             message,
         }),
-        Ok(_) => Ok(()),
     }
 }
 
 /// The JSON a webhook receives.
-async fn body_of(conn: &mut PgConnection, d: &DeliveryJob) -> Result<Vec<u8>, WebhookError> {
-    let event = crate::store::events::events_get(conn, d.run_id, d.seq).await?;
-    let run = crate::store::runs::runs_get(conn, d.run_id).await?;
-    let body = json!({
-        "delivery_id": d.delivery_id,
-        "notification": d.notification,
-        "run": run.as_ref().map(|r| json!({
-            "id": r.id, "team": r.team, "state": r.state.as_str(), "template_hash": r.template_hash,
-            "error": r.error })),
-        "event": event.map(|e| json!({
-            "seq": e.seq, "kind": e.kind, "phase": e.phase_key, "data": e.data, "at": e.created_at })),
-    });
-    Ok(serde_json::to_vec(&body).unwrap_or_default())
+fn body_of(
+    delivery_id: &str,
+    notification: &str,
+    run: &crate::store::runs::RunRow,
+    event: &crate::events::Event,
+) -> serde_json::Value {
+    json!({
+        "delivery_id": delivery_id,
+        "notification": notification,
+        "run": { "id": run.id, "team": run.team, "state": run.state.as_str(),
+                 "template_hash": run.template_hash, "error": run.error },
+        "event": { "seq": event.seq, "kind": event.kind, "phase": event.phase_key,
+                   "data": event.data, "at": event.created_at },
+    })
 }
 
 /// POST `body` signed; the receiver's status on a 2xx, else what went wrong.

@@ -72,10 +72,18 @@ async fn a_two_second_deadline_rejects_approves_or_aborts_without_anyone_acting(
         wait_for(&pool, decided, &[RunState::Completed]).await,
         RunState::Completed
     );
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "no deadline fired early"
-    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // No deadline fired early: each was decided at least 2 s after it was requested.
+    for run in [reject, approve, abort] {
+        let mut c = pool.acquire().await.unwrap();
+        let a = approval::for_run(&mut c, run).await.unwrap().remove(0);
+        let waited = a.decided_at.unwrap() - a.created_at;
+        assert!(
+            waited >= chrono::Duration::seconds(2),
+            "{run}: decided after {waited}"
+        );
+        assert!(a.deadline_at.unwrap() - a.created_at >= chrono::Duration::seconds(2));
+    }
     let error = error_of(&pool, reject).await;
     assert!(error.contains("rejected by deadline"), "{error}");
     for run in [reject, approve, abort] {

@@ -245,16 +245,17 @@ async fn a_person_submits_a_run_in_the_browser_approves_it_and_sees_it_complete(
             "live timeline shows the end",
         )
         .await;
+    // The report is shown rendered (a heading, not Markdown source).
     let report = eventually(Duration::from_secs(20), "report shown", || async {
         let v = browser
-            .js("return document.querySelector('#report').textContent")
+            .js("return document.querySelector('#report h1') && document.querySelector('#report').textContent")
             .await;
         v.as_str()
-            .filter(|t| t.starts_with("# Run"))
+            .filter(|t| t.starts_with("Run"))
             .map(str::to_owned)
     })
     .await;
-    assert!(report.contains("completed"));
+    assert!(report.contains("completed"), "{report}");
 
     // The artifact viewer shows stored content.
     browser.click("button.view", "artifact view button").await;
@@ -604,14 +605,15 @@ async fn a_gate_with_a_deadline_shows_its_time_left_and_rejects_the_run_without_
         .iter_mut()
         .find(|p| !p.gates.is_empty())
         .unwrap();
-    gated.deadline = Some("4s".into());
+    gated.deadline = Some("8s".into());
     gated.on_timeout = Some(phasefleet::workflow::OnTimeout::Reject);
-    let run = support::engine::submit(&pool, req).await;
-    let fleet = Fleet::synthetic(&pool, &q, 1);
-    support::engine::pending_approval(&pool, run).await;
+    // The browser first: the deadline's clock starts when the gate is reached.
     let browser = Browser::start().await;
     browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
     browser.wait_for("table#runs", "runs list").await;
+    let run = support::engine::submit(&pool, req).await;
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    support::engine::pending_approval(&pool, run).await;
     browser.goto(&format!("{}/#/approvals", api.base)).await;
     // The inbox counts down; nobody clicks.
     let shown = eventually(Duration::from_secs(20), "time left shown", || async {
@@ -642,6 +644,60 @@ async fn a_gate_with_a_deadline_shows_its_time_left_and_rejects_the_run_without_
         .await
         .unwrap();
     assert_eq!(approvals[0].decided_by.as_deref(), Some("deadline"));
+    browser.quit().await;
+    fleet.shutdown().await;
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_run_page_charts_attempts_repairs_approval_waits_and_costs_and_renders_the_report() {
+    let pool = pool().await;
+    let q = unique_queue("browser-charts");
+    let api = ApiServer::start(&pool, None).await;
+    // The spec needs a repair; every call costs tokens; each phase takes a moment.
+    let extra = json!({ "synthetic": { "tokens": 1500, "delay_ms": 300, "invalid_attempts": 1, "invalid_phases": ["spec"] } });
+    let run = support::engine::submit(&pool, support::engine::request(&q, extra)).await;
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let id = support::engine::pending_approval(&pool, run).await;
+    // Let the wait for a human show on the chart before deciding.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    phasefleet::approval::decide(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        id,
+        phasefleet::approval::Action::Approve,
+        None,
+        Some("admin"),
+    )
+    .await
+    .unwrap();
+    support::engine::wait_for(&pool, run, &[phasefleet::state::RunState::Completed]).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/#token={ADMIN}", api.base)).await;
+    browser.wait_for("table#runs", "runs list").await;
+    browser.goto(&format!("{}/#/runs/{run}", api.base)).await;
+    browser.wait_for("#report h1", "the rendered report").await;
+    browser
+        .wait_for("svg.timeline-chart rect.bar", "the timeline chart")
+        .await;
+    let drawn = browser
+        .js("return ['attempt', 'repair', 'wait'].map(c => [...document.querySelectorAll('svg.timeline-chart rect.bar.' + c)].map(r => r.dataset.phase))")
+        .await;
+    let drawn: Vec<Vec<String>> = serde_json::from_value(drawn).unwrap();
+    // First attempts of spec, review and verify; the spec's repair; the review's wait.
+    assert_eq!(drawn[0], ["spec", "review", "verify"], "{drawn:?}");
+    assert_eq!(drawn[1], ["spec"], "{drawn:?}");
+    assert_eq!(drawn[2], ["review"], "{drawn:?}");
+    let bars = browser
+        .js("return [document.querySelectorAll('svg.tokens rect').length, document.querySelectorAll('svg.cost rect').length]")
+        .await;
+    assert_eq!(bars, json!([3, 3]), "a token and a cost bar per phase");
+    // The report's HTML has no element a model could have smuggled in.
+    let scripts = browser
+        .js("return document.querySelectorAll('#report script, #report iframe, #report [onerror]').length")
+        .await;
+    assert_eq!(scripts, json!(0));
+    screenshot(&browser, "run-charts.png").await;
     browser.quit().await;
     fleet.shutdown().await;
     api.shutdown().await;

@@ -75,7 +75,7 @@ async function runsPage(params, gen) {
 function deadlineNote(a) {
   if (a.escalated_at) return ` <span class="deadline escalated" data-escalated="${esc(a.escalate_to)}">escalated to ${esc(a.escalate_to)}</span>`;
   if (!a.deadline_at) return "";
-  return ` <span class="deadline" data-deadline="${esc(a.deadline_at)}" data-then="${esc(a.on_timeout)}">${deadlineText(a.deadline_at, a.on_timeout)}</span>`;
+  return ` <span class="deadline" data-deadline="${esc(a.deadline_at)}" data-then="${esc(a.on_timeout)}">${esc(deadlineText(a.deadline_at, a.on_timeout))}</span>`;
 }
 function deadlineText(at, then) {
   const left = Math.max(0, Math.round((new Date(at) - Date.now()) / 1000));
@@ -171,8 +171,9 @@ async function runPage(id) {
     <section><h3>Artifacts</h3><div id="artifacts"></div><pre id="artifact-view" hidden></pre></section>
     <section><h3>Files</h3><div id="files"></div></section>
     <section><h3>Costs</h3><div id="costs"></div></section>
+    <section><h3>Timeline chart</h3><div id="timeline-chart"><span class="muted">no phase has started</span></div></section>
     <section><h3>Timeline <span class="muted" id="live"></span></h3><ol class="timeline" id="timeline"></ol></section>
-    <section><h3>Report</h3><pre id="report" class="muted">written when the run ends</pre></section>`;
+    <section><h3>Report</h3><div id="report" class="report muted">written when the run ends</div></section>`;
   $("#cancel").onclick = async () => { try { await api(`/v1/runs/${id}/cancel`, { method: "POST", body: { reason: "cancelled from the UI" } }); refresh(); } catch (e) { showError(e); } };
   let pending = false, again = false, approvalsKey = null;
   async function refresh() {
@@ -219,11 +220,15 @@ async function runPage(id) {
       $("#files").querySelectorAll("button.download").forEach((b) => {
         b.onclick = () => download(`/v1/runs/${id}/files/${b.dataset.path.split("/").map(encodeURIComponent).join("/")}?origin=${encodeURIComponent(b.dataset.origin)}`, b.dataset.path).catch(showError);
       });
-      $("#costs").innerHTML = d.costs.length ? `<table><thead><tr><th>Phase</th><th>Model</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th></tr></thead><tbody>
-        ${d.costs.map((c) => `<tr><td>${esc(c.phase_key)}</td><td>${esc(c.model)}</td><td>${esc(c.calls)}</td><td>${esc(c.tokens_in)}/${esc(c.tokens_out)}</td><td>$${Number(c.cost_usd).toFixed(4)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no model calls</span>`;
+      const events = await api(`/v1/runs/${id}/events?limit=1000`);
+      $("#timeline-chart").innerHTML = timelineChart(events, ended);
+      $("#costs").innerHTML = costBars(d.costs) + (d.costs.length ? `<table><thead><tr><th>Phase</th><th>Model</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th></tr></thead><tbody>
+        ${d.costs.map((c) => `<tr><td>${esc(c.phase_key)}</td><td>${esc(c.model)}</td><td>${esc(c.calls)}</td><td>${esc(c.tokens_in)}/${esc(c.tokens_out)}</td><td>$${Number(c.cost_usd).toFixed(4)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no model calls</span>`);
       if (d.report) {
-        const res = await fetch(`/v1/runs/${id}/report?format=markdown`, { headers: { Authorization: "Bearer " + (localStorage.getItem("pf_token") || "") } });
-        $("#report").textContent = await res.text(); $("#report").className = "";
+        // Rendered by the server: raw HTML in the Markdown arrives as text, links only
+        // to http(s), mailto, anchors and relative paths.
+        const res = await fetch(`/v1/runs/${id}/report?format=html`, { headers: { Authorization: "Bearer " + (localStorage.getItem("pf_token") || "") } });
+        if (res.ok) { $("#report").innerHTML = await res.text(); $("#report").className = "report"; }
       }
     } catch (e) { showError(e); } finally {
       pending = false;
@@ -243,6 +248,43 @@ async function runPage(id) {
   });
 }
 
+// A run's timeline as bars on a time axis: each phase attempt (repairs in their own
+// colour), each wait for a human, from the run's events.
+function timelineChart(events, ended) {
+  if (!events.length) return `<span class="muted">no events</span>`;
+  const t = (e) => new Date(e.created_at).getTime();
+  const t0 = t(events[0]), last = t(events[events.length - 1]), t1 = Math.max(ended ? last : Date.now(), t0 + 1000);
+  const bars = [], open = {};
+  for (const e of events) {
+    const key = e.phase_key;
+    if (e.kind === "phase.started") open[key] = { phase: key, from: t(e), cls: e.data.attempt > 1 ? "repair" : "attempt", label: `a${e.data.attempt}` };
+    else if (["artifact.valid", "artifact.invalid", "phase.failed"].includes(e.kind) && open[key]) { bars.push(Object.assign(open[key], { to: t(e) })); delete open[key]; }
+    else if (e.kind === "approval.requested") open["wait:" + e.data.approval_id] = { phase: key, from: t(e), cls: "wait", label: "approval" };
+    else if (e.kind === "approval.decided" && open["wait:" + e.data.approval_id]) { bars.push(Object.assign(open["wait:" + e.data.approval_id], { to: t(e), label: e.data.action })); delete open["wait:" + e.data.approval_id]; }
+  }
+  Object.values(open).forEach((b) => bars.push(Object.assign(b, { to: ended ? last : Date.now(), cls: b.cls + " open" })));
+  if (!bars.length) return `<span class="muted">no phase has started</span>`;
+  const rows = [...new Set(bars.map((b) => b.phase))], W = 760, L = 120, H = 22;
+  const x = (ms) => L + ((ms - t0) / (t1 - t0)) * (W - L - 10);
+  const svgBars = bars.map((b) => { const y = rows.indexOf(b.phase) * H + 4, x0 = x(b.from), w = Math.max(2, x(b.to) - x0);
+    return `<rect class="bar ${esc(b.cls)}" data-phase="${esc(b.phase)}" x="${x0.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${H - 8}"><title>${esc(b.phase)} ${esc(b.label)}: ${((b.to - b.from) / 1000).toFixed(1)} s</title></rect>`; }).join("");
+  const labels = rows.map((r, i) => `<text x="0" y="${i * H + 16}">${esc(r)}</text>`).join("");
+  const secs = (t1 - t0) / 1000, height = rows.length * H + 20;
+  return `<svg class="timeline-chart" width="${W}" height="${height}" viewBox="0 0 ${W} ${height}">${labels}${svgBars}
+    <text x="${L}" y="${height - 2}" class="sub">0 s</text><text x="${W - 10}" y="${height - 2}" text-anchor="end" class="sub">${secs.toFixed(1)} s</text></svg>
+    <div class="legend"><span class="key attempt"></span>attempt <span class="key repair"></span>repair <span class="key wait"></span>waiting for approval</div>`;
+}
+
+// Tokens and cost per phase as bars.
+function costBars(costs) {
+  if (!costs.length) return "";
+  const byPhase = {};
+  costs.forEach((c) => { const p = byPhase[c.phase_key] || (byPhase[c.phase_key] = { tokens: 0, usd: 0 }); p.tokens += c.tokens_in + c.tokens_out; p.usd += c.cost_usd; });
+  const phases = Object.keys(byPhase);
+  return `<div class="row charts"><div><h4>Tokens per phase</h4>${barChart(phases.map((p) => byPhase[p].tokens), phases, { cls: "bars tokens", width: 320 })}</div>
+    <div><h4>Cost per phase (USD)</h4>${barChart(phases.map((p) => Number(byPhase[p].usd.toFixed(6))), phases, { cls: "bars cost", width: 320 })}</div></div>`;
+}
+
 // Model and tool calls as they happen, grouped under their phase. Returns whether the
 // event was one of them.
 function showActivity(ev) {
@@ -250,7 +292,7 @@ function showActivity(ev) {
   let text;
   if (ev.kind === "model.call_started") text = `model ${d.model} called (attempt ${d.attempt}, turn ${d.turn})`;
   else if (ev.kind === "model.call_finished") text = `model ${d.model} answered: ${d.status}, ${d.tokens_in}/${d.tokens_out} tokens, $${Number(d.cost_usd || 0).toFixed(4)}, ${d.latency_ms} ms`;
-  else if (ev.kind === "tool.called") text = `tool ${d.tool}${d.path ? " " + d.path : ""}: ${d.ok ? "ok" : "refused"} (${d.bytes_in} bytes in, ${d.bytes_out} out)`;
+  else if (ev.kind === "tool.called") text = `tool ${d.tool}${d.path ? " " + d.path : ""}: ${d.ok ? "ok" : "refused or failed"} (${d.bytes_in} bytes in, ${d.bytes_out} out)`;
   else return false;
   const root = $("#activity");
   if (!root.querySelector("[data-activity]")) root.innerHTML = "";

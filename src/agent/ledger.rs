@@ -124,7 +124,11 @@ impl Ledger {
         call_id: uuid::Uuid,
     ) -> Result<(), BeginError> {
         let mut tx = self.pool.begin().await?;
-        if !ledger::llm_calls_begin(&mut tx, &self.at, turn, model, backend, call_id).await? {
+        // The run's row first (the engine's order): a cancel that commits first is seen.
+        let running = runs::runs_lock_state(&mut tx, self.at.run).await? == Some(RunState::Running);
+        if !running
+            || !ledger::llm_calls_begin(&mut tx, &self.at, turn, model, backend, call_id).await?
+        {
             return Err(BeginError::RunEnded);
         }
         let started = NewEvent::model_call_started(&self.site(turn), call_id, model);
@@ -148,8 +152,11 @@ impl Ledger {
     /// Database errors.
     pub async fn record_call(&self, c: &CallRecord<'_>) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // The call is always accounted; its event only while the run runs (a finished
+        // call of an ended run is in the ledger and the report, not after the end).
+        let running = runs::runs_lock_state(&mut tx, self.at.run).await? == Some(RunState::Running);
         ledger::llm_calls_finish(&mut tx, &self.at, c).await?;
-        if let Some(call_id) = c.call_id {
+        if let Some(call_id) = c.call_id.filter(|_| running) {
             let summary = CallSummary {
                 model: c.model,
                 status: c.status,
@@ -208,8 +215,12 @@ impl Ledger {
             .and_then(serde_json::Value::as_str)
             .map(|p| super::tools::printable(p, 256));
         let mut tx = self.pool.begin().await?;
+        let running = runs::runs_lock_state(&mut tx, self.at.run).await? == Some(RunState::Running);
         let id =
             ledger::tool_calls_insert(&mut tx, &self.at, turn, &tool, &args, ok, &summary).await?;
+        if !running {
+            return tx.commit().await;
+        }
         let called = ToolSummary {
             name: &tool,
             path: path.as_deref(),

@@ -209,10 +209,6 @@ async fn park(
         .as_ref()
         .map_or("files", |a| a.path.as_str());
     let key = format!("{}:{}:r{}:{output}", p.run_id, p.phase, p.round);
-    let deadline_at = phase
-        .deadline()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| chrono::Utc::now() + d);
     let on_timeout = phase.on_timeout.unwrap_or(OnTimeout::Reject);
     let inserted = approvals::approvals_insert_request(
         conn,
@@ -224,13 +220,20 @@ async fn park(
             artifact_id,
             gates: &phase.gates,
             key: &key,
-            deadline: deadline_at.map(|at| (at, on_timeout.as_str(), phase.escalate_to.as_deref())),
+            deadline: phase.deadline().map(|d| {
+                let secs = d.as_secs_f64();
+                (secs, on_timeout.as_str(), phase.escalate_to.as_deref())
+            }),
         },
     )
     .await?;
-    if let (Some(id), Some(at)) = (inserted, deadline_at) {
-        crate::approval::schedule_deadline(conn, &locked.run.queue, p.run_id, id, at).await?;
+    if let Some(created) = inserted
+        && let Some(at) = created.deadline_at
+    {
+        crate::approval::schedule_deadline(conn, &locked.run.queue, p.run_id, created.id, at)
+            .await?;
     }
+    let inserted = inserted.map(|c| c.id);
     locked
         .set_phase_state(conn, &p.phase, PhaseState::AwaitingApproval, None)
         .await?;

@@ -88,8 +88,16 @@ pub struct NewRequest<'a> {
     pub gates: &'a [String],
     /// Unique per run: run, phase, round and artifact path.
     pub key: &'a str,
-    /// The deadline, what it does, and the group an escalation goes to.
-    pub deadline: Option<(DateTime<Utc>, &'a str, Option<&'a str>)>,
+    /// The deadline (seconds from now, by the database's clock), what it does, and the
+    /// group an escalation goes to.
+    pub deadline: Option<(f64, &'a str, Option<&'a str>)>,
+}
+
+/// A request [`approvals_insert_request`] created.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct CreatedRequest {
+    pub id: ApprovalId,
+    pub deadline_at: Option<DateTime<Utc>>,
 }
 
 /// Create the request; `None` when the run has one under this key already.
@@ -99,12 +107,12 @@ pub struct NewRequest<'a> {
 pub async fn approvals_insert_request(
     conn: &mut PgConnection,
     r: &NewRequest<'_>,
-) -> Result<Option<ApprovalId>, sqlx::Error> {
-    let row: Option<(ApprovalId,)> = sqlx::query_as(
+) -> Result<Option<CreatedRequest>, sqlx::Error> {
+    sqlx::query_as::<_, CreatedRequest>(
         "INSERT INTO approval_requests (id, run_id, phase_key, round, artifact_id, gates, idempotency_key,
                                         deadline_at, on_timeout, escalate_to)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (run_id, idempotency_key) DO NOTHING RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $10)
+         ON CONFLICT (run_id, idempotency_key) DO NOTHING RETURNING id, deadline_at",
     )
     .bind(r.id)
     .bind(r.run)
@@ -117,8 +125,7 @@ pub async fn approvals_insert_request(
     .bind(r.deadline.map(|d| d.1))
     .bind(r.deadline.and_then(|d| d.2))
     .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.map(|(id,)| id))
+    .await
 }
 
 /// The run a request belongs to (no lock: the caller locks the run, then the request).

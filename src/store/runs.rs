@@ -211,6 +211,22 @@ pub async fn runs_get_budget(
     .await
 }
 
+/// Lock a run's row for a write that appends to its log outside the engine (a model
+/// or tool call's event) and read its state: after the engine's transactions that end
+/// the run, before theirs that would. `None` for a missing run.
+///
+/// # Errors
+/// Database errors.
+pub async fn runs_lock_state(
+    conn: &mut PgConnection,
+    id: RunId,
+) -> Result<Option<RunState>, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
 /// Add the phase job a run stopped at to the jobs its budget park keeps (`new_park`:
 /// the run just stopped, so a new park begins with this job alone); returns the park's
 /// number. One job is kept as an object, more as a list (an earlier release reads the

@@ -450,18 +450,19 @@ pub async fn events(
 
 /// A run's tool calls (the tool audit), oldest first: what each call asked, whether it
 /// succeeded, and the start of its answer. `after` is the last `id` already read.
-#[utoipa::path(get, operation_id = "list_run_tool_calls", path = "/v1/runs/{id}/tool-calls", tag = "runs", params(("id" = String, Path, format = Uuid), EventsQuery),
+#[utoipa::path(get, operation_id = "list_run_tool_calls", path = "/v1/runs/{id}/tool-calls", tag = "runs", params(("id" = String, Path, format = Uuid), ToolCallsQuery),
     responses((status = 200, body = Vec<phasefleet::store::ledger::ToolCall>), (status = 404, body = ErrorBody, description = "no such run in the caller's team")),
     security(("bearer" = ["read"])))]
 pub async fn tool_calls(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<RunId>,
-    Query(q): Query<EventsQuery>,
+    Query(q): Query<ToolCallsQuery>,
 ) -> Result<Json<Vec<phasefleet::store::ledger::ToolCall>>, ApiError> {
     caller.require(Role::Read)?;
-    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    // Each row carries up to 64 KiB of arguments: pages stay at a few MiB.
+    if q.limit.is_some_and(|l| !(1..=100).contains(&l)) {
+        return Err(ApiError::bad_request("limit must be between 1 and 100"));
     }
     visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
@@ -470,10 +471,23 @@ pub async fn tool_calls(
             &mut conn,
             id,
             q.after.unwrap_or(0),
-            q.limit.unwrap_or(500),
+            q.limit.unwrap_or(50),
         )
         .await?,
     ))
+}
+
+/// A page of the tool audit.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallsQuery {
+    /// Only calls with a larger id.
+    #[param(default = 0)]
+    pub after: Option<i64>,
+    /// Calls per page.
+    #[param(minimum = 1, maximum = 100, default = 50)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -492,13 +506,17 @@ pub enum ReportFormat {
     Markdown,
     /// Same as `markdown`.
     Md,
+    /// The Markdown rendered as an HTML fragment: raw HTML shown as text, links only
+    /// to http(s), mailto, anchors and relative paths.
+    Html,
 }
 
-/// The report of an ended run, as JSON or Markdown.
+/// The report of an ended run, as JSON, Markdown, or Markdown rendered as safe HTML.
 #[utoipa::path(get, operation_id = "get_run_report", path = "/v1/runs/{id}/report", tag = "runs", params(("id" = String, Path, format = Uuid), ReportQuery),
     responses((status = 200, description = "the report", content(
                   (Object = "application/json"),
-                  (String = "text/markdown"))),
+                  (String = "text/markdown"),
+                  (String = "text/html"))),
               (status = 404, body = ErrorBody, description = "no such run in the caller's team, or it has not ended")),
     security(("bearer" = ["read"])))]
 pub async fn report(
@@ -520,6 +538,21 @@ pub async fn report(
         ReportFormat::Json => Ok(Json(json).into_response()),
         ReportFormat::Markdown | ReportFormat::Md => {
             Ok(([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response())
+        }
+        ReportFormat::Html => {
+            let html =
+                tokio::task::spawn_blocking(move || phasefleet::safe_html::markdown_to_html(&md))
+                    .await
+                    .map_err(|e| ApiError::internal(&e))?;
+            let headers = [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'self'",
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ];
+            Ok((headers, html).into_response())
         }
     }
 }
