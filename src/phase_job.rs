@@ -29,6 +29,9 @@ pub struct PhaseJob {
     /// after a top-up is a new job.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resume: i32,
+    /// The run's W3C trace context: the attempt's span continues the run's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -46,7 +49,15 @@ impl PhaseJob {
             attempt: 1,
             requires: requires.map(str::to_owned),
             resume: 0,
+            traceparent: None,
         }
+    }
+
+    /// The same job carrying the run's trace context.
+    #[must_use]
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// The repair attempt after this one.

@@ -44,6 +44,8 @@ pub struct SubmitRequest {
     /// Queue the run even when no live worker serves a provider it needs (its jobs wait
     /// until one does).
     pub allow_unserved: bool,
+    /// The W3C trace context the run's spans continue (`telemetry`), when traces are on.
+    pub traceparent: Option<String>,
 }
 
 /// How recent a worker's heartbeat must be for submit to count it as live.
@@ -668,6 +670,7 @@ fn new_run<'a>(
         .filter(|(i, _)| req.template.needs_of(*i).is_empty())
         .map(|(_, p)| {
             PhaseJob::first_attempt(run_id, &p.key, 1, requires(&p.role).as_deref())
+                .traced(req.traceparent.clone())
                 .to_job(&req.queue)
         })
         .collect();
@@ -701,6 +704,7 @@ fn new_run<'a>(
             &req.team,
         ),
         first_jobs,
+        traceparent: req.traceparent.as_deref(),
     })
 }
 

@@ -31,7 +31,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    phasefleet::telemetry::init("info,sqlx=warn");
+    let telemetry = phasefleet::telemetry::init("info,sqlx=warn");
+    let result = serve().await;
+    telemetry.shutdown();
+    result
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     let tokens = match (&args.tokens, args.no_auth) {
         (Some(spec), _) => Tokens::parse(spec)?,

@@ -35,6 +35,7 @@ pub fn bench_request(
         team: phasefleet::teams::DEFAULT_TEAM.into(),
         may_define_provider_personas: true,
         allow_unserved: true,
+        traceparent: None,
     }
 }
 

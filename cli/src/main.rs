@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and dev stack run workers in this process: show their per-turn progress.
     let runs_workers = matches!(cli.command, Command::Demo(_) | Command::Dev { .. });
-    phasefleet::telemetry::init(if runs_workers {
+    let telemetry = phasefleet::telemetry::init(if runs_workers {
         "warn,phasefleet::phase=info,phasefleet::agent::llm=info"
     } else {
         "warn"
@@ -85,7 +85,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`phasefleet runs list | head -1`): nothing more to say.
         Err(e) if is_broken_pipe(&e.error) => ExitCode::SUCCESS,

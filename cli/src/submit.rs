@@ -134,6 +134,7 @@ pub fn build_request(args: &SubmitArgs, submitted_by: &str) -> Result<SubmitRequ
         // The CLI is the operator's: its personas may name a configured provider.
         may_define_provider_personas: true,
         allow_unserved: args.allow_unserved,
+        traceparent: None,
     })
 }
 

@@ -109,6 +109,7 @@ pub async fn enqueue_first_attempt(
         row.round,
         row.requires.as_deref(),
     )
+    .traced(locked.run.traceparent.clone())
     .enqueue(conn, &locked.run.queue)
     .await?;
     locked

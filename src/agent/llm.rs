@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long one tool call may run.
 pub const TOOL_DEADLINE: Duration = Duration::from_secs(10);
@@ -220,7 +221,13 @@ impl LlmAgent {
             turn,
             model: &p.model,
         };
-        let (outcomes, result) = provider.client.chat(&chat, cancel, &log).await;
+        let span =
+            tracing::info_span!("model_call", model = %p.model, provider = %provider.name, turn);
+        let (outcomes, result) = provider
+            .client
+            .chat(&chat, cancel, &log)
+            .instrument(span)
+            .await;
         drop(permit);
         Box::pin(record_outcomes(req, provider, turn, &outcomes)).await?;
         let response = result.map_err(|e| call_failed(&p.model, e))?;
@@ -377,6 +384,19 @@ async fn record_outcomes(
 /// tool works on the shared workspace; one that overruns ends the attempt (what was
 /// written before stays for the engine to validate).
 async fn run_tool(
+    req: &AgentRequest,
+    name: &str,
+    arguments: &str,
+    turn: i32,
+    cancel: &CancellationToken,
+) -> Result<ToolOutput, AgentError> {
+    let span = tracing::info_span!("tool_call", tool = %tools::printable(name, 64), turn);
+    Box::pin(run_tool_in(req, name, arguments, turn, cancel))
+        .instrument(span)
+        .await
+}
+
+async fn run_tool_in(
     req: &AgentRequest,
     name: &str,
     arguments: &str,

@@ -97,6 +97,9 @@ impl<A: Agent> Engine<A> {
         let p: PhaseJob = serde_json::from_value(job.payload.clone())
             .map_err(|e| PhaseError::Permanent(format!("phase job payload does not parse: {e}")))?;
         let span = tracing::info_span!("phase", run_id = %p.run_id, phase = %p.phase, job_id = %job.id, round = p.round, attempt = p.attempt);
+        if let Some(parent) = &p.traceparent {
+            crate::telemetry::continue_trace(&span, parent);
+        }
         let started = std::time::Instant::now();
         let result = self.run_attempt(job, &p, cancel).instrument(span).await;
         let outcome = if result.is_ok() { "done" } else { "error" };

@@ -67,7 +67,7 @@ pub async fn reports_load_inputs(
     let row = sqlx::query_as::<_, InputsRow>(
         "SELECT r.id, r.template_hash, r.state, r.idempotency_key, r.submitted_by, r.budget_usd,
                 r.budget_tokens, r.spent_usd, r.spent_tokens, r.error, r.created_at, r.started_at,
-                r.finished_at, r.queue, r.retries, r.team,
+                r.finished_at, r.queue, r.retries, r.team, r.traceparent,
                 t.name AS template_name, t.version AS template_version,
                 (SELECT COALESCE(jsonb_agg(to_jsonb(p) - 'run_id' - 'item' ORDER BY p.position, p.item_index NULLS FIRST), '[]'::jsonb)
                    FROM run_phases p WHERE p.run_id = r.id) AS phases,

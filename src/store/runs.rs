@@ -34,11 +34,13 @@ pub struct RunRow {
     pub retries: i32,
     /// The team it belongs to.
     pub team: String,
+    /// The W3C trace context its spans continue (when traces were on at submit).
+    pub traceparent: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "r.id, r.template_hash, r.state, r.idempotency_key, r.submitted_by,
     r.budget_usd, r.budget_tokens, r.spent_usd, r.spent_tokens, r.error, r.created_at,
-    r.started_at, r.finished_at, r.queue, r.retries, r.team";
+    r.started_at, r.finished_at, r.queue, r.retries, r.team, r.traceparent";
 
 /// A run row joined with one of its phase rows.
 #[derive(sqlx::FromRow)]
@@ -371,6 +373,8 @@ pub struct NewRun<'a> {
     pub event: NewEvent,
     /// The first attempts of the phases that need nothing.
     pub first_jobs: Vec<NewJob>,
+    /// The trace the run's spans continue.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Store a submitted run whole, in ONE statement (so one commit): its template and
@@ -400,8 +404,8 @@ pub async fn runs_insert_submitted(
              ON CONFLICT (hash) DO NOTHING
          ), run AS (
              INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd,
-                               budget_tokens, queue, team, request_hash, next_event_seq)
-             VALUES ($9, $1, $10, $11, $12, $13, $14, $15, $16, 2)
+                               budget_tokens, queue, team, request_hash, next_event_seq, traceparent)
+             VALUES ($9, $1, $10, $11, $12, $13, $14, $15, $16, 2, $41)
              ON CONFLICT (team, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id
          ), inputs AS (
@@ -466,6 +470,7 @@ pub async fn runs_insert_submitted(
     .bind(new.phases.iter().map(|p| p.requires.clone()).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.requires.clone()).collect::<Vec<_>>())
     .bind(new.phases.iter().map(|p| p.needs.join(",")).collect::<Vec<_>>())
+    .bind(new.traceparent)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(id,)| id))

@@ -37,10 +37,19 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub async fn start(pool: &PgPool, redis_url: Option<&str>) -> Self {
+        Self::start_with_config(pool, redis_url, super::engine::config()).await
+    }
+
+    /// [`ApiServer::start`] with the operator configuration `config` (teams `team-a`
+    /// and `team-b` added).
+    pub async fn start_with_config(
+        pool: &PgPool,
+        redis_url: Option<&str>,
+        mut config: phasefleet::config::Config,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        let mut config = super::engine::config();
         for team in ["team-a", "team-b"] {
             config.teams.insert(
                 team.into(),

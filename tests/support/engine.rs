@@ -56,6 +56,7 @@ pub fn request(queue: &str, extra: serde_json::Value) -> SubmitRequest {
         team: phasefleet::teams::DEFAULT_TEAM.into(),
         may_define_provider_personas: true,
         allow_unserved: true,
+        traceparent: None,
     }
 }
 

@@ -46,7 +46,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    phasefleet::telemetry::init("info,sqlx=warn");
+    let telemetry = phasefleet::telemetry::init("info,sqlx=warn");
+    let result = serve().await;
+    telemetry.shutdown();
+    result
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     let signals = shutdown::install().context("installing signal handlers")?;
     if let Some(addr) = args.metrics_listen {

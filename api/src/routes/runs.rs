@@ -18,6 +18,7 @@ use phasefleet::workflow::{DefinitionError, Persona, WorkflowTemplate, document}
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use tracing::Instrument;
 use utoipa::openapi::Ref;
 use utoipa::{IntoParams, ToSchema};
 
@@ -266,6 +267,7 @@ fn build_request(
         team,
         may_define_provider_personas: caller.role == Role::Admin,
         allow_unserved: body.allow_unserved,
+        traceparent: None,
     })
 }
 
@@ -290,8 +292,16 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Submit)?;
     let key = idempotency_key(&headers)?;
-    let req = build_request(body, key, &caller)?;
-    let out = phasefleet::submit::submit(&state.pool, &state.schemas, &state.config, req).await?;
+    let mut req = build_request(body, key, &caller)?;
+    // The run's trace starts here (under the caller's `traceparent`, if it sent one);
+    // its phase attempts continue it.
+    let span = tracing::info_span!("submit_run", team = %req.team, queue = %req.queue);
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        phasefleet::telemetry::continue_trace(&span, parent);
+    }
+    req.traceparent = phasefleet::telemetry::traceparent_of(&span);
+    let submitted = phasefleet::submit::submit(&state.pool, &state.schemas, &state.config, req);
+    let out = submitted.instrument(span).await?;
     let (status, outcome, run_id) = match out {
         Submitted::Created(id) => (StatusCode::CREATED, SubmitOutcome::Created, id),
         Submitted::Existing(id) => (StatusCode::OK, SubmitOutcome::Existing, id),
