@@ -72,8 +72,22 @@ pub enum WebhookError {
     Db(#[from] sqlx::Error),
 }
 
+/// Whether this process announces notifications: true unless its operator
+/// configuration has no webhooks ([`set_announcing`]); the fleet's processes share one
+/// configuration, so a fleet without webhooks enqueues no notification jobs.
+static ANNOUNCING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Say whether this process's configuration has webhooks (the binaries call it with
+/// their configuration at start).
+pub fn set_announcing(config: &Config) {
+    ANNOUNCING.store(
+        !config.webhooks.is_empty(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Enqueue a `notification` job for each appended event that announces one (called in
-/// the transaction that appends them).
+/// the transaction that appends them), unless this process has no webhooks.
 ///
 /// # Errors
 /// Queue errors.
@@ -83,6 +97,9 @@ pub async fn enqueue_notifications(
     run: RunId,
     appended: &[crate::store::events::Appended],
 ) -> Result<(), QueueError> {
+    if !ANNOUNCING.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     for a in appended
         .iter()
         .filter(|a| notification_of(&a.kind).is_some())
@@ -195,7 +212,8 @@ fn delivery_id(webhook: &str, run: RunId, seq: i64) -> String {
 }
 
 /// Turn a `notification` job into one delivery job per subscribed webhook, completing
-/// it under `lease` in the same transaction.
+/// it under `lease` in the same transaction. `None` when no webhook is subscribed (or
+/// none is configured): nothing to write, the caller completes the job in its batch.
 ///
 /// # Errors
 /// [`WebhookError`].
@@ -204,16 +222,50 @@ pub async fn fan_out(
     hooks: &Webhooks,
     job: &ClaimedJob,
     lease: &Lease,
-) -> Result<Completed, WebhookError> {
+) -> Result<Option<Completed>, WebhookError> {
     let n: NotificationJob = serde_json::from_value(job.payload.clone())
         .map_err(|e| WebhookError::BadJob(e.to_string()))?;
+    if hooks.hooks.is_empty() {
+        return Ok(None);
+    }
+    let deliveries = {
+        let mut conn = pool.acquire().await?;
+        deliveries_of(&mut conn, hooks, &n).await?
+    };
+    if deliveries.is_empty() {
+        return Ok(None);
+    }
     let mut tx = pool.begin().await?;
-    let found = crate::store::events::events_get(&mut tx, n.run_id, n.seq).await?;
-    let run = crate::store::runs::runs_get(&mut tx, n.run_id).await?;
-    if let (Some(event), Some(run)) = (found, run)
-        && let Some(notification) = notification_of(&event.kind)
-    {
-        for (name, w) in hooks.subscribed(notification, &run.team) {
+    for (payload, max_attempts) in deliveries {
+        let key = format!("webhook:{}:{}:{}", payload.webhook, n.run_id, n.seq);
+        let delivery = NewJob::new(DELIVERY_JOB_KIND, json!(payload))
+            .queue(&job.queue)
+            .max_attempts(max_attempts)
+            .unique_key(key);
+        queue::enqueue(&mut tx, &delivery).await?;
+    }
+    let completed = queue::complete(&mut tx, lease).await?;
+    tx.commit().await?;
+    Ok(Some(completed))
+}
+
+/// The delivery jobs a notification makes, with their attempt budgets.
+async fn deliveries_of(
+    conn: &mut PgConnection,
+    hooks: &Webhooks,
+    n: &NotificationJob,
+) -> Result<Vec<(DeliveryJob, i32)>, WebhookError> {
+    let found = crate::store::events::events_get(conn, n.run_id, n.seq).await?;
+    let run = crate::store::runs::runs_get(conn, n.run_id).await?;
+    let (Some(event), Some(run)) = (found, run) else {
+        return Ok(Vec::new());
+    };
+    let Some(notification) = notification_of(&event.kind) else {
+        return Ok(Vec::new());
+    };
+    Ok(hooks
+        .subscribed(notification, &run.team)
+        .map(|(name, w)| {
             let id = delivery_id(name, n.run_id, n.seq);
             let payload = DeliveryJob {
                 webhook: name.clone(),
@@ -223,16 +275,9 @@ pub async fn fan_out(
                 run_id: n.run_id,
                 seq: n.seq,
             };
-            let delivery = NewJob::new(DELIVERY_JOB_KIND, json!(payload))
-                .queue(&job.queue)
-                .max_attempts(w.max_attempts.unwrap_or(8))
-                .unique_key(format!("webhook:{name}:{}:{}", n.run_id, n.seq));
-            queue::enqueue(&mut tx, &delivery).await?;
-        }
-    }
-    let completed = queue::complete(&mut tx, lease).await?;
-    tx.commit().await?;
-    Ok(completed)
+            (payload, w.max_attempts.unwrap_or(8))
+        })
+        .collect())
 }
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.

@@ -393,6 +393,38 @@ async fn bad_input_wrong_roles_and_unknown_ids_get_the_right_4xx_and_change_noth
         ),
         ("unknown run", as_(Some(READ), get.clone(), &run), 404),
         (
+            "a tool-audit page too large",
+            as_(
+                Some(READ),
+                get.clone(),
+                &format!("{run}/tool-calls?limit=101"),
+            ),
+            400,
+        ),
+        (
+            "a team token on the fleet's admin routes",
+            as_(Some(READ), get.clone(), "/v1/admin/workers"),
+            403,
+        ),
+        (
+            "an operator action with an unknown action",
+            as_(Some(ADMIN), post.clone(), "/v1/admin/actions")
+                .json(&json!({ "action": "format_disk" })),
+            422,
+        ),
+        (
+            "pausing a queue with a name that is not one",
+            as_(Some(ADMIN), post.clone(), "/v1/admin/actions")
+                .json(&json!({ "action": "pause_queue", "queue": "a b" })),
+            422,
+        ),
+        (
+            "requeueing a job that does not exist",
+            as_(Some(ADMIN), post.clone(), "/v1/admin/actions")
+                .json(&json!({ "action": "requeue_job", "job": 9_000_000_000_i64 })),
+            404,
+        ),
+        (
             "unknown run events",
             as_(Some(READ), get.clone(), &format!("{run}/events/stream")),
             404,

@@ -644,6 +644,30 @@ async fn a_gate_with_a_deadline_shows_its_time_left_and_rejects_the_run_without_
         .await
         .unwrap();
     assert_eq!(approvals[0].decided_by.as_deref(), Some("deadline"));
+
+    // A 2 s deadline, watched on its run page from the start: it fails there with
+    // nobody acting.
+    let mut quick = support::engine::request(&q, json!({}));
+    let gated = quick
+        .template
+        .phases
+        .iter_mut()
+        .find(|p| !p.gates.is_empty())
+        .unwrap();
+    gated.deadline = Some("2s".into());
+    gated.on_timeout = Some(phasefleet::workflow::OnTimeout::Reject);
+    let quick = support::engine::submit(&pool, quick).await;
+    browser.goto(&format!("{}/#/runs/{quick}", api.base)).await;
+    browser
+        .wait_for(
+            "#run-state [data-state='failed']",
+            "the 2 s deadline failed the run",
+        )
+        .await;
+    let mut c = pool.acquire().await.unwrap();
+    let decided = phasefleet::approval::for_run(&mut c, quick).await.unwrap();
+    assert_eq!(decided[0].decided_by.as_deref(), Some("deadline"));
+    assert!(decided[0].decided_at.unwrap() - decided[0].created_at >= chrono::Duration::seconds(2));
     browser.quit().await;
     fleet.shutdown().await;
     api.shutdown().await;

@@ -54,6 +54,7 @@ async fn serve() -> anyhow::Result<()> {
     }
     let schemas = phasefleet::validate::SchemaRegistry::from_env()?;
     let config = phasefleet::config::Config::from_env()?;
+    phasefleet::webhooks::set_announcing(&config);
     let limits = phasefleet_api::server::Limits::from_env().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -477,6 +477,10 @@ async fn prune(
         // File content no remaining run refers to, and uploads older than the cutoff
         // that no run used.
         blobs_deleted = phasefleet::store::files::file_blobs_prune(&mut conn, older_than).await?;
+        // The audit and the webhook delivery log keep the same history.
+        phasefleet::store::operator_actions::operator_actions_prune(&mut conn, older_than).await?;
+        phasefleet::store::webhook_deliveries::webhook_deliveries_prune(&mut conn, older_than)
+            .await?;
     }
     let said = format!(
         "deleted {jobs_deleted} job(s), {runs_deleted} run(s) and {blobs_deleted} stored file(s)"

@@ -69,15 +69,14 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         .fetch_one(&db.pool)
         .await?;
     let mut workers = JoinSet::new();
-    crate::stack::spawn_workers(
-        &mut workers,
-        &agent,
-        &db.pool,
-        &schemas,
-        queue,
-        args.workers,
-        &stop,
-    );
+    let webhooks = crate::stack::webhooks(&config)?;
+    let parts = crate::stack::Parts {
+        agent: &agent,
+        webhooks: &webhooks,
+        pool: &db.pool,
+        schemas: &schemas,
+    };
+    crate::stack::spawn_workers(&mut workers, &parts, queue, args.workers, &stop);
 
     let personas = if args.personas.is_empty() {
         let mut v: Vec<PathBuf> = std::fs::read_dir("examples/personas")

@@ -20,15 +20,14 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
         .await
         .map_err(|e| CliError::new(2, e))?;
     let mut set = JoinSet::new();
-    crate::stack::spawn_workers(
-        &mut set,
-        &agent,
-        &db.pool,
-        &schemas,
-        "default",
-        workers,
-        &signals.graceful,
-    );
+    let webhooks = crate::stack::webhooks(&config)?;
+    let parts = crate::stack::Parts {
+        agent: &agent,
+        webhooks: &webhooks,
+        pool: &db.pool,
+        schemas: &schemas,
+    };
+    crate::stack::spawn_workers(&mut set, &parts, "default", workers, &signals.graceful);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::new(1, format!("cannot listen on {listen}: {e}")))?;

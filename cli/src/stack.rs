@@ -3,6 +3,7 @@
 use phasefleet::agent::router::BackendRouter;
 use phasefleet::phase::Engine;
 use phasefleet::validate::SchemaRegistry;
+use phasefleet::webhooks::Webhooks;
 use phasefleet_worker::{EngineHandler, Worker, WorkerConfig};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -18,12 +19,18 @@ pub fn connections_for(workers: usize) -> u32 {
     u32::try_from(workers.saturating_mul(WORKER_SLOTS + 2)).unwrap_or(u32::MAX)
 }
 
+/// What every in-process worker runs with.
+pub struct Parts<'a> {
+    pub agent: &'a BackendRouter,
+    pub webhooks: &'a Webhooks,
+    pub pool: &'a PgPool,
+    pub schemas: &'a SchemaRegistry,
+}
+
 /// Start `n` workers on `queue`; they stop when `stop` fires.
 pub fn spawn_workers(
     set: &mut JoinSet<Result<(), phasefleet_worker::WorkerError>>,
-    agent: &BackendRouter,
-    pool: &PgPool,
-    schemas: &SchemaRegistry,
+    parts: &Parts<'_>,
     queue: &str,
     n: usize,
     stop: &CancellationToken,
@@ -35,8 +42,24 @@ pub fn spawn_workers(
             concurrency: WORKER_SLOTS,
             ..WorkerConfig::default()
         };
-        let engine = Engine::new(pool.clone(), schemas.clone(), agent.clone());
-        let worker = Worker::new(pool.clone(), cfg, EngineHandler::new(engine));
+        let engine = Engine::new(
+            parts.pool.clone(),
+            parts.schemas.clone(),
+            parts.agent.clone(),
+        );
+        let handler = EngineHandler::new(engine).with_webhooks(parts.webhooks.clone());
+        let worker = Worker::new(parts.pool.clone(), cfg, handler);
         set.spawn(worker.run(stop.clone()));
     }
+}
+
+/// The configuration's webhooks for in-process workers (and whether this process
+/// announces notifications at all).
+///
+/// # Errors
+/// A webhook whose secret variable is unset.
+pub fn webhooks(config: &phasefleet::config::Config) -> Result<Webhooks, crate::exit::CliError> {
+    phasefleet::webhooks::set_announcing(config);
+    Webhooks::from_config(config)
+        .map_err(|e| crate::exit::CliError::new(crate::exit::USAGE, e.to_string()))
 }

@@ -76,3 +76,19 @@ pub async fn operator_actions_list(
     .fetch_all(&mut *conn)
     .await
 }
+
+/// Delete actions older than `older_than` (retention). Returns how many went.
+///
+/// # Errors
+/// Database errors.
+pub async fn operator_actions_prune(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let r =
+        sqlx::query("DELETE FROM operator_actions WHERE at < now() - make_interval(secs => $1)")
+            .bind(older_than.as_secs_f64())
+            .execute(&mut *conn)
+            .await?;
+    Ok(r.rows_affected())
+}

@@ -91,7 +91,11 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
             webhooks::NOTIFICATION_JOB_KIND => {
                 let lease = ctx.job.lease();
                 let fanned = webhooks::fan_out(&ctx.pool, &self.webhooks, &ctx.job, &lease);
-                Box::pin(fanned).await.map_err(webhook_error)
+                match Box::pin(fanned).await.map_err(webhook_error)? {
+                    Some(completed) => Ok(completed),
+                    // Nothing to deliver: completed with the worker's next batch.
+                    None => Ok(ctx.complete_batched().await?),
+                }
             }
             webhooks::DELIVERY_JOB_KIND => {
                 let delivered = webhooks::deliver(&ctx.pool, &self.webhooks, &ctx.job);

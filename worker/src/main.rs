@@ -89,6 +89,7 @@ async fn serve() -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let webhooks = phasefleet::webhooks::Webhooks::from_config(&config)?;
+    phasefleet::webhooks::set_announcing(&config);
     let engine = Engine::new(pool.clone(), schemas, agent);
     Worker::new(
         pool,

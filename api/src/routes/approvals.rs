@@ -29,12 +29,10 @@ pub async fn pending(
     Query(q): Query<PendingQuery>,
 ) -> Result<Json<Vec<ApprovalRow>>, ApiError> {
     caller.require(Role::Approve)?;
-    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
+    let limit = super::page_limit(q.limit, 100, 1000)?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::approval::pending(&mut conn, &caller.scope, q.limit.unwrap_or(100)).await?,
+        phasefleet::approval::pending(&mut conn, &caller.scope, limit).await?,
     ))
 }
 

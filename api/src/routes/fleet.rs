@@ -90,9 +90,7 @@ pub async fn jobs(
     Query(q): Query<JobsQuery>,
 ) -> Result<Json<Vec<JobRow>>, ApiError> {
     require_fleet_admin(&caller)?;
-    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
+    let limit = super::page_limit(q.limit, 100, 500)?;
     if q.queue
         .as_deref()
         .is_some_and(|name| !phasefleet::config::is_name(name))
@@ -103,14 +101,7 @@ pub async fn jobs(
     }
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        queue::list(
-            &mut conn,
-            q.state,
-            q.queue.as_deref(),
-            None,
-            q.limit.unwrap_or(100),
-        )
-        .await?,
+        queue::list(&mut conn, q.state, q.queue.as_deref(), None, limit).await?,
     ))
 }
 
@@ -156,12 +147,10 @@ pub async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<OperatorActionRow>>, ApiError> {
     require_fleet_admin(&caller)?;
-    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
+    let limit = super::page_limit(q.limit, 50, 500)?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        operator_actions::operator_actions_list(&mut conn, q.before, q.limit.unwrap_or(50)).await?,
+        operator_actions::operator_actions_list(&mut conn, q.before, limit).await?,
     ))
 }
 
@@ -187,12 +176,9 @@ pub async fn webhook_deliveries(
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Json<Vec<DeliveryAttempt>>, ApiError> {
     require_fleet_admin(&caller)?;
-    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
+    let limit = super::page_limit(q.limit, 50, 500)?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        webhook_deliveries::webhook_deliveries_list(&mut conn, q.run, q.limit.unwrap_or(50))
-            .await?,
+        webhook_deliveries::webhook_deliveries_list(&mut conn, q.run, limit).await?,
     ))
 }

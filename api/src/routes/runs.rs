@@ -369,9 +369,7 @@ pub async fn list(
         template: q.template,
         submitted_by: q.submitted_by,
     };
-    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 500"));
-    }
+    let limit = super::page_limit(q.limit, 50, 500)?;
     let cursor = q
         .cursor
         .as_deref()
@@ -383,7 +381,7 @@ pub async fn list(
         })?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::views::list_runs(&mut conn, &filter, cursor, q.limit.unwrap_or(50)).await?,
+        phasefleet::views::list_runs(&mut conn, &filter, cursor, limit).await?,
     ))
 }
 
@@ -442,19 +440,11 @@ pub async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<phasefleet::events::Event>>, ApiError> {
     caller.require(Role::Read)?;
-    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
+    let limit = super::page_limit(q.limit, 500, 1000)?;
     visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::store::events::events_list(
-            &mut conn,
-            id,
-            q.after.unwrap_or(0),
-            q.limit.unwrap_or(500),
-        )
-        .await?,
+        phasefleet::store::events::events_list(&mut conn, id, q.after.unwrap_or(0), limit).await?,
     ))
 }
 
@@ -471,19 +461,12 @@ pub async fn tool_calls(
 ) -> Result<Json<Vec<phasefleet::store::ledger::ToolCall>>, ApiError> {
     caller.require(Role::Read)?;
     // Each row carries up to 64 KiB of arguments: pages stay at a few MiB.
-    if q.limit.is_some_and(|l| !(1..=100).contains(&l)) {
-        return Err(ApiError::bad_request("limit must be between 1 and 100"));
-    }
+    let limit = super::page_limit(q.limit, 50, 100)?;
     visible_run(&state, &caller, id).await?;
     let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        phasefleet::store::ledger::tool_calls_list(
-            &mut conn,
-            id,
-            q.after.unwrap_or(0),
-            q.limit.unwrap_or(50),
-        )
-        .await?,
+        phasefleet::store::ledger::tool_calls_list(&mut conn, id, q.after.unwrap_or(0), limit)
+            .await?,
     ))
 }
 
