@@ -52,8 +52,10 @@ fn safe_destination(dest: CowStr<'_>) -> CowStr<'_> {
         .filter(|&i| lower.as_bytes()[i] == b':')
         .map(|i| &lower[..i]);
     let control = lower.chars().any(char::is_control);
+    // `//host/x` and `\\host` are other sites, however relative they look.
+    let off_site = lower.starts_with("//") || lower.contains('\\');
     match scheme {
-        _ if control => CowStr::Borrowed("#"),
+        _ if control || off_site => CowStr::Borrowed("#"),
         None | Some("http" | "https" | "mailto") => dest,
         Some(_) => CowStr::Borrowed("#"),
     }
@@ -67,7 +69,8 @@ mod tests {
     fn raw_html_is_text_and_only_safe_links_survive() {
         let hostile = "# Title\n\n<script>alert(1)</script>\n\nInline <img src=x onerror=alert(2)> here.\n\n\
             [a](javascript:alert(3)) [b](JAVASCRIPT:alert(4)) [c]( jav\tascript:alert(5)) \
-            [d](data:text/html;base64,PHNjcmlwdD4=) [e](vbscript:x) ![f](javascript:alert(6))\n\n\
+            [d](data:text/html;base64,PHNjcmlwdD4=) [e](vbscript:x) ![f](javascript:alert(6)) \
+            [g](java&#x73;cript:alert(7)) [h](&#106;avascript:alert(8)) [i](//evil.example/x) [j](/\\evil.example)\n\n\
             [ok](https://example.com/x?y=1) [rel](notes/a.md) [anchor](#top) [mail](mailto:a@b.c)\n\n\
             | a | b |\n|---|---|\n| <b>1</b> | 2 |\n";
         let html = markdown_to_html(hostile);
@@ -102,6 +105,7 @@ mod tests {
             assert!(allowed, "{href} in {html}");
         }
         assert!(html.contains("<h1>Title</h1>"), "{html}");
+        assert!(!html.contains("evil.example"), "{html}");
         for kept in [
             "href=\"https://example.com/x?y=1\"",
             "href=\"notes/a.md\"",

@@ -72,7 +72,11 @@ pub fn init(default_filter: &str) -> Telemetry {
 pub fn init_with(default_filter: &str, service: &str, otlp_traces: Option<&str>) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // `RUST_LOG` filters the log lines only: a quiet log level must not cut a run's
+    // spans out of its trace.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
     let provider = otlp_traces.and_then(|endpoint| match tracer_provider(endpoint, service) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -91,7 +95,6 @@ pub fn init_with(default_filter: &str, service: &str, otlp_traces: Option<&str>)
             }))
     });
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();

@@ -72,10 +72,10 @@ pub enum WebhookError {
     Db(#[from] sqlx::Error),
 }
 
-/// Whether this process announces notifications: true unless its operator
-/// configuration has no webhooks ([`set_announcing`]); the fleet's processes share one
-/// configuration, so a fleet without webhooks enqueues no notification jobs.
-static ANNOUNCING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+/// Whether this process announces notifications: only once [`set_announcing`] saw
+/// webhooks in its configuration. The fleet's processes share one configuration, so a
+/// fleet without webhooks enqueues no notification jobs.
+static ANNOUNCING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Say whether this process's configuration has webhooks (the binaries call it with
 /// their configuration at start).
@@ -212,8 +212,8 @@ fn delivery_id(webhook: &str, run: RunId, seq: i64) -> String {
 }
 
 /// Turn a `notification` job into one delivery job per subscribed webhook, completing
-/// it under `lease` in the same transaction. `None` when no webhook is subscribed (or
-/// none is configured): nothing to write, the caller completes the job in its batch.
+/// it under `lease` in the same transaction. `None` when no webhook is subscribed:
+/// nothing to write, the caller completes the job in its batch.
 ///
 /// # Errors
 /// [`WebhookError`].
@@ -225,8 +225,12 @@ pub async fn fan_out(
 ) -> Result<Option<Completed>, WebhookError> {
     let n: NotificationJob = serde_json::from_value(job.payload.clone())
         .map_err(|e| WebhookError::BadJob(e.to_string()))?;
+    // A process with webhooks enqueued it: a worker without any must not drop it.
     if hooks.hooks.is_empty() {
-        return Ok(None);
+        return Err(WebhookError::Unreachable {
+            webhook: "(any)".into(),
+            message: "this worker's configuration has no webhooks; another worker's may".into(),
+        });
     }
     let deliveries = {
         let mut conn = pool.acquire().await?;

@@ -82,7 +82,6 @@ async fn a_two_second_deadline_rejects_approves_or_aborts_without_anyone_acting(
             waited >= chrono::Duration::seconds(2),
             "{run}: decided after {waited}"
         );
-        assert!(a.deadline_at.unwrap() - a.created_at >= chrono::Duration::seconds(2));
     }
     let error = error_of(&pool, reject).await;
     assert!(error.contains("rejected by deadline"), "{error}");

@@ -716,12 +716,32 @@ async fn the_run_page_charts_attempts_repairs_approval_waits_and_costs_and_rende
         .js("return [document.querySelectorAll('svg.tokens rect').length, document.querySelectorAll('svg.cost rect').length]")
         .await;
     assert_eq!(bars, json!([3, 3]), "a token and a cost bar per phase");
-    // The report's HTML has no element a model could have smuggled in.
-    let scripts = browser
-        .js("return document.querySelectorAll('#report script, #report iframe, #report [onerror]').length")
-        .await;
-    assert_eq!(scripts, json!(0));
     screenshot(&browser, "run-charts.png").await;
+
+    // Hostile text in a report (a cancel reason; a model's words reach reports the
+    // same way) is shown as text: no element, no script link.
+    let hostile = support::engine::submit(&pool, support::engine::request(&q, json!({}))).await;
+    support::engine::pending_approval(&pool, hostile).await;
+    let reason =
+        "<img src=x onerror=alert(1)><script>alert(2)</script> [click](javascript:alert(3))";
+    phasefleet::cancel::cancel_run(
+        &pool,
+        &phasefleet::teams::Scope::Fleet,
+        hostile,
+        Some(reason),
+    )
+    .await
+    .unwrap();
+    browser
+        .goto(&format!("{}/#/runs/{hostile}", api.base))
+        .await;
+    browser
+        .wait_for("#report h1", "the hostile run's report")
+        .await;
+    let shown = browser
+        .js("const r = document.querySelector('#report'); return [r.querySelectorAll('img, script, iframe, [onerror]').length, r.querySelectorAll('a[href^=\"javascript\" i]').length, r.textContent.includes('<img src=x onerror=alert(1)>')]")
+        .await;
+    assert_eq!(shown, json!([0, 0, true]), "the report's HTML: {shown}");
     browser.quit().await;
     fleet.shutdown().await;
     api.shutdown().await;

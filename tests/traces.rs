@@ -105,11 +105,30 @@ async fn each_run_is_one_trace_from_submit_through_the_queue_to_model_and_tool_c
         .unwrap()
         .parse()
         .unwrap();
-    // A second run without a traceparent: a trace of its own.
+    // A second run without a traceparent, a third with a malformed one: each a trace of
+    // its own.
     let (status, second) = admin.post("/v1/runs", &body).await;
     assert_eq!(status, reqwest::StatusCode::CREATED, "{second}");
     let untraced: phasefleet::RunId = second["run_id"].as_str().unwrap().parse().unwrap();
-    for run in [traced, untraced] {
+    let res = admin
+        .http
+        .post(format!("{}/v1/runs", api.base))
+        .bearer_auth(ADMIN)
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-zz-{}", "x".repeat(300)),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+    let malformed: phasefleet::RunId = res.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for run in [traced, untraced, malformed] {
         let id = pending_approval(&pool, run).await;
         approval::decide(&pool, &Scope::Fleet, id, Action::Approve, None, Some("t"))
             .await
@@ -122,7 +141,7 @@ async fn each_run_is_one_trace_from_submit_through_the_queue_to_model_and_tool_c
     fleet.shutdown().await;
     api.shutdown().await;
 
-    let wanted = |spans: &[Span]| spans.iter().filter(|s| s.name == "phase").count() >= 6;
+    let wanted = |spans: &[Span]| spans.iter().filter(|s| s.name == "phase").count() >= 9;
     let spans = eventually(Duration::from_secs(30), "the spans arrive", || async {
         telemetry.flush();
         let got = got.lock().unwrap().clone();
@@ -182,22 +201,26 @@ async fn each_run_is_one_trace_from_submit_through_the_queue_to_model_and_tool_c
         "{tree:#?}"
     );
 
-    // The other run: its own trace, rooted at its submit, its phases inside it.
-    let other_root: Vec<_> = spans
+    // The other runs: each its own trace, rooted at its submit (no parent), its three
+    // phases inside it.
+    let other_roots: Vec<_> = spans
         .iter()
         .filter(|s| s.name == "submit_run" && s.trace != caller_trace)
         .collect();
-    assert_eq!(other_root.len(), 1);
-    let other = of_trace(&other_root[0].trace);
-    assert_eq!(
-        other.iter().filter(|s| s.name == "phase").count(),
-        3,
-        "{other:#?}"
-    );
-    assert!(other.iter().all(|s| {
-        s.attributes
-            .get("run_id")
-            .is_none_or(|r| *r == untraced.to_string())
-    }));
+    assert_eq!(other_roots.len(), 2, "{other_roots:#?}");
+    assert_ne!(other_roots[0].trace, other_roots[1].trace);
+    for root in other_roots {
+        assert!(root.parent.is_empty(), "a root: {root:?}");
+        let other = of_trace(&root.trace);
+        let phases: Vec<_> = other.iter().filter(|s| s.name == "phase").collect();
+        assert_eq!(phases.len(), 3, "{other:#?}");
+        let run = &phases[0].attributes["run_id"];
+        assert!(*run == untraced.to_string() || *run == malformed.to_string());
+        assert!(
+            phases
+                .iter()
+                .all(|s| &s.attributes["run_id"] == run && s.parent == root.id)
+        );
+    }
     telemetry.shutdown();
 }

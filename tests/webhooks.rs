@@ -101,6 +101,9 @@ async fn notifications_are_signed_retried_after_500s_and_delivered_once_by_id() 
         (name == "OPS_WEBHOOK_SECRET").then(|| SECRET.to_owned())
     })
     .unwrap();
+    // This process decides approvals and appends events: it announces, as a worker or
+    // an API with this configuration would.
+    phasefleet::webhooks::set_announcing(&config);
     let fleet = Fleet::start_with_webhooks(
         &pool,
         &q,

@@ -152,11 +152,13 @@ impl Ledger {
     /// Database errors.
     pub async fn record_call(&self, c: &CallRecord<'_>) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // The call is always accounted; its event only while the run runs (a finished
+        // The call is always accounted; its event only until the run ends (a finished
         // call of an ended run is in the ledger and the report, not after the end).
-        let running = runs::runs_lock_state(&mut tx, self.at.run).await? == Some(RunState::Running);
+        let open = runs::runs_lock_state(&mut tx, self.at.run)
+            .await?
+            .is_some_and(|s| !s.is_terminal());
         ledger::llm_calls_finish(&mut tx, &self.at, c).await?;
-        if let Some(call_id) = c.call_id.filter(|_| running) {
+        if let Some(call_id) = c.call_id.filter(|_| open) {
             let summary = CallSummary {
                 model: c.model,
                 status: c.status,
@@ -215,10 +217,12 @@ impl Ledger {
             .and_then(serde_json::Value::as_str)
             .map(|p| super::tools::printable(p, 256));
         let mut tx = self.pool.begin().await?;
-        let running = runs::runs_lock_state(&mut tx, self.at.run).await? == Some(RunState::Running);
+        let open = runs::runs_lock_state(&mut tx, self.at.run)
+            .await?
+            .is_some_and(|s| !s.is_terminal());
         let id =
             ledger::tool_calls_insert(&mut tx, &self.at, turn, &tool, &args, ok, &summary).await?;
-        if !running {
+        if !open {
             return tx.commit().await;
         }
         let called = ToolSummary {
