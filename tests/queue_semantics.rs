@@ -91,11 +91,13 @@ async fn zombie_cannot_complete_after_its_lease_is_rescued() {
         "a new claim gets a newer fencing token"
     );
 
-    // The zombie wakes up: every write it tries is refused.
+    // The zombie wakes up: every write it tries is refused. Its heartbeat says the
+    // lease is lost and the job is still in the queue (taken, not completed).
     let hb = queue::heartbeat(&mut conn, &[lease_a], Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(hb.lost, vec![id]);
+    assert!(hb.gone.is_empty(), "taken by another worker, not gone");
     assert!(matches!(
         queue::complete(&mut conn, &lease_a).await,
         Err(QueueError::LeaseLost { .. })
@@ -809,4 +811,24 @@ async fn a_claim_lost_in_a_failover_is_never_handed_out_again_with_the_same_toke
         Err(QueueError::LeaseLost { .. })
     ));
     let _done = queue::complete(&mut conn, &again).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_heartbeat_tells_a_job_that_completed_meanwhile_from_one_taken_over() {
+    let pool = pool().await;
+    let q = unique_queue("hb-gone");
+    let done = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    let me = WorkerId::new();
+    let mut conn = pool.acquire().await.unwrap();
+    let lease = queue::claim(&mut conn, me, &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()[0]
+        .lease();
+    assert_eq!(lease.job_id, done);
+    // The job completes while a renewal that still lists it is on its way.
+    let _ = queue::complete(&mut conn, &lease).await.unwrap();
+    let hb = queue::heartbeat(&mut conn, &[lease], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((hb.lost, hb.gone), (vec![done], vec![done]));
 }

@@ -73,6 +73,9 @@ pub async fn claim_capable(
 pub struct HeartbeatReport {
     /// Leases that are no longer ours: stop working on these, apply nothing.
     pub lost: Vec<JobId>,
+    /// Of `lost`, the jobs that have left the queue (completed, most likely by this
+    /// worker while the heartbeat was on its way): nothing was taken from anyone.
+    pub gone: Vec<JobId>,
     /// Jobs someone asked to cancel: interrupt them.
     pub cancel_requested: Vec<JobId>,
 }
@@ -110,6 +113,18 @@ pub async fn heartbeat(
             Some(true) => report.cancel_requested.push(l.job_id),
             Some(false) => {}
         }
+    }
+    if !report.lost.is_empty() {
+        let present: Vec<JobId> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+            .bind(&report.lost)
+            .fetch_all(&mut *conn)
+            .await?;
+        report.gone = report
+            .lost
+            .iter()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect();
     }
     Ok(report)
 }

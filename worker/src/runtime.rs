@@ -532,7 +532,12 @@ async fn renew_leases(shared: &Shared, bound: Duration) {
         Ok(Ok(report)) => {
             shared.inflight.renewed(&leases, sent_at);
             for id in report.lost {
-                tracing::warn!(job_id = %id, "lease lost; interrupting job");
+                if report.gone.contains(&id) {
+                    // Completed while the renewal was on its way: nothing to warn about.
+                    tracing::debug!(job_id = %id, "job left the queue during a lease renewal");
+                } else {
+                    tracing::warn!(job_id = %id, "lease lost; interrupting job");
+                }
                 shared.inflight.stop(id, StopReason::LeaseLost);
             }
             for id in report.cancel_requested {
