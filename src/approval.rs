@@ -9,6 +9,8 @@ use crate::queue::QueueError;
 use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
 use crate::store::approvals;
+use crate::store::run_phases::PhaseRow;
+use crate::store::runs::RunRow;
 use crate::teams::Scope;
 use crate::workflow::OnTimeout;
 use serde::Serialize;
@@ -156,15 +158,9 @@ pub async fn decide_as_member(
     };
     let mut tx = pool.begin().await?;
     // 1. Lock the run, then the request (the order of every engine transaction).
-    let run_id = approvals::approvals_get_run(&mut tx, id)
+    let (run, phases, request) = lock_request(&mut tx, id)
         .await?
-        .ok_or(ApprovalError::NotFound(id))?;
-    let (run, phases) = crate::store::runs::runs_lock_with_phases(&mut tx, run_id)
-        .await?
-        .filter(|(r, _)| scope.sees(&r.team))
-        .ok_or(ApprovalError::NotFound(id))?;
-    let request = approvals::approvals_lock(&mut tx, id)
-        .await?
+        .filter(|(r, _, _)| scope.sees(&r.team))
         .ok_or(ApprovalError::NotFound(id))?;
     // 2. A repeated decision changes nothing; a different one is refused.
     if let Some(prev) = request.action {
@@ -206,6 +202,23 @@ pub async fn decide_as_member(
     record_and_act(&mut tx, &mut locked, &request, &decision).await?;
     tx.commit().await?;
     Ok(Decided::Recorded)
+}
+
+/// A request with its run and the run's phases, locked in the engine's order: the run
+/// (with its phases), then the request. `None` when there is no such request.
+async fn lock_request(
+    conn: &mut PgConnection,
+    id: ApprovalId,
+) -> Result<Option<(RunRow, Vec<PhaseRow>, ApprovalRow)>, sqlx::Error> {
+    let Some(run_id) = approvals::approvals_get_run(conn, id).await? else {
+        return Ok(None);
+    };
+    let Some((run, phases)) = crate::store::runs::runs_lock_with_phases(conn, run_id).await? else {
+        return Ok(None);
+    };
+    Ok(approvals::approvals_lock(conn, id)
+        .await?
+        .map(|request| (run, phases, request)))
 }
 
 /// Record `d` on `request`, act on it and append the events.
@@ -284,13 +297,7 @@ async fn apply_deadline_in(
     conn: &mut PgConnection,
     id: ApprovalId,
 ) -> Result<DeadlineOutcome, ApprovalError> {
-    let Some(run_id) = approvals::approvals_get_run(conn, id).await? else {
-        return Ok(DeadlineOutcome::NothingWaits);
-    };
-    let Some((run, phases)) = crate::store::runs::runs_lock_with_phases(conn, run_id).await? else {
-        return Ok(DeadlineOutcome::NothingWaits);
-    };
-    let Some(request) = approvals::approvals_lock(conn, id).await? else {
+    let Some((run, phases, request)) = lock_request(conn, id).await? else {
         return Ok(DeadlineOutcome::NothingWaits);
     };
     let waits = phases.iter().any(|p| {

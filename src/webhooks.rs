@@ -12,7 +12,7 @@
 
 use crate::config::{Config, WebhookConfig};
 use crate::ids::RunId;
-use crate::queue::{self, ClaimedJob, Completed, Lease, NewJob, QueueError};
+use crate::queue::{self, ClaimedJob, Completed, NewJob, QueueError};
 use crate::store::webhook_deliveries::{self, NewDeliveryAttempt};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -212,7 +212,7 @@ fn delivery_id(webhook: &str, run: RunId, seq: i64) -> String {
 }
 
 /// Turn a `notification` job into one delivery job per subscribed webhook, completing
-/// it under `lease` in the same transaction. `None` when no webhook is subscribed:
+/// it under its lease in the same transaction. `None` when no webhook is subscribed:
 /// nothing to write, the caller completes the job in its batch.
 ///
 /// # Errors
@@ -221,7 +221,6 @@ pub async fn fan_out(
     pool: &PgPool,
     hooks: &Webhooks,
     job: &ClaimedJob,
-    lease: &Lease,
 ) -> Result<Option<Completed>, WebhookError> {
     let n: NotificationJob = serde_json::from_value(job.payload.clone())
         .map_err(|e| WebhookError::BadJob(e.to_string()))?;
@@ -248,7 +247,7 @@ pub async fn fan_out(
             .unique_key(key);
         queue::enqueue(&mut tx, &delivery).await?;
     }
-    let completed = queue::complete(&mut tx, lease).await?;
+    let completed = queue::complete(&mut tx, &job.lease()).await?;
     tx.commit().await?;
     Ok(Some(completed))
 }

@@ -176,6 +176,8 @@ async function runPage(id) {
     <section><h3>Report</h3><div id="report" class="report muted">written when the run ends</div></section>`;
   $("#cancel").onclick = async () => { try { await api(`/v1/runs/${id}/cancel`, { method: "POST", body: { reason: "cancelled from the UI" } }); refresh(); } catch (e) { showError(e); } };
   let pending = false, again = false, approvalsKey = null;
+  // Every event the stream delivered (from the first): the timeline chart's data.
+  const streamed = [];
   async function refresh() {
     if (pending) { again = true; return; }
     pending = true;
@@ -220,8 +222,7 @@ async function runPage(id) {
       $("#files").querySelectorAll("button.download").forEach((b) => {
         b.onclick = () => download(`/v1/runs/${id}/files/${b.dataset.path.split("/").map(encodeURIComponent).join("/")}?origin=${encodeURIComponent(b.dataset.origin)}`, b.dataset.path).catch(showError);
       });
-      const events = await api(`/v1/runs/${id}/events?limit=1000`);
-      $("#timeline-chart").innerHTML = timelineChart(events, ended);
+      $("#timeline-chart").innerHTML = timelineChart(streamed, ended);
       $("#costs").innerHTML = costBars(d.costs) + (d.costs.length ? `<table><thead><tr><th>Phase</th><th>Model</th><th>Calls</th><th>Tokens in/out</th><th>Cost</th></tr></thead><tbody>
         ${d.costs.map((c) => `<tr><td>${esc(c.phase_key)}</td><td>${esc(c.model)}</td><td>${esc(c.calls)}</td><td>${esc(c.tokens_in)}/${esc(c.tokens_out)}</td><td>$${Number(c.cost_usd).toFixed(4)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no model calls</span>`);
       if (d.report) {
@@ -242,6 +243,7 @@ async function runPage(id) {
     li.dataset.kind = ev.kind;
     li.textContent = `#${ev.seq} ${new Date(ev.at).toLocaleTimeString()} ${ev.kind}${ev.phase ? " [" + ev.phase + "]" : ""}`;
     $("#timeline").appendChild(li);
+    streamed.push(ev);
     const progress = showActivity(ev);
     // A call starting or a tool answering changes nothing else on the page.
     if (!progress || ev.kind === "model.call_finished") refresh();
@@ -249,14 +251,14 @@ async function runPage(id) {
 }
 
 // A run's timeline as bars on a time axis: each phase attempt (repairs in their own
-// colour), each wait for a human, from the run's events.
+// colour), each wait for a human, from the run's streamed events.
 function timelineChart(events, ended) {
   if (!events.length) return `<span class="muted">no events</span>`;
-  const t = (e) => new Date(e.created_at).getTime();
+  const t = (e) => new Date(e.at).getTime();
   const t0 = t(events[0]), last = t(events[events.length - 1]), t1 = Math.max(ended ? last : Date.now(), t0 + 1000);
   const bars = [], open = {};
   for (const e of events) {
-    const key = e.phase_key;
+    const key = e.phase;
     if (e.kind === "phase.started") open[key] = { phase: key, from: t(e), cls: e.data.attempt > 1 ? "repair" : "attempt", label: `a${e.data.attempt}` };
     else if (["artifact.valid", "artifact.invalid", "phase.failed"].includes(e.kind) && open[key]) { bars.push(Object.assign(open[key], { to: t(e) })); delete open[key]; }
     else if (e.kind === "approval.requested") open["wait:" + e.data.approval_id] = { phase: key, from: t(e), cls: "wait", label: "approval" };
@@ -414,8 +416,61 @@ function renderIf(el, key, html, wire) {
   if (wire) wire(el);
 }
 
-// The fleet: workers, queues (with throughput and depth charts), dead-lettered jobs and
-// the audit of operator actions, refreshed every two seconds.
+// A table of `items`, a row each from `row`; `empty` (muted) when there are none.
+function table(headers, items, row, empty) {
+  if (!items.length) return `<span class="muted">${esc(empty)}</span>`;
+  return `<table><thead><tr>${headers.map((h) => `<th>${esc(h)}</th>`).join("")}</tr></thead><tbody>${items.map(row).join("")}</tbody></table>`;
+}
+
+const ageText = (secs) => `${Number(secs).toFixed(1)} s ago`;
+
+function fleetWorkers(workers, act) {
+  const key = JSON.stringify(workers.map((w) => [w.id, w.state, w.drain_requested, w.in_flight]));
+  renderIf($("#workers"), key, table(["Worker", "Host", "Queues", "State", "Heartbeat", "In flight", ""], workers, (w) =>
+    `<tr data-worker="${esc(w.id)}"><td>${esc(w.name)}</td><td>${esc(w.host)}:${esc(w.pid)}</td><td>${esc(w.queues.join(", "))}</td><td>${stateSpan(w.drain_requested && w.state === "running" ? "draining" : w.state)}</td>
+      <td class="age"></td><td>${esc(w.in_flight)}/${esc(w.concurrency)}</td>
+      <td><button class="${w.drain_requested ? "undrain" : "drain"}">${w.drain_requested ? "undrain" : "drain"}</button></td></tr>`, "no live worker"),
+  (el) => el.querySelectorAll("tr[data-worker] button").forEach((b) => {
+    b.onclick = () => act({ action: b.className === "drain" ? "drain_workers" : "undrain_workers", worker: b.closest("tr").dataset.worker });
+  }));
+  // Ages change every refresh: set in place, so the rows (and their buttons) stay.
+  workers.forEach((w) => { const td = $(`#workers tr[data-worker="${w.id}"] td.age`); if (td) td.textContent = ageText(w.heartbeat_age_secs); });
+}
+
+function fleetQueues(queues, act) {
+  const key = JSON.stringify(queues.map((q) => [q.queue, q.ready, q.running, q.dead, q.paused, q.pause_reason, q.completed_last_15_minutes, q.workers, Math.round(q.oldest_ready_age_secs || 0)]));
+  renderIf($("#queues"), key, table(["Queue", "Ready", "Running", "Dead", "Oldest ready", "Done (15 min)", "Workers", "Paused", ""], queues, (q) =>
+    `<tr data-queue="${esc(q.queue)}" data-paused="${q.paused}"><td>${esc(q.queue)}</td><td>${esc(q.ready)}</td><td>${esc(q.running)}</td><td>${esc(q.dead)}</td>
+      <td>${q.oldest_ready_age_secs == null ? "" : Number(q.oldest_ready_age_secs).toFixed(1) + " s"}</td><td>${esc(q.completed_last_15_minutes)}</td><td>${esc(q.workers)}</td>
+      <td>${q.paused ? "paused" + (q.pause_reason ? ": " + esc(q.pause_reason) : "") : ""}</td>
+      <td><button class="${q.paused ? "resume" : "pause"}">${q.paused ? "resume" : "pause"}</button>${q.dead ? ` <button class="requeue-dead">requeue ${esc(q.dead)} dead</button>` : ""}</td></tr>`, "no queue has work"),
+  (el) => el.querySelectorAll("tr[data-queue] button").forEach((b) => {
+    const queue = b.closest("tr").dataset.queue;
+    b.onclick = () => act(b.className === "pause" ? { action: "pause_queue", queue, reason: "paused from the fleet page" }
+      : b.className === "resume" ? { action: "resume_queue", queue } : { action: "requeue_dead", queue });
+  }));
+}
+
+function fleetDead(dead, act) {
+  renderIf($("#dead"), JSON.stringify(dead.map((j) => [j.id, j.attempts])), table(["Job", "Queue", "Kind", "Run", "Attempts", "Last error", ""], dead, (j) =>
+    `<tr data-job="${esc(j.id)}"><td>${esc(j.id)}</td><td>${esc(j.queue)}</td><td>${esc(j.kind)}</td><td>${j.run_id ? `<a href="#/runs/${esc(j.run_id)}">${esc(j.run_id.slice(0, 8))}</a>` : ""}</td>
+      <td>${esc(j.attempts)}/${esc(j.max_attempts)}</td><td>${esc((j.last_error || "").slice(0, 120))}</td><td><button class="requeue">requeue</button></td></tr>`, "none"),
+  (el) => el.querySelectorAll("tr[data-job] button").forEach((b) => {
+    b.onclick = () => act({ action: "requeue_job", job: Number(b.closest("tr").dataset.job) });
+  }));
+}
+
+function fleetHistory(audit, deliveries) {
+  renderIf($("#audit"), JSON.stringify(audit.map((a) => a.id)), table(["When", "Who", "Via", "Action", "Target", "Result"], audit, (a) =>
+    `<tr data-audit="${esc(a.id)}" data-action="${esc(a.action)}" data-ok="${a.ok}"><td>${when(a.at)}</td><td>${esc(a.actor)}</td><td>${esc(a.via)}</td><td>${esc(a.action)}</td><td>${esc(a.target || "")}</td>
+      <td class="${a.ok ? "" : "err"}">${esc(a.result)}</td></tr>`, "no operator action yet"));
+  renderIf($("#deliveries"), JSON.stringify(deliveries.map((d) => d.id)), table(["When", "Webhook", "Notification", "Run", "Delivery", "Attempt", "Result", "ms"], deliveries, (d) =>
+    `<tr data-delivery="${esc(d.delivery_id)}" data-ok="${d.ok}"><td>${when(d.at)}</td><td>${esc(d.webhook)}</td><td>${esc(d.notification)}</td><td><a href="#/runs/${esc(d.run_id)}">${esc(d.run_id.slice(0, 8))}</a></td>
+      <td><code>${esc(d.delivery_id.slice(0, 12))}</code></td><td>${esc(d.attempt)}</td><td class="${d.ok ? "" : "err"}">${d.ok ? "HTTP " + esc(d.status_code) : esc(d.error || "")}</td><td>${esc(d.duration_ms)}</td></tr>`, "no webhook delivery yet"));
+}
+
+// The fleet: workers, queues (with throughput and depth charts), dead-lettered jobs,
+// the audit of operator actions and webhook deliveries, refreshed every two seconds.
 async function fleetPage(gen) {
   $("#main").innerHTML = `<section><h2>Fleet</h2><div class="row"><button id="drain-all">Drain all workers</button><button id="undrain-all">Undrain all</button>
       <button id="rescue">Rescue stuck jobs</button></div>
@@ -426,9 +481,10 @@ async function fleetPage(gen) {
     <section><h3>Audit</h3><div id="audit"></div></section>
     <section><h3>Webhook deliveries</h3><div id="deliveries"></div></section>`;
   const depth = [];
-  $("#drain-all").onclick = () => fleetAct({ action: "drain_workers", worker: null }, load);
-  $("#undrain-all").onclick = () => fleetAct({ action: "undrain_workers", worker: null }, load);
-  $("#rescue").onclick = () => fleetAct({ action: "rescue_stuck" }, load);
+  const act = (action) => fleetAct(action, load);
+  $("#drain-all").onclick = () => act({ action: "drain_workers", worker: null });
+  $("#undrain-all").onclick = () => act({ action: "undrain_workers", worker: null });
+  $("#rescue").onclick = () => act({ action: "rescue_stuck" });
   async function load() {
     if (gen !== routeGen) return;
     try {
@@ -438,38 +494,10 @@ async function fleetPage(gen) {
       $("#throughput").innerHTML = barChart(qv.throughput.map((p) => p.completed), qv.throughput.map((p) => new Date(p.minute).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })), { cls: "bars throughput" });
       depth.push(qv.queues.reduce((n, q) => n + q.ready_now, 0)); if (depth.length > 60) depth.shift();
       $("#depth").innerHTML = barChart(depth, depth.map(() => ""), { cls: "bars depth" });
-      const workerKey = JSON.stringify(workers.map((w) => [w.id, w.state, w.drain_requested, w.in_flight]));
-      renderIf($("#workers"), workerKey, workers.length ? `<table><thead><tr><th>Worker</th><th>Host</th><th>Queues</th><th>State</th><th>Heartbeat</th><th>In flight</th><th></th></tr></thead><tbody>
-        ${workers.map((w) => `<tr data-worker="${esc(w.id)}"><td>${esc(w.name)}</td><td>${esc(w.host)}:${esc(w.pid)}</td><td>${esc(w.queues.join(", "))}</td><td>${stateSpan(w.drain_requested && w.state === "running" ? "draining" : w.state)}</td>
-          <td class="age">${Number(w.heartbeat_age_secs).toFixed(1)} s ago</td><td>${esc(w.in_flight)}/${esc(w.concurrency)}</td>
-          <td><button class="${w.drain_requested ? "undrain" : "drain"}">${w.drain_requested ? "undrain" : "drain"}</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">no live worker</span>`,
-        (el) => el.querySelectorAll("tr[data-worker] button").forEach((b) => {
-          b.onclick = () => fleetAct({ action: b.className === "drain" ? "drain_workers" : "undrain_workers", worker: b.closest("tr").dataset.worker }, load);
-        }));
-      workers.forEach((w) => { const td = $(`#workers tr[data-worker="${w.id}"] td.age`); if (td) td.textContent = `${Number(w.heartbeat_age_secs).toFixed(1)} s ago`; });
-      const queueKey = JSON.stringify(qv.queues.map((q) => [q.queue, q.ready, q.running, q.dead, q.paused, q.pause_reason, q.completed_last_15_minutes, q.workers, Math.round(q.oldest_ready_age_secs || 0)]));
-      renderIf($("#queues"), queueKey, qv.queues.length ? `<table><thead><tr><th>Queue</th><th>Ready</th><th>Running</th><th>Dead</th><th>Oldest ready</th><th>Done (15 min)</th><th>Workers</th><th>Paused</th><th></th></tr></thead><tbody>
-        ${qv.queues.map((q) => `<tr data-queue="${esc(q.queue)}" data-paused="${q.paused}"><td>${esc(q.queue)}</td><td>${esc(q.ready)}</td><td>${esc(q.running)}</td><td>${esc(q.dead)}</td>
-          <td>${q.oldest_ready_age_secs == null ? "" : Number(q.oldest_ready_age_secs).toFixed(1) + " s"}</td><td>${esc(q.completed_last_15_minutes)}</td><td>${esc(q.workers)}</td>
-          <td>${q.paused ? "paused" + (q.pause_reason ? ": " + esc(q.pause_reason) : "") : ""}</td>
-          <td><button class="${q.paused ? "resume" : "pause"}">${q.paused ? "resume" : "pause"}</button>${q.dead ? ` <button class="requeue-dead">requeue ${esc(q.dead)} dead</button>` : ""}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no queue has work</span>`,
-        (el) => el.querySelectorAll("tr[data-queue] button").forEach((b) => {
-          const queue = b.closest("tr").dataset.queue;
-          b.onclick = () => fleetAct(b.className === "pause" ? { action: "pause_queue", queue, reason: "paused from the fleet page" }
-            : b.className === "resume" ? { action: "resume_queue", queue } : { action: "requeue_dead", queue }, load);
-        }));
-      renderIf($("#dead"), JSON.stringify(dead.map((j) => [j.id, j.attempts])), dead.length ? `<table><thead><tr><th>Job</th><th>Queue</th><th>Kind</th><th>Run</th><th>Attempts</th><th>Last error</th><th></th></tr></thead><tbody>
-        ${dead.map((j) => `<tr data-job="${esc(j.id)}"><td>${esc(j.id)}</td><td>${esc(j.queue)}</td><td>${esc(j.kind)}</td><td>${j.run_id ? `<a href="#/runs/${esc(j.run_id)}">${esc(j.run_id.slice(0, 8))}</a>` : ""}</td>
-          <td>${esc(j.attempts)}/${esc(j.max_attempts)}</td><td>${esc((j.last_error || "").slice(0, 120))}</td><td><button class="requeue">requeue</button></td></tr>`).join("")}</tbody></table>` : `<span class="muted">none</span>`,
-        (el) => el.querySelectorAll("tr[data-job] button").forEach((b) => {
-          b.onclick = () => fleetAct({ action: "requeue_job", job: Number(b.closest("tr").dataset.job) }, load);
-        }));
-      renderIf($("#audit"), JSON.stringify(audit.map((a) => a.id)), audit.length ? `<table><thead><tr><th>When</th><th>Who</th><th>Via</th><th>Action</th><th>Target</th><th>Result</th></tr></thead><tbody>
-        ${audit.map((a) => `<tr data-audit="${esc(a.id)}" data-action="${esc(a.action)}" data-ok="${a.ok}"><td>${when(a.at)}</td><td>${esc(a.actor)}</td><td>${esc(a.via)}</td><td>${esc(a.action)}</td><td>${esc(a.target || "")}</td>
-          <td class="${a.ok ? "" : "err"}">${esc(a.result)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no operator action yet</span>`);
-      renderIf($("#deliveries"), JSON.stringify(deliveries.map((d) => d.id)), deliveries.length ? `<table><thead><tr><th>When</th><th>Webhook</th><th>Notification</th><th>Run</th><th>Delivery</th><th>Attempt</th><th>Result</th><th>ms</th></tr></thead><tbody>
-        ${deliveries.map((d) => `<tr data-delivery="${esc(d.delivery_id)}" data-ok="${d.ok}"><td>${when(d.at)}</td><td>${esc(d.webhook)}</td><td>${esc(d.notification)}</td><td><a href="#/runs/${esc(d.run_id)}">${esc(d.run_id.slice(0, 8))}</a></td>
-          <td><code>${esc(d.delivery_id.slice(0, 12))}</code></td><td>${esc(d.attempt)}</td><td class="${d.ok ? "" : "err"}">${d.ok ? "HTTP " + esc(d.status_code) : esc(d.error || "")}</td><td>${esc(d.duration_ms)}</td></tr>`).join("")}</tbody></table>` : `<span class="muted">no webhook delivery yet</span>`);
+      fleetWorkers(workers, act);
+      fleetQueues(qv.queues, act);
+      fleetDead(dead, act);
+      fleetHistory(audit, deliveries);
     } catch (e) { showError(e); }
   }
   await load();

@@ -123,10 +123,8 @@ impl Ledger {
         backend: &str,
         call_id: uuid::Uuid,
     ) -> Result<(), BeginError> {
-        let mut tx = self.pool.begin().await?;
-        // The run's row first (the engine's order): a cancel that commits first is seen.
-        let running = runs::runs_lock_state(&mut tx, self.at.run).await? == Some(RunState::Running);
-        if !running
+        let (mut tx, state) = self.lock_run().await?;
+        if state != Some(RunState::Running)
             || !ledger::llm_calls_begin(&mut tx, &self.at, turn, model, backend, call_id).await?
         {
             return Err(BeginError::RunEnded);
@@ -135,6 +133,16 @@ impl Ledger {
         events::events_append(&mut tx, self.at.run, &[started]).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A transaction that locked the run's row first (the engine's order, so a cancel
+    /// that committed first is seen), with the run's state.
+    async fn lock_run(
+        &self,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Option<RunState>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let state = runs::runs_lock_state(&mut tx, self.at.run).await?;
+        Ok((tx, state))
     }
 
     fn site(&self, turn: i32) -> CallSite<'_> {
@@ -151,12 +159,10 @@ impl Ledger {
     /// # Errors
     /// Database errors.
     pub async fn record_call(&self, c: &CallRecord<'_>) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let (mut tx, state) = self.lock_run().await?;
         // The call is always accounted; its event only until the run ends (a finished
         // call of an ended run is in the ledger and the report, not after the end).
-        let open = runs::runs_lock_state(&mut tx, self.at.run)
-            .await?
-            .is_some_and(|s| !s.is_terminal());
+        let open = state.is_some_and(|s| !s.is_terminal());
         ledger::llm_calls_finish(&mut tx, &self.at, c).await?;
         if let Some(call_id) = c.call_id.filter(|_| open) {
             let summary = CallSummary {
@@ -216,10 +222,8 @@ impl Ledger {
             .get("path")
             .and_then(serde_json::Value::as_str)
             .map(|p| super::tools::printable(p, 256));
-        let mut tx = self.pool.begin().await?;
-        let open = runs::runs_lock_state(&mut tx, self.at.run)
-            .await?
-            .is_some_and(|s| !s.is_terminal());
+        let (mut tx, state) = self.lock_run().await?;
+        let open = state.is_some_and(|s| !s.is_terminal());
         let id =
             ledger::tool_calls_insert(&mut tx, &self.at, turn, &tool, &args, ok, &summary).await?;
         if !open {

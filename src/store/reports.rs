@@ -6,7 +6,7 @@ use crate::state::RunState;
 use crate::store::approvals::ApprovalRow;
 use crate::store::artifacts::ArtifactMeta;
 use crate::store::run_phases::PhaseRow;
-use crate::store::runs::RunRow;
+use crate::store::runs::{RUN_COLUMNS, RunRow};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -64,10 +64,8 @@ pub async fn reports_load_inputs(
     conn: &mut PgConnection,
     run: RunId,
 ) -> Result<Option<ReportInputs>, sqlx::Error> {
-    let row = sqlx::query_as::<_, InputsRow>(
-        "SELECT r.id, r.template_hash, r.state, r.idempotency_key, r.submitted_by, r.budget_usd,
-                r.budget_tokens, r.spent_usd, r.spent_tokens, r.error, r.created_at, r.started_at,
-                r.finished_at, r.queue, r.retries, r.team, r.traceparent,
+    let row = sqlx::query_as::<_, InputsRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS},
                 t.name AS template_name, t.version AS template_version,
                 (SELECT COALESCE(jsonb_agg(to_jsonb(p) - 'run_id' - 'item' ORDER BY p.position, p.item_index NULLS FIRST), '[]'::jsonb)
                    FROM run_phases p WHERE p.run_id = r.id) AS phases,
@@ -91,8 +89,8 @@ pub async fn reports_load_inputs(
                     SELECT phase_key, count(*) AS llm_calls, COALESCE(sum(tokens_in), 0) AS tokens_in,
                            COALESCE(sum(tokens_out), 0) AS tokens_out, COALESCE(sum(cost_usd), 0) AS usd
                       FROM llm_calls WHERE run_id = r.id GROUP BY phase_key) c) AS phase_costs
-           FROM runs r JOIN templates t ON t.hash = r.template_hash WHERE r.id = $1",
-    )
+           FROM runs r JOIN templates t ON t.hash = r.template_hash WHERE r.id = $1"
+    )))
     .bind(run)
     .fetch_optional(&mut *conn)
     .await?;

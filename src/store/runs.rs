@@ -38,7 +38,9 @@ pub struct RunRow {
     pub traceparent: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "r.id, r.template_hash, r.state, r.idempotency_key, r.submitted_by,
+/// The columns of [`RunRow`] from `runs r` (every read of a whole run row uses them).
+pub(crate) const RUN_COLUMNS: &str =
+    "r.id, r.template_hash, r.state, r.idempotency_key, r.submitted_by,
     r.budget_usd, r.budget_tokens, r.spent_usd, r.spent_tokens, r.error, r.created_at,
     r.started_at, r.finished_at, r.queue, r.retries, r.team, r.traceparent";
 

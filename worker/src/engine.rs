@@ -24,8 +24,8 @@ impl<A: Agent> EngineHandler<A> {
         }
     }
 
-    /// Deliver notifications to these webhooks (none by default: notifications are
-    /// then completed without a delivery).
+    /// Deliver notifications to these webhooks (none by default: a notification this
+    /// worker claims is then retried, for a worker that has them).
     #[must_use]
     pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
         self.webhooks = webhooks;
@@ -89,8 +89,7 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
             }
             approval::DEADLINE_JOB_KIND => Box::pin(apply_deadline(&ctx)).await,
             webhooks::NOTIFICATION_JOB_KIND => {
-                let lease = ctx.job.lease();
-                let fanned = webhooks::fan_out(&ctx.pool, &self.webhooks, &ctx.job, &lease);
+                let fanned = webhooks::fan_out(&ctx.pool, &self.webhooks, &ctx.job);
                 match Box::pin(fanned).await.map_err(webhook_error)? {
                     Some(completed) => Ok(completed),
                     // Nothing to deliver: completed with the worker's next batch.
