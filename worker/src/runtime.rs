@@ -68,7 +68,7 @@ impl Shared {
     }
 
     /// Write the worker's heartbeat with the jobs completed since the last one (kept
-    /// for the next heartbeat when this one fails or is dropped).
+    /// for the next heartbeat when this one fails).
     async fn beat(&self, in_flight: usize, state: &str) -> Result<bool, sqlx::Error> {
         let mut unwritten = Unwritten {
             counter: &self.completed,
@@ -549,12 +549,22 @@ async fn renew_leases(shared: &Shared, bound: Duration) {
 }
 
 /// The worker's own heartbeat (state, in flight, throughput; drain requests come back).
+///
+/// Each beat runs as its own task: one stuck on a cut link is waited for at most a lease
+/// length and then left to finish, never cancelled mid-statement. A cancelled beat
+/// could not tell whether its completions were written, and putting them back would
+/// count them twice. While a beat is still on its way the next ones are skipped.
 async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let interval = shared.cfg.lease / 3;
+    let mut on_its_way: Option<tokio::task::JoinHandle<Result<bool, sqlx::Error>>> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
+        }
+        if on_its_way.as_ref().is_some_and(|beat| !beat.is_finished()) {
+            tracing::warn!("previous worker heartbeat still on its way; skipping this one");
+            continue;
         }
         let draining = shared.draining.load(Ordering::Acquire);
         let in_flight = shared.inflight.len();
@@ -563,18 +573,23 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             (true, 0) => "drained",
             (true, _) => "draining",
         };
-        // Bounded: a beat stuck on a cut link must not hold up the next one.
-        let beat = tokio::time::timeout(shared.cfg.lease, shared.beat(in_flight, state));
-        match beat.await {
-            Err(_elapsed) => tracing::warn!("worker heartbeat timed out"),
-            Ok(Ok(drain)) => {
+        let beating = shared.clone();
+        let mut beat = tokio::spawn(async move { beating.beat(in_flight, state).await });
+        on_its_way = None;
+        match tokio::time::timeout(shared.cfg.lease, &mut beat).await {
+            Err(_elapsed) => {
+                tracing::warn!("worker heartbeat timed out");
+                on_its_way = Some(beat);
+            }
+            Ok(Ok(Ok(drain))) => {
                 if drain != draining {
                     tracing::info!(drain, "drain state changed");
                     shared.draining.store(drain, Ordering::Release);
                     shared.wake.notify_one();
                 }
             }
-            Ok(Err(err)) => tracing::warn!(error = %err, "worker heartbeat failed"),
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "worker heartbeat failed"),
+            Ok(Err(join_err)) => tracing::warn!(error = %join_err, "worker heartbeat task ended"),
         }
     }
 }
