@@ -331,3 +331,63 @@ async fn a_worker_process_exports_its_counters_for_prometheus() {
     })
     .await;
 }
+
+/// A heartbeat held up longer than a lease (here: its `workers` row locked by someone
+/// else) must count the completions it carries once. A heartbeat abandoned at its
+/// time-out cannot tell whether its statement will still commit; putting its count back
+/// for the next beat counted the same completion once per abandoned beat.
+#[tokio::test]
+async fn a_heartbeat_held_up_past_its_lease_counts_each_completion_once() {
+    let pool = pool().await;
+    let q = unique_queue("slowbeat");
+    let cfg = WorkerConfig {
+        queue: q.clone(),
+        concurrency: 2,
+        lease: Duration::from_millis(900),
+        poll_interval: Duration::from_millis(100),
+        ..WorkerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let worker = Worker::new(pool.clone(), cfg, Builtins);
+    let wid = worker.id();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    eventually(Duration::from_secs(10), "the worker registers", || async {
+        let n: (i64,) = sqlx::query_as("SELECT count(*) FROM workers WHERE id = $1")
+            .bind(wid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n.0 == 1).then_some(())
+    })
+    .await;
+    // Hold the worker's row: every heartbeat now waits on the lock.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM workers WHERE id = $1 FOR UPDATE")
+        .bind(wid)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let id = enqueue(&pool, NewJob::new("noop", json!({})).queue(&q)).await;
+    eventually(Duration::from_secs(10), "the job completes", || async {
+        (job_state(&pool, id).await == JobState::Completed).then_some(())
+    })
+    .await;
+    // Several heartbeats (one every 300 ms, each given up on after 900 ms) pile up
+    // behind the lock; then it is released and the ones that were sent commit.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    holder.commit().await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the completion is counted",
+        || async { (completions_by(&pool, wid).await >= 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        completions_by(&pool, wid).await,
+        1,
+        "one completed job is counted once"
+    );
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
