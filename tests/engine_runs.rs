@@ -676,3 +676,69 @@ async fn overridden_binding_is_recorded_and_used() {
         .await
         .unwrap();
 }
+
+/// Events have no foreign key to their run (an event is inserted only by the statement
+/// that bumps its run's row, migrations/0016): pruning an ended run deletes its events
+/// in the same statement, and an append for a run that does not exist inserts nothing.
+#[tokio::test]
+async fn pruning_an_ended_run_takes_its_events_and_no_event_is_appended_without_its_run() {
+    let pool = pool().await;
+    let q = unique_queue("prune-runs");
+    let old = submit(&pool, request(&q, json!({}))).await;
+    let recent = submit(&pool, request(&q, json!({}))).await;
+    for run in [old, recent] {
+        phasefleet::cancel::cancel_run(&pool, &phasefleet::teams::Scope::Fleet, run, None)
+            .await
+            .unwrap();
+    }
+    // Ended long before anything else on the shared database.
+    sqlx::query("UPDATE runs SET finished_at = now() - interval '400 days' WHERE id = $1")
+        .bind(old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let events_of = |run: phasefleet::RunId| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM run_events WHERE run_id = $1")
+                .bind(run)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert!(events_of(old).await >= 2, "submitted and cancelled");
+    let mut conn = pool.acquire().await.unwrap();
+    let older_than = Duration::from_secs(300 * 86_400);
+    while phasefleet::store::runs::runs_prune_ended(&mut conn, older_than, 500)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let (runs_left,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE id = $1")
+        .bind(old)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (runs_left, events_of(old).await),
+        (0, 0),
+        "the run and its events are gone"
+    );
+    assert!(
+        events_of(recent).await >= 2,
+        "a recent run keeps its events"
+    );
+
+    let nobody = phasefleet::RunId::new();
+    let appended = phasefleet::store::events::events_append(
+        &mut conn,
+        nobody,
+        &[phasefleet::events::NewEvent::run_started()],
+    )
+    .await
+    .unwrap();
+    assert!(appended.is_empty());
+    assert_eq!(events_of(nobody).await, 0, "no event without its run");
+}

@@ -510,7 +510,8 @@ pub async fn runs_has_live_job(conn: &mut PgConnection, id: RunId) -> Result<boo
 }
 
 /// Delete up to `batch` runs that ended more than `older_than` ago, with everything of
-/// theirs (by cascade). Returns how many. Call in a loop until it returns 0.
+/// theirs (their events in the same statement, the rest by cascade). Returns how many.
+/// Call in a loop until it returns 0.
 ///
 /// # Errors
 /// Database errors.
@@ -520,11 +521,15 @@ pub async fn runs_prune_ended(
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
-        "DELETE FROM runs WHERE id IN (
+        "WITH ended AS (
              SELECT id FROM runs
               WHERE state IN ('completed', 'failed', 'aborted', 'cancelled')
                 AND finished_at < now() - make_interval(secs => $1)
-              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+              LIMIT $2 FOR UPDATE SKIP LOCKED
+         ), events AS (
+             DELETE FROM run_events WHERE run_id IN (SELECT id FROM ended)
+         )
+         DELETE FROM runs WHERE id IN (SELECT id FROM ended)",
     )
     .bind(older_than.as_secs_f64())
     .bind(batch)
