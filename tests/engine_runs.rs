@@ -742,3 +742,145 @@ async fn pruning_an_ended_run_takes_its_events_and_no_event_is_appended_without_
     assert!(appended.is_empty());
     assert_eq!(events_of(nobody).await, 0, "no event without its run");
 }
+
+/// The jobs a queue's workers completed, as their heartbeats report them.
+async fn jobs_completed_on(pool: &sqlx::PgPool, queue: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(completed), 0)::int8 FROM job_completions WHERE queue = $1",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    n
+}
+
+/// A worker that accepts a phase goes on with the next one of the same run under the
+/// same job and lease (the attempt is started in the transaction that accepts its need):
+/// spec and review are one job, verify (made due by a person's approval) another.
+#[tokio::test]
+async fn a_worker_goes_on_with_the_next_phase_of_its_run_under_the_same_job() {
+    let pool = pool().await;
+    let q = unique_queue("go-on");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let run = submit(&pool, request(&q, json!({}))).await;
+    assert_eq!(drive(&pool, run).await, RunState::Completed);
+    assert_run_completed(&pool, run).await;
+    assert_event_log_sound(&pool, run).await;
+    eventually(
+        Duration::from_secs(15),
+        "two jobs counted for three phases",
+        || async { (jobs_completed_on(&pool, &q).await == 2).then_some(()) },
+    )
+    .await;
+    // Each phase was still started once, in order, each after the one before it was
+    // queued (the first by the submit, which has its own event).
+    let kinds: Vec<String> = events_of(&pool, run)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "phase.queued" || e.kind == "phase.started")
+        .map(|e| format!("{} {}", e.kind, e.phase_key.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "phase.started spec",
+            "phase.queued review",
+            "phase.started review",
+            "phase.queued verify",
+            "phase.started verify"
+        ]
+    );
+    fleet.shutdown().await;
+}
+
+/// A paused queue starts nothing new, also on a worker that could go on with its run:
+/// the next phase waits as a job on the queue until the queue is resumed.
+#[tokio::test]
+async fn a_paused_queue_stops_a_worker_from_going_on_with_the_next_phase() {
+    let pool = pool().await;
+    let q = unique_queue("go-on-paused");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let extra = json!({ "synthetic": { "delay_ms": 1_500, "delay_phases": ["spec"] } });
+    let run = submit(&pool, request(&q, extra)).await;
+    eventually(Duration::from_secs(15), "spec running", || async {
+        let mut c = pool.acquire().await.unwrap();
+        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
+        (spec.state == PhaseState::Running).then_some(())
+    })
+    .await;
+    let mut c = pool.acquire().await.unwrap();
+    queue::pause(&mut c, &q, Some("tests")).await.unwrap();
+    eventually(Duration::from_secs(15), "spec completed", || async {
+        let mut c = pool.acquire().await.unwrap();
+        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
+        (spec.state == PhaseState::Completed).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
+    assert_eq!(
+        review.state,
+        PhaseState::Pending,
+        "nothing started while paused"
+    );
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Ready).await,
+        1,
+        "review waits on the queue"
+    );
+    queue::resume(&mut c, &q).await.unwrap();
+    assert_eq!(drive(&pool, run).await, RunState::Completed);
+    assert_run_completed(&pool, run).await;
+    fleet.shutdown().await;
+}
+
+/// A draining worker finishes the phase it runs and goes on with nothing: the next phase
+/// waits on the queue until the worker is undrained.
+#[tokio::test]
+async fn a_draining_worker_does_not_go_on_with_the_next_phase() {
+    let pool = pool().await;
+    let q = unique_queue("go-on-drain");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let extra = json!({ "synthetic": { "delay_ms": 4_000, "delay_phases": ["spec"] } });
+    let run = submit(&pool, request(&q, extra)).await;
+    eventually(Duration::from_secs(15), "spec running", || async {
+        let mut c = pool.acquire().await.unwrap();
+        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
+        (spec.state == PhaseState::Running).then_some(())
+    })
+    .await;
+    let (worker,): (phasefleet::WorkerId,) =
+        sqlx::query_as("SELECT id FROM workers WHERE $1 = ANY(queues) AND stopped_at IS NULL")
+            .bind(&q)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let mut c = pool.acquire().await.unwrap();
+    phasefleet::queue::workers::drain(&mut c, Some(worker))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "spec completed", || async {
+        let mut c = pool.acquire().await.unwrap();
+        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
+        (spec.state == PhaseState::Completed).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
+    assert_eq!(
+        review.state,
+        PhaseState::Pending,
+        "nothing started while draining"
+    );
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Ready).await,
+        1,
+        "review waits on the queue"
+    );
+    phasefleet::queue::workers::undrain(&mut c, Some(worker))
+        .await
+        .unwrap();
+    assert_eq!(drive(&pool, run).await, RunState::Completed);
+    fleet.shutdown().await;
+}

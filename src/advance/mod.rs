@@ -58,6 +58,20 @@ pub struct LockedRun {
     pub events: Vec<NewEvent>,
     /// The run's template, once read (see [`LockedRun::template`]).
     template: Option<Arc<WorkflowTemplate>>,
+    /// A phase job's offer to go on with an attempt this transaction makes due.
+    hand_over: Option<HandOverOffer>,
+}
+
+/// A worker's offer, made by the phase job that holds the run's lock, to go on itself
+/// with the next attempt the transaction makes due (`queue::hand_over`). Only when the
+/// transaction makes exactly one attempt due, and one the worker can run: parallel
+/// branches are all enqueued, so that they run side by side on any workers.
+struct HandOverOffer {
+    /// What the worker can serve (a job that requires something else is enqueued).
+    capabilities: Vec<String>,
+    taken: Option<PhaseJob>,
+    /// A second attempt became due (or one the worker cannot run): none is kept.
+    declined: bool,
 }
 
 impl LockedRun {
@@ -68,7 +82,50 @@ impl LockedRun {
             phases,
             events: Vec::new(),
             template: None,
+            hand_over: None,
         }
+    }
+
+    /// Offer to go on with the first attempt this transaction makes due that a worker
+    /// with `capabilities` can run (see [`LockedRun::enqueue_attempt`]).
+    pub fn offer_hand_over(&mut self, capabilities: Vec<String>) {
+        self.hand_over = Some(HandOverOffer {
+            capabilities,
+            taken: None,
+            declined: false,
+        });
+    }
+
+    /// The attempt kept for the offering worker, if any; the offer ends.
+    pub fn take_handed_over(&mut self) -> Option<PhaseJob> {
+        self.hand_over.take().and_then(|offer| offer.taken)
+    }
+
+    /// Make `job` due: kept for the worker that offered to go on with it, or enqueued on
+    /// the run's queue.
+    ///
+    /// # Errors
+    /// [`QueueError`] from the enqueue.
+    pub async fn enqueue_attempt(
+        &mut self,
+        conn: &mut PgConnection,
+        job: PhaseJob,
+    ) -> Result<(), QueueError> {
+        if let Some(offer) = self.hand_over.as_mut().filter(|o| !o.declined) {
+            let runnable = job
+                .requires
+                .as_ref()
+                .is_none_or(|r| offer.capabilities.contains(r));
+            if runnable && offer.taken.is_none() {
+                offer.taken = Some(job);
+                return Ok(());
+            }
+            offer.declined = true;
+            if let Some(kept) = offer.taken.take() {
+                kept.enqueue(conn, &self.run.queue).await?;
+            }
+        }
+        job.enqueue(conn, &self.run.queue).await
     }
 
     /// The same, with the run's template already read (a phase job has it).

@@ -103,15 +103,14 @@ pub async fn enqueue_first_attempt(
     row: &PhaseRow,
     revise: bool,
 ) -> Result<(), AdvanceError> {
-    PhaseJob::first_attempt(
+    let job = PhaseJob::first_attempt(
         locked.run.id,
         &row.phase_key,
         row.round,
         row.requires.as_deref(),
     )
-    .traced(locked.run.traceparent.clone())
-    .enqueue(conn, &locked.run.queue)
-    .await?;
+    .traced(locked.run.traceparent.clone());
+    locked.enqueue_attempt(conn, job).await?;
     locked
         .events
         .push(NewEvent::phase_queued(&row.phase_key, row.round, revise));

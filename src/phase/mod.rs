@@ -48,6 +48,13 @@ pub enum PhaseError {
 
 crate::from_advance_error!(PhaseError);
 
+/// What a worker offers when an attempt is recorded: to go on with the next attempt of
+/// the run that it can serve (`capabilities`), while `now` says it may.
+struct GoOn<'a> {
+    capabilities: &'a [String],
+    now: &'a (dyn Fn() -> bool + Sync),
+}
+
 /// Runs phase jobs. Cheap to clone; shared by every in-flight job of a worker.
 pub struct Engine<A> {
     pool: PgPool,
@@ -94,19 +101,71 @@ impl<A: Agent> Engine<A> {
         job: &ClaimedJob,
         cancel: CancellationToken,
     ) -> Result<Completed, PhaseError> {
-        let p: PhaseJob = serde_json::from_value(job.payload.clone())
+        self.run_phase_job_going_on(job, cancel, &|| false).await
+    }
+
+    /// Run one delivery of a phase job and, while `may_go_on` says so (the worker is not
+    /// draining or stopping), go on with the next attempt of the same run that its
+    /// outcome makes due and this worker can run: the job is handed over to it, under
+    /// the same lease, in the transaction that records the outcome (one transaction per
+    /// phase instead of a completion, an enqueue, a claim and a start).
+    ///
+    /// # Errors
+    /// [`PhaseError`]; the worker turns it into a retry, a dead letter or a hand-back.
+    pub async fn run_phase_job_going_on(
+        &self,
+        job: &ClaimedJob,
+        cancel: CancellationToken,
+        may_go_on: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Completed, PhaseError> {
+        let mut job = job.clone();
+        let mut p: PhaseJob = serde_json::from_value(job.payload.clone())
             .map_err(|e| PhaseError::Permanent(format!("phase job payload does not parse: {e}")))?;
+        let mut started = None;
+        let capabilities = self.capabilities();
+        let go_on = GoOn {
+            capabilities: &capabilities,
+            now: may_go_on,
+        };
+        loop {
+            match self
+                .run_delivery(&job, &p, started.take(), &cancel, &go_on)
+                .await?
+            {
+                record::Recorded::Completed(done) => return Ok(done),
+                record::Recorded::HandedOver(next) => {
+                    let (next, next_started) = *next;
+                    job.payload = serde_json::to_value(&next).unwrap_or_default();
+                    job.attempts = 1;
+                    job.rescues = 0;
+                    p = next;
+                    started = Some(Box::new(next_started));
+                }
+            }
+        }
+    }
+
+    /// One attempt in its span, timed.
+    async fn run_delivery(
+        &self,
+        job: &ClaimedJob,
+        p: &PhaseJob,
+        started: Option<Box<start::Started>>,
+        cancel: &CancellationToken,
+        go_on: &GoOn<'_>,
+    ) -> Result<record::Recorded, PhaseError> {
         let span = tracing::info_span!("phase", run_id = %p.run_id, phase = %p.phase, job_id = %job.id, round = p.round, attempt = p.attempt);
         if let Some(parent) = &p.traceparent {
             crate::telemetry::continue_trace(&span, parent);
         }
-        let started = std::time::Instant::now();
-        let result = self.run_attempt(job, &p, cancel).instrument(span).await;
+        let clock = std::time::Instant::now();
+        let attempt = self.run_attempt(job, p, started, cancel.clone(), go_on);
+        let result = attempt.instrument(span).await;
         let outcome = if result.is_ok() { "done" } else { "error" };
         // Labelled by the template's phase: a fan-out's items share its series.
         let phase = p.phase.split('[').next().unwrap_or_default().to_owned();
         metrics::histogram!("phasefleet_phase_attempt_duration_seconds", "phase" => phase, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+            .record(clock.elapsed().as_secs_f64());
         result
     }
 
@@ -114,22 +173,32 @@ impl<A: Agent> Engine<A> {
         &self,
         job: &ClaimedJob,
         p: &PhaseJob,
+        started: Option<Box<start::Started>>,
         cancel: CancellationToken,
-    ) -> Result<Completed, PhaseError> {
-        // 1. Start the attempt, or find that there is nothing to do.
+        go_on: &GoOn<'_>,
+    ) -> Result<record::Recorded, PhaseError> {
+        use record::Recorded;
+        // 1. Start the attempt (unless it was started when the job was handed over to
+        //    it), or find that there is nothing to do.
         // The database steps are boxed: a phase waiting on the model then holds only
         // the agent's state, not space for the largest transaction's future too.
-        let mut started = match Box::pin(start::start(&self.pool, p)).await? {
-            start::Start::Nothing => {
-                tracing::info!(
-                    "nothing to do for this delivery (run ended or attempt already recorded)"
-                );
-                return Box::pin(self.complete_only(job)).await;
-            }
-            start::Start::OutOfBudget(reason) => {
-                return Box::pin(self.park_for_budget(job, p, &reason)).await;
-            }
-            start::Start::Ready(started) => started,
+        let mut started = match started {
+            Some(started) => started,
+            None => match Box::pin(start::start(&self.pool, p)).await? {
+                start::Start::Nothing => {
+                    tracing::info!(
+                        "nothing to do for this delivery (run ended or attempt already recorded)"
+                    );
+                    return Box::pin(self.complete_only(job))
+                        .await
+                        .map(Recorded::Completed);
+                }
+                start::Start::OutOfBudget(reason) => {
+                    let parked = self.park_for_budget(job, p, &reason);
+                    return Box::pin(parked).await.map(Recorded::Completed);
+                }
+                start::Start::Ready(started) => started,
+            },
         };
         // 2. Run the agent under the phase timeout; a cancel interrupts it.
         let attempted = attempt::run_agent(
@@ -143,7 +212,9 @@ impl<A: Agent> Engine<A> {
         )
         .await?;
         if matches!(attempted.ended, AgentExit::RunEnded) {
-            return Box::pin(self.complete_only(job)).await;
+            return Box::pin(self.complete_only(job))
+                .await
+                .map(Recorded::Completed);
         }
         // 3. Validate what the workspace holds, however the agent ended (CPU work, off
         //    the async threads): a valid artifact is kept even after a timeout or a
@@ -152,10 +223,15 @@ impl<A: Agent> Engine<A> {
         if !validated.validation.valid
             && let Some(done) = Box::pin(self.not_recorded(job, p, ended)).await
         {
-            return done;
+            return done.map(Recorded::Completed);
         }
-        // 4. Record the outcome and complete the job, atomically.
-        Box::pin(record::record(&self.pool, job, p, &started, validated)).await
+        // 4. Record the outcome and complete the job (or hand it over), atomically;
+        //    whether the worker may go on is asked now, not when the attempt began.
+        let go_on = (go_on.now)().then_some(go_on.capabilities);
+        Box::pin(record::record(
+            &self.pool, job, p, &started, validated, go_on,
+        ))
+        .await
     }
 
     /// An attempt without a valid artifact that ended other than by finishing or

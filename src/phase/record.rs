@@ -1,8 +1,9 @@
 //! Step 4 of a phase job, in ONE transaction: store the artifact (a duplicate delivery
 //! stores nothing and changes nothing) and, when it is valid, the files the attempt
 //! wrote; then park on an approval, accept the phase, schedule a repair or fail the
-//! run; append the events; complete the job under its lease. A lost lease rolls all of
-//! it back.
+//! run; append the events; complete the job under its lease, or hand the job over to
+//! the next attempt this worker goes on with (started in this same transaction). A
+//! lost lease rolls all of it back.
 
 use super::PhaseError;
 use super::attempt::Validated;
@@ -21,7 +22,17 @@ use crate::workflow::OnTimeout;
 use crate::workflow::sha256_hex;
 use sqlx::{PgConnection, PgPool};
 
-/// Record the attempt's outcome and complete the job.
+/// What recording an attempt did with its job.
+pub(super) enum Recorded {
+    Completed(Completed),
+    /// The job now carries this attempt of the same run, started already: the worker
+    /// goes on with it under the same lease.
+    HandedOver(Box<(PhaseJob, Started)>),
+}
+
+/// Record the attempt's outcome and complete the job; with `go_on` (what the worker can
+/// serve), hand the job over to the first attempt this makes due that the worker can
+/// run instead.
 ///
 /// # Errors
 /// [`PhaseError`]; a lost lease is [`PhaseError::Queue`] and nothing is written.
@@ -31,8 +42,10 @@ pub(super) async fn record(
     p: &PhaseJob,
     started: &Started,
     outcome: Validated,
-) -> Result<Completed, PhaseError> {
+    go_on: Option<&[String]>,
+) -> Result<Recorded, PhaseError> {
     let mut tx = pool.begin().await?;
+    let mut handed_over = None;
     // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
     let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
     if current
@@ -56,19 +69,52 @@ pub(super) async fn record(
             })
     }) {
         let mut locked = LockedRun::new(run, phases).with_template(started.template.clone());
+        if let Some(capabilities) = go_on {
+            locked.offer_hand_over(capabilities.to_vec());
+        }
         // 2. Store the artifact, then act on it.
         if let Some(artifact_id) =
             store_artifact(&mut tx, &mut locked, p, started, &outcome).await?
         {
             act(&mut tx, &mut locked, p, started, &outcome, artifact_id).await?;
         }
-        // 3. Append the events.
+        // 3. Go on with the attempt kept for this worker, or enqueue it.
+        handed_over = hand_over_or_enqueue(&mut tx, &mut locked, job).await?;
+        // 4. Append the events.
         locked.flush_events(&mut tx).await?;
     }
-    // 4. Complete the job under its lease; commit.
+    // 5. Complete the job under its lease (unless it was handed over); commit.
+    if let Some(next) = handed_over {
+        tx.commit().await?;
+        return Ok(Recorded::HandedOver(Box::new(next)));
+    }
     let done = queue::complete(&mut tx, &job.lease()).await?;
     tx.commit().await?;
-    Ok(done)
+    Ok(Recorded::Completed(done))
+}
+
+/// The attempt kept for this worker: hand the job over to it and start it in this
+/// transaction when the run is running within its budget and the queue is not paused;
+/// otherwise (or when the lease is lost: the completion then says so) enqueue it.
+async fn hand_over_or_enqueue(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    job: &ClaimedJob,
+) -> Result<Option<(PhaseJob, Started)>, PhaseError> {
+    let Some(next) = locked.take_handed_over() else {
+        return Ok(None);
+    };
+    let runnable = locked.run.state == RunState::Running
+        && crate::budget::Spend::from(&locked.run)
+            .exhausted()
+            .is_none()
+        && locked.phase(&next.phase).is_some();
+    if runnable && queue::hand_over(conn, &job.lease(), &next.to_job(&locked.run.queue)).await? {
+        let started = super::start::start_handed_over(conn, locked, &next).await?;
+        return Ok(Some((next, started)));
+    }
+    next.enqueue(conn, &locked.run.queue).await?;
+    Ok(None)
 }
 
 /// Whether the phase is *behind* this delivery: its row has not counted this attempt,
@@ -167,7 +213,7 @@ async fn act(
     } else if outcome.validation.valid {
         park(conn, locked, p, started, artifact_id).await?;
     } else if p.attempt < i32::try_from(phase.max_attempts).unwrap_or(i32::MAX) {
-        p.next_attempt().enqueue(conn, &locked.run.queue).await?;
+        locked.enqueue_attempt(conn, p.next_attempt()).await?;
         locked.events.push(NewEvent::phase_repair_scheduled(
             &p.phase, p.round, p.attempt,
         ));

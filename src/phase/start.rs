@@ -106,14 +106,46 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseErr
     }
     // 4. Mark the attempt started; read the files it starts with (its inputs and what
     //    the phases upstream of it wrote).
-    let has_files = ctx.has_files;
-    let mut started = parse_context(ctx, &phase, p)?;
-    mark_started(&mut tx, &mut locked, &phase, p).await?;
-    if has_files {
-        started.files = files::run_files_seed(&mut tx, p.run_id, &started.upstream).await?;
-    }
+    let started = begin(&mut tx, &mut locked, &phase, p, ctx).await?;
+    locked.flush_events(&mut tx).await?;
     tx.commit().await?;
     Ok(Start::Ready(Box::new(started)))
+}
+
+/// Start `p` in the transaction that made it due and handed this worker's job over to
+/// it: the run is locked, running and within its budget. The caller appends the events.
+///
+/// # Errors
+/// [`PhaseError`].
+pub(super) async fn start_handed_over(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    p: &PhaseJob,
+) -> Result<Started, PhaseError> {
+    let phase = locked.phase(&p.phase).cloned().ok_or_else(|| {
+        PhaseError::Permanent(format!("run {} has no phase {:?}", p.run_id, p.phase))
+    })?;
+    let ctx = run_inputs::run_inputs_attempt_context(conn, p.run_id, &p.phase, p.round, p.attempt)
+        .await?;
+    begin(conn, locked, &phase, p, ctx).await
+}
+
+/// Mark the attempt started and read the files it starts with (its inputs and what the
+/// phases upstream of it wrote).
+async fn begin(
+    conn: &mut PgConnection,
+    locked: &mut LockedRun,
+    phase: &PhaseRow,
+    p: &PhaseJob,
+    ctx: AttemptContext,
+) -> Result<Started, PhaseError> {
+    let has_files = ctx.has_files;
+    let mut started = parse_context(ctx, phase, p)?;
+    mark_started(conn, locked, phase, p).await?;
+    if has_files {
+        started.files = files::run_files_seed(conn, p.run_id, &started.upstream).await?;
+    }
+    Ok(started)
 }
 
 async fn mark_started(
@@ -130,7 +162,6 @@ async fn mark_started(
     locked
         .events
         .push(NewEvent::phase_started(&p.phase, p.round, p.attempt));
-    locked.flush_events(conn).await?;
     Ok(())
 }
 

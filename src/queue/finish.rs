@@ -43,6 +43,37 @@ pub async fn complete(conn: &mut PgConnection, lease: &Lease) -> Result<Complete
     }
 }
 
+/// Hand a running job over to the next piece of work of the same run, if `lease` still
+/// holds it and its queue is not paused: the row takes `next`'s payload, unique key and
+/// requirement, its delivery count starts again at 1, and the worker that holds the
+/// lease goes on with it (no row inserted, claimed or deleted). Run it in the
+/// transaction that makes `next` due. `false`: nothing changed (the lease is lost or the
+/// queue paused); enqueue `next` and complete the job instead, which tells the two apart.
+///
+/// # Errors
+/// [`QueueError::Db`].
+pub async fn hand_over(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    next: &super::NewJob,
+) -> Result<bool, QueueError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET payload = $3, unique_key = $4, requires = $5, attempts = 1,
+                         rescues = 0, last_error = NULL
+          WHERE id = $1 AND lease_token = $2 AND state = 'running' AND kind = $6
+            AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN (jobs.queue, '*'))",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(&next.payload)
+    .bind(&next.unique_key)
+    .bind(&next.requires)
+    .bind(&next.kind)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The jobs a [`complete_many`] statement completed: those whose leases still held.
 #[derive(Debug, Default)]
 #[must_use]

@@ -53,7 +53,8 @@ pub use control::{
 };
 pub use enqueue::{Enqueued, NewJob, enqueue};
 pub use finish::{
-    Completed, CompletedMany, RetryOutcome, complete, complete_many, fail, hand_back, retry,
+    Completed, CompletedMany, RetryOutcome, complete, complete_many, fail, hand_back, hand_over,
+    retry,
 };
 
 use crate::ids::{JobId, RunId};

@@ -84,7 +84,10 @@ impl<A: Agent> JobHandler for EngineHandler<A> {
         // Both paths boxed: a phase waiting on its model holds only its own state.
         match ctx.job.kind.as_str() {
             PHASE_JOB_KIND => {
-                let phase = self.engine.run_phase_job(&ctx.job, ctx.cancel.clone());
+                let may_go_on = || ctx.may_go_on.now();
+                let phase =
+                    self.engine
+                        .run_phase_job_going_on(&ctx.job, ctx.cancel.clone(), &may_go_on);
                 Ok(Box::pin(phase).await?)
             }
             approval::DEADLINE_JOB_KIND => Box::pin(apply_deadline(&ctx)).await,

@@ -4,6 +4,8 @@ use phasefleet::WorkerId;
 use phasefleet::queue::{ClaimedJob, Completed, QueueError};
 use sqlx::PgPool;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +20,24 @@ pub struct JobContext {
     /// after this fires, the runtime records the right outcome.
     pub cancel: CancellationToken,
     pub(crate) completer: crate::completer::Completer,
+    /// Whether the handler may go on with more work of the same job after this piece.
+    pub may_go_on: MayGoOn,
+}
+
+/// Whether a handler may go on with more work under the same job (a phase job going on
+/// with the next attempt of its run): not while the worker drains or shuts down.
+#[derive(Debug, Clone, Default)]
+pub struct MayGoOn {
+    pub(crate) draining: Arc<AtomicBool>,
+    pub(crate) stopping: CancellationToken,
+}
+
+impl MayGoOn {
+    /// True while the worker neither drains nor shuts down.
+    #[must_use]
+    pub fn now(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && !self.stopping.is_cancelled()
+    }
 }
 
 impl JobContext {

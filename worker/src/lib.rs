@@ -15,6 +15,6 @@ pub use builtin::Builtins;
 pub use completer::{Completer, FlushTask};
 pub use config::{WorkerConfig, default_name};
 pub use engine::EngineHandler;
-pub use handler::{JobContext, JobError, JobHandler};
+pub use handler::{JobContext, JobError, JobHandler, MayGoOn};
 pub use phasefleet::queue::workers::{WorkerRow, drain, list_workers, undrain};
 pub use runtime::{Worker, WorkerError};

@@ -3,7 +3,7 @@
 
 use crate::completer::Completer;
 use crate::config::WorkerConfig;
-use crate::handler::{JobContext, JobError, JobHandler};
+use crate::handler::{JobContext, JobError, JobHandler, MayGoOn};
 use crate::inflight::{InFlight, StopReason};
 use phasefleet::WorkerId;
 use phasefleet::queue::{self, ClaimedJob, Lease, QueueError, notify, workers as registry};
@@ -47,7 +47,9 @@ struct Shared {
     cfg: WorkerConfig,
     inflight: InFlight,
     wake: Arc<Notify>,
-    draining: AtomicBool,
+    draining: Arc<AtomicBool>,
+    /// Fires when the worker begins to shut down.
+    stopping: CancellationToken,
     /// What the handler can do (advertised; jobs requiring one of these are claimed).
     capabilities: Vec<String>,
     completer: Completer,
@@ -154,7 +156,8 @@ impl<H: JobHandler> Worker<H> {
             cfg: self.cfg.clone(),
             inflight: InFlight::default(),
             wake: Arc::new(Notify::new()),
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
+            stopping: shutdown.clone(),
             capabilities: self.handler.capabilities(),
             completer,
             completed: AtomicU64::new(0),
@@ -286,6 +289,10 @@ impl<H: JobHandler> Worker<H> {
             worker_id: shared.id,
             cancel,
             completer: shared.completer.clone(),
+            may_go_on: MayGoOn {
+                draining: shared.draining.clone(),
+                stopping: shared.stopping.clone(),
+            },
         };
         let handler = self.handler.clone();
         let shared = shared.clone();
