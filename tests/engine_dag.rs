@@ -1074,3 +1074,46 @@ impl phasefleet::agent::Agent for WritesShared {
         })
     }
 }
+
+/// A worker keeps the next attempt for itself only while nothing else of the run is
+/// due; when the same transaction then ends the run (a sibling cannot fan out), the kept
+/// attempt is not enqueued afterwards: an ended run has no job left.
+#[tokio::test]
+async fn an_attempt_kept_for_the_worker_is_dropped_when_its_transaction_ends_the_run() {
+    let pool = pool().await;
+    let q = unique_queue("kept-ended");
+    let t = template(
+        "
+  - { key: a, role: author, instructions: write, expected_artifact: { path: a.json, schema: spec.v1 } }
+  - { key: b, role: reviewer, needs: [a], instructions: review, expected_artifact: { path: b.json, schema: review.v1 } }
+  - { key: c, role: author, needs: [a], instructions: check, fan_out: { over: 'a#/requirements', max_items: 2 }, expected_artifact: { path: c.json, schema: check.v1 } }
+",
+    );
+    let run = submit(&pool, &q, &t, json!({"synthetic": {"array_items": 4}})).await;
+    let mut c = pool.acquire().await.unwrap();
+    let lease = Duration::from_secs(30);
+    let job = phasefleet::queue::claim(&mut c, phasefleet::WorkerId::new(), &q, 1, lease)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let engine = phasefleet::phase::Engine::new(
+        pool.clone(),
+        engine::schemas(),
+        phasefleet::agent::synthetic::SyntheticAgent,
+    );
+    let _completed = engine
+        .run_phase_job_going_on(&job, Default::default(), &|| true)
+        .await
+        .unwrap();
+    assert_eq!(engine::run_state(&pool, run).await, RunState::Failed);
+    let (jobs,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM jobs WHERE run_id = $1 AND state IN ('ready', 'running')",
+    )
+    .bind(run)
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
+    assert_eq!(jobs, 0, "no job left for the ended run");
+    assert_invariants(&pool, &[run]).await;
+}

@@ -794,6 +794,50 @@ async fn a_worker_goes_on_with_the_next_phase_of_its_run_under_the_same_job() {
     fleet.shutdown().await;
 }
 
+/// Wait until `key` of `run` is in `state`.
+async fn phase_reaches(pool: &sqlx::PgPool, run: phasefleet::RunId, key: &str, state: PhaseState) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{key} {state:?}"),
+        || async {
+            let mut c = pool.acquire().await.unwrap();
+            let row = phase_of(&mut c, run, key).await.unwrap().unwrap();
+            (row.state == state).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A run on `queue` whose spec takes `spec_ms`, once its spec is running.
+async fn run_with_spec_running(
+    pool: &sqlx::PgPool,
+    queue: &str,
+    spec_ms: u64,
+) -> phasefleet::RunId {
+    let extra = json!({ "synthetic": { "delay_ms": spec_ms, "delay_phases": ["spec"] } });
+    let run = submit(pool, request(queue, extra)).await;
+    phase_reaches(pool, run, "spec", PhaseState::Running).await;
+    run
+}
+
+/// Once spec completed, review neither starts nor is kept: it waits on the queue.
+async fn assert_review_waits_on_the_queue(
+    pool: &sqlx::PgPool,
+    queue: &str,
+    run: phasefleet::RunId,
+) {
+    phase_reaches(pool, run, "spec", PhaseState::Completed).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut c = pool.acquire().await.unwrap();
+    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
+    assert_eq!(review.state, PhaseState::Pending, "review did not start");
+    assert_eq!(
+        count_in_state(pool, queue, JobState::Ready).await,
+        1,
+        "review waits on the queue"
+    );
+}
+
 /// A paused queue starts nothing new, also on a worker that could go on with its run:
 /// the next phase waits as a job on the queue until the queue is resumed.
 #[tokio::test]
@@ -801,34 +845,10 @@ async fn a_paused_queue_stops_a_worker_from_going_on_with_the_next_phase() {
     let pool = pool().await;
     let q = unique_queue("go-on-paused");
     let fleet = Fleet::synthetic(&pool, &q, 1);
-    let extra = json!({ "synthetic": { "delay_ms": 1_500, "delay_phases": ["spec"] } });
-    let run = submit(&pool, request(&q, extra)).await;
-    eventually(Duration::from_secs(15), "spec running", || async {
-        let mut c = pool.acquire().await.unwrap();
-        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
-        (spec.state == PhaseState::Running).then_some(())
-    })
-    .await;
+    let run = run_with_spec_running(&pool, &q, 1_500).await;
     let mut c = pool.acquire().await.unwrap();
     queue::pause(&mut c, &q, Some("tests")).await.unwrap();
-    eventually(Duration::from_secs(15), "spec completed", || async {
-        let mut c = pool.acquire().await.unwrap();
-        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
-        (spec.state == PhaseState::Completed).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
-    assert_eq!(
-        review.state,
-        PhaseState::Pending,
-        "nothing started while paused"
-    );
-    assert_eq!(
-        count_in_state(&pool, &q, JobState::Ready).await,
-        1,
-        "review waits on the queue"
-    );
+    assert_review_waits_on_the_queue(&pool, &q, run).await;
     queue::resume(&mut c, &q).await.unwrap();
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     assert_run_completed(&pool, run).await;
@@ -842,14 +862,7 @@ async fn a_draining_worker_does_not_go_on_with_the_next_phase() {
     let pool = pool().await;
     let q = unique_queue("go-on-drain");
     let fleet = Fleet::synthetic(&pool, &q, 1);
-    let extra = json!({ "synthetic": { "delay_ms": 4_000, "delay_phases": ["spec"] } });
-    let run = submit(&pool, request(&q, extra)).await;
-    eventually(Duration::from_secs(15), "spec running", || async {
-        let mut c = pool.acquire().await.unwrap();
-        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
-        (spec.state == PhaseState::Running).then_some(())
-    })
-    .await;
+    let run = run_with_spec_running(&pool, &q, 4_000).await;
     let (worker,): (phasefleet::WorkerId,) =
         sqlx::query_as("SELECT id FROM workers WHERE $1 = ANY(queues) AND stopped_at IS NULL")
             .bind(&q)
@@ -860,27 +873,48 @@ async fn a_draining_worker_does_not_go_on_with_the_next_phase() {
     phasefleet::queue::workers::drain(&mut c, Some(worker))
         .await
         .unwrap();
-    eventually(Duration::from_secs(15), "spec completed", || async {
-        let mut c = pool.acquire().await.unwrap();
-        let spec = phase_of(&mut c, run, "spec").await.unwrap().unwrap();
-        (spec.state == PhaseState::Completed).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
-    assert_eq!(
-        review.state,
-        PhaseState::Pending,
-        "nothing started while draining"
-    );
-    assert_eq!(
-        count_in_state(&pool, &q, JobState::Ready).await,
-        1,
-        "review waits on the queue"
-    );
+    assert_review_waits_on_the_queue(&pool, &q, run).await;
     phasefleet::queue::workers::undrain(&mut c, Some(worker))
         .await
         .unwrap();
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     fleet.shutdown().await;
+}
+
+/// Someone asked to cancel the job while its phase was being recorded: the request was
+/// meant for that phase, so the job is not handed over to the next one (which would
+/// then be interrupted and left running with no job); the next phase is enqueued.
+#[tokio::test]
+async fn a_job_asked_to_cancel_is_not_handed_over_to_the_next_phase() {
+    let pool = pool().await;
+    let q = unique_queue("go-on-cancel");
+    let run = submit(&pool, request(&q, json!({}))).await;
+    let mut c = pool.acquire().await.unwrap();
+    let job = queue::claim(&mut c, WorkerId::new(), &q, 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
+        .bind(job.id)
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent);
+    let _completed = engine
+        .run_phase_job_going_on(&job, Default::default(), &|| true)
+        .await
+        .unwrap();
+    let review = phase_of(&mut c, run, "review").await.unwrap().unwrap();
+    assert_eq!(review.state, PhaseState::Pending, "review was not started");
+    assert_eq!(
+        count_in_state(&pool, &q, JobState::Ready).await,
+        1,
+        "review waits on the queue"
+    );
+    assert_eq!(
+        job_state(&pool, job.id).await,
+        JobState::Completed,
+        "spec's job is done"
+    );
 }

@@ -156,17 +156,22 @@ async fn sigterm_hands_back_unfinished_jobs_without_spending_an_attempt() {
     assert_eq!(state, "stopped");
 }
 
-#[tokio::test]
-async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
-    let pool = pool().await;
-    let q = unique_queue("drain");
-    let cfg = WorkerConfig {
-        queue: q.clone(),
+/// An in-process worker on `queue` with 2 slots, a 900 ms lease and 100 ms polls.
+fn quick_worker(queue: &str) -> WorkerConfig {
+    WorkerConfig {
+        queue: queue.to_owned(),
         concurrency: 2,
         lease: Duration::from_millis(900),
         poll_interval: Duration::from_millis(100),
         ..WorkerConfig::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn drain_stops_claiming_lets_in_flight_finish_and_undrain_resumes() {
+    let pool = pool().await;
+    let q = unique_queue("drain");
+    let cfg = quick_worker(&q);
     let worker = Worker::new(pool.clone(), cfg, Builtins);
     let wid = worker.id();
     let stop = CancellationToken::new();
@@ -340,13 +345,7 @@ async fn a_worker_process_exports_its_counters_for_prometheus() {
 async fn a_heartbeat_held_up_past_its_lease_counts_each_completion_once() {
     let pool = pool().await;
     let q = unique_queue("slowbeat");
-    let cfg = WorkerConfig {
-        queue: q.clone(),
-        concurrency: 2,
-        lease: Duration::from_millis(900),
-        poll_interval: Duration::from_millis(100),
-        ..WorkerConfig::default()
-    };
+    let cfg = quick_worker(&q);
     let stop = CancellationToken::new();
     let worker = Worker::new(pool.clone(), cfg, Builtins);
     let wid = worker.id();

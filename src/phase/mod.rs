@@ -194,7 +194,7 @@ impl<A: Agent> Engine<A> {
                         .map(Recorded::Completed);
                 }
                 start::Start::OutOfBudget(reason) => {
-                    let parked = self.park_for_budget(job, p, &reason);
+                    let parked = self.park_for_budget(job, p, &reason, Attempted::No);
                     return Box::pin(parked).await.map(Recorded::Completed);
                 }
                 start::Start::Ready(started) => started,
@@ -227,7 +227,7 @@ impl<A: Agent> Engine<A> {
         }
         // 4. Record the outcome and complete the job (or hand it over), atomically;
         //    whether the worker may go on is asked now, not when the attempt began.
-        let go_on = (go_on.now)().then_some(go_on.capabilities);
+        let go_on = ((go_on.now)() && !cancel.is_cancelled()).then_some(go_on.capabilities);
         Box::pin(record::record(
             &self.pool, job, p, &started, validated, go_on,
         ))
@@ -245,7 +245,9 @@ impl<A: Agent> Engine<A> {
     ) -> Option<Result<Completed, PhaseError>> {
         Some(match ended {
             AgentExit::Interrupted => Err(PhaseError::Interrupted),
-            AgentExit::OutOfBudget(reason) => self.park_for_budget(job, p, &reason).await,
+            AgentExit::OutOfBudget(reason) => {
+                self.park_for_budget(job, p, &reason, Attempted::Yes).await
+            }
             AgentExit::Failed { error, retry } if retry && job.attempts < job.max_attempts => {
                 Err(PhaseError::Retry(error))
             }
@@ -293,9 +295,13 @@ impl<A: Agent> Engine<A> {
         job: &ClaimedJob,
         p: &PhaseJob,
         reason: &str,
+        attempted: Attempted,
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
         let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+        if attempted == Attempted::Yes {
+            deliver_again_if_start_lost(current.as_ref(), p)?;
+        }
         // An approver raised the budget since this attempt saw it spent: start again.
         if let Some((run, _)) = &current
             && matches!(run.state, RunState::Queued | RunState::Running)
@@ -328,7 +334,9 @@ impl<A: Agent> Engine<A> {
         error: &str,
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
-        if let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await?
+        let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+        deliver_again_if_start_lost(current.as_ref(), p)?;
+        if let Some((run, phases)) = current
             && !run.state.is_terminal()
         {
             let mut locked = LockedRun::new(run, phases);
@@ -338,6 +346,33 @@ impl<A: Agent> Engine<A> {
         let done = queue::complete(&mut tx, &job.lease()).await?;
         tx.commit().await?;
         Ok(done)
+    }
+}
+
+/// Whether a budget park comes after the attempt ran (its start is in the database) or
+/// from the start itself (nothing started yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempted {
+    Yes,
+    No,
+}
+
+/// After an attempt ran: when the database does not have its start (a failover lost
+/// that commit, or the one that handed the job over to it), deliver it again instead of
+/// parking or failing the run on a phase it never started.
+fn deliver_again_if_start_lost(
+    current: Option<&(
+        crate::store::runs::RunRow,
+        Vec<crate::store::run_phases::PhaseRow>,
+    )>,
+    p: &PhaseJob,
+) -> Result<(), PhaseError> {
+    match current {
+        Some((_, phases)) if record::start_was_lost(phases, p) => Err(PhaseError::Retry(format!(
+            "phase {} has not started attempt {} (its start was not kept); delivering it again",
+            p.phase, p.attempt
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -104,6 +104,11 @@ async fn hand_over_or_enqueue(
     let Some(next) = locked.take_handed_over() else {
         return Ok(None);
     };
+    // The run ended in this transaction after the attempt was kept (another phase made
+    // due with it could not start): its jobs are cancelled, and this one is not made.
+    if locked.run.state.is_terminal() {
+        return Ok(None);
+    }
     let runnable = locked.run.state == RunState::Running
         && crate::budget::Spend::from(&locked.run)
             .exhausted()
@@ -121,7 +126,7 @@ async fn hand_over_or_enqueue(
 /// although this delivery started it. Only a commit lost after it was acknowledged (a
 /// failover to a standby that had not received it) does that; completing the job as a
 /// stale delivery would leave the phase pending with no job, so it is delivered again.
-fn start_was_lost(phases: &[crate::store::run_phases::PhaseRow], p: &PhaseJob) -> bool {
+pub(super) fn start_was_lost(phases: &[crate::store::run_phases::PhaseRow], p: &PhaseJob) -> bool {
     phases
         .iter()
         .find(|ph| ph.phase_key == p.phase)

@@ -47,8 +47,9 @@ pub async fn complete(conn: &mut PgConnection, lease: &Lease) -> Result<Complete
 /// holds it and its queue is not paused: the row takes `next`'s payload, unique key and
 /// requirement, its delivery count starts again at 1, and the worker that holds the
 /// lease goes on with it (no row inserted, claimed or deleted). Run it in the
-/// transaction that makes `next` due. `false`: nothing changed (the lease is lost or the
-/// queue paused); enqueue `next` and complete the job instead, which tells the two apart.
+/// transaction that makes `next` due. `false`: nothing changed (the lease is lost, the
+/// queue paused, or someone asked to cancel this job: that was meant for the work it
+/// carries now); enqueue `next` and complete the job instead, which tells them apart.
 ///
 /// # Errors
 /// [`QueueError::Db`].
@@ -61,6 +62,7 @@ pub async fn hand_over(
         "UPDATE jobs SET payload = $3, unique_key = $4, requires = $5, attempts = 1,
                          rescues = 0, last_error = NULL
           WHERE id = $1 AND lease_token = $2 AND state = 'running' AND kind = $6
+            AND NOT cancel_requested
             AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue IN (jobs.queue, '*'))",
     )
     .bind(lease.job_id)
