@@ -8,7 +8,6 @@ use crate::submit::{SubmitArgs, build_request};
 use clap::Args;
 use phasefleet::approval::{self, Action};
 use phasefleet::state::RunState;
-use phasefleet::validate::SchemaRegistry;
 use std::path::PathBuf;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -57,11 +56,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         crate::stack::connections_for(args.workers).saturating_add(4),
     )
     .await?;
-    let schemas = SchemaRegistry::from_env()?;
-    let config = phasefleet::config::Config::from_env()?;
-    let agent = phasefleet::agent::router::BackendRouter::from_config(&config)
-        .await
-        .map_err(|e| CliError::new(2, e))?;
+    let parts = crate::stack::Parts::from_env().await?;
     let queue = "default";
     let stop = CancellationToken::new();
     // The database's clock: worker rows are stamped by it.
@@ -69,14 +64,7 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         .fetch_one(&db.pool)
         .await?;
     let mut workers = JoinSet::new();
-    let webhooks = crate::stack::webhooks(&config)?;
-    let parts = crate::stack::Parts {
-        agent: &agent,
-        webhooks: &webhooks,
-        pool: &db.pool,
-        schemas: &schemas,
-    };
-    crate::stack::spawn_workers(&mut workers, &parts, queue, args.workers, &stop);
+    crate::stack::spawn_workers(&mut workers, &parts, &db.pool, queue, args.workers, &stop);
 
     let personas = if args.personas.is_empty() {
         let mut v: Vec<PathBuf> = std::fs::read_dir("examples/personas")
@@ -130,7 +118,8 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     approver.spawn(auto_approver(approver_pool, runs_to_approve));
     for _ in 0..args.runs.max(1) {
         let submitted =
-            phasefleet::submit::submit(&db.pool, &schemas, &config, req.clone()).await?;
+            phasefleet::submit::submit(&db.pool, &parts.schemas, &parts.config, req.clone())
+                .await?;
         let id = submitted.run_id();
         eprintln!("submitted run {id}");
         submitted_runs.send_modify(|runs| runs.push(id));

@@ -3,7 +3,6 @@
 
 use crate::exit::CliError;
 use crate::local;
-use phasefleet::validate::SchemaRegistry;
 use tokio::task::JoinSet;
 
 pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Result<(), CliError> {
@@ -14,20 +13,16 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
         crate::stack::connections_for(workers).saturating_add(16),
     )
     .await?;
-    let schemas = SchemaRegistry::from_env()?;
-    let config = phasefleet::config::Config::from_env()?;
-    let agent = phasefleet::agent::router::BackendRouter::from_config(&config)
-        .await
-        .map_err(|e| CliError::new(2, e))?;
+    let parts = crate::stack::Parts::from_env().await?;
     let mut set = JoinSet::new();
-    let webhooks = crate::stack::webhooks(&config)?;
-    let parts = crate::stack::Parts {
-        agent: &agent,
-        webhooks: &webhooks,
-        pool: &db.pool,
-        schemas: &schemas,
-    };
-    crate::stack::spawn_workers(&mut set, &parts, "default", workers, &signals.graceful);
+    crate::stack::spawn_workers(
+        &mut set,
+        &parts,
+        &db.pool,
+        "default",
+        workers,
+        &signals.graceful,
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::new(1, format!("cannot listen on {listen}: {e}")))?;
@@ -61,8 +56,8 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
     eprintln!("Ctrl-C to stop");
     let state = phasefleet_api::AppState::new(
         db.pool.clone(),
-        schemas.clone(),
-        config,
+        parts.schemas.clone(),
+        parts.config,
         tokens,
         std::env::var("REDIS_URL").ok(),
         signals.graceful.clone(),

@@ -19,18 +19,42 @@ pub fn connections_for(workers: usize) -> u32 {
     u32::try_from(workers.saturating_mul(WORKER_SLOTS + 2)).unwrap_or(u32::MAX)
 }
 
-/// What every in-process worker runs with.
-pub struct Parts<'a> {
-    pub agent: &'a BackendRouter,
-    pub webhooks: &'a Webhooks,
-    pub pool: &'a PgPool,
-    pub schemas: &'a SchemaRegistry,
+/// What every in-process worker runs with (and the API or submits beside them), read
+/// from the environment once.
+pub struct Parts {
+    pub schemas: SchemaRegistry,
+    pub config: phasefleet::config::Config,
+    pub agent: BackendRouter,
+    pub webhooks: Webhooks,
+}
+
+impl Parts {
+    /// Schemas, configuration, the model providers it names and its webhooks.
+    ///
+    /// # Errors
+    /// A schema or configuration that does not load, a provider that cannot be set up
+    /// (exit 2), a webhook whose secret variable is unset.
+    pub async fn from_env() -> Result<Self, crate::exit::CliError> {
+        let schemas = SchemaRegistry::from_env()?;
+        let config = phasefleet::config::Config::from_env()?;
+        let agent = BackendRouter::from_config(&config)
+            .await
+            .map_err(|e| crate::exit::CliError::new(2, e))?;
+        let webhooks = webhooks(&config)?;
+        Ok(Self {
+            schemas,
+            config,
+            agent,
+            webhooks,
+        })
+    }
 }
 
 /// Start `n` workers on `queue`; they stop when `stop` fires.
 pub fn spawn_workers(
     set: &mut JoinSet<Result<(), phasefleet_worker::WorkerError>>,
-    parts: &Parts<'_>,
+    parts: &Parts,
+    pool: &PgPool,
     queue: &str,
     n: usize,
     stop: &CancellationToken,
@@ -42,13 +66,9 @@ pub fn spawn_workers(
             concurrency: WORKER_SLOTS,
             ..WorkerConfig::default()
         };
-        let engine = Engine::new(
-            parts.pool.clone(),
-            parts.schemas.clone(),
-            parts.agent.clone(),
-        );
+        let engine = Engine::new(pool.clone(), parts.schemas.clone(), parts.agent.clone());
         let handler = EngineHandler::new(engine).with_webhooks(parts.webhooks.clone());
-        let worker = Worker::new(parts.pool.clone(), cfg, handler);
+        let worker = Worker::new(pool.clone(), cfg, handler);
         set.spawn(worker.run(stop.clone()));
     }
 }
@@ -58,7 +78,7 @@ pub fn spawn_workers(
 ///
 /// # Errors
 /// A webhook whose secret variable is unset.
-pub fn webhooks(config: &phasefleet::config::Config) -> Result<Webhooks, crate::exit::CliError> {
+fn webhooks(config: &phasefleet::config::Config) -> Result<Webhooks, crate::exit::CliError> {
     phasefleet::webhooks::set_announcing(config);
     Webhooks::from_config(config)
         .map_err(|e| crate::exit::CliError::new(crate::exit::USAGE, e.to_string()))
