@@ -1090,13 +1090,7 @@ async fn an_attempt_kept_for_the_worker_is_dropped_when_its_transaction_ends_the
 ",
     );
     let run = submit(&pool, &q, &t, json!({"synthetic": {"array_items": 4}})).await;
-    let mut c = pool.acquire().await.unwrap();
-    let lease = Duration::from_secs(30);
-    let job = phasefleet::queue::claim(&mut c, phasefleet::WorkerId::new(), &q, 1, lease)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let job = claim_one(&pool, &q).await;
     let engine = phasefleet::phase::Engine::new(
         pool.clone(),
         engine::schemas(),
@@ -1111,7 +1105,7 @@ async fn an_attempt_kept_for_the_worker_is_dropped_when_its_transaction_ends_the
         "SELECT count(*) FROM jobs WHERE run_id = $1 AND state IN ('ready', 'running')",
     )
     .bind(run)
-    .fetch_one(&mut *c)
+    .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(jobs, 0, "no job left for the ended run");

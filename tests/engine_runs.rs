@@ -4,7 +4,6 @@
 
 mod support;
 
-use phasefleet::WorkerId;
 use phasefleet::agent::synthetic::SyntheticAgent;
 use phasefleet::approval::{self, Action, ApprovalError, Decided};
 use phasefleet::phase::{Engine, PhaseJob};
@@ -277,19 +276,8 @@ async fn two_workers_racing_on_one_run_never_complete_a_phase_twice() {
     // A second copy of the first phase job, as if delivered twice at once.
     let payload = serde_json::to_value(PhaseJob::first_attempt(run, "spec", 1, None)).unwrap();
     enqueue(&pool, NewJob::new("phase", payload).queue(&q).run_id(run)).await;
-    let (a, b) = (WorkerId::new(), WorkerId::new());
-    let mut c = pool.acquire().await.unwrap();
-    let ja = queue::claim(&mut c, a, &q, 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
-    let jb = queue::claim(&mut c, b, &q, 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
-    drop(c);
+    let ja = claim_one(&pool, &q).await;
+    let jb = claim_one(&pool, &q).await;
     let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent);
     let (ra, rb) = tokio::join!(
         engine.run_phase_job(&ja, Default::default()),
@@ -889,12 +877,8 @@ async fn a_job_asked_to_cancel_is_not_handed_over_to_the_next_phase() {
     let pool = pool().await;
     let q = unique_queue("go-on-cancel");
     let run = submit(&pool, request(&q, json!({}))).await;
+    let job = claim_one(&pool, &q).await;
     let mut c = pool.acquire().await.unwrap();
-    let job = queue::claim(&mut c, WorkerId::new(), &q, 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
     sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
         .bind(job.id)
         .execute(&mut *c)

@@ -112,10 +112,11 @@ async fn hand_over_or_enqueue(
     let runnable = locked.run.state == RunState::Running
         && crate::budget::Spend::from(&locked.run)
             .exhausted()
-            .is_none()
-        && locked.phase(&next.phase).is_some();
-    if runnable && queue::hand_over(conn, &job.lease(), &next.to_job(&locked.run.queue)).await? {
-        let started = super::start::start_handed_over(conn, locked, &next).await?;
+            .is_none();
+    if let Some(row) = locked.phase(&next.phase).cloned().filter(|_| runnable)
+        && queue::hand_over(conn, &job.lease(), &next.to_job(&locked.run.queue)).await?
+    {
+        let started = super::start::start_handed_over(conn, locked, &row, &next).await?;
         return Ok(Some((next, started)));
     }
     next.enqueue(conn, &locked.run.queue).await?;

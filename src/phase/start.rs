@@ -112,22 +112,21 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseErr
     Ok(Start::Ready(Box::new(started)))
 }
 
-/// Start `p` in the transaction that made it due and handed this worker's job over to
-/// it: the run is locked, running and within its budget. The caller appends the events.
+/// Start `p` (of `phase`) in the transaction that made it due and handed this worker's
+/// job over to it: the run is locked, running and within its budget. The caller
+/// appends the events.
 ///
 /// # Errors
 /// [`PhaseError`].
 pub(super) async fn start_handed_over(
     conn: &mut PgConnection,
     locked: &mut LockedRun,
+    phase: &PhaseRow,
     p: &PhaseJob,
 ) -> Result<Started, PhaseError> {
-    let phase = locked.phase(&p.phase).cloned().ok_or_else(|| {
-        PhaseError::Permanent(format!("run {} has no phase {:?}", p.run_id, p.phase))
-    })?;
     let ctx = run_inputs::run_inputs_attempt_context(conn, p.run_id, &p.phase, p.round, p.attempt)
         .await?;
-    begin(conn, locked, &phase, p, ctx).await
+    begin(conn, locked, phase, p, ctx).await
 }
 
 /// Mark the attempt started and read the files it starts with (its inputs and what the

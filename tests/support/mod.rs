@@ -108,6 +108,23 @@ pub async fn job(pool: &PgPool, id: JobId) -> JobRow {
 
 /// A job's state; `Completed` once its row has left the table (a completed job is not
 /// kept, and these tests prune nothing they then look up).
+/// Claim the next job of `queue` as a worker of its own would (a fresh worker id, a
+/// 30 s lease); the test drives the job itself.
+pub async fn claim_one(pool: &PgPool, queue: &str) -> queue::ClaimedJob {
+    let mut c = pool.acquire().await.unwrap();
+    queue::claim(
+        &mut c,
+        phasefleet::WorkerId::new(),
+        queue,
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .pop()
+    .unwrap()
+}
+
 pub async fn job_state(pool: &PgPool, id: JobId) -> JobState {
     let mut conn = pool.acquire().await.unwrap();
     match queue::get(&mut conn, id).await {
