@@ -23,6 +23,13 @@ struct Args {
     /// Jobs in flight at once.
     #[arg(long, env = "PHASEFLEET_CONCURRENCY", default_value_t = 16)]
     concurrency: usize,
+    /// PostgreSQL connections this process keeps at most (default: one per job in
+    /// flight plus four for claims, heartbeats, lease renewals and completions). A job
+    /// holds one only while it reads or writes, not while its model thinks; fewer
+    /// than slots is fine, at least 4.
+    #[arg(long, env = "PHASEFLEET_DB_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(4..))]
+    db_connections: Option<u32>,
     /// Lease length in milliseconds (heartbeat every third of it).
     #[arg(long, env = "PHASEFLEET_LEASE_MS", default_value_t = 15_000)]
     lease_ms: u64,
@@ -66,7 +73,8 @@ async fn serve() -> anyhow::Result<()> {
     let schemas = SchemaRegistry::from_env().context("loading schemas")?;
     let pool = phasefleet::db::connect_with_retry(
         &args.database_url,
-        u32::try_from(args.concurrency + 4).unwrap_or(64),
+        args.db_connections
+            .unwrap_or_else(|| u32::try_from(args.concurrency + 4).unwrap_or(64)),
         &signals.graceful,
     )
     .await?;
