@@ -4,14 +4,101 @@
 //! from the run row, never by counting) and skips keys the run already used, so a
 //! replayed step appends nothing.
 
-use crate::ids::ApprovalId;
+use crate::ids::{ApprovalId, RunId};
 use crate::state::RunState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::mpsc;
 
 /// Channel notified with `run_id:seq` after each append (for live event streams).
 pub const EVENTS_CHANNEL: &str = "phasefleet_events";
+
+/// Wake-ups for live event streams sent after a commit, many runs to a statement.
+///
+/// PostgreSQL serialises the commits of transactions that NOTIFY (each holds a
+/// database-wide lock from its notification to the end of its commit), so a phase's
+/// transaction appends its events without one and [`Self::after_commit`] announces
+/// them: it notes the run's last seq and rings a sender task (started on first use,
+/// ended when the last clone is dropped), which sends every noted wake-up in one
+/// statement, so they batch themselves under load. A wake-up lost (a process ending
+/// between commit and wake-up, a failed statement) costs a stream latency, never an
+/// event: streams also poll.
+#[derive(Clone)]
+pub struct StreamWakeUps {
+    inner: Arc<WakeUpsInner>,
+}
+
+struct WakeUpsInner {
+    pool: PgPool,
+    /// The last seq to announce per run, shared with the sender task.
+    pending: Arc<Mutex<HashMap<RunId, i64>>>,
+    /// Rings the sender task; one ring waiting is enough.
+    doorbell: OnceLock<mpsc::Sender<()>>,
+}
+
+impl StreamWakeUps {
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            inner: Arc::new(WakeUpsInner {
+                pool,
+                pending: Arc::new(Mutex::new(HashMap::new())),
+                doorbell: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Announce that `run` has events up to `seq`, committed already. Returns at once.
+    pub fn after_commit(&self, run: RunId, seq: i64) {
+        {
+            let mut pending = lock(&self.inner.pending);
+            let last = pending.entry(run).or_insert(seq);
+            *last = (*last).max(seq);
+        }
+        let doorbell = self.inner.doorbell.get_or_init(|| {
+            let (ring, rung) = mpsc::channel(1);
+            tokio::spawn(send_wake_ups(
+                self.inner.pool.clone(),
+                self.inner.pending.clone(),
+                rung,
+            ));
+            ring
+        });
+        // Full: a ring is waiting already, and its batch takes this one.
+        let _ = doorbell.try_send(());
+    }
+}
+
+fn lock(pending: &Mutex<HashMap<RunId, i64>>) -> std::sync::MutexGuard<'_, HashMap<RunId, i64>> {
+    pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The sender task: on each ring, send what is noted in one statement.
+async fn send_wake_ups(
+    pool: PgPool,
+    pending: Arc<Mutex<HashMap<RunId, i64>>>,
+    mut rung: mpsc::Receiver<()>,
+) {
+    while rung.recv().await.is_some() {
+        let batch: Vec<(RunId, i64)> = lock(&pending).drain().collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let sent = match pool.acquire().await {
+            Ok(mut conn) => crate::store::events::events_wake_streams(&mut conn, &batch).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, runs = batch.len(), "waking live event streams failed; they poll");
+        }
+    }
+}
 
 /// An event to append.
 #[derive(Debug, Clone, PartialEq)]

@@ -724,6 +724,7 @@ async fn pruning_an_ended_run_takes_its_events_and_no_event_is_appended_without_
         &mut conn,
         nobody,
         &[phasefleet::events::NewEvent::run_started()],
+        phasefleet::store::events::WakeStreams::InTransaction,
     )
     .await
     .unwrap();
@@ -901,4 +902,88 @@ async fn a_job_asked_to_cancel_is_not_handed_over_to_the_next_phase() {
         JobState::Completed,
         "spec's job is done"
     );
+}
+
+/// The notifications `listener` gets for `runs` until each run's last announced seq is
+/// `want` (or 10 s pass): the last seq heard per run.
+async fn heard_up_to(
+    listener: &mut sqlx::postgres::PgListener,
+    want: &std::collections::HashMap<phasefleet::RunId, i64>,
+) -> std::collections::HashMap<phasefleet::RunId, i64> {
+    let mut heard = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while want.iter().any(|(run, seq)| heard.get(run) != Some(seq)) {
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, listener.recv()).await else {
+            break;
+        };
+        let Some((run, seq)) = n.payload().split_once(':') else {
+            continue;
+        };
+        let (Ok(run), Ok(seq)) = (run.parse::<phasefleet::RunId>(), seq.parse::<i64>()) else {
+            continue;
+        };
+        if want.contains_key(&run) {
+            let last = heard.entry(run).or_insert(seq);
+            *last = (*last).max(seq);
+        }
+    }
+    heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_streams_hear_of_every_phase_after_its_commit() {
+    let pool = pool().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen(phasefleet::events::EVENTS_CHANNEL)
+        .await
+        .unwrap();
+    let q = unique_queue("wake-ups");
+    let fleet = Fleet::synthetic(&pool, &q, 2);
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(submit(&pool, request(&q, json!({}))).await);
+    }
+    let mut want = std::collections::HashMap::new();
+    for run in &runs {
+        assert_eq!(drive(&pool, *run).await, RunState::Completed);
+        let last = events_of(&pool, *run).await.last().map(|e| e.seq).unwrap();
+        want.insert(*run, last);
+    }
+    // Each run's last event is announced (the phases announce theirs after their
+    // commits, and nothing polls here).
+    assert_eq!(heard_up_to(&mut listener, &want).await, want);
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wake_ups_announced_at_once_by_many_callers_all_reach_the_streams() {
+    let pool = pool().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen(phasefleet::events::EVENTS_CHANNEL)
+        .await
+        .unwrap();
+    let wake_ups = phasefleet::events::StreamWakeUps::new(pool.clone());
+    let runs: Vec<phasefleet::RunId> = (0..40).map(|_| phasefleet::RunId::new()).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, run) in runs.iter().enumerate() {
+        for seq in 1..=10 {
+            let (wake_ups, run) = (wake_ups.clone(), *run);
+            set.spawn(async move {
+                tokio::time::sleep(Duration::from_millis((i as u64 * 7 + seq as u64 * 3) % 20))
+                    .await;
+                wake_ups.after_commit(run, seq);
+            });
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let want: std::collections::HashMap<_, _> = runs.iter().map(|r| (*r, 10)).collect();
+    assert_eq!(heard_up_to(&mut listener, &want).await, want);
 }

@@ -17,6 +17,7 @@ use crate::queue::QueueError;
 use crate::report;
 use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
+use crate::store::events::WakeStreams;
 use crate::store::run_phases::{self, PhaseRow};
 use crate::store::runs::{self, RunRow};
 
@@ -272,11 +273,34 @@ impl LockedRun {
     /// # Errors
     /// Database errors.
     pub async fn flush_events(&mut self, conn: &mut PgConnection) -> Result<(), AdvanceError> {
+        self.append_events(conn, WakeStreams::InTransaction).await?;
+        Ok(())
+    }
+
+    /// [`Self::flush_events`] without waking live streams: the caller announces the
+    /// returned last seq after its commit (`crate::events::StreamWakeUps`).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn flush_events_wake_after_commit(
+        &mut self,
+        conn: &mut PgConnection,
+    ) -> Result<Option<i64>, AdvanceError> {
+        let appended = self.append_events(conn, WakeStreams::AfterCommit).await?;
+        Ok(appended.iter().map(|a| a.seq).max())
+    }
+
+    async fn append_events(
+        &mut self,
+        conn: &mut PgConnection,
+        wake: WakeStreams,
+    ) -> Result<Vec<crate::store::events::Appended>, AdvanceError> {
         let events = std::mem::take(&mut self.events);
-        let appended = crate::store::events::events_append(conn, self.run.id, &events).await?;
+        let appended =
+            crate::store::events::events_append(conn, self.run.id, &events, wake).await?;
         crate::webhooks::enqueue_notifications(conn, &self.run.queue, self.run.id, &appended)
             .await?;
-        Ok(())
+        Ok(appended)
     }
 }
 

@@ -18,6 +18,7 @@ pub const DURATION_BUCKETS_SECS: &[f64] = &[0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 30
 
 use crate::advance::{self, LockedRun};
 use crate::agent::Agent;
+use crate::events::StreamWakeUps;
 use crate::queue::{self, ClaimedJob, Completed, QueueError};
 use crate::state::RunState;
 use crate::store::{StoreError, ledger, runs};
@@ -60,6 +61,8 @@ pub struct Engine<A> {
     pool: PgPool,
     schemas: SchemaRegistry,
     agent: Arc<A>,
+    /// Live streams hear of a phase's events after its commit.
+    wake_ups: StreamWakeUps,
 }
 
 impl<A> Clone for Engine<A> {
@@ -68,6 +71,7 @@ impl<A> Clone for Engine<A> {
             pool: self.pool.clone(),
             schemas: self.schemas.clone(),
             agent: self.agent.clone(),
+            wake_ups: self.wake_ups.clone(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl<A> Clone for Engine<A> {
 impl<A: Agent> Engine<A> {
     pub fn new(pool: PgPool, schemas: SchemaRegistry, agent: A) -> Self {
         Self {
+            wake_ups: StreamWakeUps::new(pool.clone()),
             pool,
             schemas,
             agent: Arc::new(agent),
@@ -184,7 +189,7 @@ impl<A: Agent> Engine<A> {
         // the agent's state, not space for the largest transaction's future too.
         let mut started = match started {
             Some(started) => started,
-            None => match Box::pin(start::start(&self.pool, p)).await? {
+            None => match Box::pin(start::start(&self.pool, &self.wake_ups, p)).await? {
                 start::Start::Nothing => {
                     tracing::info!(
                         "nothing to do for this delivery (run ended or attempt already recorded)"
@@ -229,7 +234,13 @@ impl<A: Agent> Engine<A> {
         //    whether the worker may go on is asked now, not when the attempt began.
         let go_on = ((go_on.now)() && !cancel.is_cancelled()).then_some(go_on.capabilities);
         Box::pin(record::record(
-            &self.pool, job, p, &started, validated, go_on,
+            &self.pool,
+            &self.wake_ups,
+            job,
+            p,
+            &started,
+            validated,
+            go_on,
         ))
         .await
     }

@@ -9,7 +9,7 @@ use super::PhaseError;
 use super::attempt::Validated;
 use super::start::Started;
 use crate::advance::{self, LockedRun};
-use crate::events::{NewEvent, RecordedArtifact};
+use crate::events::{NewEvent, RecordedArtifact, StreamWakeUps};
 use crate::ids::ApprovalId;
 use crate::phase_job::PhaseJob;
 use crate::queue::{self, ClaimedJob, Completed};
@@ -38,6 +38,7 @@ pub(super) enum Recorded {
 /// [`PhaseError`]; a lost lease is [`PhaseError::Queue`] and nothing is written.
 pub(super) async fn record(
     pool: &PgPool,
+    wake_ups: &StreamWakeUps,
     job: &ClaimedJob,
     p: &PhaseJob,
     started: &Started,
@@ -46,6 +47,7 @@ pub(super) async fn record(
 ) -> Result<Recorded, PhaseError> {
     let mut tx = pool.begin().await?;
     let mut handed_over = None;
+    let mut last_seq = None;
     // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
     let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
     if current
@@ -80,17 +82,19 @@ pub(super) async fn record(
         }
         // 3. Go on with the attempt kept for this worker, or enqueue it.
         handed_over = hand_over_or_enqueue(&mut tx, &mut locked, job).await?;
-        // 4. Append the events.
-        locked.flush_events(&mut tx).await?;
+        // 4. Append the events (live streams hear of them after the commit).
+        last_seq = locked.flush_events_wake_after_commit(&mut tx).await?;
     }
     // 5. Complete the job under its lease (unless it was handed over); commit.
-    if let Some(next) = handed_over {
-        tx.commit().await?;
-        return Ok(Recorded::HandedOver(Box::new(next)));
-    }
-    let done = queue::complete(&mut tx, &job.lease()).await?;
+    let recorded = match handed_over {
+        Some(next) => Recorded::HandedOver(Box::new(next)),
+        None => Recorded::Completed(queue::complete(&mut tx, &job.lease()).await?),
+    };
     tx.commit().await?;
-    Ok(Recorded::Completed(done))
+    if let Some(seq) = last_seq {
+        wake_ups.after_commit(p.run_id, seq);
+    }
+    Ok(recorded)
 }
 
 /// The attempt kept for this worker: hand the job over to it and start it in this

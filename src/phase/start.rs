@@ -4,7 +4,7 @@
 
 use super::PhaseError;
 use crate::advance::LockedRun;
-use crate::events::NewEvent;
+use crate::events::{NewEvent, StreamWakeUps};
 use crate::phase_job::PhaseJob;
 use crate::state::{PhaseState, RunState};
 use crate::store::files::{self, SeedFile};
@@ -70,7 +70,11 @@ pub(super) enum Start {
 ///
 /// # Errors
 /// [`PhaseError`].
-pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseError> {
+pub(super) async fn start(
+    pool: &PgPool,
+    wake_ups: &StreamWakeUps,
+    p: &PhaseJob,
+) -> Result<Start, PhaseError> {
     let mut tx = pool.begin().await?;
     // 1. Lock the run with its phases.
     let Some((run, phases)) = runs::runs_lock_with_phases(&mut tx, p.run_id).await? else {
@@ -107,8 +111,11 @@ pub(super) async fn start(pool: &PgPool, p: &PhaseJob) -> Result<Start, PhaseErr
     // 4. Mark the attempt started; read the files it starts with (its inputs and what
     //    the phases upstream of it wrote).
     let started = begin(&mut tx, &mut locked, &phase, p, ctx).await?;
-    locked.flush_events(&mut tx).await?;
+    let last_seq = locked.flush_events_wake_after_commit(&mut tx).await?;
     tx.commit().await?;
+    if let Some(seq) = last_seq {
+        wake_ups.after_commit(p.run_id, seq);
+    }
     Ok(Start::Ready(Box::new(started)))
 }
 

@@ -4,12 +4,23 @@ use crate::events::{EVENTS_CHANNEL, Event, NewEvent};
 use crate::ids::RunId;
 use sqlx::PgConnection;
 
+/// When live streams hear of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeStreams {
+    /// A NOTIFY in the appending transaction (delivered at its commit).
+    InTransaction,
+    /// The caller wakes them after its commit ([`crate::events::StreamWakeUps`]): a
+    /// transaction that notifies holds PostgreSQL's database-wide notification lock
+    /// through its commit, so the busiest transactions (a phase's) leave it out.
+    AfterCommit,
+}
+
 /// Append `events` to the run's log in one statement: keys the run already used are
 /// skipped, the rest get the next dense sequence numbers from `runs.next_event_seq`,
-/// and live streams are notified of the last one. Call inside the transaction that
-/// makes the change the events record, after locking the run (every engine transaction
-/// does), so sequences and the duplicate check cannot race. Returns what was appended
-/// (a key the run already used appends nothing).
+/// and, with [`WakeStreams::InTransaction`], live streams are notified of the last one.
+/// Call inside the transaction that makes the change the events record, after locking
+/// the run (every engine transaction does), so sequences and the duplicate check cannot
+/// race. Returns what was appended (a key the run already used appends nothing).
 ///
 /// # Errors
 /// Database errors (including a missing run).
@@ -17,6 +28,7 @@ pub async fn events_append(
     conn: &mut PgConnection,
     run: RunId,
     events: &[NewEvent],
+    wake: WakeStreams,
 ) -> Result<Vec<Appended>, sqlx::Error> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -44,7 +56,8 @@ pub async fn events_append(
                FROM new, bump
           RETURNING seq, kind
          ), notified AS (
-             SELECT pg_notify($6, $1::text || ':' || max(seq)) FROM inserted HAVING count(*) > 0
+             SELECT pg_notify($6, $1::text || ':' || max(seq)) FROM inserted
+             HAVING count(*) > 0 AND $7
          )
          SELECT seq, kind FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
          ORDER BY seq",
@@ -55,9 +68,31 @@ pub async fn events_append(
     .bind(&keys)
     .bind(&data)
     .bind(EVENTS_CHANNEL)
+    .bind(wake == WakeStreams::InTransaction)
     .fetch_all(&mut *conn)
     .await?;
     Ok(appended)
+}
+
+/// Tell live streams that these runs have events up to these seqs, in one statement
+/// (one notification per run). Call after the transaction that appended them committed.
+///
+/// # Errors
+/// Database errors.
+pub async fn events_wake_streams(
+    conn: &mut PgConnection,
+    runs: &[(RunId, i64)],
+) -> Result<(), sqlx::Error> {
+    let payloads: Vec<String> = runs
+        .iter()
+        .map(|(run, seq)| format!("{run}:{seq}"))
+        .collect();
+    sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
+        .bind(EVENTS_CHANNEL)
+        .bind(&payloads)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// An event [`events_append`] appended.
