@@ -904,6 +904,18 @@ async fn a_job_asked_to_cancel_is_not_handed_over_to_the_next_phase() {
     );
 }
 
+/// A connection listening to the channel that wakes live event streams.
+async fn events_listener(pool: &sqlx::PgPool) -> sqlx::postgres::PgListener {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .unwrap();
+    listener
+        .listen(phasefleet::events::EVENTS_CHANNEL)
+        .await
+        .unwrap();
+    listener
+}
+
 /// The notifications `listener` gets for `runs` until each run's last announced seq is
 /// `want` (or 10 s pass): the last seq heard per run.
 async fn heard_up_to(
@@ -933,13 +945,7 @@ async fn heard_up_to(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_streams_hear_of_every_phase_after_its_commit() {
     let pool = pool().await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
-        .await
-        .unwrap();
-    listener
-        .listen(phasefleet::events::EVENTS_CHANNEL)
-        .await
-        .unwrap();
+    let mut listener = events_listener(&pool).await;
     let q = unique_queue("wake-ups");
     let fleet = Fleet::synthetic(&pool, &q, 2);
     let mut runs = Vec::new();
@@ -961,13 +967,7 @@ async fn live_streams_hear_of_every_phase_after_its_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wake_ups_announced_at_once_by_many_callers_all_reach_the_streams() {
     let pool = pool().await;
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
-        .await
-        .unwrap();
-    listener
-        .listen(phasefleet::events::EVENTS_CHANNEL)
-        .await
-        .unwrap();
+    let mut listener = events_listener(&pool).await;
     let wake_ups = phasefleet::events::StreamWakeUps::new(pool.clone());
     let runs: Vec<phasefleet::RunId> = (0..40).map(|_| phasefleet::RunId::new()).collect();
     let mut set = tokio::task::JoinSet::new();
