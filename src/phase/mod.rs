@@ -311,7 +311,7 @@ impl<A: Agent> Engine<A> {
         let mut tx = self.pool.begin().await?;
         let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
         if attempted == Attempted::Yes {
-            deliver_again_if_start_lost(current.as_ref(), p)?;
+            record::deliver_again_if_start_lost(current.as_ref(), p)?;
         }
         // An approver raised the budget since this attempt saw it spent: start again.
         if let Some((run, _)) = &current
@@ -346,7 +346,7 @@ impl<A: Agent> Engine<A> {
     ) -> Result<Completed, PhaseError> {
         let mut tx = self.pool.begin().await?;
         let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
-        deliver_again_if_start_lost(current.as_ref(), p)?;
+        record::deliver_again_if_start_lost(current.as_ref(), p)?;
         if let Some((run, phases)) = current
             && !run.state.is_terminal()
         {
@@ -366,25 +366,6 @@ impl<A: Agent> Engine<A> {
 enum Attempted {
     Yes,
     No,
-}
-
-/// After an attempt ran: when the database does not have its start (a failover lost
-/// that commit, or the one that handed the job over to it), deliver it again instead of
-/// parking or failing the run on a phase it never started.
-fn deliver_again_if_start_lost(
-    current: Option<&(
-        crate::store::runs::RunRow,
-        Vec<crate::store::run_phases::PhaseRow>,
-    )>,
-    p: &PhaseJob,
-) -> Result<(), PhaseError> {
-    match current {
-        Some((_, phases)) if record::start_was_lost(phases, p) => Err(PhaseError::Retry(format!(
-            "phase {} has not started attempt {} (its start was not kept); delivering it again",
-            p.phase, p.attempt
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// Fail runs whose phase job was dead-lettered (out of queue retries, or a job that

@@ -17,7 +17,8 @@ use crate::state::{PhaseState, RunState};
 use crate::store::approvals::{self, NewRequest};
 use crate::store::artifacts::{self, NewArtifact};
 use crate::store::files::{self, Blob};
-use crate::store::runs;
+use crate::store::run_phases::PhaseRow;
+use crate::store::runs::{self, RunRow};
 use crate::workflow::OnTimeout;
 use crate::workflow::sha256_hex;
 use sqlx::{PgConnection, PgPool};
@@ -50,15 +51,7 @@ pub(super) async fn record(
     let mut last_seq = None;
     // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
     let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
-    if current
-        .as_ref()
-        .is_some_and(|(_, phases)| start_was_lost(phases, p))
-    {
-        return Err(PhaseError::Retry(format!(
-            "phase {} has not started attempt {} (its start was not kept: a database failover lost it); delivering it again",
-            p.phase, p.attempt
-        )));
-    }
+    deliver_again_if_start_lost(current.as_ref(), p)?;
     // A parallel branch may have parked the run for budget meanwhile: this attempt's
     // artifact is recorded all the same.
     if let Some((run, phases)) = current.filter(|(run, phases)| {
@@ -127,15 +120,34 @@ async fn hand_over_or_enqueue(
     Ok(None)
 }
 
-/// Whether the phase is *behind* this delivery: its row has not counted this attempt,
-/// although this delivery started it. Only a commit lost after it was acknowledged (a
-/// failover to a standby that had not received it) does that; completing the job as a
-/// stale delivery would leave the phase pending with no job, so it is delivered again.
-pub(super) fn start_was_lost(phases: &[crate::store::run_phases::PhaseRow], p: &PhaseJob) -> bool {
-    phases
-        .iter()
-        .find(|ph| ph.phase_key == p.phase)
-        .is_some_and(|ph| ph.round < p.round || (ph.round == p.round && ph.attempts < p.attempt))
+/// After an attempt ran: when the phase is *behind* this delivery (its row has not
+/// counted this attempt, although this delivery started it), deliver it again instead
+/// of recording, parking or failing on a phase it never started. Only a commit lost
+/// after it was acknowledged (a failover to a standby that had not received the start,
+/// or the hand-over to this attempt) does that; completing the job as a stale delivery
+/// would leave the phase pending with no job.
+///
+/// # Errors
+/// [`PhaseError::Retry`] when the start was lost.
+pub(super) fn deliver_again_if_start_lost(
+    current: Option<&(RunRow, Vec<PhaseRow>)>,
+    p: &PhaseJob,
+) -> Result<(), PhaseError> {
+    let lost = current.is_some_and(|(_, phases)| {
+        phases
+            .iter()
+            .find(|ph| ph.phase_key == p.phase)
+            .is_some_and(|ph| {
+                ph.round < p.round || (ph.round == p.round && ph.attempts < p.attempt)
+            })
+    });
+    if lost {
+        return Err(PhaseError::Retry(format!(
+            "phase {} has not started attempt {} (its start was not kept: a database failover lost it); delivering it again",
+            p.phase, p.attempt
+        )));
+    }
+    Ok(())
 }
 
 /// Store the artifact; `None` when this attempt's artifact is stored already.
