@@ -44,11 +44,27 @@ def sse_messages(text):
     return messages
 
 
+# The run driven, for the diagnosis of a failure.
+DRIVEN = []
+
+
 def main():
     base, token, queue = sys.argv[1:4]
     client = AuthenticatedClient(
         base_url=base, token=token, raise_on_unexpected_status=True, timeout=httpx.Timeout(120.0)
     )
+    try:
+        drive(client, queue)
+    except AssertionError:
+        # Say where the run stood, so a failure shows more than the assertion.
+        http = client.get_httpx_client()
+        for run_id in DRIVEN:
+            print(f"run {run_id}: {http.get(f'/v1/runs/{run_id}').text}", file=sys.stderr)
+            print(f"events: {http.get(f'/v1/runs/{run_id}/events').text}", file=sys.stderr)
+        raise
+
+
+def drive(client, queue):
 
     # 1. Submit the bundled example on our queue.
     example = get_example.sync(client=client)
@@ -64,6 +80,7 @@ def main():
     assert submitted.status_code == 201, submitted
     assert submitted.parsed.outcome == SubmitOutcome.CREATED
     run_id = submitted.parsed.run_id
+    DRIVEN.append(run_id)
     again = submit_run.sync_detailed(client=client, body=body, idempotency_key=f"contract-{queue}")
     assert again.status_code == 200 and again.parsed.run_id == run_id, again
 
@@ -86,7 +103,8 @@ def main():
                     streamed["arrivals"].append(time.monotonic())
                     block = []
 
-    streamer = threading.Thread(target=stream)
+    # A daemon thread: a failed assertion below ends the script even while it streams.
+    streamer = threading.Thread(target=stream, daemon=True)
     streamer.start()
 
     # 3. Approve the gate once the run waits on it.
