@@ -113,23 +113,32 @@ pub async fn run_detail(
     conn: &mut PgConnection,
     id: RunId,
 ) -> Result<Option<RunDetail>, sqlx::Error> {
-    let Some(run) = runs::runs_get(conn, id).await? else {
+    // One snapshot for every table: read statement by statement, a phase committing in
+    // between showed, say, its approval request on a run still `running`.
+    let mut tx = sqlx::Connection::begin_with(
+        &mut *conn,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .await?;
+    let Some(run) = runs::runs_get(&mut tx, id).await? else {
         return Ok(None);
     };
-    let template = templates::templates_get_summary(conn, &run.template_hash).await?;
-    let (inputs, bindings) = run_inputs::run_inputs_detail(conn, id).await?;
-    Ok(Some(RunDetail {
+    let template = templates::templates_get_summary(&mut tx, &run.template_hash).await?;
+    let (inputs, bindings) = run_inputs::run_inputs_detail(&mut tx, id).await?;
+    let detail = RunDetail {
         template,
         inputs,
         bindings,
-        phases: run_phases::run_phases_list(conn, id).await?,
-        artifacts: artifacts::artifacts_list(conn, id).await?,
-        files: files::run_files_list(conn, id).await?,
-        approvals: approvals::approvals_for_run(conn, id).await?,
-        costs: ledger::llm_calls_cost_lines(conn, id).await?,
-        report: reports::reports_get(conn, id).await?.map(|(j, _)| j),
+        phases: run_phases::run_phases_list(&mut tx, id).await?,
+        artifacts: artifacts::artifacts_list(&mut tx, id).await?,
+        files: files::run_files_list(&mut tx, id).await?,
+        approvals: approvals::approvals_for_run(&mut tx, id).await?,
+        costs: ledger::llm_calls_cost_lines(&mut tx, id).await?,
+        report: reports::reports_get(&mut tx, id).await?.map(|(j, _)| j),
         run,
-    }))
+    };
+    tx.commit().await?;
+    Ok(Some(detail))
 }
 
 /// One artifact's content as stored (the agent's file, byte for byte).

@@ -115,3 +115,55 @@ async fn every_phase_transition_in_the_table_works_and_no_other() {
     .await
     .unwrap();
 }
+
+/// The run detail is read from one snapshot: while each transaction of a writer changes
+/// a run and its first phase together, no detail shows one changed without the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_detail_never_shows_half_of_a_transaction() {
+    let pool = pool().await;
+    let run = submit(&pool, request(&unique_queue("snapshot"), json!({}))).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut version = 0_u64;
+            while !stop.is_cancelled() {
+                version += 1;
+                let mark = format!("v{version}");
+                let mut tx = pool.begin().await.unwrap();
+                for sql in [
+                    "UPDATE runs SET error = $2 WHERE id = $1",
+                    "UPDATE run_phases SET error = $2 WHERE run_id = $1 AND position = 0",
+                ] {
+                    sqlx::query(sql)
+                        .bind(run)
+                        .bind(&mark)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+            version
+        })
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let mut torn = 0;
+    for _ in 0..300 {
+        let detail = phasefleet::views::run_detail(&mut conn, run)
+            .await
+            .unwrap()
+            .unwrap();
+        let first = detail.phases.iter().find(|p| p.position == 0).unwrap();
+        if detail.run.error != first.error {
+            torn += 1;
+        }
+    }
+    stop.cancel();
+    let versions = writer.await.unwrap();
+    assert!(versions > 100, "the writer wrote only {versions} versions");
+    assert_eq!(
+        torn, 0,
+        "{torn} of 300 details showed half of a transaction"
+    );
+}
