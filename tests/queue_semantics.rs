@@ -826,3 +826,56 @@ async fn a_heartbeat_tells_a_job_that_completed_meanwhile_from_one_taken_over() 
         .unwrap();
     assert_eq!((hb.lost, hb.gone), (vec![done], vec![done]));
 }
+
+/// A renewal does not wait on a job whose row a transaction holds (its completion, a
+/// hand-over): it extends the others, calls that one busy (not lost) and renews it next
+/// time. Waiting, it would hold the rows it extended until that transaction ended, and
+/// their completions would queue behind it.
+#[tokio::test]
+async fn a_heartbeat_passes_over_a_job_whose_row_a_transaction_holds() {
+    let pool = pool().await;
+    let leases = claimed(&pool, "hb-busy", 2, WorkerId::new()).await;
+    let (held, other) = (leases[0], leases[1]);
+    let expiry = |id: phasefleet::JobId| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT lease_expires_at FROM jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (held_before, other_before) = (expiry(held.job_id).await, expiry(other.job_id).await);
+    // A completion of the first job is under way and has not committed.
+    let mut completing = pool.begin().await.unwrap();
+    sqlx::query("UPDATE jobs SET last_error = 'completing' WHERE id = $1")
+        .bind(held.job_id)
+        .execute(&mut *completing)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let hb = tokio::time::timeout(
+        Duration::from_secs(5),
+        queue::heartbeat(&mut conn, &[held, other], Duration::from_secs(60)),
+    )
+    .await
+    .expect("the renewal waited on the held row")
+    .unwrap();
+    assert_eq!(hb.busy, vec![held.job_id]);
+    assert!(hb.lost.is_empty() && hb.gone.is_empty(), "{hb:?}");
+    assert!(
+        expiry(other.job_id).await > other_before,
+        "the free lease was not extended"
+    );
+    completing.rollback().await.unwrap();
+    assert_eq!(expiry(held.job_id).await, held_before);
+    // Released, it is renewed by the next heartbeat.
+    let hb = queue::heartbeat(&mut conn, &[held, other], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(hb.busy.is_empty() && hb.lost.is_empty(), "{hb:?}");
+    assert!(expiry(held.job_id).await > held_before);
+}

@@ -78,9 +78,16 @@ pub struct HeartbeatReport {
     pub gone: Vec<JobId>,
     /// Jobs someone asked to cancel: interrupt them.
     pub cancel_requested: Vec<JobId>,
+    /// Leases still ours but not extended this time: another transaction held the
+    /// job's row (its completion, most likely). The next heartbeat tries again.
+    pub busy: Vec<JobId>,
 }
 
-/// Extend every lease in `leases` by `lease` from now, in one statement.
+/// Extend every lease in `leases` by `lease` from now, in one statement. A job whose
+/// row another transaction holds (its own completion or hand-over, most likely) is
+/// skipped, not waited for: waiting, the renewal would hold the rows it extended
+/// already until that transaction ends, and every other completion among them would
+/// queue behind it. Such a lease is reported `busy` and renewed next time.
 ///
 /// # Errors
 /// [`QueueError::Db`] on database failure.
@@ -93,40 +100,57 @@ pub async fn heartbeat(
         return Ok(HeartbeatReport::default());
     }
     let (ids, keys) = super::lease_keys(leases);
-    let held: std::collections::HashMap<JobId, bool> = sqlx::query_as::<_, (JobId, bool)>(concat!(
-        "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000)
-          WHERE ",
-        super::held_leases!(),
-        " RETURNING j.id, j.cancel_requested",
-    ))
-    .bind(&ids)
-    .bind(&keys)
-    .bind(millis(lease))
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    let found: std::collections::HashMap<JobId, (bool, bool)> =
+        sqlx::query_as::<_, (JobId, bool, bool)>(concat!(
+            "WITH free AS (
+                 SELECT j.id FROM jobs j WHERE ",
+            super::held_leases!(),
+            "    FOR NO KEY UPDATE SKIP LOCKED
+             ), renewed AS (
+                 UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                   FROM free WHERE j.id = free.id
+                 RETURNING j.id, j.cancel_requested
+             )
+             SELECT id, true, cancel_requested FROM renewed
+             UNION ALL
+             SELECT j.id, false, false FROM jobs j WHERE ",
+            super::held_leases!(),
+            "    AND j.id NOT IN (SELECT id FROM free)",
+        ))
+        .bind(&ids)
+        .bind(&keys)
+        .bind(millis(lease))
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(id, renewed, cancel)| (id, (renewed, cancel)))
+        .collect();
     let mut report = HeartbeatReport::default();
     for l in leases {
-        match held.get(&l.job_id) {
+        match found.get(&l.job_id) {
             None => report.lost.push(l.job_id),
-            Some(true) => report.cancel_requested.push(l.job_id),
-            Some(false) => {}
+            Some((false, _)) => report.busy.push(l.job_id),
+            Some((true, true)) => report.cancel_requested.push(l.job_id),
+            Some((true, false)) => {}
         }
     }
     if !report.lost.is_empty() {
-        let present: Vec<JobId> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
-            .bind(&report.lost)
-            .fetch_all(&mut *conn)
-            .await?;
-        report.gone = report
-            .lost
-            .iter()
-            .copied()
-            .filter(|id| !present.contains(id))
-            .collect();
+        report.gone = jobs_absent(conn, &report.lost).await?;
     }
     Ok(report)
+}
+
+/// Which of `ids` are no longer in the queue.
+async fn jobs_absent(conn: &mut PgConnection, ids: &[JobId]) -> Result<Vec<JobId>, QueueError> {
+    let present: Vec<JobId> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect())
 }
 
 /// A job taken back from a lost worker.

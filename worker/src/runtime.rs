@@ -537,7 +537,12 @@ async fn renew_leases(shared: &Shared, bound: Duration) {
         Err(_elapsed) => tracing::warn!("lease heartbeat timed out"),
         Ok(Err(err)) => tracing::warn!(error = %err, "lease heartbeat failed"),
         Ok(Ok(report)) => {
-            shared.inflight.renewed(&leases, sent_at);
+            let extended: Vec<_> = leases
+                .iter()
+                .filter(|l| !report.busy.contains(&l.job_id))
+                .copied()
+                .collect();
+            shared.inflight.renewed(&extended, sent_at);
             for id in report.lost {
                 if report.gone.contains(&id) {
                     // Completed while the renewal was on its way: nothing to warn about.
