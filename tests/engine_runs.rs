@@ -987,3 +987,35 @@ async fn wake_ups_announced_at_once_by_many_callers_all_reach_the_streams() {
     let want: std::collections::HashMap<_, _> = runs.iter().map(|r| (*r, 10)).collect();
     assert_eq!(heard_up_to(&mut listener, &want).await, want);
 }
+
+/// A worker parses each template once and keeps it by hash: one worker process serves
+/// runs of two versions of the example, each by its own definition. The gated version
+/// waits on its approval while the ungated one, submitted after it, completes.
+#[tokio::test]
+async fn one_worker_serves_two_versions_of_a_template_each_by_its_own_definition() {
+    let pool = pool().await;
+    let q = unique_queue("two-versions");
+    let fleet = Fleet::synthetic(&pool, &q, 1);
+    let gated = submit(&pool, request(&q, json!({}))).await;
+    wait_for(&pool, gated, &[RunState::AwaitingApproval]).await;
+    let mut ungated = request(&q, json!({}));
+    ungated.template.version = format!("{}-ungated", ungated.template.version);
+    for phase in &mut ungated.template.phases {
+        phase.gates.clear();
+        phase.deadline = None;
+        phase.on_timeout = None;
+        phase.escalate_to = None;
+    }
+    let ungated = submit(&pool, ungated).await;
+    wait_for(&pool, ungated, &[RunState::Completed]).await;
+    assert_eq!(run_state(&pool, gated).await, RunState::AwaitingApproval);
+    let approvals = |run| {
+        let pool = pool.clone();
+        async move {
+            let mut c = pool.acquire().await.unwrap();
+            approval::for_run(&mut c, run).await.unwrap().len()
+        }
+    };
+    assert_eq!((approvals(gated).await, approvals(ungated).await), (1, 0));
+    fleet.shutdown().await;
+}

@@ -5,6 +5,7 @@
 //! repair or fail the run, and complete the job under its lease).
 
 mod attempt;
+mod definitions;
 mod envelope;
 mod record;
 mod start;
@@ -61,8 +62,16 @@ pub struct Engine<A> {
     pool: PgPool,
     schemas: SchemaRegistry,
     agent: Arc<A>,
+    shared: Shared,
+}
+
+/// What every phase of a worker process shares besides the pool.
+#[derive(Clone)]
+pub(super) struct Shared {
     /// Live streams hear of a phase's events after its commit.
-    wake_ups: StreamWakeUps,
+    pub wake_ups: StreamWakeUps,
+    /// Templates and personas, parsed once per process.
+    pub definitions: definitions::Definitions,
 }
 
 impl<A> Clone for Engine<A> {
@@ -71,7 +80,7 @@ impl<A> Clone for Engine<A> {
             pool: self.pool.clone(),
             schemas: self.schemas.clone(),
             agent: self.agent.clone(),
-            wake_ups: self.wake_ups.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -79,7 +88,10 @@ impl<A> Clone for Engine<A> {
 impl<A: Agent> Engine<A> {
     pub fn new(pool: PgPool, schemas: SchemaRegistry, agent: A) -> Self {
         Self {
-            wake_ups: StreamWakeUps::new(pool.clone()),
+            shared: Shared {
+                wake_ups: StreamWakeUps::new(pool.clone()),
+                definitions: definitions::Definitions::default(),
+            },
             pool,
             schemas,
             agent: Arc::new(agent),
@@ -189,7 +201,7 @@ impl<A: Agent> Engine<A> {
         // the agent's state, not space for the largest transaction's future too.
         let mut started = match started {
             Some(started) => started,
-            None => match Box::pin(start::start(&self.pool, &self.wake_ups, p)).await? {
+            None => match Box::pin(start::start(&self.pool, &self.shared, p)).await? {
                 start::Start::Nothing => {
                     tracing::info!(
                         "nothing to do for this delivery (run ended or attempt already recorded)"
@@ -235,7 +247,7 @@ impl<A: Agent> Engine<A> {
         let go_on = ((go_on.now)() && !cancel.is_cancelled()).then_some(go_on.capabilities);
         Box::pin(record::record(
             &self.pool,
-            &self.wake_ups,
+            &self.shared,
             job,
             p,
             &started,

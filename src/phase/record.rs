@@ -6,10 +6,11 @@
 //! lost lease rolls all of it back.
 
 use super::PhaseError;
+use super::Shared;
 use super::attempt::Validated;
 use super::start::Started;
 use crate::advance::{self, LockedRun};
-use crate::events::{NewEvent, RecordedArtifact, StreamWakeUps};
+use crate::events::{NewEvent, RecordedArtifact};
 use crate::ids::ApprovalId;
 use crate::phase_job::PhaseJob;
 use crate::queue::{self, ClaimedJob, Completed};
@@ -39,7 +40,7 @@ pub(super) enum Recorded {
 /// [`PhaseError`]; a lost lease is [`PhaseError::Queue`] and nothing is written.
 pub(super) async fn record(
     pool: &PgPool,
-    wake_ups: &StreamWakeUps,
+    shared: &Shared,
     job: &ClaimedJob,
     p: &PhaseJob,
     started: &Started,
@@ -74,7 +75,7 @@ pub(super) async fn record(
             act(&mut tx, &mut locked, p, started, &outcome, artifact_id).await?;
         }
         // 3. Go on with the attempt kept for this worker, or enqueue it.
-        handed_over = hand_over_or_enqueue(&mut tx, &mut locked, job).await?;
+        handed_over = hand_over_or_enqueue(&mut tx, shared, &mut locked, job).await?;
         // 4. Append the events (live streams hear of them after the commit).
         last_seq = locked.flush_events_wake_after_commit(&mut tx).await?;
     }
@@ -85,7 +86,7 @@ pub(super) async fn record(
     };
     tx.commit().await?;
     if let Some(seq) = last_seq {
-        wake_ups.after_commit(p.run_id, seq);
+        shared.wake_ups.after_commit(p.run_id, seq);
     }
     Ok(recorded)
 }
@@ -95,6 +96,7 @@ pub(super) async fn record(
 /// otherwise (or when the lease is lost: the completion then says so) enqueue it.
 async fn hand_over_or_enqueue(
     conn: &mut PgConnection,
+    shared: &Shared,
     locked: &mut LockedRun,
     job: &ClaimedJob,
 ) -> Result<Option<(PhaseJob, Started)>, PhaseError> {
@@ -113,7 +115,8 @@ async fn hand_over_or_enqueue(
     if let Some(row) = locked.phase(&next.phase).cloned().filter(|_| runnable)
         && queue::hand_over(conn, &job.lease(), &next.to_job(&locked.run.queue)).await?
     {
-        let started = super::start::start_handed_over(conn, locked, &row, &next).await?;
+        let started =
+            super::start::start_handed_over(conn, &shared.definitions, locked, &row, &next).await?;
         return Ok(Some((next, started)));
     }
     next.enqueue(conn, &locked.run.queue).await?;

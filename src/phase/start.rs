@@ -3,8 +3,10 @@
 //! the run) started.
 
 use super::PhaseError;
+use super::Shared;
+use super::definitions::Definitions;
 use crate::advance::LockedRun;
-use crate::events::{NewEvent, StreamWakeUps};
+use crate::events::NewEvent;
 use crate::phase_job::PhaseJob;
 use crate::state::{PhaseState, RunState};
 use crate::store::files::{self, SeedFile};
@@ -72,7 +74,7 @@ pub(super) enum Start {
 /// [`PhaseError`].
 pub(super) async fn start(
     pool: &PgPool,
-    wake_ups: &StreamWakeUps,
+    shared: &Shared,
     p: &PhaseJob,
 ) -> Result<Start, PhaseError> {
     let mut tx = pool.begin().await?;
@@ -110,11 +112,11 @@ pub(super) async fn start(
     }
     // 4. Mark the attempt started; read the files it starts with (its inputs and what
     //    the phases upstream of it wrote).
-    let started = begin(&mut tx, &mut locked, &phase, p, ctx).await?;
+    let started = begin(&mut tx, &shared.definitions, &mut locked, &phase, p, ctx).await?;
     let last_seq = locked.flush_events_wake_after_commit(&mut tx).await?;
     tx.commit().await?;
     if let Some(seq) = last_seq {
-        wake_ups.after_commit(p.run_id, seq);
+        shared.wake_ups.after_commit(p.run_id, seq);
     }
     Ok(Start::Ready(Box::new(started)))
 }
@@ -127,26 +129,30 @@ pub(super) async fn start(
 /// [`PhaseError`].
 pub(super) async fn start_handed_over(
     conn: &mut PgConnection,
+    definitions: &Definitions,
     locked: &mut LockedRun,
     phase: &PhaseRow,
     p: &PhaseJob,
 ) -> Result<Started, PhaseError> {
     let ctx = run_inputs::run_inputs_attempt_context(conn, p.run_id, &p.phase, p.round, p.attempt)
         .await?;
-    begin(conn, locked, phase, p, ctx).await
+    begin(conn, definitions, locked, phase, p, ctx).await
 }
 
 /// Mark the attempt started and read the files it starts with (its inputs and what the
 /// phases upstream of it wrote).
 async fn begin(
     conn: &mut PgConnection,
+    definitions: &Definitions,
     locked: &mut LockedRun,
     phase: &PhaseRow,
     p: &PhaseJob,
     ctx: AttemptContext,
 ) -> Result<Started, PhaseError> {
     let has_files = ctx.has_files;
-    let mut started = parse_context(ctx, phase, p)?;
+    let template = definitions.template(conn, &ctx.template_hash).await?;
+    let persona = definitions.persona(conn, &ctx.persona_hash).await?;
+    let mut started = parse_context(ctx, template, &persona, phase, p)?;
     mark_started(conn, locked, phase, p).await?;
     if has_files {
         started.files = files::run_files_seed(conn, p.run_id, &started.upstream).await?;
@@ -171,15 +177,17 @@ async fn mark_started(
     Ok(())
 }
 
-fn parse_context(ctx: AttemptContext, row: &PhaseRow, p: &PhaseJob) -> Result<Started, PhaseError> {
-    let template: WorkflowTemplate = serde_json::from_value(ctx.template)
-        .map_err(|e| PhaseError::Permanent(format!("stored template does not parse: {e}")))?;
+fn parse_context(
+    ctx: AttemptContext,
+    template: Arc<WorkflowTemplate>,
+    persona: &Persona,
+    row: &PhaseRow,
+    p: &PhaseJob,
+) -> Result<Started, PhaseError> {
     let template_phase = template
         .phase(row.template_key())
         .map(|(_, ph)| ph.clone())
         .ok_or_else(|| PhaseError::Permanent(format!("template has no phase {:?}", p.phase)))?;
-    let persona: Persona = serde_json::from_value(ctx.persona)
-        .map_err(|e| PhaseError::Permanent(format!("stored persona does not parse: {e}")))?;
     // Only the phases upstream of this one: a parallel branch's artifact is not an input.
     let upstream = template.upstream_of(row.template_key());
     let prior = ctx
@@ -198,10 +206,10 @@ fn parse_context(ctx: AttemptContext, row: &PhaseRow, p: &PhaseJob) -> Result<St
         _ => None,
     };
     Ok(Started {
-        template: Arc::new(template),
+        template,
         phase: template_phase,
         item,
-        persona,
+        persona: persona.clone(),
         inputs: RunInputs {
             requirements: ctx.requirements,
             objective: ctx.objective,

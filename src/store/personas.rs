@@ -26,3 +26,18 @@ pub async fn personas_insert(
     .await?;
     Ok(())
 }
+
+/// A persona's body, as stored.
+///
+/// # Errors
+/// Database errors (a hash no persona has is one).
+pub async fn personas_get_body(
+    conn: &mut PgConnection,
+    hash: &str,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let (body,): (serde_json::Value,) = sqlx::query_as("SELECT body FROM personas WHERE hash = $1")
+        .bind(hash)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(body)
+}

@@ -9,10 +9,10 @@ use sqlx::PgConnection;
 /// What an attempt of a phase starts from.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AttemptContext {
-    /// The run's template, as stored.
-    pub template: serde_json::Value,
-    /// The persona bound to the phase's role, as stored.
-    pub persona: serde_json::Value,
+    /// The hash the run's template is stored under.
+    pub template_hash: String,
+    /// The hash of the persona bound to the phase's role.
+    pub persona_hash: String,
     pub requirements: String,
     pub objective: serde_json::Value,
     pub extra: serde_json::Value,
@@ -61,7 +61,7 @@ pub async fn run_inputs_attempt_context(
     attempt: i32,
 ) -> Result<AttemptContext, sqlx::Error> {
     sqlx::query_as::<_, AttemptContext>(
-        "SELECT t.body AS template, pe.body AS persona, i.requirements, i.objective, i.extra,
+        "SELECT r.template_hash, b.persona_hash, i.requirements, i.objective, i.extra,
                 (SELECT COALESCE(jsonb_agg(jsonb_build_object('phase_key', a.phase_key, 'path', a.path,
                          'content', COALESCE(a.content, '')) ORDER BY ph.position), '[]'::jsonb)
                    FROM run_phases ph
@@ -80,10 +80,8 @@ pub async fn run_inputs_attempt_context(
                 EXISTS (SELECT 1 FROM run_files f WHERE f.run_id = r.id) AS has_files,
                 p.item
            FROM runs r
-           JOIN templates t ON t.hash = r.template_hash
            JOIN run_phases p ON p.run_id = r.id AND p.phase_key = $2
            JOIN run_bindings b ON b.run_id = r.id AND b.role = p.role
-           JOIN personas pe ON pe.hash = b.persona_hash
            JOIN run_inputs i ON i.run_id = r.id
           WHERE r.id = $1",
     )
