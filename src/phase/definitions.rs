@@ -9,6 +9,7 @@
 use super::PhaseError;
 use crate::store::{personas, templates};
 use crate::workflow::{Persona, WorkflowTemplate};
+use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,9 +40,7 @@ impl Definitions {
             return Ok(kept);
         }
         let body = templates::templates_get_body(conn, hash).await?;
-        let parsed: WorkflowTemplate = serde_json::from_value(body)
-            .map_err(|e| PhaseError::Permanent(format!("stored template does not parse: {e}")))?;
-        Ok(keep(&self.templates, hash, parsed))
+        parse_and_keep(&self.templates, hash, body, "template")
     }
 
     /// The persona stored under `hash`, parsed.
@@ -57,9 +56,7 @@ impl Definitions {
             return Ok(kept);
         }
         let body = personas::personas_get_body(conn, hash).await?;
-        let parsed: Persona = serde_json::from_value(body)
-            .map_err(|e| PhaseError::Permanent(format!("stored persona does not parse: {e}")))?;
-        Ok(keep(&self.personas, hash, parsed))
+        parse_and_keep(&self.personas, hash, body, "persona")
     }
 }
 
@@ -70,12 +67,19 @@ fn kept<T>(map: &Mutex<HashMap<String, Arc<T>>>, hash: &str) -> Option<Arc<T>> {
         .cloned()
 }
 
-fn keep<T>(map: &Mutex<HashMap<String, Arc<T>>>, hash: &str, parsed: T) -> Arc<T> {
+fn parse_and_keep<T: DeserializeOwned>(
+    map: &Mutex<HashMap<String, Arc<T>>>,
+    hash: &str,
+    body: serde_json::Value,
+    what: &str,
+) -> Result<Arc<T>, PhaseError> {
+    let parsed: T = serde_json::from_value(body)
+        .map_err(|e| PhaseError::Permanent(format!("stored {what} does not parse: {e}")))?;
     let parsed = Arc::new(parsed);
     let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
     if map.len() >= KEPT {
         map.clear();
     }
     map.insert(hash.to_owned(), parsed.clone());
-    parsed
+    Ok(parsed)
 }
