@@ -79,13 +79,22 @@ fn lock(pending: &Mutex<HashMap<RunId, i64>>) -> std::sync::MutexGuard<'_, HashM
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The sender task: on each ring, send what is noted in one statement.
+/// How long the sender task gathers wake-ups after a ring before it sends them: a
+/// stream hears of an event this much later, and a busy worker sends a statement per
+/// this much time instead of one per commit.
+const GATHER_WAKE_UPS: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The sender task: on each ring, gather for [`GATHER_WAKE_UPS`], then send what is
+/// noted in one statement.
 async fn send_wake_ups(
     pool: PgPool,
     pending: Arc<Mutex<HashMap<RunId, i64>>>,
     mut rung: mpsc::Receiver<()>,
 ) {
     while rung.recv().await.is_some() {
+        // Let the phases committing at the same moment note theirs too: one statement
+        // wakes them all.
+        tokio::time::sleep(GATHER_WAKE_UPS).await;
         let batch: Vec<(RunId, i64)> = lock(&pending).drain().collect();
         if batch.is_empty() {
             continue;

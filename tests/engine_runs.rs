@@ -1019,3 +1019,112 @@ async fn one_worker_serves_two_versions_of_a_template_each_by_its_own_definition
     assert_eq!((approvals(gated).await, approvals(ungated).await), (1, 0));
     fleet.shutdown().await;
 }
+
+/// Four runs whose first attempts one worker records with a single recorder: run A's
+/// attempt ends first and its recording waits on A's row, held by the test, while the
+/// attempts of B, C and D end and queue behind it; `steal_d` takes D's lease meanwhile.
+/// Returns the runs and each attempt's result, once the row is released.
+async fn record_three_behind_a_held_run(
+    pool: &sqlx::PgPool,
+    steal_d: bool,
+) -> (
+    Vec<phasefleet::RunId>,
+    Vec<Result<queue::Completed, phasefleet::phase::PhaseError>>,
+) {
+    let q = unique_queue("recorder");
+    let mut runs = Vec::new();
+    for delay_ms in [1000, 2000, 2000, 2000] {
+        let extra = json!({ "synthetic": { "delay_ms": delay_ms } });
+        runs.push(submit(pool, request(&q, extra)).await);
+    }
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        jobs.push(claim_one(pool, &q).await);
+    }
+    jobs.sort_by_key(|j| runs.iter().position(|r| Some(*r) == j.run_id));
+    let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent).with_recorders(1);
+    let attempts: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let (engine, job) = (engine.clone(), job.clone());
+            tokio::spawn(async move { engine.run_phase_job(&job, Default::default()).await })
+        })
+        .collect();
+    for run in &runs {
+        phase_reaches(pool, *run, "spec", PhaseState::Running).await;
+    }
+    let mut hold = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(runs[0])
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    if steal_d {
+        sqlx::query("UPDATE jobs SET lease_token = lease_token + 1 WHERE id = $1")
+            .bind(jobs[3].id)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    // A's attempt ends at 1 s and waits on its row; the others end at 2 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    hold.commit().await.unwrap();
+    let mut results = Vec::new();
+    for attempt in attempts {
+        results.push(attempt.await.unwrap());
+    }
+    (runs, results)
+}
+
+/// The transaction that stored each run's artifact of its first phase, if one did.
+async fn artifact_transaction(pool: &sqlx::PgPool, run: phasefleet::RunId) -> Option<String> {
+    sqlx::query_scalar("SELECT xmin::text FROM artifacts WHERE run_id = $1 AND phase_key = 'spec'")
+        .bind(run)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attempts_that_end_while_the_recorder_is_busy_share_one_transaction() {
+    let pool = pool().await;
+    let (runs, results) = record_three_behind_a_held_run(&pool, false).await;
+    for result in results {
+        let _completed = result.unwrap();
+    }
+    let mut recorded_in = Vec::new();
+    for run in &runs {
+        recorded_in.push(artifact_transaction(&pool, *run).await.unwrap());
+        phase_reaches(&pool, *run, "spec", PhaseState::Completed).await;
+        assert_event_log_sound(&pool, *run).await;
+    }
+    assert_ne!(recorded_in[0], recorded_in[1], "A was recorded alone");
+    assert_eq!(
+        (&recorded_in[1], &recorded_in[2]),
+        (&recorded_in[3], &recorded_in[3]),
+        "B, C and D, queued behind A, were recorded in one transaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_lease_in_a_shared_record_transaction_costs_the_other_attempts_nothing() {
+    let pool = pool().await;
+    let (runs, mut results) = record_three_behind_a_held_run(&pool, true).await;
+    let lost = results.pop().unwrap();
+    assert!(
+        matches!(lost, Err(phasefleet::phase::PhaseError::Queue(_))),
+        "D's lease was taken: {lost:?}"
+    );
+    assert_eq!(
+        artifact_transaction(&pool, runs[3]).await,
+        None,
+        "nothing of D's attempt was written"
+    );
+    phase_reaches(&pool, runs[3], "spec", PhaseState::Running).await;
+    for (run, result) in runs.iter().zip(results) {
+        let _completed = result.unwrap();
+        assert!(artifact_transaction(&pool, *run).await.is_some());
+        phase_reaches(&pool, *run, "spec", PhaseState::Completed).await;
+        assert_event_log_sound(&pool, *run).await;
+    }
+}

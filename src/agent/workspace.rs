@@ -8,7 +8,7 @@
 //! agent wrote survives a timeout or a failed model call.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 /// Largest file the agent may write.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -89,6 +89,17 @@ impl SharedWorkspace {
     /// is taken back). Blocking: call it off the async threads when a tool may hold it.
     pub fn lock(&self) -> MutexGuard<'_, Workspace> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take the files out, unless a tool holds the lock (then `None`, at once).
+    #[must_use]
+    pub fn try_take(&self) -> Option<Workspace> {
+        let mut guard = match self.0.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(std::mem::take(&mut *guard))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Steps 2 and 3 of a phase job: run the agent on the envelope and the attempt's
 //! workspace under the phase timeout (a cancel interrupts it; nothing it started goes
-//! on afterwards), then validate what the workspace holds, off the async threads.
+//! on afterwards), then validate what the workspace holds (off the async threads when
+//! it is large).
 //! Whatever way the agent ended (finished, timed out, interrupted, failed), the
 //! workspace as it stands is validated: a valid artifact is never thrown away.
 
@@ -67,8 +68,12 @@ pub(super) async fn run_agent<A: Agent>(
     let started = &*started;
     let phase = &started.phase;
     let artifact = expected_artifact(schemas, started)?;
-    // Seeding copies up to the inputs' bound: off the async threads.
-    let (workspace, files) = tokio::task::spawn_blocking(move || {
+    // Seeding copies up to the inputs' bound: off the async threads when it is large.
+    let seed_bytes = seed
+        .iter()
+        .map(|f| f.content.as_ref().map_or(0, Vec::len))
+        .sum();
+    let (workspace, files) = off_the_async_threads_if_large(seed_bytes, move || {
         let ws = seed_workspace(seed)?;
         let files = ws.listing("");
         Ok::<_, PhaseError>((ws, files))
@@ -117,11 +122,14 @@ pub(super) async fn run_agent<A: Agent>(
         AgentExit::RunEnded => Box::pin(ended_or_parked(pool, p)).await,
         other => other,
     };
-    // A tool thread that overran its deadline may still hold the lock: wait off the
-    // async threads (tools are bounded, so this ends). Nothing uses it after this.
-    let workspace = tokio::task::spawn_blocking(move || std::mem::take(&mut *workspace.lock()))
-        .await
-        .map_err(|e| PhaseError::Retry(format!("reading the workspace failed: {e}")))?;
+    // A tool thread that overran its deadline may still hold the lock: then wait off
+    // the async threads (tools are bounded, so this ends). Nothing uses it after this.
+    let workspace = match workspace.try_take() {
+        Some(taken) => taken,
+        None => tokio::task::spawn_blocking(move || std::mem::take(&mut *workspace.lock()))
+            .await
+            .map_err(|e| PhaseError::Retry(format!("reading the workspace failed: {e}")))?,
+    };
     Ok(Attempted { ended, workspace })
 }
 
@@ -215,7 +223,7 @@ async fn run_under_timeout<A: Agent>(
 }
 
 /// Validate what the workspace holds against the phase's schema, and digest the files
-/// the attempt wrote, on a blocking thread. A phase without an expected artifact is
+/// the attempt wrote (on a blocking thread when they are large). A phase without an expected artifact is
 /// valid when the agent finished having written a file. Gives back how the agent ended.
 ///
 /// # Errors
@@ -226,12 +234,29 @@ pub(super) async fn validate(
     attempted: Attempted,
 ) -> Result<(Validated, AgentExit), PhaseError> {
     let (schemas, phase) = (schemas.clone(), started.phase.clone());
-    tokio::task::spawn_blocking(move || {
+    let written_bytes = attempted.workspace.written().map(|(_, c)| c.len()).sum();
+    off_the_async_threads_if_large(written_bytes, move || {
         let validated = validate_now(&schemas, &phase, &attempted)?;
         Ok((validated, attempted.ended))
     })
     .await
     .map_err(|e| PhaseError::Retry(format!("validation task failed: {e}")))?
+}
+
+/// Work on fewer bytes than this runs on the async thread: a hop to a blocking thread
+/// (two thread wake-ups) costs more than validating or copying a few kilobytes.
+const INLINE_BYTES: usize = 64 * 1024;
+
+/// Run `work` on a blocking thread when it handles `bytes` of at least
+/// [`INLINE_BYTES`], on this thread otherwise.
+async fn off_the_async_threads_if_large<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if bytes < INLINE_BYTES {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work).await
 }
 
 fn validate_now(

@@ -2,12 +2,14 @@
 //! stale deliveries, mark the attempt started, read what it starts from), [`attempt`]
 //! (run the agent under the phase timeout), validate the artifact, and [`record`] (in
 //! ONE transaction: store it, then park on an approval, accept the phase, schedule a
-//! repair or fail the run, and complete the job under its lease).
+//! repair or fail the run, and complete the job under its lease), whose transactions
+//! [`recorder`] runs, several attempts to one when they end at the same moment.
 
 mod attempt;
 mod definitions;
 mod envelope;
 mod record;
+mod recorder;
 mod start;
 
 pub use crate::phase_job::{PHASE_JOB_KIND, PhaseJob};
@@ -72,6 +74,8 @@ pub(super) struct Shared {
     pub wake_ups: StreamWakeUps,
     /// Templates and personas, parsed once per process.
     pub definitions: definitions::Definitions,
+    /// Records attempts, several to a transaction when they come at once.
+    recorder: recorder::Recorder,
 }
 
 impl<A> Clone for Engine<A> {
@@ -87,15 +91,38 @@ impl<A> Clone for Engine<A> {
 
 impl<A: Agent> Engine<A> {
     pub fn new(pool: PgPool, schemas: SchemaRegistry, agent: A) -> Self {
+        let wake_ups = StreamWakeUps::new(pool.clone());
+        let definitions = definitions::Definitions::default();
+        let recorder = recorder::Recorder::new(
+            pool.clone(),
+            definitions.clone(),
+            wake_ups.clone(),
+            recorder::RECORDERS,
+        );
         Self {
             shared: Shared {
-                wake_ups: StreamWakeUps::new(pool.clone()),
-                definitions: definitions::Definitions::default(),
+                wake_ups,
+                definitions,
+                recorder,
             },
             pool,
             schemas,
             agent: Arc::new(agent),
         }
+    }
+
+    /// Record attempts in at most `recorders` transactions at the same time (at least
+    /// one; 4 unless set): attempts that come while every one is busy wait and then
+    /// share the next transaction (`phase/recorder.rs`).
+    #[must_use]
+    pub fn with_recorders(mut self, recorders: usize) -> Self {
+        self.shared.recorder = recorder::Recorder::new(
+            self.pool.clone(),
+            self.shared.definitions.clone(),
+            self.shared.wake_ups.clone(),
+            recorders,
+        );
+        self
     }
 
     #[must_use]
@@ -245,16 +272,14 @@ impl<A: Agent> Engine<A> {
         // 4. Record the outcome and complete the job (or hand it over), atomically;
         //    whether the worker may go on is asked now, not when the attempt began.
         let go_on = ((go_on.now)() && !cancel.is_cancelled()).then_some(go_on.capabilities);
-        Box::pin(record::record(
-            &self.pool,
-            &self.shared,
-            job,
-            p,
-            &started,
-            validated,
-            go_on,
-        ))
-        .await
+        let attempt = record::ToRecord {
+            job: job.clone(),
+            p: p.clone(),
+            started,
+            outcome: validated,
+            go_on: go_on.map(<[String]>::to_vec),
+        };
+        self.shared.recorder.record(attempt).await
     }
 
     /// An attempt without a valid artifact that ended other than by finishing or

@@ -6,8 +6,8 @@
 //! lost lease rolls all of it back.
 
 use super::PhaseError;
-use super::Shared;
 use super::attempt::Validated;
+use super::definitions::Definitions;
 use super::start::Started;
 use crate::advance::{self, LockedRun};
 use crate::events::{NewEvent, RecordedArtifact};
@@ -22,7 +22,7 @@ use crate::store::run_phases::PhaseRow;
 use crate::store::runs::{self, RunRow};
 use crate::workflow::OnTimeout;
 use crate::workflow::sha256_hex;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 /// What recording an attempt did with its job.
 pub(super) enum Recorded {
@@ -32,26 +32,36 @@ pub(super) enum Recorded {
     HandedOver(Box<(PhaseJob, Started)>),
 }
 
-/// Record the attempt's outcome and complete the job; with `go_on` (what the worker can
-/// serve), hand the job over to the first attempt this makes due that the worker can
-/// run instead.
+/// What recording an attempt starts from: the delivery, the attempt as started, and
+/// what it produced. Owned, so that a transaction shared by several attempts
+/// (`super::recorder`) can record it, and record it again alone when the shared
+/// transaction rolls back.
+pub(super) struct ToRecord {
+    pub job: ClaimedJob,
+    pub p: PhaseJob,
+    pub started: Box<Started>,
+    pub outcome: Validated,
+    /// What the worker can serve, when it may go on with the next attempt.
+    pub go_on: Option<Vec<String>>,
+}
+
+/// Record the attempt's outcome and complete the job, in the caller's transaction;
+/// with `go_on` (what the worker can serve), hand the job over to the first attempt
+/// this makes due that the worker can run instead. Returns what became of the job and
+/// the last seq of the events appended (live streams hear of it after the commit).
 ///
 /// # Errors
-/// [`PhaseError`]; a lost lease is [`PhaseError::Queue`] and nothing is written.
-pub(super) async fn record(
-    pool: &PgPool,
-    shared: &Shared,
-    job: &ClaimedJob,
-    p: &PhaseJob,
-    started: &Started,
-    outcome: Validated,
-    go_on: Option<&[String]>,
-) -> Result<Recorded, PhaseError> {
-    let mut tx = pool.begin().await?;
+/// [`PhaseError`]; a lost lease is [`PhaseError::Queue`], and the caller rolls back.
+pub(super) async fn record_in(
+    tx: &mut PgConnection,
+    definitions: &Definitions,
+    r: &ToRecord,
+) -> Result<(Recorded, Option<i64>), PhaseError> {
+    let (job, p, started) = (&r.job, &r.p, &*r.started);
     let mut handed_over = None;
     let mut last_seq = None;
     // 1. Lock the run; a cancel or another delivery may have moved on meanwhile.
-    let current = runs::runs_lock_with_phases(&mut tx, p.run_id).await?;
+    let current = runs::runs_lock_with_phases(tx, p.run_id).await?;
     deliver_again_if_start_lost(current.as_ref(), p)?;
     // A parallel branch may have parked the run for budget meanwhile: this attempt's
     // artifact is recorded all the same.
@@ -65,30 +75,24 @@ pub(super) async fn record(
             })
     }) {
         let mut locked = LockedRun::new(run, phases).with_template(started.template.clone());
-        if let Some(capabilities) = go_on {
-            locked.offer_hand_over(capabilities.to_vec());
+        if let Some(capabilities) = &r.go_on {
+            locked.offer_hand_over(capabilities.clone());
         }
         // 2. Store the artifact, then act on it.
-        if let Some(artifact_id) =
-            store_artifact(&mut tx, &mut locked, p, started, &outcome).await?
-        {
-            act(&mut tx, &mut locked, p, started, &outcome, artifact_id).await?;
+        if let Some(artifact_id) = store_artifact(tx, &mut locked, p, started, &r.outcome).await? {
+            act(tx, &mut locked, p, started, &r.outcome, artifact_id).await?;
         }
         // 3. Go on with the attempt kept for this worker, or enqueue it.
-        handed_over = hand_over_or_enqueue(&mut tx, shared, &mut locked, job).await?;
+        handed_over = hand_over_or_enqueue(tx, definitions, &mut locked, job).await?;
         // 4. Append the events (live streams hear of them after the commit).
-        last_seq = locked.flush_events_wake_after_commit(&mut tx).await?;
+        last_seq = locked.flush_events_wake_after_commit(tx).await?;
     }
-    // 5. Complete the job under its lease (unless it was handed over); commit.
+    // 5. Complete the job under its lease (unless it was handed over).
     let recorded = match handed_over {
         Some(next) => Recorded::HandedOver(Box::new(next)),
-        None => Recorded::Completed(queue::complete(&mut tx, &job.lease()).await?),
+        None => Recorded::Completed(queue::complete(tx, &job.lease()).await?),
     };
-    tx.commit().await?;
-    if let Some(seq) = last_seq {
-        shared.wake_ups.after_commit(p.run_id, seq);
-    }
-    Ok(recorded)
+    Ok((recorded, last_seq))
 }
 
 /// The attempt kept for this worker: hand the job over to it and start it in this
@@ -96,7 +100,7 @@ pub(super) async fn record(
 /// otherwise (or when the lease is lost: the completion then says so) enqueue it.
 async fn hand_over_or_enqueue(
     conn: &mut PgConnection,
-    shared: &Shared,
+    definitions: &Definitions,
     locked: &mut LockedRun,
     job: &ClaimedJob,
 ) -> Result<Option<(PhaseJob, Started)>, PhaseError> {
@@ -116,7 +120,7 @@ async fn hand_over_or_enqueue(
         && queue::hand_over(conn, &job.lease(), &next.to_job(&locked.run.queue)).await?
     {
         let started =
-            super::start::start_handed_over(conn, &shared.definitions, locked, &row, &next).await?;
+            super::start::start_handed_over(conn, definitions, locked, &row, &next).await?;
         return Ok(Some((next, started)));
     }
     next.enqueue(conn, &locked.run.queue).await?;

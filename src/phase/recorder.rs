@@ -1,0 +1,235 @@
+//! Step 4's transactions, shared: the attempts that a worker process records at the
+//! same moment share one transaction (one `BEGIN`, one `COMMIT`, one wait for the WAL
+//! flush), each recorded by [`record::record_in`] as it would be alone. A worker with
+//! an idle recorder records each attempt in its own transaction, as soon as it comes;
+//! only attempts that queue while every recorder is busy are grouped, so grouping adds
+//! no wait.
+//!
+//! - Locks: a group records its runs in the order of their ids, so two groups that
+//!   share two runs lock them in the same order and cannot deadlock.
+//! - Failure: when one attempt of a group fails, the group rolls back (nothing of it
+//!   was written) and each of its attempts is recorded again alone, so one attempt's
+//!   lost lease or stale delivery costs the others nothing but time. A failed
+//!   `COMMIT` is answered to each attempt as it would be alone: it may have committed,
+//!   so nothing is recorded again.
+//! - A phase that stopped waiting for its answer before its turn (its task was
+//!   dropped) is not recorded; the lease expires and the job is delivered again.
+
+use super::PhaseError;
+use super::definitions::Definitions;
+use super::record::{self, Recorded, ToRecord};
+use crate::events::StreamWakeUps;
+use sqlx::PgPool;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::Instrument;
+
+/// At most this many attempts share a transaction.
+const MOST_PER_TRANSACTION: usize = 16;
+/// Transactions that record at the same time, per worker process, unless the engine
+/// says otherwise (`Engine::with_recorders`).
+pub(super) const RECORDERS: usize = 4;
+
+/// Records attempts for every phase of a worker process. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Recorder {
+    inner: Arc<RecorderInner>,
+}
+
+struct RecorderInner {
+    pool: PgPool,
+    definitions: Definitions,
+    wake_ups: StreamWakeUps,
+    /// How many transactions record at the same time.
+    recorders: usize,
+    /// Started with the first attempt to record; the recorders end when it is dropped.
+    queue: OnceLock<mpsc::Sender<Request>>,
+}
+
+/// An attempt to record and where its answer goes.
+struct Request {
+    attempt: ToRecord,
+    /// The phase's span: what is recorded for it is logged under it.
+    span: tracing::Span,
+    answer: oneshot::Sender<Result<Recorded, PhaseError>>,
+}
+
+impl Recorder {
+    pub(super) fn new(
+        pool: PgPool,
+        definitions: Definitions,
+        wake_ups: StreamWakeUps,
+        recorders: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(RecorderInner {
+                pool,
+                definitions,
+                wake_ups,
+                recorders: recorders.max(1),
+                queue: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Record `attempt` (see [`record::record_in`]) and commit; live streams hear of its
+    /// events after the commit.
+    ///
+    /// # Errors
+    /// [`PhaseError`]; a lost lease is [`PhaseError::Queue`] and nothing is written.
+    pub(super) async fn record(&self, attempt: ToRecord) -> Result<Recorded, PhaseError> {
+        let (answer, answered) = oneshot::channel();
+        let request = Request {
+            attempt,
+            span: tracing::Span::current(),
+            answer,
+        };
+        let queue = self.inner.queue.get_or_init(|| self.start_recorders());
+        queue
+            .send(request)
+            .await
+            .map_err(|_| PhaseError::Retry("the worker's recorders stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| PhaseError::Retry("the worker's recorders stopped".into()))?
+    }
+
+    fn start_recorders(&self) -> mpsc::Sender<Request> {
+        let (queue, requests) = mpsc::channel(1024);
+        let requests = Arc::new(Mutex::new(requests));
+        for _ in 0..self.inner.recorders {
+            tokio::spawn(record_as_they_come(
+                self.inner.pool.clone(),
+                self.inner.definitions.clone(),
+                self.inner.wake_ups.clone(),
+                requests.clone(),
+            ));
+        }
+        queue
+    }
+}
+
+/// One recorder: take what is queued (at most [`MOST_PER_TRANSACTION`]) and record it
+/// in one transaction, until the queue closes.
+async fn record_as_they_come(
+    pool: PgPool,
+    definitions: Definitions,
+    wake_ups: StreamWakeUps,
+    requests: Arc<Mutex<mpsc::Receiver<Request>>>,
+) {
+    loop {
+        let group = {
+            let mut requests = requests.lock().await;
+            let Some(first) = requests.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < MOST_PER_TRANSACTION
+                && let Ok(next) = requests.try_recv()
+            {
+                group.push(next);
+            }
+            group
+        };
+        record_group(&pool, &definitions, &wake_ups, group).await;
+    }
+}
+
+/// Record a group in one transaction, or each of it alone when one attempt fails.
+async fn record_group(
+    pool: &PgPool,
+    definitions: &Definitions,
+    wake_ups: &StreamWakeUps,
+    mut group: Vec<Request>,
+) {
+    group.retain(|r| !r.answer.is_closed());
+    if group.is_empty() {
+        return;
+    }
+    group.sort_by_key(|r| r.attempt.p.run_id);
+    metrics::counter!("phasefleet_record_groups_total").increment(1);
+    metrics::counter!("phasefleet_recorded_attempts_total").increment(group.len() as u64);
+    if group.len() > 1 {
+        match together(pool, definitions, &group).await {
+            Together::Committed(recorded) => {
+                for (request, recorded) in group.into_iter().zip(recorded) {
+                    answer(wake_ups, request, Ok(recorded));
+                }
+                return;
+            }
+            Together::CommitFailed(e) => {
+                for request in group {
+                    let error = PhaseError::Retry(format!("recording failed: {e}"));
+                    answer(wake_ups, request, Err(error));
+                }
+                return;
+            }
+            Together::RolledBack => {}
+        }
+    }
+    for request in group {
+        let recorded = alone(pool, definitions, &request.attempt)
+            .instrument(request.span.clone())
+            .await;
+        answer(wake_ups, request, recorded);
+    }
+}
+
+enum Together {
+    /// What became of each attempt's job, with the last seq of its events.
+    Committed(Vec<(Recorded, Option<i64>)>),
+    /// The commit failed: it may have committed all or nothing.
+    CommitFailed(sqlx::Error),
+    /// An attempt failed; nothing was written.
+    RolledBack,
+}
+
+async fn together(pool: &PgPool, definitions: &Definitions, group: &[Request]) -> Together {
+    let Ok(mut tx) = pool.begin().await else {
+        return Together::RolledBack;
+    };
+    let mut recorded = Vec::with_capacity(group.len());
+    for request in group {
+        let one = record::record_in(&mut tx, definitions, &request.attempt)
+            .instrument(request.span.clone())
+            .await;
+        match one {
+            Ok(one) => recorded.push(one),
+            Err(e) => {
+                tracing::debug!(parent: &request.span, error = %e, "a shared record transaction rolls back; its attempts are recorded alone");
+                let _ = tx.rollback().await;
+                return Together::RolledBack;
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => Together::Committed(recorded),
+        Err(e) => Together::CommitFailed(e),
+    }
+}
+
+async fn alone(
+    pool: &PgPool,
+    definitions: &Definitions,
+    attempt: &ToRecord,
+) -> Result<(Recorded, Option<i64>), PhaseError> {
+    let mut tx = pool.begin().await?;
+    let recorded = record::record_in(&mut tx, definitions, attempt).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Wake live streams of a committed attempt's events and answer its phase.
+fn answer(
+    wake_ups: &StreamWakeUps,
+    request: Request,
+    recorded: Result<(Recorded, Option<i64>), PhaseError>,
+) {
+    let recorded = recorded.map(|(recorded, last_seq)| {
+        if let Some(seq) = last_seq {
+            wake_ups.after_commit(request.attempt.p.run_id, seq);
+        }
+        recorded
+    });
+    let _ = request.answer.send(recorded);
+}
