@@ -1021,9 +1021,9 @@ async fn one_worker_serves_two_versions_of_a_template_each_by_its_own_definition
 }
 
 /// Four runs whose first attempts one worker records with a single recorder: run A's
-/// attempt ends first and its recording waits on A's row, held by the test, while the
-/// attempts of B, C and D end and queue behind it; `steal_d` takes D's lease meanwhile.
-/// Returns the runs and each attempt's result, once the row is released.
+/// attempt ends first (2 s) and its recording waits on A's row, held by the test, while
+/// the attempts of B, C and D end (3 s) and queue behind it; `steal_d` takes D's lease
+/// meanwhile. Returns the runs and each attempt's result, once the row is released.
 async fn record_three_behind_a_held_run(
     pool: &sqlx::PgPool,
     steal_d: bool,
@@ -1033,7 +1033,7 @@ async fn record_three_behind_a_held_run(
 ) {
     let q = unique_queue("recorder");
     let mut runs = Vec::new();
-    for delay_ms in [1000, 2000, 2000, 2000] {
+    for delay_ms in [2000, 3000, 3000, 3000] {
         let extra = json!({ "synthetic": { "delay_ms": delay_ms } });
         runs.push(submit(pool, request(&q, extra)).await);
     }
@@ -1043,6 +1043,7 @@ async fn record_three_behind_a_held_run(
     }
     jobs.sort_by_key(|j| runs.iter().position(|r| Some(*r) == j.run_id));
     let engine = Engine::new(pool.clone(), schemas(), SyntheticAgent).with_recorders(1);
+    let spawned = tokio::time::Instant::now();
     let attempts: Vec<_> = jobs
         .iter()
         .map(|job| {
@@ -1054,11 +1055,12 @@ async fn record_three_behind_a_held_run(
         phase_reaches(pool, *run, "spec", PhaseState::Running).await;
     }
     let mut hold = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE")
-        .bind(runs[0])
-        .execute(&mut *hold)
-        .await
-        .unwrap();
+    let holder: String =
+        sqlx::query_scalar("SELECT pg_current_xact_id()::text FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(runs[0])
+            .fetch_one(&mut *hold)
+            .await
+            .unwrap();
     if steal_d {
         sqlx::query("UPDATE jobs SET lease_token = lease_token + 1 WHERE id = $1")
             .bind(jobs[3].id)
@@ -1066,8 +1068,24 @@ async fn record_three_behind_a_held_run(
             .await
             .unwrap();
     }
-    // A's attempt ends at 1 s and waits on its row; the others end at 2 s.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    eventually(
+        Duration::from_secs(15),
+        "A's recording waits on its run",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                  WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = $1",
+            )
+            .bind(&holder)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // B, C and D end at 3 s and queue behind A.
+    tokio::time::sleep_until(spawned + Duration::from_millis(4500)).await;
     hold.commit().await.unwrap();
     let mut results = Vec::new();
     for attempt in attempts {

@@ -6,7 +6,11 @@
 //! no wait.
 //!
 //! - Locks: a group records its runs in the order of their ids, so two groups that
-//!   share two runs lock them in the same order and cannot deadlock.
+//!   share two runs lock them in the same order. Other rows two groups may share (the
+//!   file blobs two attempts wrote, kept by content) can still close a cycle, which
+//!   PostgreSQL breaks after `deadlock_timeout`; a member that waits on a lock for
+//!   more than 2 s ([`GROUP_LOCK_TIMEOUT`]: a run row an approval holds) fails the
+//!   group the same way. Either is then a failure of one attempt, below.
 //! - Failure: when one attempt of a group fails, the group rolls back (nothing of it
 //!   was written) and each of its attempts is recorded again alone, so one attempt's
 //!   lost lease or stale delivery costs the others nothing but time. A failed
@@ -14,6 +18,8 @@
 //!   so nothing is recorded again.
 //! - A phase that stopped waiting for its answer before its turn (its task was
 //!   dropped) is not recorded; the lease expires and the job is delivered again.
+//! - A group is recorded in a task of its own: a panic ends that task, its phases hear
+//!   that recording failed and deliver again, and the recorder goes on.
 
 use super::PhaseError;
 use super::definitions::Definitions;
@@ -26,6 +32,10 @@ use tracing::Instrument;
 
 /// At most this many attempts share a transaction.
 const MOST_PER_TRANSACTION: usize = 16;
+/// A shared transaction waits at most 2 s for a lock; then its attempts are recorded
+/// alone instead. The group's other attempts hold their rows meanwhile, and their
+/// leases are not renewed while a renewal finds their rows held.
+const GROUP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 /// Transactions that record at the same time, per worker process, unless the engine
 /// says otherwise (`Engine::with_recorders`).
 pub(super) const RECORDERS: usize = 4;
@@ -131,17 +141,28 @@ async fn record_as_they_come(
             }
             group
         };
-        record_group(&pool, &definitions, &wake_ups, group).await;
+        // Its own task: a panic in one group ends that task (its phases hear that the
+        // recording failed, and retry), not this recorder.
+        let recorded = tokio::spawn(record_group(
+            pool.clone(),
+            definitions.clone(),
+            wake_ups.clone(),
+            group,
+        ));
+        if let Err(e) = recorded.await {
+            tracing::error!(error = %e, "recording a group of attempts failed; they are delivered again");
+        }
     }
 }
 
 /// Record a group in one transaction, or each of it alone when one attempt fails.
 async fn record_group(
-    pool: &PgPool,
-    definitions: &Definitions,
-    wake_ups: &StreamWakeUps,
+    pool: PgPool,
+    definitions: Definitions,
+    wake_ups: StreamWakeUps,
     mut group: Vec<Request>,
 ) {
+    let (pool, definitions, wake_ups) = (&pool, &definitions, &wake_ups);
     group.retain(|r| !r.answer.is_closed());
     if group.is_empty() {
         return;
@@ -157,7 +178,8 @@ async fn record_group(
                 }
                 return;
             }
-            Together::CommitFailed(e) => {
+            Together::NotCommitted(e) => {
+                tracing::warn!(error = %e, attempts = group.len(), "a shared record transaction failed to begin or commit");
                 for request in group {
                     let error = PhaseError::Retry(format!("recording failed: {e}"));
                     answer(wake_ups, request, Err(error));
@@ -178,16 +200,21 @@ async fn record_group(
 enum Together {
     /// What became of each attempt's job, with the last seq of its events.
     Committed(Vec<(Recorded, Option<i64>)>),
-    /// The commit failed: it may have committed all or nothing.
-    CommitFailed(sqlx::Error),
+    /// The transaction did not begin, or its commit failed (it may have committed all
+    /// or nothing).
+    NotCommitted(sqlx::Error),
     /// An attempt failed; nothing was written.
     RolledBack,
 }
 
 async fn together(pool: &PgPool, definitions: &Definitions, group: &[Request]) -> Together {
-    let Ok(mut tx) = pool.begin().await else {
-        return Together::RolledBack;
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return Together::NotCommitted(e),
     };
+    if let Err(e) = sqlx::query(GROUP_LOCK_TIMEOUT).execute(&mut *tx).await {
+        return Together::NotCommitted(e);
+    }
     let mut recorded = Vec::with_capacity(group.len());
     for request in group {
         let one = record::record_in(&mut tx, definitions, &request.attempt)
@@ -196,7 +223,7 @@ async fn together(pool: &PgPool, definitions: &Definitions, group: &[Request]) -
         match one {
             Ok(one) => recorded.push(one),
             Err(e) => {
-                tracing::debug!(parent: &request.span, error = %e, "a shared record transaction rolls back; its attempts are recorded alone");
+                tracing::info!(parent: &request.span, error = %e, attempts = group.len(), "a shared record transaction rolls back; its attempts are recorded alone");
                 let _ = tx.rollback().await;
                 return Together::RolledBack;
             }
@@ -204,7 +231,7 @@ async fn together(pool: &PgPool, definitions: &Definitions, group: &[Request]) -
     }
     match tx.commit().await {
         Ok(()) => Together::Committed(recorded),
-        Err(e) => Together::CommitFailed(e),
+        Err(e) => Together::NotCommitted(e),
     }
 }
 

@@ -61,9 +61,11 @@ pub async fn file_blobs_put(conn: &mut PgConnection, blobs: &[&Blob]) -> Result<
     }
     // One row per digest (the same content at two paths is one blob). An existing blob
     // is touched, which locks it: a concurrent prune cannot delete it under this
-    // transaction's references.
+    // transaction's references. In the order of the digests, so that two transactions
+    // that touch the same blobs lock them in the same order.
     let mut seen = std::collections::HashSet::new();
-    let blobs: Vec<&&Blob> = blobs.iter().filter(|b| seen.insert(&b.sha256)).collect();
+    let mut blobs: Vec<&&Blob> = blobs.iter().filter(|b| seen.insert(&b.sha256)).collect();
+    blobs.sort_by(|a, b| a.sha256.cmp(&b.sha256));
     let shas: Vec<&str> = blobs.iter().map(|b| b.sha256.as_str()).collect();
     let contents: Vec<&[u8]> = blobs.iter().map(|b| b.content.as_slice()).collect();
     let binary: Vec<bool> = blobs.iter().map(|b| b.is_binary).collect();
