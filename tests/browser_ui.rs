@@ -658,12 +658,17 @@ async fn a_gate_with_a_deadline_shows_its_time_left_and_rejects_the_run_without_
     gated.on_timeout = Some(phasefleet::workflow::OnTimeout::Reject);
     let quick = support::engine::submit(&pool, quick).await;
     browser.goto(&format!("{}/#/runs/{quick}", api.base)).await;
-    browser
-        .wait_for(
-            "#run-state [data-state='failed']",
-            "the 2 s deadline failed the run",
-        )
-        .await;
+    // On this run's page: until it renders, the first run's page (failed too) is shown.
+    let failed_here = format!(
+        "return document.querySelector('#main h2 code')?.textContent === '{quick}' \
+         && document.querySelector(\"#run-state [data-state='failed']\") !== null"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the 2 s deadline failed the run, on its page",
+        || async { (browser.js(&failed_here).await.as_bool() == Some(true)).then_some(()) },
+    )
+    .await;
     let mut c = pool.acquire().await.unwrap();
     let decided = phasefleet::approval::for_run(&mut c, quick).await.unwrap();
     assert_eq!(decided[0].decided_by.as_deref(), Some("deadline"));
