@@ -104,7 +104,7 @@ pub(super) async fn run_agent<A: Agent>(
         phase_key: p.phase.clone(),
         attempt: p.attempt,
         round: p.round,
-        persona: started.persona.clone(),
+        persona: (*started.persona).clone(),
         envelope,
         artifact,
         extra: started.inputs.extra.clone(),
@@ -223,8 +223,9 @@ async fn run_under_timeout<A: Agent>(
 }
 
 /// Validate what the workspace holds against the phase's schema, and digest the files
-/// the attempt wrote (on a blocking thread when they are large). A phase without an expected artifact is
-/// valid when the agent finished having written a file. Gives back how the agent ended.
+/// the attempt wrote (on a blocking thread when they are large). A phase without an
+/// expected artifact is valid when the agent finished having written a file. Gives
+/// back how the agent ended.
 ///
 /// # Errors
 /// [`PhaseError::Permanent`] when the schema is unknown.

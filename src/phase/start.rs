@@ -24,7 +24,9 @@ pub(super) struct Started {
     pub phase: Phase,
     /// For an item of a fan-out: its element.
     pub item: Option<Item>,
-    pub persona: Persona,
+    /// Shared with the worker's parsed definitions: cloned once, into the agent's
+    /// request.
+    pub persona: Arc<Persona>,
     pub inputs: RunInputs,
     pub prior: Vec<PriorArtifact>,
     /// The latest earlier artifact of this phase (a repair, a retry or a revision
@@ -152,7 +154,7 @@ async fn begin(
     let has_files = ctx.has_files;
     let template = definitions.template(conn, &ctx.template_hash).await?;
     let persona = definitions.persona(conn, &ctx.persona_hash).await?;
-    let mut started = parse_context(ctx, template, &persona, phase, p)?;
+    let mut started = parse_context(ctx, template, persona, phase, p)?;
     mark_started(conn, locked, phase, p).await?;
     if has_files {
         started.files = files::run_files_seed(conn, p.run_id, &started.upstream).await?;
@@ -180,7 +182,7 @@ async fn mark_started(
 fn parse_context(
     ctx: AttemptContext,
     template: Arc<WorkflowTemplate>,
-    persona: &Persona,
+    persona: Arc<Persona>,
     row: &PhaseRow,
     p: &PhaseJob,
 ) -> Result<Started, PhaseError> {
@@ -209,7 +211,7 @@ fn parse_context(
         template,
         phase: template_phase,
         item,
-        persona: persona.clone(),
+        persona,
         inputs: RunInputs {
             requirements: ctx.requirements,
             objective: ctx.objective,
