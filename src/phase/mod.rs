@@ -94,9 +94,11 @@ impl<A: Agent> Engine<A> {
         let wake_ups = StreamWakeUps::new(pool.clone());
         let definitions = definitions::Definitions::default();
         let recorder = recorder::Recorder::new(
-            pool.clone(),
-            definitions.clone(),
-            wake_ups.clone(),
+            recorder::Context {
+                pool: pool.clone(),
+                definitions: definitions.clone(),
+                wake_ups: wake_ups.clone(),
+            },
             recorder::RECORDERS,
         );
         Self {
@@ -116,12 +118,8 @@ impl<A: Agent> Engine<A> {
     /// share the next transaction (`phase/recorder.rs`).
     #[must_use]
     pub fn with_recorders(mut self, recorders: usize) -> Self {
-        self.shared.recorder = recorder::Recorder::new(
-            self.pool.clone(),
-            self.shared.definitions.clone(),
-            self.shared.wake_ups.clone(),
-            recorders,
-        );
+        let context = self.shared.recorder.context().clone();
+        self.shared.recorder = recorder::Recorder::new(context, recorders);
         self
     }
 

@@ -46,10 +46,17 @@ pub(super) struct Recorder {
     inner: Arc<RecorderInner>,
 }
 
+/// What recording needs, shared by the recorders and their groups' tasks (not the
+/// queue's sender: the recorders end when the last one is dropped).
+#[derive(Clone)]
+pub(super) struct Context {
+    pub pool: PgPool,
+    pub definitions: Definitions,
+    pub wake_ups: StreamWakeUps,
+}
+
 struct RecorderInner {
-    pool: PgPool,
-    definitions: Definitions,
-    wake_ups: StreamWakeUps,
+    context: Context,
     /// How many transactions record at the same time.
     recorders: usize,
     /// Started with the first attempt to record; the recorders end when it is dropped.
@@ -65,21 +72,19 @@ struct Request {
 }
 
 impl Recorder {
-    pub(super) fn new(
-        pool: PgPool,
-        definitions: Definitions,
-        wake_ups: StreamWakeUps,
-        recorders: usize,
-    ) -> Self {
+    pub(super) fn new(context: Context, recorders: usize) -> Self {
         Self {
             inner: Arc::new(RecorderInner {
-                pool,
-                definitions,
-                wake_ups,
+                context,
                 recorders: recorders.max(1),
                 queue: OnceLock::new(),
             }),
         }
+    }
+
+    /// What it records with.
+    pub(super) fn context(&self) -> &Context {
+        &self.inner.context
     }
 
     /// Record `attempt` (see [`record::record_in`]) and commit; live streams hear of its
@@ -99,9 +104,9 @@ impl Recorder {
             .send(request)
             .await
             .map_err(|_| PhaseError::Retry("the worker's recorders stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| PhaseError::Retry("the worker's recorders stopped".into()))?
+        answered.await.map_err(|_| {
+            PhaseError::Retry("recording ended without an answer (see the worker's log)".into())
+        })?
     }
 
     fn start_recorders(&self) -> mpsc::Sender<Request> {
@@ -109,9 +114,7 @@ impl Recorder {
         let requests = Arc::new(Mutex::new(requests));
         for _ in 0..self.inner.recorders {
             tokio::spawn(record_as_they_come(
-                self.inner.pool.clone(),
-                self.inner.definitions.clone(),
-                self.inner.wake_ups.clone(),
+                self.inner.context.clone(),
                 requests.clone(),
             ));
         }
@@ -121,12 +124,7 @@ impl Recorder {
 
 /// One recorder: take what is queued (at most [`MOST_PER_TRANSACTION`]) and record it
 /// in one transaction, until the queue closes.
-async fn record_as_they_come(
-    pool: PgPool,
-    definitions: Definitions,
-    wake_ups: StreamWakeUps,
-    requests: Arc<Mutex<mpsc::Receiver<Request>>>,
-) {
+async fn record_as_they_come(context: Context, requests: Arc<Mutex<mpsc::Receiver<Request>>>) {
     loop {
         let group = {
             let mut requests = requests.lock().await;
@@ -143,12 +141,7 @@ async fn record_as_they_come(
         };
         // Its own task: a panic in one group ends that task (its phases hear that the
         // recording failed, and retry), not this recorder.
-        let recorded = tokio::spawn(record_group(
-            pool.clone(),
-            definitions.clone(),
-            wake_ups.clone(),
-            group,
-        ));
+        let recorded = tokio::spawn(record_group(context.clone(), group));
         if let Err(e) = recorded.await {
             tracing::error!(error = %e, "recording a group of attempts failed; they are delivered again");
         }
@@ -156,13 +149,12 @@ async fn record_as_they_come(
 }
 
 /// Record a group in one transaction, or each of it alone when one attempt fails.
-async fn record_group(
-    pool: PgPool,
-    definitions: Definitions,
-    wake_ups: StreamWakeUps,
-    mut group: Vec<Request>,
-) {
-    let (pool, definitions, wake_ups) = (&pool, &definitions, &wake_ups);
+async fn record_group(context: Context, mut group: Vec<Request>) {
+    let Context {
+        pool,
+        definitions,
+        wake_ups,
+    } = &context;
     group.retain(|r| !r.answer.is_closed());
     if group.is_empty() {
         return;
