@@ -27,8 +27,9 @@ async fn mock() -> Mock {
 
 /// A worker process on `queue` whose configuration names the mock as provider `mock`
 /// with its key in `PHASEFLEET_TEST_MOCK_KEY`; its environment also holds the secrets a
-/// persona must never reach.
-fn worker(m: &Mock, queue: &str) -> (WorkerProcess, ConfigFile) {
+/// persona must never reach. Returns once it has registered: a run whose provider no
+/// live worker serves is refused at submit.
+async fn worker(pool: &sqlx::PgPool, m: &Mock, queue: &str) -> (WorkerProcess, ConfigFile) {
     let file = mock_config_file(&m.base_url);
     let text = std::fs::read_to_string(&file.0).unwrap().replacen(
         "allow_insecure_loopback = true",
@@ -47,6 +48,7 @@ fn worker(m: &Mock, queue: &str) -> (WorkerProcess, ConfigFile) {
             ("PHASEFLEET_LLM_CALL_TIMEOUT_SECS", "20"),
         ],
     );
+    worker_id_of(pool, w.pid()).await;
     (w, file)
 }
 
@@ -93,7 +95,7 @@ async fn a_persona_cannot_name_a_url_or_a_key_variable_and_keys_reach_only_their
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-exfil");
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     let api = ApiServer::start(&pool, None).await;
     let submitter = api.client(Some(SUBMIT));
     let attacker_persona = |extra: &str| {
@@ -172,7 +174,7 @@ async fn provider_error_bodies_never_reach_users() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-body");
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     let run = submit_llm(&pool, &q, "mock/secret-error").await;
     assert_eq!(drive(&pool, run).await, RunState::Failed);
     let api = ApiServer::start(&pool, None).await;
@@ -202,7 +204,7 @@ async fn a_huge_response_is_a_clear_model_error_and_memory_stays_bounded() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-huge");
-    let (worker, _file) = worker(&m, &q);
+    let (worker, _file) = worker(&pool, &m, &q).await;
     let run = submit_llm(&pool, &q, "mock/huge-64").await;
     assert_eq!(drive(&pool, run).await, RunState::Failed);
     let error = run_error(&pool, run).await;
@@ -219,7 +221,7 @@ async fn pathological_glob_and_grep_patterns_finish_and_the_run_completes() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-glob");
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     let run = submit_llm(&pool, &q, "mock/glob-bomb").await;
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     let rows: Vec<(String, bool)> = sqlx::query_as(
@@ -238,7 +240,7 @@ async fn nul_and_control_characters_in_tool_calls_are_tool_errors_not_retries() 
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-nul");
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     let run = submit_llm(&pool, &q, "mock/nul-args").await;
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     // A second delivery of a phase job would send its turns again.
@@ -280,7 +282,7 @@ async fn negative_and_absurd_provider_costs_are_not_trusted() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-cost");
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     for model in ["mock/negative-cost", "mock/absurd-cost"] {
         let run = submit_llm(&pool, &q, model).await;
         assert_eq!(drive(&pool, run).await, RunState::Completed);
@@ -323,7 +325,7 @@ async fn a_model_cannot_read_outside_its_workspace() {
     let pool = pool().await;
     let m = mock().await;
     let q = unique_queue("sec-read");
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     let run = submit_llm(&pool, &q, "mock/exfiltrate").await;
     assert_eq!(drive(&pool, run).await, RunState::Completed);
     let rows: Vec<(bool, String)> = sqlx::query_as(
@@ -346,7 +348,7 @@ async fn a_cancel_reaches_the_worker_at_once_and_no_request_follows_it() {
     let m = mock().await;
     let q = unique_queue("sec-cancel");
     // The default lease (15 s) heartbeats every 5 s: only the notification is fast.
-    let (_worker, _file) = worker(&m, &q);
+    let (_worker, _file) = worker(&pool, &m, &q).await;
     for model in ["mock/always-429", "mock/slow-5000"] {
         let run = submit_llm(&pool, &q, model).await;
         let before = m.stats.requests.load(Ordering::SeqCst);
