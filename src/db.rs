@@ -25,14 +25,30 @@ pub enum DbError {
     Cancelled,
 }
 
+/// A pooled connection idle for longer than this is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Pool options shared by every binary: short acquire timeout so a database outage
-/// surfaces as an error the caller can back off from instead of a hang.
+/// surfaces as an error the caller can back off from instead of a hang. A connection
+/// idle for more than [`PING_IF_IDLE_FOR`] is pinged before it is handed out (a broken
+/// one is dropped and another taken); one returned a moment ago is not, since a ping is
+/// a round trip to the server for every transaction of a busy worker. A connection that
+/// broke in that moment fails its first statement, which the caller retries as any
+/// database error.
 #[must_use]
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(true)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Connect once.

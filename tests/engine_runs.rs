@@ -724,7 +724,6 @@ async fn pruning_an_ended_run_takes_its_events_and_no_event_is_appended_without_
         &mut conn,
         nobody,
         &[phasefleet::events::NewEvent::run_started()],
-        phasefleet::store::events::WakeStreams::InTransaction,
     )
     .await
     .unwrap();

@@ -6,7 +6,7 @@
 mod support;
 
 use phasefleet::events::NewEvent;
-use phasefleet::store::events::{WakeStreams, events_append, events_list};
+use phasefleet::store::events::{events_append, events_list};
 use phasefleet::workflow::Definition;
 use phasefleet::workflow::{Persona, WorkflowTemplate};
 use proptest::prelude::*;
@@ -145,9 +145,7 @@ fn event_appends_with_repeated_keys_stay_dense_and_idempotent() {
                     phasefleet::store::runs::runs_lock(&mut tx, run)
                         .await
                         .unwrap();
-                    let seqs = events_append(&mut tx, run, &events, WakeStreams::InTransaction)
-                        .await
-                        .unwrap();
+                    let seqs = events_append(&mut tx, run, &events).await.unwrap();
                     tx.commit().await.unwrap();
                     let new = keys.iter().filter(|k| seen.insert(**k)).count();
                     assert_eq!(seqs.len(), new, "only keys not used before are appended");

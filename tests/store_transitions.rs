@@ -22,6 +22,18 @@ async fn force(tx: &mut sqlx::PgConnection, sql: &str, run: phasefleet::RunId, s
         .unwrap();
 }
 
+/// End the test's run, so that no worker of another test picks it up.
+async fn cancel(pool: &sqlx::PgPool, run: phasefleet::RunId) {
+    phasefleet::cancel::cancel_run(
+        pool,
+        &phasefleet::teams::Scope::Fleet,
+        run,
+        Some("test over"),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn every_run_transition_in_the_table_works_and_no_other() {
     let pool = pool().await;
@@ -59,14 +71,7 @@ async fn every_run_transition_in_the_table_works_and_no_other() {
         (allowed, refused),
         (RUN_TRANSITIONS.len(), 64 - RUN_TRANSITIONS.len())
     );
-    phasefleet::cancel::cancel_run(
-        &pool,
-        &phasefleet::teams::Scope::Fleet,
-        run,
-        Some("test over"),
-    )
-    .await
-    .unwrap();
+    cancel(&pool, run).await;
 }
 
 #[tokio::test]
@@ -106,14 +111,70 @@ async fn every_phase_transition_in_the_table_works_and_no_other() {
         }
     }
     assert_eq!(allowed, PHASE_TRANSITIONS.len());
-    phasefleet::cancel::cancel_run(
-        &pool,
-        &phasefleet::teams::Scope::Fleet,
+    cancel(&pool, run).await;
+}
+
+/// Lock the run and start its first attempt of `spec`, holding the phase row's change
+/// back, with its event.
+async fn start_spec_held_back(
+    tx: &mut sqlx::PgConnection,
+    run: phasefleet::RunId,
+) -> phasefleet::advance::LockedRun {
+    let (row, phases) = runs::runs_lock_with_phases(tx, run).await.unwrap().unwrap();
+    let mut locked = phasefleet::advance::LockedRun::new(row, phases).defer_phase_writes();
+    locked.start_attempt(tx, "spec", 1).await.unwrap();
+    locked
+        .events
+        .push(phasefleet::events::NewEvent::phase_started("spec", 1, 1));
+    locked
+}
+
+/// A phase job's transaction holds its phase rows' changes back and writes them in the
+/// statement that appends its events; a row that is no longer in the state it was read
+/// in is refused there (the caller rolls back), as a write of its own would be.
+#[tokio::test]
+async fn held_back_phase_writes_land_with_the_events_and_a_changed_row_is_refused() {
+    use phasefleet::advance::AdvanceError;
+    let pool = pool().await;
+    let run = submit(&pool, request(&unique_queue("held-back"), json!({}))).await;
+    let spec_of = |phases: Vec<run_phases::PhaseRow>| {
+        phases.into_iter().find(|p| p.phase_key == "spec").unwrap()
+    };
+
+    let mut tx = pool.begin().await.unwrap();
+    let mut locked = start_spec_held_back(&mut tx, run).await;
+    let before = spec_of(run_phases::run_phases_list(&mut tx, run).await.unwrap());
+    assert_eq!(
+        before.state,
+        PhaseState::Pending,
+        "held back until the events"
+    );
+    let last_seq = locked
+        .flush_events_wake_after_commit(&mut tx)
+        .await
+        .unwrap();
+    assert!(last_seq.is_some(), "the event is appended");
+    let after = spec_of(run_phases::run_phases_list(&mut tx, run).await.unwrap());
+    assert_eq!((after.state, after.attempts), (PhaseState::Running, 1));
+    assert!(after.started_at.is_some() && after.finished_at.is_none());
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let mut locked = start_spec_held_back(&mut tx, run).await;
+    force(
+        &mut tx,
+        "UPDATE run_phases SET state = $2::phase_state WHERE run_id = $1 AND phase_key = 'spec'",
         run,
-        Some("test over"),
+        "skipped",
     )
-    .await
-    .unwrap();
+    .await;
+    let result = locked.flush_events_wake_after_commit(&mut tx).await;
+    assert!(
+        matches!(result, Err(AdvanceError::Store(StoreError::Stale("phase")))),
+        "a row changed under the lock is refused: {result:?}"
+    );
+    tx.rollback().await.unwrap();
+    cancel(&pool, run).await;
 }
 
 /// The run detail is read from one snapshot: while each transaction of a writer changes

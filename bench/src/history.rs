@@ -149,13 +149,7 @@ async fn appends(pool: &PgPool, fx: &Fixture, n: usize) -> anyhow::Result<f64> {
                         key: format!("bench:{i}"),
                         data: serde_json::json!({}),
                     };
-                    phasefleet::store::events::events_append(
-                        &mut tx,
-                        run,
-                        &[event],
-                        phasefleet::store::events::WakeStreams::InTransaction,
-                    )
-                    .await?;
+                    phasefleet::store::events::events_append(&mut tx, run, &[event]).await?;
                     tx.commit().await?;
                 }
             }

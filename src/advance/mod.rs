@@ -17,8 +17,7 @@ use crate::queue::QueueError;
 use crate::report;
 use crate::state::{PhaseState, RunState};
 use crate::store::StoreError;
-use crate::store::events::WakeStreams;
-use crate::store::run_phases::{self, PhaseRow};
+use crate::store::run_phases::{self, PhaseRow, PhaseWrite};
 use crate::store::runs::{self, RunRow};
 
 use crate::workflow::WorkflowTemplate;
@@ -61,6 +60,18 @@ pub struct LockedRun {
     template: Option<Arc<WorkflowTemplate>>,
     /// A phase job's offer to go on with an attempt this transaction makes due.
     hand_over: Option<HandOverOffer>,
+    /// Phase rows changed in memory and not yet written, when the transaction holds
+    /// them back ([`LockedRun::defer_phase_writes`]).
+    phase_writes: Option<Vec<PhaseWrite>>,
+}
+
+/// When a transaction writes events, whether live streams are notified in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WakeStreams {
+    /// A NOTIFY in the appending transaction (delivered at its commit).
+    InTransaction,
+    /// The caller wakes them after its commit ([`crate::events::StreamWakeUps`]).
+    AfterCommit,
 }
 
 /// A worker's offer, made by the phase job that holds the run's lock, to go on itself
@@ -84,7 +95,41 @@ impl LockedRun {
             events: Vec::new(),
             template: None,
             hand_over: None,
+            phase_writes: None,
         }
+    }
+
+    /// Hold the phase rows' changes back until the events are written, and write them
+    /// with the events in one statement ([`Self::flush_events_wake_after_commit`]). What
+    /// reads or writes phase rows otherwise in the transaction writes them first
+    /// ([`Self::flush_phase_writes`]: ending the run, a new round, a fan-out's items).
+    #[must_use]
+    pub fn defer_phase_writes(mut self) -> Self {
+        self.phase_writes = Some(Vec::new());
+        self
+    }
+
+    /// Write the phase rows' changes held back so far (one statement, none when there
+    /// are none).
+    ///
+    /// # Errors
+    /// [`StoreError::Stale`] when a row changed under the lock; database errors.
+    pub async fn flush_phase_writes(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let Some(writes) = self.phase_writes.as_mut().filter(|w| !w.is_empty()) else {
+            return Ok(());
+        };
+        let writes = std::mem::take(writes);
+        run_phases::run_phases_write_many(conn, self.run.id, &writes).await
+    }
+
+    /// The keys of the phases completed, as this transaction sees them.
+    #[must_use]
+    pub fn completed_phase_keys(&self) -> Vec<String> {
+        self.phases
+            .iter()
+            .filter(|p| p.state == PhaseState::Completed)
+            .map(|p| p.phase_key.clone())
+            .collect()
     }
 
     /// Offer to go on with the first attempt this transaction makes due that a worker
@@ -231,14 +276,43 @@ impl LockedRun {
         next: PhaseState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let phase = self
-            .phases
-            .iter_mut()
-            .find(|p| p.phase_key == key)
-            .ok_or(StoreError::Stale("phase"))?;
-        run_phases::run_phases_set_state(conn, self.run.id, phase, next, error).await?;
+        let phase = phase_mut(&mut self.phases, key)?;
+        match self.phase_writes.as_mut() {
+            Some(writes) => {
+                phase.state.check_becomes(next)?;
+                hold_back(writes, phase, next, None, error);
+            }
+            None => run_phases::run_phases_set_state(conn, self.run.id, phase, next, error).await?,
+        }
         phase.state = next;
         phase.error = error.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Start attempt `attempt` of phase `key`: it becomes running with that attempt
+    /// count (checked against the transition table).
+    ///
+    /// # Errors
+    /// [`StoreError`]; a phase the run does not have is [`StoreError::Stale`].
+    pub async fn start_attempt(
+        &mut self,
+        conn: &mut PgConnection,
+        key: &str,
+        attempt: i32,
+    ) -> Result<(), StoreError> {
+        let phase = phase_mut(&mut self.phases, key)?;
+        match self.phase_writes.as_mut() {
+            Some(writes) => {
+                phase.state.check_becomes(PhaseState::Running)?;
+                hold_back(writes, phase, PhaseState::Running, Some(attempt), None);
+            }
+            None => {
+                run_phases::run_phases_start_attempt(conn, self.run.id, phase, attempt).await?;
+            }
+        }
+        phase.state = PhaseState::Running;
+        phase.attempts = attempt;
+        phase.error = None;
         Ok(())
     }
 
@@ -253,11 +327,8 @@ impl LockedRun {
         key: &str,
         comment: Option<&str>,
     ) -> Result<i32, StoreError> {
-        let phase = self
-            .phases
-            .iter_mut()
-            .find(|p| p.phase_key == key)
-            .ok_or(StoreError::Stale("phase"))?;
+        self.flush_phase_writes(conn).await?;
+        let phase = phase_mut(&mut self.phases, key)?;
         let round = run_phases::run_phases_new_round(conn, self.run.id, phase, comment).await?;
         phase.state = PhaseState::Pending;
         phase.round = round;
@@ -295,9 +366,22 @@ impl LockedRun {
         conn: &mut PgConnection,
         wake: WakeStreams,
     ) -> Result<Vec<crate::store::events::Appended>, AdvanceError> {
+        use crate::store::events::{events_append, events_append_with_phase_writes};
         let events = std::mem::take(&mut self.events);
-        let appended =
-            crate::store::events::events_append(conn, self.run.id, &events, wake).await?;
+        let appended = match wake {
+            WakeStreams::InTransaction => {
+                self.flush_phase_writes(conn).await?;
+                events_append(conn, self.run.id, &events).await?
+            }
+            WakeStreams::AfterCommit => {
+                let writes = self
+                    .phase_writes
+                    .as_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                events_append_with_phase_writes(conn, self.run.id, &events, &writes).await?
+            }
+        };
         crate::webhooks::enqueue_notifications(conn, &self.run.queue, self.run.id, &appended)
             .await?;
         Ok(appended)
@@ -429,6 +513,8 @@ pub async fn end_run(
     error: Option<&str>,
 ) -> Result<(), AdvanceError> {
     let run_id = locked.run.id;
+    // The report reads the phase rows, and what ends here skips the unfinished ones.
+    locked.flush_phase_writes(conn).await?;
     locked.set_state(conn, state, error).await?;
     let mut unfinished = false;
     for p in &mut locked.phases {
@@ -450,4 +536,44 @@ pub async fn end_run(
     report::compose_and_store(conn, run_id).await?;
     tracing::info!(run_id = %run_id, state = state.as_str(), "run ended");
     Ok(())
+}
+
+/// Hold back `phase`'s change to `next`: one write per phase per transaction, from the
+/// state its row holds (the first change's source) to the last change's outcome.
+fn hold_back(
+    writes: &mut Vec<PhaseWrite>,
+    phase: &PhaseRow,
+    next: PhaseState,
+    attempts: Option<i32>,
+    error: Option<&str>,
+) {
+    let index = writes
+        .iter()
+        .position(|w| w.phase_key == phase.phase_key)
+        .unwrap_or_else(|| {
+            writes.push(PhaseWrite {
+                phase_key: phase.phase_key.clone(),
+                from: phase.state,
+                to: next,
+                attempts: None,
+                error: None,
+                started: false,
+            });
+            writes.len() - 1
+        });
+    let write = &mut writes[index];
+    write.to = next;
+    write.error = error.map(str::to_owned);
+    if attempts.is_some() {
+        write.attempts = attempts;
+        write.started = true;
+    }
+}
+
+/// Phase `key` of a locked run's phases; [`StoreError::Stale`] when the run has none.
+fn phase_mut<'a>(phases: &'a mut [PhaseRow], key: &str) -> Result<&'a mut PhaseRow, StoreError> {
+    phases
+        .iter_mut()
+        .find(|p| p.phase_key == key)
+        .ok_or(StoreError::Stale("phase"))
 }

@@ -187,10 +187,7 @@ async fn fan_out_items(
         ));
     }
     // The fan-out phase runs (from now: its duration spans its items).
-    run_phases::run_phases_start_attempt(conn, locked.run.id, row, 0).await?;
-    if let Some(r) = locked.phases.iter_mut().find(|p| p.phase_key == key) {
-        r.state = PhaseState::Running;
-    }
+    locked.start_attempt(conn, key, 0).await?;
     let pending: Vec<PhaseRow> = locked
         .items_of(key)
         .filter(|i| i.state == PhaseState::Pending)

@@ -130,13 +130,7 @@ impl Ledger {
             return Err(BeginError::RunEnded);
         }
         let started = NewEvent::model_call_started(&self.site(turn), call_id, model);
-        events::events_append(
-            &mut tx,
-            self.at.run,
-            &[started],
-            events::WakeStreams::InTransaction,
-        )
-        .await?;
+        events::events_append(&mut tx, self.at.run, &[started]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -180,13 +174,7 @@ impl Ledger {
                 latency_ms: c.latency_ms,
             };
             let finished = NewEvent::model_call_finished(&self.site(c.turn), call_id, &summary);
-            events::events_append(
-                &mut tx,
-                self.at.run,
-                &[finished],
-                events::WakeStreams::InTransaction,
-            )
-            .await?;
+            events::events_append(&mut tx, self.at.run, &[finished]).await?;
         }
         let tokens = c.tokens_in.saturating_add(c.tokens_out);
         if tokens > 0 || c.cost_usd > 0.0 {
@@ -252,7 +240,6 @@ impl Ledger {
             &mut tx,
             self.at.run,
             &[NewEvent::tool_called(&self.site(turn), id, &called)],
-            events::WakeStreams::InTransaction,
         )
         .await?;
         tx.commit().await

@@ -74,7 +74,9 @@ pub(super) async fn record_in(
                     && ph.attempts == p.attempt
             })
     }) {
-        let mut locked = LockedRun::new(run, phases).with_template(started.template.clone());
+        let mut locked = LockedRun::new(run, phases)
+            .with_template(started.template.clone())
+            .defer_phase_writes();
         if let Some(capabilities) = &r.go_on {
             locked.offer_hand_over(capabilities.clone());
         }

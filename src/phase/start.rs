@@ -11,7 +11,7 @@ use crate::phase_job::PhaseJob;
 use crate::state::{PhaseState, RunState};
 use crate::store::files::{self, SeedFile};
 use crate::store::run_inputs::{self, AttemptContext, PreviousArtifact, PriorArtifact};
-use crate::store::run_phases::{self, PhaseRow};
+use crate::store::run_phases::PhaseRow;
 use crate::store::runs::{self, RunRow};
 use crate::workflow::{Persona, Phase, RunInputs, WorkflowTemplate};
 use sqlx::{PgConnection, PgPool};
@@ -94,14 +94,12 @@ pub(super) async fn start(
     if is_stale(&run, &phase, p) {
         return Ok(Start::Nothing);
     }
+    let mut locked = LockedRun::new(run, phases).defer_phase_writes();
     // 2. Read what the attempt starts from.
-    let ctx =
-        run_inputs::run_inputs_attempt_context(&mut tx, p.run_id, &p.phase, p.round, p.attempt)
-            .await?;
+    let ctx = read_context(&mut tx, &locked, p).await?;
     if ctx.recorded {
         return Ok(Start::Nothing);
     }
-    let mut locked = LockedRun::new(run, phases);
     // 3. A run out of budget waits for a top-up, before any call (parked together
     //    with this job's completion); so does a branch that starts while another
     //    branch's park holds the run.
@@ -136,9 +134,18 @@ pub(super) async fn start_handed_over(
     phase: &PhaseRow,
     p: &PhaseJob,
 ) -> Result<Started, PhaseError> {
-    let ctx = run_inputs::run_inputs_attempt_context(conn, p.run_id, &p.phase, p.round, p.attempt)
-        .await?;
+    let ctx = read_context(conn, locked, p).await?;
     begin(conn, definitions, locked, phase, p, ctx).await
+}
+
+async fn read_context(
+    conn: &mut PgConnection,
+    locked: &LockedRun,
+    p: &PhaseJob,
+) -> Result<AttemptContext, sqlx::Error> {
+    let completed = locked.completed_phase_keys();
+    run_inputs::run_inputs_attempt_context(conn, p.run_id, &p.phase, p.round, p.attempt, &completed)
+        .await
 }
 
 /// Mark the attempt started and read the files it starts with (its inputs and what the
@@ -155,9 +162,11 @@ async fn begin(
     let template = definitions.template(conn, &ctx.template_hash).await?;
     let persona = definitions.persona(conn, &ctx.persona_hash).await?;
     let mut started = parse_context(ctx, template, persona, phase, p)?;
-    mark_started(conn, locked, phase, p).await?;
+    mark_started(conn, locked, p).await?;
     if has_files {
-        started.files = files::run_files_seed(conn, p.run_id, &started.upstream).await?;
+        let completed = locked.completed_phase_keys();
+        started.files =
+            files::run_files_seed(conn, p.run_id, &started.upstream, &completed).await?;
     }
     Ok(started)
 }
@@ -165,14 +174,13 @@ async fn begin(
 async fn mark_started(
     conn: &mut PgConnection,
     locked: &mut LockedRun,
-    phase: &PhaseRow,
     p: &PhaseJob,
 ) -> Result<(), PhaseError> {
     if locked.run.state == RunState::Queued {
         locked.set_state(conn, RunState::Running, None).await?;
         locked.events.push(NewEvent::run_started());
     }
-    run_phases::run_phases_start_attempt(conn, p.run_id, phase, p.attempt).await?;
+    locked.start_attempt(conn, &p.phase, p.attempt).await?;
     locked
         .events
         .push(NewEvent::phase_started(&p.phase, p.round, p.attempt));

@@ -1,44 +1,16 @@
 //! `run_events`: the append-only event log of each run.
 
+use super::StoreError;
+use super::run_phases::{self, PhaseWrite, PhaseWriteArrays};
 use crate::events::{EVENTS_CHANNEL, Event, NewEvent};
 use crate::ids::RunId;
 use sqlx::PgConnection;
+use std::sync::LazyLock;
 
-/// When live streams hear of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WakeStreams {
-    /// A NOTIFY in the appending transaction (delivered at its commit).
-    InTransaction,
-    /// The caller wakes them after its commit ([`crate::events::StreamWakeUps`]): a
-    /// transaction that notifies holds PostgreSQL's database-wide notification lock
-    /// through its commit, so the busiest transactions (a phase's) leave it out.
-    AfterCommit,
-}
-
-/// Append `events` to the run's log in one statement: keys the run already used are
-/// skipped, the rest get the next dense sequence numbers from `runs.next_event_seq`,
-/// and, with [`WakeStreams::InTransaction`], live streams are notified of the last one.
-/// Call inside the transaction that makes the change the events record, after locking
-/// the run (every engine transaction does), so sequences and the duplicate check cannot
-/// race. Returns what was appended (a key the run already used appends nothing).
-///
-/// # Errors
-/// Database errors (including a missing run).
-pub async fn events_append(
-    conn: &mut PgConnection,
-    run: RunId,
-    events: &[NewEvent],
-    wake: WakeStreams,
-) -> Result<Vec<Appended>, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
-    let phases: Vec<Option<&str>> = events.iter().map(|e| e.phase.as_deref()).collect();
-    let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
-    let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
-    let appended: Vec<Appended> = sqlx::query_as(
-        "WITH new AS (
+/// The events to append, numbered: `$1` the run, `$2..$5` the events' kinds, phases,
+/// keys and data. Keys the run already used are skipped, the rest get the next dense
+/// sequence numbers from `runs.next_event_seq` (bumped only when there is one).
+const APPEND_CTES: &str = "new AS (
              SELECT e.kind, e.phase, e.key, e.data, e.ord,
                     row_number() OVER (ORDER BY e.ord) AS n
                FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[])
@@ -48,30 +20,135 @@ pub async fn events_append(
          ), bump AS (
              UPDATE runs SET next_event_seq = next_event_seq + (SELECT count(*) FROM new),
                     updated_at = now()
-              WHERE id = $1
+              WHERE id = $1 AND EXISTS (SELECT 1 FROM new)
           RETURNING next_event_seq - (SELECT count(*) FROM new) AS first
          ), inserted AS (
              INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
              SELECT $1, bump.first + new.n - 1, new.kind, new.phase, new.key, new.data
                FROM new, bump
           RETURNING seq, kind
-         ), notified AS (
-             SELECT pg_notify($6, $1::text || ':' || max(seq)) FROM inserted
-             HAVING count(*) > 0 AND $7
+         )";
+
+/// Append, and notify live streams (`$6`, the channel) of the last seq. Each variant is
+/// its own statement (none takes a flag): a plan that one flag's value could simplify
+/// would be planned again on every call instead of once per connection.
+static APPEND_AND_NOTIFY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {APPEND_CTES}, notified AS (
+             SELECT pg_notify($6, $1::text || ':' || max(seq)) FROM inserted HAVING count(*) > 0
          )
-         SELECT seq, kind FROM inserted WHERE (SELECT count(*) FROM notified) >= 0
-         ORDER BY seq",
+         SELECT seq, kind FROM inserted WHERE (SELECT count(*) FROM notified) >= 0 ORDER BY seq"
     )
-    .bind(run)
-    .bind(&kinds)
-    .bind(&phases)
-    .bind(&keys)
-    .bind(&data)
-    .bind(EVENTS_CHANNEL)
-    .bind(wake == WakeStreams::InTransaction)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(appended)
+});
+
+/// Write the phase rows held back by the transaction (`$6..$11`), then append, without
+/// notifying.
+static WRITE_PHASES_AND_APPEND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH written AS ({}), {APPEND_CTES}
+         SELECT (SELECT count(*) FROM written) AS phases_written,
+                ARRAY(SELECT seq FROM inserted ORDER BY seq) AS seqs,
+                ARRAY(SELECT kind FROM inserted ORDER BY seq) AS kinds",
+        run_phases::write_many_sql(6)
+    )
+});
+
+/// Append `events` to the run's log in one statement, and notify live streams of the
+/// last one (delivered at the commit). Call inside the transaction that makes the
+/// change the events record, after locking the run (every engine transaction does), so
+/// sequences and the duplicate check cannot race. Returns what was appended (a key the
+/// run already used appends nothing).
+///
+/// # Errors
+/// Database errors (including a missing run).
+pub async fn events_append(
+    conn: &mut PgConnection,
+    run: RunId,
+    events: &[NewEvent],
+) -> Result<Vec<Appended>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let columns = EventColumns::of(events);
+    sqlx::query_as(APPEND_AND_NOTIFY.as_str())
+        .bind(run)
+        .bind(columns.kinds)
+        .bind(columns.phases)
+        .bind(columns.keys)
+        .bind(columns.data)
+        .bind(EVENTS_CHANNEL)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// What [`events_append_with_phase_writes`] wrote.
+#[derive(Debug, sqlx::FromRow)]
+struct WrittenAndAppended {
+    phases_written: i64,
+    seqs: Vec<i64>,
+    kinds: Vec<String>,
+}
+
+/// Write `phase_writes` and append `events` in one statement, as [`events_append`] does
+/// but without notifying: a transaction that notifies holds PostgreSQL's database-wide
+/// notification lock through its commit, so the busiest transactions (a phase's) leave
+/// it out and the caller wakes the streams after its commit
+/// ([`crate::events::StreamWakeUps`]).
+///
+/// # Errors
+/// [`StoreError::Stale`] when a phase row was not in its `from` state; database errors.
+pub async fn events_append_with_phase_writes(
+    conn: &mut PgConnection,
+    run: RunId,
+    events: &[NewEvent],
+    phase_writes: &[PhaseWrite],
+) -> Result<Vec<Appended>, StoreError> {
+    if events.is_empty() {
+        run_phases::run_phases_write_many(conn, run, phase_writes).await?;
+        return Ok(Vec::new());
+    }
+    let columns = EventColumns::of(events);
+    let phases = PhaseWriteArrays::of(phase_writes);
+    let row: WrittenAndAppended = sqlx::query_as(WRITE_PHASES_AND_APPEND.as_str())
+        .bind(run)
+        .bind(columns.kinds)
+        .bind(columns.phases)
+        .bind(columns.keys)
+        .bind(columns.data)
+        .bind(phases.keys)
+        .bind(phases.from)
+        .bind(phases.to)
+        .bind(phases.attempts)
+        .bind(phases.errors)
+        .bind(phases.started)
+        .fetch_one(&mut *conn)
+        .await?;
+    run_phases::all_written(row.phases_written, phase_writes)?;
+    Ok(row
+        .seqs
+        .into_iter()
+        .zip(row.kinds)
+        .map(|(seq, kind)| Appended { seq, kind })
+        .collect())
+}
+
+/// Events as the columns [`APPEND_CTES`] binds.
+struct EventColumns<'a> {
+    kinds: Vec<&'a str>,
+    phases: Vec<Option<&'a str>>,
+    keys: Vec<&'a str>,
+    data: Vec<&'a serde_json::Value>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(events: &'a [NewEvent]) -> Self {
+        Self {
+            kinds: events.iter().map(|e| e.kind).collect(),
+            phases: events.iter().map(|e| e.phase.as_deref()).collect(),
+            keys: events.iter().map(|e| e.key.as_str()).collect(),
+            data: events.iter().map(|e| &e.data).collect(),
+        }
+    }
 }
 
 /// Tell live streams that these runs have events up to these seqs, in one statement

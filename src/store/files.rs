@@ -122,7 +122,8 @@ pub async fn run_files_replace(
 /// What an attempt of a phase starts with: the run's inputs, then the files of each
 /// completed phase `upstream` of it and of their fan-out items (one phase later in
 /// template order replaces an earlier one's file at the same path, a later item an
-/// earlier item's).
+/// earlier item's). `completed` are the run's completed phases and items as the
+/// caller's transaction sees them.
 ///
 /// # Errors
 /// Database errors.
@@ -130,6 +131,7 @@ pub async fn run_files_seed(
     conn: &mut PgConnection,
     run: RunId,
     upstream: &[String],
+    completed: &[String],
 ) -> Result<Vec<SeedFile>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT ON (f.path) f.path, CASE WHEN b.is_binary THEN NULL ELSE b.content END AS content,
@@ -138,12 +140,13 @@ pub async fn run_files_seed(
            JOIN file_blobs b ON b.sha256 = f.sha256
            LEFT JOIN run_phases p ON p.run_id = f.run_id AND p.phase_key = f.origin
           WHERE f.run_id = $1
-            AND (f.origin = '' OR (p.state = 'completed'
+            AND (f.origin = '' OR (p.phase_key = ANY($3)
                                    AND (p.phase_key = ANY($2) OR p.parent = ANY($2))))
           ORDER BY f.path, COALESCE(p.position, -1) DESC, p.item_index DESC NULLS LAST",
     )
     .bind(run)
     .bind(upstream)
+    .bind(completed)
     .fetch_all(&mut *conn)
     .await
 }

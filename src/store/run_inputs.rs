@@ -49,7 +49,9 @@ pub struct PreviousArtifact {
     pub validation_errors: serde_json::Value,
 }
 
-/// Read what attempt `attempt` of `round` of `phase` starts from.
+/// Read what attempt `attempt` of `round` of `phase` starts from; `completed` are the
+/// run's completed phases as the caller's transaction sees them (it may hold their rows'
+/// changes back until its events are written).
 ///
 /// # Errors
 /// Database errors (a run without template, binding or inputs is one).
@@ -59,6 +61,7 @@ pub async fn run_inputs_attempt_context(
     phase: &str,
     round: i32,
     attempt: i32,
+    completed: &[String],
 ) -> Result<AttemptContext, sqlx::Error> {
     sqlx::query_as::<_, AttemptContext>(
         "SELECT r.template_hash, b.persona_hash, i.requirements, i.objective, i.extra,
@@ -68,7 +71,7 @@ pub async fn run_inputs_attempt_context(
                    JOIN LATERAL (SELECT phase_key, path, content FROM artifacts x
                                   WHERE x.run_id = ph.run_id AND x.phase_key = ph.phase_key AND x.valid AND x.path IS NOT NULL
                                   ORDER BY x.round DESC, x.attempt DESC LIMIT 1) a ON true
-                  WHERE ph.run_id = r.id AND ph.state = 'completed' AND ph.parent IS NULL) AS prior,
+                  WHERE ph.run_id = r.id AND ph.phase_key = ANY($5) AND ph.parent IS NULL) AS prior,
                 (SELECT jsonb_build_object('round', v.round, 'attempt', v.attempt, 'content', v.content,
                         'valid', v.valid, 'validation_errors', v.validation_errors)
                    FROM artifacts v
@@ -89,6 +92,7 @@ pub async fn run_inputs_attempt_context(
     .bind(phase)
     .bind(round)
     .bind(attempt)
+    .bind(completed)
     .fetch_one(&mut *conn)
     .await
 }

@@ -141,6 +141,115 @@ pub async fn run_phases_start_attempt(
     super::one_row_changed(&done, "phase")
 }
 
+/// A change of one phase row that a [`crate::advance::LockedRun`] holds back until its
+/// transaction writes its events: the phase goes from `from` (its state as the row
+/// holds it now) to `to`; `attempts` is set when an attempt starts (`started`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseWrite {
+    pub phase_key: String,
+    pub from: PhaseState,
+    pub to: PhaseState,
+    pub attempts: Option<i32>,
+    pub error: Option<String>,
+    pub started: bool,
+}
+
+/// The `UPDATE` that writes [`PhaseWrite`]s of run `$1`, its arrays bound from parameter
+/// `$first` on (see [`PhaseWriteArrays`]); the same stamps as
+/// [`run_phases_set_state`] and [`run_phases_start_attempt`]. A row no longer in its
+/// `from` state is not written (the caller compares the count).
+pub(super) fn write_many_sql(first: usize) -> String {
+    let [keys, from, to, attempts, errors, started] = std::array::from_fn(|i| first + i);
+    format!(
+        "UPDATE run_phases p SET state = w.next, attempts = COALESCE(w.attempts, p.attempts),
+                error = w.error,
+                started_at = CASE WHEN w.started THEN COALESCE(p.started_at, now()) ELSE p.started_at END,
+                finished_at = CASE WHEN w.next IN ('completed', 'failed', 'skipped') THEN now() END
+           FROM unnest(${keys}::text[], ${from}::phase_state[], ${to}::phase_state[], ${attempts}::int4[],
+                       ${errors}::text[], ${started}::bool[]) AS w(key, expected, next, attempts, error, started)
+          WHERE p.run_id = $1 AND p.phase_key = w.key AND p.state = w.expected
+      RETURNING 1"
+    )
+}
+
+/// [`PhaseWrite`]s as the columns [`write_many_sql`] binds, in order.
+pub(super) struct PhaseWriteArrays<'a> {
+    pub keys: Vec<&'a str>,
+    pub from: Vec<PhaseState>,
+    pub to: Vec<PhaseState>,
+    pub attempts: Vec<Option<i32>>,
+    pub errors: Vec<Option<&'a str>>,
+    pub started: Vec<bool>,
+}
+
+impl<'a> PhaseWriteArrays<'a> {
+    pub(super) fn of(writes: &'a [PhaseWrite]) -> Self {
+        Self {
+            keys: writes.iter().map(|w| w.phase_key.as_str()).collect(),
+            from: writes.iter().map(|w| w.from).collect(),
+            to: writes.iter().map(|w| w.to).collect(),
+            attempts: writes.iter().map(|w| w.attempts).collect(),
+            errors: writes.iter().map(|w| w.error.as_deref()).collect(),
+            started: writes.iter().map(|w| w.started).collect(),
+        }
+    }
+
+    pub(super) fn bind<'q>(
+        self,
+        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.keys)
+            .bind(self.from)
+            .bind(self.to)
+            .bind(self.attempts)
+            .bind(self.errors)
+            .bind(self.started)
+    }
+}
+
+static WRITE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH written AS ({}) SELECT count(*) FROM written",
+        write_many_sql(2)
+    )
+});
+
+/// Write `writes` of run `run` in one statement.
+///
+/// # Errors
+/// [`StoreError::Stale`] when a row was not in its `from` state; database errors.
+pub async fn run_phases_write_many(
+    conn: &mut PgConnection,
+    run: RunId,
+    writes: &[PhaseWrite],
+) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let query = sqlx::query_scalar::<_, i64>(WRITE_MANY.as_str()).bind(run);
+    let written = PhaseWriteArrays::of(writes)
+        .bind(query)
+        .fetch_one(&mut *conn)
+        .await?;
+    all_written(written, writes)
+}
+
+/// `Ok` when a write statement changed one row per write.
+///
+/// # Errors
+/// [`StoreError::Stale`] otherwise.
+pub fn all_written(written: i64, writes: &[PhaseWrite]) -> Result<(), StoreError> {
+    if usize::try_from(written).is_ok_and(|n| n == writes.len()) {
+        Ok(())
+    } else {
+        Err(StoreError::Stale("phase"))
+    }
+}
+
 /// Start a new round of `phase` (a revision with the reviewer's `comment`, or an
 /// operator's retry without one): it becomes `pending` with no attempts.
 ///
