@@ -1019,13 +1019,24 @@ async fn one_worker_serves_two_versions_of_a_template_each_by_its_own_definition
     fleet.shutdown().await;
 }
 
+/// What goes wrong while B, C and D queue behind A's recording.
+#[derive(Clone, Copy, PartialEq)]
+enum Behind {
+    Nothing,
+    /// D's lease is taken.
+    DLosesItsLease,
+    /// The run of the three that their shared transaction records first is held by
+    /// another transaction until the other two are recorded.
+    FirstOfThemHeld,
+}
+
 /// Four runs whose first attempts one worker records with a single recorder: run A's
 /// attempt ends first (2 s) and its recording waits on A's row, held by the test, while
-/// the attempts of B, C and D end (3 s) and queue behind it; `steal_d` takes D's lease
-/// meanwhile. Returns the runs and each attempt's result, once the row is released.
+/// the attempts of B, C and D end (3 s) and queue behind it; `behind` goes wrong
+/// meanwhile. Returns the runs and each attempt's result, once the rows are released.
 async fn record_three_behind_a_held_run(
     pool: &sqlx::PgPool,
-    steal_d: bool,
+    behind: Behind,
 ) -> (
     Vec<phasefleet::RunId>,
     Vec<Result<queue::Completed, phasefleet::phase::PhaseError>>,
@@ -1053,14 +1064,8 @@ async fn record_three_behind_a_held_run(
     for run in &runs {
         phase_reaches(pool, *run, "spec", PhaseState::Running).await;
     }
-    let mut hold = pool.begin().await.unwrap();
-    let holder: String =
-        sqlx::query_scalar("SELECT pg_current_xact_id()::text FROM runs WHERE id = $1 FOR UPDATE")
-            .bind(runs[0])
-            .fetch_one(&mut *hold)
-            .await
-            .unwrap();
-    if steal_d {
+    let (hold, holder) = hold_run(pool, runs[0]).await;
+    if behind == Behind::DLosesItsLease {
         sqlx::query("UPDATE jobs SET lease_token = lease_token + 1 WHERE id = $1")
             .bind(jobs[3].id)
             .execute(pool)
@@ -1085,12 +1090,48 @@ async fn record_three_behind_a_held_run(
     .await;
     // B, C and D end at 3 s and queue behind A.
     tokio::time::sleep_until(spawned + Duration::from_millis(4500)).await;
+    let first_of_them = runs[1..].iter().min().copied();
+    let held = match (behind, first_of_them) {
+        (Behind::FirstOfThemHeld, Some(first)) => Some((first, hold_run(pool, first).await.0)),
+        _ => None,
+    };
     hold.commit().await.unwrap();
+    if let Some((first, hold)) = held {
+        let others: Vec<_> = runs[1..].iter().filter(|r| **r != first).collect();
+        eventually(
+            Duration::from_secs(10),
+            "the others of the group are recorded while the first one's run is held",
+            || async {
+                for run in &others {
+                    artifact_transaction(pool, **run).await?;
+                }
+                Some(())
+            },
+        )
+        .await;
+        assert_eq!(artifact_transaction(pool, first).await, None);
+        hold.commit().await.unwrap();
+    }
     let mut results = Vec::new();
     for attempt in attempts {
         results.push(attempt.await.unwrap());
     }
     (runs, results)
+}
+
+/// Hold `run`'s row in a transaction of the test's; returns it and its id.
+async fn hold_run(
+    pool: &sqlx::PgPool,
+    run: phasefleet::RunId,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, String) {
+    let mut hold = pool.begin().await.unwrap();
+    let holder: String =
+        sqlx::query_scalar("SELECT pg_current_xact_id()::text FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(run)
+            .fetch_one(&mut *hold)
+            .await
+            .unwrap();
+    (hold, holder)
 }
 
 /// The transaction that stored each run's artifact of its first phase, if one did.
@@ -1105,7 +1146,7 @@ async fn artifact_transaction(pool: &sqlx::PgPool, run: phasefleet::RunId) -> Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attempts_that_end_while_the_recorder_is_busy_share_one_transaction() {
     let pool = pool().await;
-    let (runs, results) = record_three_behind_a_held_run(&pool, false).await;
+    let (runs, results) = record_three_behind_a_held_run(&pool, Behind::Nothing).await;
     for result in results {
         let _completed = result.unwrap();
     }
@@ -1123,10 +1164,30 @@ async fn attempts_that_end_while_the_recorder_is_busy_share_one_transaction() {
     );
 }
 
+/// A run row held by another transaction (an approval's decision, an operator) stops
+/// the shared transaction that records it at the group's lock timeout (2 s), not for as
+/// long as it is held: the group rolls back and its attempts are recorded alone, all at
+/// once, so the others are recorded while the row is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_held_by_another_transaction_keeps_the_rest_of_its_group_waiting_at_most_seconds() {
+    let pool = pool().await;
+    let (runs, results) = record_three_behind_a_held_run(&pool, Behind::FirstOfThemHeld).await;
+    let mut recorded_in = Vec::new();
+    for (run, result) in runs.iter().zip(results) {
+        let _completed = result.unwrap();
+        recorded_in.push(artifact_transaction(&pool, *run).await.unwrap());
+        phase_reaches(&pool, *run, "spec", PhaseState::Completed).await;
+        assert_event_log_sound(&pool, *run).await;
+    }
+    recorded_in.sort();
+    recorded_in.dedup();
+    assert_eq!(recorded_in.len(), 4, "each attempt was recorded alone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_lease_in_a_shared_record_transaction_costs_the_other_attempts_nothing() {
     let pool = pool().await;
-    let (runs, mut results) = record_three_behind_a_held_run(&pool, true).await;
+    let (runs, mut results) = record_three_behind_a_held_run(&pool, Behind::DLosesItsLease).await;
     let lost = results.pop().unwrap();
     assert!(
         matches!(lost, Err(phasefleet::phase::PhaseError::Queue(_))),

@@ -12,8 +12,9 @@
 //!   more than 2 s ([`GROUP_LOCK_TIMEOUT`]: a run row an approval holds) fails the
 //!   group the same way. Either is then a failure of one attempt, below.
 //! - Failure: when one attempt of a group fails, the group rolls back (nothing of it
-//!   was written) and each of its attempts is recorded again alone, so one attempt's
-//!   lost lease or stale delivery costs the others nothing but time. A failed
+//!   was written) and each of its attempts is recorded again alone, all at once, so
+//!   one attempt's lost lease, stale delivery or held run costs the others nothing but
+//!   time. A failed
 //!   `COMMIT` is answered to each attempt as it would be alone: it may have committed,
 //!   so nothing is recorded again.
 //! - A phase that stopped waiting for its answer before its turn (its task was
@@ -181,11 +182,27 @@ async fn record_group(context: Context, mut group: Vec<Request>) {
             Together::RolledBack => {}
         }
     }
+    record_each_alone(&context, group).await;
+}
+
+/// Record each attempt in its own transaction, all at once: one whose run another
+/// transaction holds keeps none of the others waiting, and each phase hears its answer
+/// as soon as its own commit ends.
+async fn record_each_alone(context: &Context, group: Vec<Request>) {
+    let mut each = tokio::task::JoinSet::new();
     for request in group {
-        let recorded = alone(pool, definitions, &request.attempt)
-            .instrument(request.span.clone())
-            .await;
-        answer(wake_ups, request, recorded);
+        let context = context.clone();
+        each.spawn(async move {
+            let recorded = alone(&context.pool, &context.definitions, &request.attempt)
+                .instrument(request.span.clone())
+                .await;
+            answer(&context.wake_ups, request, recorded);
+        });
+    }
+    while let Some(done) = each.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "recording an attempt alone failed; it is delivered again");
+        }
     }
 }
 
