@@ -25,30 +25,51 @@ pub enum DbError {
     Cancelled,
 }
 
-/// A pooled connection idle for longer than this is pinged before it is handed out.
+/// When a pool checks that a connection still works before handing it out (a broken
+/// one is dropped and another taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ping {
+    /// Before every use: a broken connection never reaches the caller. For callers that
+    /// do not retry (the API's requests, the CLI).
+    BeforeEachUse,
+    /// Only when it was idle for more than [`PING_IF_IDLE_FOR`]: a ping is a round trip
+    /// to the server, and a busy worker would make one before every transaction. A
+    /// connection that broke since its last use fails its first statement, which a
+    /// worker retries as any database error (the phase is delivered again).
+    AfterIdle,
+}
+
+/// A pooled connection idle for longer than this is pinged before it is handed out
+/// ([`Ping::AfterIdle`]).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Pool options shared by every binary: short acquire timeout so a database outage
-/// surfaces as an error the caller can back off from instead of a hang. A connection
-/// idle for more than [`PING_IF_IDLE_FOR`] is pinged before it is handed out (a broken
-/// one is dropped and another taken); one returned a moment ago is not, since a ping is
-/// a round trip to the server for every transaction of a busy worker. A connection that
-/// broke in that moment fails its first statement, which the caller retries as any
-/// database error.
+/// surfaces as an error the caller can back off from instead of a hang; each connection
+/// pinged before it is handed out ([`Ping::BeforeEachUse`]).
 #[must_use]
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {
-    PgPoolOptions::new()
+    pool_options_pinging(max_connections, Ping::BeforeEachUse)
+}
+
+/// [`pool_options`] with the pings of `ping`.
+#[must_use]
+pub fn pool_options_pinging(max_connections: u32, ping: Ping) -> PgPoolOptions {
+    let options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_IF_IDLE_FOR {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
+        .acquire_timeout(Duration::from_secs(5));
+    match ping {
+        Ping::BeforeEachUse => options.test_before_acquire(true),
+        Ping::AfterIdle => options
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            }),
+    }
 }
 
 /// Connect once.
@@ -56,7 +77,19 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
 /// # Errors
 /// [`DbError::Connect`] when the server cannot be reached or refuses the login.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    pool_options(max_connections)
+    connect_pinging(url, max_connections, Ping::BeforeEachUse).await
+}
+
+/// [`connect`] with the pings of `ping`.
+///
+/// # Errors
+/// [`DbError::Connect`] when the server cannot be reached or refuses the login.
+pub async fn connect_pinging(
+    url: &str,
+    max_connections: u32,
+    ping: Ping,
+) -> Result<PgPool, DbError> {
+    pool_options_pinging(max_connections, ping)
         .connect(url)
         .await
         .map_err(|source| DbError::Connect {
@@ -65,18 +98,20 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
         })
 }
 
-/// Connect, retrying with capped backoff until it works or `cancel` fires.
+/// Connect (with the pings of `ping`), retrying with capped backoff until it works or
+/// `cancel` fires.
 ///
 /// # Errors
 /// [`DbError::Cancelled`] when cancelled before a connection was made.
 pub async fn connect_with_retry(
     url: &str,
     max_connections: u32,
+    ping: Ping,
     cancel: &CancellationToken,
 ) -> Result<PgPool, DbError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match connect(url, max_connections).await {
+        match connect_pinging(url, max_connections, ping).await {
             Ok(pool) => return Ok(pool),
             Err(err) => {
                 tracing::warn!(error = %err, retry_in_ms = delay.as_millis(), "database not reachable");

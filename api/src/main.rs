@@ -48,7 +48,13 @@ async fn serve() -> anyhow::Result<()> {
     };
     let signals = phasefleet_worker::shutdown::install()?;
     let shutdown = signals.graceful.clone();
-    let pool = phasefleet::db::connect_with_retry(&args.database_url, 16, &shutdown).await?;
+    let pool = phasefleet::db::connect_with_retry(
+        &args.database_url,
+        16,
+        phasefleet::db::Ping::BeforeEachUse,
+        &shutdown,
+    )
+    .await?;
     if args.migrate {
         phasefleet::db::migrate(&pool).await?;
     }

@@ -101,8 +101,9 @@ impl LockedRun {
 
     /// Hold the phase rows' changes back until the events are written, and write them
     /// with the events in one statement ([`Self::flush_events_wake_after_commit`]). What
-    /// reads or writes phase rows otherwise in the transaction writes them first
-    /// ([`Self::flush_phase_writes`]: ending the run, a new round, a fan-out's items).
+    /// reads the phase rows' states or writes them otherwise in the transaction writes
+    /// them first ([`Self::flush_phase_writes`]: ending the run, a new round); a read in
+    /// between must not take states from the rows (take them from `self.phases`).
     #[must_use]
     pub fn defer_phase_writes(mut self) -> Self {
         self.phase_writes = Some(Vec::new());

@@ -12,9 +12,9 @@
 //!   more than 2 s ([`GROUP_LOCK_TIMEOUT`]: a run row an approval holds) fails the
 //!   group the same way. Either is then a failure of one attempt, below.
 //! - Failure: when one attempt of a group fails, the group rolls back (nothing of it
-//!   was written) and each of its attempts is recorded again alone, all at once, so
-//!   one attempt's lost lease, stale delivery or held run costs the others nothing but
-//!   time. A failed
+//!   was written) and each of its attempts is recorded again alone, the runs at once,
+//!   so one attempt's lost lease, stale delivery or held run costs the others nothing
+//!   but time. A failed
 //!   `COMMIT` is answered to each attempt as it would be alone: it may have committed,
 //!   so nothing is recorded again.
 //! - A phase that stopped waiting for its answer before its turn (its task was
@@ -185,25 +185,47 @@ async fn record_group(context: Context, mut group: Vec<Request>) {
     record_each_alone(&context, group).await;
 }
 
-/// Record each attempt in its own transaction, all at once: one whose run another
-/// transaction holds keeps none of the others waiting, and each phase hears its answer
-/// as soon as its own commit ends.
+/// Record each attempt in its own transaction: the attempts of different runs at once,
+/// so that one whose run another transaction holds keeps the others waiting no longer
+/// (each phase hears its answer as soon as its own commit ends); those of one run (a
+/// fan-out's items) one after another, since they would wait on the same row, each on
+/// a connection of its own.
 async fn record_each_alone(context: &Context, group: Vec<Request>) {
     let mut each = tokio::task::JoinSet::new();
-    for request in group {
+    for same_run in by_run(group) {
         let context = context.clone();
         each.spawn(async move {
-            let recorded = alone(&context.pool, &context.definitions, &request.attempt)
-                .instrument(request.span.clone())
-                .await;
-            answer(&context.wake_ups, request, recorded);
+            for request in same_run {
+                let recorded = alone(&context.pool, &context.definitions, &request.attempt)
+                    .instrument(request.span.clone())
+                    .await;
+                answer(&context.wake_ups, request, recorded);
+            }
         });
     }
     while let Some(done) = each.join_next().await {
         if let Err(e) = done {
-            tracing::error!(error = %e, "recording an attempt alone failed; it is delivered again");
+            tracing::error!(error = %e, "recording attempts alone failed; they are delivered again");
         }
     }
+}
+
+/// The group (sorted by run id) split into the attempts of each run.
+fn by_run(group: Vec<Request>) -> Vec<Vec<Request>> {
+    let mut runs: Vec<Vec<Request>> = Vec::new();
+    for request in group {
+        match runs.last_mut() {
+            Some(same)
+                if same
+                    .first()
+                    .is_some_and(|r| r.attempt.p.run_id == request.attempt.p.run_id) =>
+            {
+                same.push(request);
+            }
+            _ => runs.push(vec![request]),
+        }
+    }
+    runs
 }
 
 enum Together {

@@ -75,6 +75,7 @@ async fn serve() -> anyhow::Result<()> {
         &args.database_url,
         args.db_connections
             .unwrap_or_else(|| u32::try_from(args.concurrency + 4).unwrap_or(64)),
+        phasefleet::db::Ping::AfterIdle,
         &signals.graceful,
     )
     .await?;
