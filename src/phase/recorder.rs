@@ -14,9 +14,8 @@
 //! - Failure: when one attempt of a group fails, the group rolls back (nothing of it
 //!   was written) and each of its attempts is recorded again alone, the runs at once,
 //!   so one attempt's lost lease, stale delivery or held run costs the others nothing
-//!   but time. A failed
-//!   `COMMIT` is answered to each attempt as it would be alone: it may have committed,
-//!   so nothing is recorded again.
+//!   but time. A failed `COMMIT` is answered to each attempt as it would be alone: it
+//!   may have committed, so nothing is recorded again.
 //! - A phase that stopped waiting for its answer before its turn (its task was
 //!   dropped) is not recorded; the lease expires and the job is delivered again.
 //! - A group is recorded in a task of its own: a panic ends that task, its phases hear
@@ -190,23 +189,35 @@ async fn record_group(context: Context, mut group: Vec<Request>) {
 /// (each phase hears its answer as soon as its own commit ends); those of one run (a
 /// fan-out's items) one after another, since they would wait on the same row, each on
 /// a connection of its own.
+/// A group of one run (an idle recorder's single attempt, most often) is recorded in
+/// this task.
 async fn record_each_alone(context: &Context, group: Vec<Request>) {
+    let mut runs = by_run(group);
+    if runs.len() == 1
+        && let Some(same_run) = runs.pop()
+    {
+        record_run_alone(context, same_run).await;
+        return;
+    }
     let mut each = tokio::task::JoinSet::new();
-    for same_run in by_run(group) {
+    for same_run in runs {
         let context = context.clone();
-        each.spawn(async move {
-            for request in same_run {
-                let recorded = alone(&context.pool, &context.definitions, &request.attempt)
-                    .instrument(request.span.clone())
-                    .await;
-                answer(&context.wake_ups, request, recorded);
-            }
-        });
+        each.spawn(async move { record_run_alone(&context, same_run).await });
     }
     while let Some(done) = each.join_next().await {
         if let Err(e) = done {
             tracing::error!(error = %e, "recording attempts alone failed; they are delivered again");
         }
+    }
+}
+
+/// Record the attempts of one run, each in its own transaction, one after another.
+async fn record_run_alone(context: &Context, same_run: Vec<Request>) {
+    for request in same_run {
+        let recorded = alone(&context.pool, &context.definitions, &request.attempt)
+            .instrument(request.span.clone())
+            .await;
+        answer(&context.wake_ups, request, recorded);
     }
 }
 

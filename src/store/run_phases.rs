@@ -242,7 +242,7 @@ pub async fn run_phases_write_many(
 ///
 /// # Errors
 /// [`StoreError::Stale`] otherwise.
-pub fn all_written(written: i64, writes: &[PhaseWrite]) -> Result<(), StoreError> {
+pub(super) fn all_written(written: i64, writes: &[PhaseWrite]) -> Result<(), StoreError> {
     if usize::try_from(written).is_ok_and(|n| n == writes.len()) {
         Ok(())
     } else {
