@@ -69,13 +69,9 @@ pub async fn events_append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = EventColumns::of(events);
-    sqlx::query_as(APPEND_AND_NOTIFY.as_str())
-        .bind(run)
-        .bind(columns.kinds)
-        .bind(columns.phases)
-        .bind(columns.keys)
-        .bind(columns.data)
+    let query = sqlx::query_as(APPEND_AND_NOTIFY.as_str()).bind(run);
+    EventColumns::of(events)
+        .bind(query)
         .bind(EVENTS_CHANNEL)
         .fetch_all(&mut *conn)
         .await
@@ -107,20 +103,10 @@ pub async fn events_append_with_phase_writes(
         run_phases::run_phases_write_many(conn, run, phase_writes).await?;
         return Ok(Vec::new());
     }
-    let columns = EventColumns::of(events);
-    let phases = PhaseWriteArrays::of(phase_writes);
-    let row: WrittenAndAppended = sqlx::query_as(WRITE_PHASES_AND_APPEND.as_str())
-        .bind(run)
-        .bind(columns.kinds)
-        .bind(columns.phases)
-        .bind(columns.keys)
-        .bind(columns.data)
-        .bind(phases.keys)
-        .bind(phases.from)
-        .bind(phases.to)
-        .bind(phases.attempts)
-        .bind(phases.errors)
-        .bind(phases.started)
+    let query = sqlx::query_as(WRITE_PHASES_AND_APPEND.as_str()).bind(run);
+    let query = EventColumns::of(events).bind(query);
+    let row: WrittenAndAppended = PhaseWriteArrays::of(phase_writes)
+        .bind(query)
         .fetch_one(&mut *conn)
         .await?;
     run_phases::all_written(row.phases_written, phase_writes)?;
@@ -148,6 +134,18 @@ impl<'a> EventColumns<'a> {
             keys: events.iter().map(|e| e.key.as_str()).collect(),
             data: events.iter().map(|e| &e.data).collect(),
         }
+    }
+
+    /// Bind the columns to `query` as `$2..$5`, in [`APPEND_CTES`]'s order.
+    fn bind<'q, O>(self, query: super::PgQueryAs<'q, O>) -> super::PgQueryAs<'q, O>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.kinds)
+            .bind(self.phases)
+            .bind(self.keys)
+            .bind(self.data)
     }
 }
 

@@ -23,6 +23,10 @@ pub mod webhook_deliveries;
 use crate::state::ForbiddenTransition;
 use sqlx::postgres::PgQueryResult;
 
+/// A `query_as` statement, for the helpers that bind a group of its parameters.
+pub(crate) type PgQueryAs<'q, O> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
+
 /// Why a store write was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

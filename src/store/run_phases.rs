@@ -194,10 +194,8 @@ impl<'a> PhaseWriteArrays<'a> {
         }
     }
 
-    pub(super) fn bind<'q>(
-        self,
-        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>
+    /// Bind the arrays to `query`, in [`write_many_sql`]'s order.
+    pub(super) fn bind<'q, O>(self, query: super::PgQueryAs<'q, O>) -> super::PgQueryAs<'q, O>
     where
         'a: 'q,
     {
@@ -230,8 +228,8 @@ pub async fn run_phases_write_many(
     if writes.is_empty() {
         return Ok(());
     }
-    let query = sqlx::query_scalar::<_, i64>(WRITE_MANY.as_str()).bind(run);
-    let written = PhaseWriteArrays::of(writes)
+    let query = sqlx::query_as::<_, (i64,)>(WRITE_MANY.as_str()).bind(run);
+    let (written,) = PhaseWriteArrays::of(writes)
         .bind(query)
         .fetch_one(&mut *conn)
         .await?;
