@@ -186,6 +186,31 @@ pub async fn advisory_unlock(conn: &mut sqlx::PgConnection, key: i64) -> Result<
     Ok(())
 }
 
+/// Make the transaction on `conn` wait at most `seconds` for any lock; a longer wait
+/// fails its statement (`lock_not_available`).
+///
+/// # Errors
+/// Database errors.
+pub async fn set_local_lock_timeout(
+    conn: &mut sqlx::PgConnection,
+    seconds: u32,
+) -> Result<(), sqlx::Error> {
+    // `SET LOCAL` as a function, which takes parameters.
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{seconds}s"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The database's clock (rows are stamped by it, not by this host's).
+///
+/// # Errors
+/// Database errors.
+pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
+}
+
 /// A database URL without its password, for logs and error messages.
 #[must_use]
 pub fn redact(url: &str) -> String {

@@ -76,11 +76,21 @@ pub fn render_json(r: &ReportInputs) -> Value {
     })
 }
 
-/// The report as Markdown.
+/// The report as Markdown: a summary, the phases' table, their graph, the approvals
+/// and the invalid attempts.
 #[must_use]
 pub fn render_markdown(r: &ReportInputs) -> String {
-    let run = &r.run;
     let mut md = String::new();
+    summary(&mut md, r);
+    phase_table(&mut md, r);
+    graph(&mut md, r);
+    approvals(&mut md, r);
+    invalid_attempts(&mut md, r);
+    md
+}
+
+fn summary(md: &mut String, r: &ReportInputs) {
+    let run = &r.run;
     let _ = writeln!(md, "# Run {}\n", run.id);
     let _ = writeln!(
         md,
@@ -96,6 +106,9 @@ pub fn render_markdown(r: &ReportInputs) -> String {
         "- Cost: ${:.4} over {} LLM call(s), {} tokens\n",
         r.costs.usd, r.costs.llm_calls, r.costs.tokens
     );
+}
+
+fn phase_table(md: &mut String, r: &ReportInputs) {
     let _ = writeln!(
         md,
         "## Phases\n\n| phase | needs | state | attempts | round | duration | model calls | tokens in/out | artifact sha256 |\n|---|---|---|---|---|---|---|---|---|"
@@ -128,40 +141,46 @@ pub fn render_markdown(r: &ReportInputs) -> String {
             cost.tokens_out
         );
     }
-    graph(&mut md, r);
-    if !r.approvals.is_empty() {
-        let _ = writeln!(md, "\n## Approvals\n");
-        for a in &r.approvals {
-            let _ = writeln!(
-                md,
-                "- {} (round {}, gates {}): {}{}",
-                a.phase_key,
-                a.round,
-                a.gates.join(", "),
-                a.action.map_or("pending", |x| x.as_str()),
-                a.comment
-                    .as_deref()
-                    .map(|c| format!(" — {c}"))
-                    .unwrap_or_default()
-            );
-        }
+}
+
+fn approvals(md: &mut String, r: &ReportInputs) {
+    if r.approvals.is_empty() {
+        return;
     }
+    let _ = writeln!(md, "\n## Approvals\n");
+    for a in &r.approvals {
+        let _ = writeln!(
+            md,
+            "- {} (round {}, gates {}): {}{}",
+            a.phase_key,
+            a.round,
+            a.gates.join(", "),
+            a.action.map_or("pending", |x| x.as_str()),
+            a.comment
+                .as_deref()
+                .map(|c| format!(" — {c}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn invalid_attempts(md: &mut String, r: &ReportInputs) {
     let invalid: Vec<_> = r.artifacts.iter().filter(|a| !a.valid).collect();
-    if !invalid.is_empty() {
-        let _ = writeln!(md, "\n## Invalid attempts\n");
-        for a in invalid {
-            let _ = writeln!(
-                md,
-                "- {} round {} attempt {} ({}): {}",
-                a.phase_key,
-                a.round,
-                a.attempt,
-                a.path.as_deref().unwrap_or("files"),
-                a.validation_errors
-            );
-        }
+    if invalid.is_empty() {
+        return;
     }
-    md
+    let _ = writeln!(md, "\n## Invalid attempts\n");
+    for a in invalid {
+        let _ = writeln!(
+            md,
+            "- {} round {} attempt {} ({}): {}",
+            a.phase_key,
+            a.round,
+            a.attempt,
+            a.path.as_deref().unwrap_or("files"),
+            a.validation_errors
+        );
+    }
 }
 
 /// The phase graph as a Mermaid flowchart: each phase (a fan-out with its item count)

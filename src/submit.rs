@@ -11,7 +11,7 @@ use crate::input_files::{self, InputFile};
 use crate::phase_job::PhaseJob;
 use crate::store::files::{self, Blob};
 use crate::store::persona_registry;
-use crate::store::runs::{self, NewPhase, NewRun};
+use crate::store::runs::{self, NewBinding, NewInputs, NewPersona, NewPhase, NewRun, NewTemplate};
 use crate::validate::SchemaRegistry;
 use crate::workflow::Definition;
 use crate::workflow::{Backend, Persona, WorkflowTemplate, canonical_json, sha256_hex};
@@ -85,17 +85,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SubmitError 
     SubmitError::Invalid {
         field: field.into(),
         message: message.into(),
-    }
-}
-
-/// Whether any string (or object key) in `v` holds a NUL character.
-#[must_use]
-pub fn has_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(has_nul),
-        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
     }
 }
 
@@ -229,12 +218,12 @@ fn check_inputs(req: &SubmitRequest) -> Result<(), SubmitError> {
         ("inputs.extra", &req.inputs.extra),
         ("template", &req.template.canonical().0),
     ] {
-        if has_nul(v) {
+        if crate::validate::has_nul(v) {
             return Err(invalid(field, NUL));
         }
     }
     for (i, p) in req.personas.iter().enumerate() {
-        if has_nul(&p.canonical().0) {
+        if crate::validate::has_nul(&p.canonical().0) {
             return Err(invalid(format!("personas[{i}]"), NUL));
         }
     }
@@ -605,83 +594,22 @@ fn new_run<'a>(
     template: (&'a str, &'a serde_json::Value),
     request_hash: &'a str,
 ) -> Result<NewRun<'a>, SubmitError> {
-    let run_id = RunId::new();
     if req.template.phases.is_empty() {
         return Err(invalid(
             "template.phases",
             "a template needs at least one phase",
         ));
     }
-    let mut personas: Vec<(String, String, String, serde_json::Value)> = Vec::new();
-    let mut bindings = Vec::new();
-    for (role, b) in bound {
-        let (body, hash) = b.persona.canonical();
-        bindings.push((
-            role.clone(),
-            hash.clone(),
-            sha256_hex(format!("{role}\n{hash}")),
-            b.overridden,
-        ));
-        if !personas.iter().any(|(h, ..)| h == &hash) {
-            personas.push((
-                hash,
-                b.persona.name.clone(),
-                b.persona.version.clone(),
-                body,
-            ));
-        }
-    }
-    let requires = |role: &str| {
-        bound
-            .get(role)
-            .and_then(|b| b.persona.provider.as_deref())
-            .map(crate::agent::provider_capability)
-    };
-    // Positions follow the graph: each phase after everything it needs.
-    let mut position = vec![0; req.template.phases.len()];
-    for (rank, i) in req.template.topological_order().into_iter().enumerate() {
-        position[i] = i32::try_from(rank).unwrap_or(i32::MAX);
-    }
-    let phases = req
-        .template
-        .phases
-        .iter()
-        .enumerate()
-        .map(|(i, p)| NewPhase {
-            position: position[i],
-            key: p.key.clone(),
-            role: p.role.clone(),
-            max_attempts: i32::try_from(p.max_attempts).unwrap_or(i32::MAX),
-            requires: requires(&p.role),
-            needs: req
-                .template
-                .needs_of(i)
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-        })
-        .collect();
-    // The phases that need nothing start at once, in parallel.
-    let first_jobs = req
-        .template
-        .phases
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| req.template.needs_of(*i).is_empty())
-        .map(|(_, p)| {
-            PhaseJob::first_attempt(run_id, &p.key, 1, requires(&p.role).as_deref())
-                .traced(req.traceparent.clone())
-                .to_job(&req.queue)
-        })
-        .collect();
+    let run_id = RunId::new();
+    let (personas, bindings) = persona_rows(bound);
     Ok(NewRun {
         id: run_id,
-        template: (
-            template.0,
-            &req.template.name,
-            &req.template.version,
-            template.1,
-        ),
+        template: NewTemplate {
+            hash: template.0,
+            name: &req.template.name,
+            version: &req.template.version,
+            body: template.1,
+        },
         personas,
         idempotency_key: req.idempotency_key.as_deref(),
         submitted_by: req.submitted_by.as_deref(),
@@ -690,22 +618,100 @@ fn new_run<'a>(
         queue: &req.queue,
         team: &req.team,
         request_hash,
-        inputs: (
-            &req.inputs.requirements,
-            &req.inputs.objective,
-            &req.inputs.extra,
-        ),
+        inputs: NewInputs {
+            requirements: &req.inputs.requirements,
+            objective: &req.inputs.objective,
+            extra: &req.inputs.extra,
+        },
         bindings,
-        phases,
+        phases: new_phases(req, bound),
         event: NewEvent::run_submitted(
             &req.template.name,
             template.0,
             req.template.phases.len(),
             &req.team,
         ),
-        first_jobs,
+        first_jobs: first_jobs(req, bound, run_id),
         traceparent: req.traceparent.as_deref(),
     })
+}
+
+/// The bound personas (each once) and which one plays each role.
+fn persona_rows(bound: &BTreeMap<String, Bound<'_>>) -> (Vec<NewPersona>, Vec<NewBinding>) {
+    let mut personas: Vec<NewPersona> = Vec::new();
+    let mut bindings = Vec::new();
+    for (role, b) in bound {
+        let (body, hash) = b.persona.canonical();
+        bindings.push(NewBinding {
+            role: role.clone(),
+            persona_hash: hash.clone(),
+            binding_hash: sha256_hex(format!("{role}\n{hash}")),
+            overridden: b.overridden,
+        });
+        if !personas.iter().any(|p| p.hash == hash) {
+            personas.push(NewPersona {
+                hash,
+                name: b.persona.name.clone(),
+                version: b.persona.version.clone(),
+                body,
+            });
+        }
+    }
+    (personas, bindings)
+}
+
+/// The capability a job of `role` requires: its persona's provider, if it names one.
+fn required_capability(bound: &BTreeMap<String, Bound<'_>>, role: &str) -> Option<String> {
+    bound
+        .get(role)
+        .and_then(|b| b.persona.provider.as_deref())
+        .map(crate::agent::provider_capability)
+}
+
+/// The run's phases, positioned along the graph: each after everything it needs.
+fn new_phases(req: &SubmitRequest, bound: &BTreeMap<String, Bound<'_>>) -> Vec<NewPhase> {
+    let template = &req.template;
+    let mut position = vec![0; template.phases.len()];
+    for (rank, i) in template.topological_order().into_iter().enumerate() {
+        position[i] = i32::try_from(rank).unwrap_or(i32::MAX);
+    }
+    template
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NewPhase {
+            position: position[i],
+            key: p.key.clone(),
+            role: p.role.clone(),
+            max_attempts: i32::try_from(p.max_attempts).unwrap_or(i32::MAX),
+            requires: required_capability(bound, &p.role),
+            needs: template
+                .needs_of(i)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        })
+        .collect()
+}
+
+/// The first attempts of the phases that need nothing: they start at once, in parallel.
+fn first_jobs(
+    req: &SubmitRequest,
+    bound: &BTreeMap<String, Bound<'_>>,
+    run_id: RunId,
+) -> Vec<crate::queue::NewJob> {
+    req.template
+        .phases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| req.template.needs_of(*i).is_empty())
+        .map(|(_, p)| {
+            let requires = required_capability(bound, &p.role);
+            PhaseJob::first_attempt(run_id, &p.key, 1, requires.as_deref())
+                .traced(req.traceparent.clone())
+                .to_job(&req.queue)
+        })
+        .collect()
 }
 
 /// The personas the request binds by name without supplying them.

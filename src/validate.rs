@@ -10,6 +10,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Whether any string (or object key) in `v` holds a NUL character, which PostgreSQL
+/// cannot store in text or jsonb.
+#[must_use]
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("cannot read schema directory {dir}: {source}")]

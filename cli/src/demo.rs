@@ -50,6 +50,7 @@ pub struct DemoArgs {
 }
 
 pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliError> {
+    // 1. A database (private when none is given) and workers on it.
     // The workers' connections, and a few for the submits and the progress display.
     let db = local::open(
         database_url,
@@ -57,56 +58,19 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     )
     .await?;
     let parts = crate::stack::Parts::from_env().await?;
-    let queue = "default";
     let stop = CancellationToken::new();
-    // The database's clock: worker rows are stamped by it.
-    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&db.pool)
-        .await?;
+    let since = phasefleet::db::now(&db.pool).await?;
     let mut workers = JoinSet::new();
-    crate::stack::spawn_workers(&mut workers, &parts, &db.pool, queue, args.workers, &stop);
-
-    let personas = if args.personas.is_empty() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir("examples/personas")
-            .map_err(|e| {
-                CliError::new(
-                    2,
-                    format!(
-                        "examples/personas: {e} (run from the repository root or pass --persona)"
-                    ),
-                )
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        v.sort();
-        v
-    } else {
-        args.personas.clone()
-    };
-    let submit_args = SubmitArgs {
-        template: args.template.clone(),
-        personas,
-        requirements: Some(args.requirements.clone()),
-        objective: r#"{"deliverable": "a reviewed specification with a verification plan"}"#.into(),
-        extra: args.extra.clone(),
-        bindings: args.bindings.clone(),
-        budget_usd: None,
-        budget_tokens: None,
-        idempotency_key: None,
-        queue: queue.into(),
-        team: phasefleet::teams::DEFAULT_TEAM.into(),
-        input_dir: args.input_dir.clone(),
-        repo: args.repo.clone(),
-        excludes: args.excludes.clone(),
-        allow_unserved: false,
-    };
+    crate::stack::spawn_workers(&mut workers, &parts, &db.pool, QUEUE, args.workers, &stop);
     // Submit checks that a live worker serves each provider: let ours register first.
-    wait_for_workers(&db.pool, queue, since, args.workers).await?;
-    // Reading the template, personas and input files is blocking I/O; once for all runs.
+    wait_for_workers(&db.pool, QUEUE, since, args.workers).await?;
+    // 2. The request, read once for all runs (blocking I/O: the template, personas and
+    //    input files).
+    let submit_args = submit_args(&args)?;
     let req = tokio::task::block_in_place(|| build_request(&submit_args, "demo"))?;
-    // Every run's approvals are decided as they appear, in one side task started
-    // before the first submit, so a gate never waits for the other runs' submits or for
-    // the runs watched before its own.
+    // 3. Submit the runs, with their approvals decided as they appear, in one side
+    //    task started before the first submit, so a gate never waits for the other
+    //    runs' submits or for the runs watched before its own.
     let approver_pool = if args.no_auto_approve {
         None
     } else {
@@ -125,20 +89,12 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
         submitted_runs.send_modify(|runs| runs.push(id));
     }
     let ids = submitted_runs.borrow().clone();
-
-    let mut outcomes = Vec::new();
-    for id in &ids {
-        eprintln!("\n== run {id} ==");
-        let state = crate::runs::watch(&db.pool, *id, |_| {}).await?;
-        let mut conn = db.pool.acquire().await?;
-        if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
-            crate::output::emit(&md)?;
-        }
-        outcomes.push(state);
-    }
+    // 4. Watch each run to its end and print its report.
+    let outcomes = watch_runs(&db.pool, &ids).await;
     approver.abort_all();
     stop.cancel();
     while workers.join_next().await.is_some() {}
+    let outcomes = outcomes?;
     let completed = outcomes
         .iter()
         .filter(|s| **s == RunState::Completed)
@@ -153,6 +109,68 @@ pub async fn run(database_url: Option<&str>, args: DemoArgs) -> Result<(), CliEr
     } else {
         Err(CliError::new(FAILURE, "not every run completed"))
     }
+}
+
+/// The queue the demo's runs and workers use.
+const QUEUE: &str = "default";
+
+/// The submit command the demo's runs are made by: the example personas unless
+/// `--persona` names others.
+fn submit_args(args: &DemoArgs) -> Result<SubmitArgs, CliError> {
+    let personas = if args.personas.is_empty() {
+        example_personas()?
+    } else {
+        args.personas.clone()
+    };
+    Ok(SubmitArgs {
+        template: args.template.clone(),
+        personas,
+        requirements: Some(args.requirements.clone()),
+        objective: r#"{"deliverable": "a reviewed specification with a verification plan"}"#.into(),
+        extra: args.extra.clone(),
+        bindings: args.bindings.clone(),
+        budget_usd: None,
+        budget_tokens: None,
+        idempotency_key: None,
+        queue: QUEUE.into(),
+        team: phasefleet::teams::DEFAULT_TEAM.into(),
+        input_dir: args.input_dir.clone(),
+        repo: args.repo.clone(),
+        excludes: args.excludes.clone(),
+        allow_unserved: false,
+    })
+}
+
+/// The files of `examples/personas`, in name order.
+fn example_personas() -> Result<Vec<PathBuf>, CliError> {
+    let dir = std::fs::read_dir("examples/personas").map_err(|e| {
+        CliError::new(
+            2,
+            format!("examples/personas: {e} (run from the repository root or pass --persona)"),
+        )
+    })?;
+    let mut personas: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    personas.sort();
+    Ok(personas)
+}
+
+/// Watch each run to its end, printing its events and then its report; the states
+/// they ended in.
+async fn watch_runs(
+    pool: &sqlx::PgPool,
+    ids: &[phasefleet::RunId],
+) -> Result<Vec<RunState>, CliError> {
+    let mut outcomes = Vec::new();
+    for id in ids {
+        eprintln!("\n== run {id} ==");
+        let state = crate::runs::watch(pool, *id, |_| {}).await?;
+        let mut conn = pool.acquire().await?;
+        if let Some((_, md)) = phasefleet::report::get(&mut conn, *id).await? {
+            crate::output::emit(&md)?;
+        }
+        outcomes.push(state);
+    }
+    Ok(outcomes)
 }
 
 async fn wait_for_workers(

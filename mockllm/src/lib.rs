@@ -214,12 +214,7 @@ fn listed_files(envelope: &str) -> Vec<String> {
 
 /// `read-cite`: turn 1 reads every listed file; turn 2 writes a note and submits the
 /// artifact citing what was read; then it is done.
-fn read_cite(
-    envelope: &str,
-    messages: &[Value],
-    path: &str,
-    schema: &Value,
-) -> (Option<String>, Vec<Value>) {
+fn read_cite(envelope: &str, messages: &[Value], schema: &Value) -> Turn {
     let results: Vec<&Value> = messages
         .iter()
         .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
@@ -278,7 +273,6 @@ fn read_cite(
         .unwrap_or("phase")
         .trim();
     let note = format!("# {phase}\nread {} file(s)\n", read.len());
-    let _ = path;
     (
         None,
         vec![
@@ -313,12 +307,107 @@ fn rate_limited() -> Response {
         .into_response()
 }
 
+/// One request as the scripts see it.
+struct Conversation {
+    /// The request count, this request included.
+    n: u64,
+    model: String,
+    /// The model name without `mock/` and `-nocost`.
+    script: String,
+    messages: Vec<Value>,
+    /// The first user message: the phase's envelope.
+    envelope: String,
+    /// How many tool results the conversation holds so far.
+    tool_results: usize,
+    /// How many requests this conversation (model and envelope) has made, this one included.
+    hits: u32,
+    /// The artifact's path and schema, from the envelope.
+    path: String,
+    schema: Value,
+}
+
+impl Conversation {
+    fn finished(&self) -> bool {
+        self.tool_results > 0
+    }
+
+    fn repairing(&self) -> bool {
+        self.envelope.contains("[REPAIR ATTEMPT]")
+    }
+
+    fn phase(&self) -> &str {
+        self.envelope
+            .lines()
+            .find_map(|l| l.strip_prefix("Phase: "))
+            .unwrap_or("phase")
+            .trim()
+    }
+
+    fn write_valid(&self) -> Value {
+        write_valid(&self.path, &self.schema)
+    }
+
+    fn valid_artifact(&self) -> Value {
+        phasefleet::agent::synthetic::instance(&self.schema, &self.schema, 0)
+    }
+
+    /// A valid artifact with its first enum value out of its choices.
+    fn wrong_artifact(&self) -> Value {
+        let mut artifact = self.valid_artifact();
+        break_first_enum(&mut artifact, &self.schema);
+        artifact
+    }
+}
+
+/// An assistant turn: its text and its tool calls.
+type Turn = (Option<String>, Vec<Value>);
+
+fn say(text: &str) -> Turn {
+    (Some(text.into()), vec![])
+}
+
+fn call(tool_calls: Vec<Value>) -> Turn {
+    (None, tool_calls)
+}
+
 async fn chat(
     State(stats): State<Arc<Stats>>,
     version: axum::http::Version,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    // 1. Note the request; 2. read the conversation it continues.
+    let n = record_request(&stats, version, &headers, &body);
+    let conversation = read_conversation(&stats, n, &body);
+    // 3. The script's failure, or its turn (a well-behaved one by default).
+    if let Some(failure) = failure_reply(&conversation) {
+        return failure;
+    }
+    let turn = match hostile_turn(&conversation) {
+        Some(turn) => Some(turn),
+        None => match artifact_turn(&conversation) {
+            Some(turn) => Some(turn),
+            None => timed_turn(&conversation).await,
+        },
+    };
+    let turn = turn.unwrap_or_else(|| {
+        if conversation.finished() {
+            say("done")
+        } else {
+            call(vec![conversation.write_valid()])
+        }
+    });
+    // 4. The completion.
+    completion(&conversation, turn)
+}
+
+/// Count the request and keep what tests read back; returns the request count.
+fn record_request(
+    stats: &Stats,
+    version: axum::http::Version,
+    headers: &HeaderMap,
+    body: &Value,
+) -> u64 {
     let n = stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if version == axum::http::Version::HTTP_2 {
         stats.http2_requests.fetch_add(1, Ordering::SeqCst);
@@ -343,6 +432,10 @@ async fn chat(
         }
         bodies.push(body.clone());
     }
+    n
+}
+
+fn read_conversation(stats: &Stats, n: u64, body: &Value) -> Conversation {
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -380,6 +473,21 @@ async fn chat(
         *c
     };
     let (path, schema) = envelope_parts(&envelope);
+    Conversation {
+        n,
+        model,
+        script,
+        messages,
+        envelope,
+        tool_results,
+        hits,
+        path,
+        schema,
+    }
+}
+
+/// The scripts that answer with an HTTP error or an oversized body.
+fn failure_reply(c: &Conversation) -> Option<Response> {
     let error = |code: StatusCode, msg: &str| {
         (
             code,
@@ -387,218 +495,180 @@ async fn chat(
         )
             .into_response()
     };
-
-    let finished = tool_results > 0;
-    let reply: (Option<String>, Vec<Value>) = match script.as_str() {
-        "unauthorized" => return error(StatusCode::UNAUTHORIZED, "invalid API key"),
-        "secret-error" => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "MOCK-PROVIDER-SECRET: internal routing table 10.0.0.7, key sk-live-123",
-            );
+    let reply = match c.script.as_str() {
+        "unauthorized" => error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        "secret-error" => error(
+            StatusCode::BAD_REQUEST,
+            "MOCK-PROVIDER-SECRET: internal routing table 10.0.0.7, key sk-live-123",
+        ),
+        "always-429" => rate_limited(),
+        "rate-limited" if c.hits == 1 => rate_limited(),
+        "server-error" if c.hits <= 2 => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded")
         }
-        "always-429" => return rate_limited(),
         s if s.starts_with("huge-") => {
             let mib: usize = s
                 .strip_prefix("huge-")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16);
             let text = "x".repeat(mib * 1024 * 1024);
-            return Json(json!({ "id": format!("mock-{n}"), "object": "chat.completion", "model": model,
+            Json(json!({ "id": format!("mock-{}", c.n), "object": "chat.completion", "model": c.model,
                 "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
                 "usage": { "prompt_tokens": 1, "completion_tokens": 1 } }))
-            .into_response();
+            .into_response()
         }
-        "rate-limited" if hits == 1 => return rate_limited(),
-        "server-error" if hits <= 2 => {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded");
-        }
-        "never-writes" => (
-            Some("I would rather describe the artifact than write it.".into()),
-            vec![],
-        ),
-        "invalid-then-valid" if !finished && !envelope.contains("[REPAIR ATTEMPT]") => (
+        _ => return None,
+    };
+    Some(reply)
+}
+
+/// The scripts that attack the worker through tool calls before behaving.
+fn hostile_turn(c: &Conversation) -> Option<Turn> {
+    let turn = match (c.script.as_str(), c.tool_results) {
+        ("malformed-args", 0) => call(vec![tool_call(
+            "call_broken",
+            "write_file",
+            "{\"path\": ".into(),
+        )]),
+        ("escape", 0) => call(vec![tool_call(
+            "call_escape",
+            "write_file",
+            json!({ "path": "../../etc/passwd", "content": "x" }).to_string(),
+        )]),
+        ("glob-bomb", 0) => call(vec![tool_call(
+            "call_long",
+            "write_file",
+            json!({ "path": "a".repeat(200), "content": "x" }).to_string(),
+        )]),
+        ("glob-bomb", 1) => call(vec![
+            tool_call(
+                "call_glob",
+                "glob",
+                json!({ "pattern": format!("{}b", "*a".repeat(30)) }).to_string(),
+            ),
+            tool_call(
+                "call_grep",
+                "grep",
+                json!({ "pattern": format!("{}b", "(a*)*".repeat(10)) }).to_string(),
+            ),
+        ]),
+        ("nul-args", 0) => call(vec![
+            tool_call(
+                "call_nul",
+                "write_file",
+                json!({ "path": c.path, "content": "{\"a\u{0}\": 1}\u{0}" }).to_string(),
+            ),
+            tool_call("call_bell", "write\u{7}file\u{0}", "{}".into()),
+        ]),
+        ("exfiltrate", 0) => call(exfiltration_calls()),
+        // After the attack's tool results: behave.
+        ("malformed-args" | "escape", 1)
+        | ("nul-args", 2)
+        | ("glob-bomb", 3)
+        | ("exfiltrate", 4) => call(vec![c.write_valid()]),
+        _ => return None,
+    };
+    Some(turn)
+}
+
+/// `exfiltrate`'s reads of secrets outside the workspace.
+fn exfiltration_calls() -> Vec<Value> {
+    let read =
+        |id: &str, path: &str| tool_call(id, "read_file", json!({ "path": path }).to_string());
+    vec![
+        read("call_environ", "/proc/self/environ"),
+        read("call_dotenv", "../../.env"),
+        read("call_ssh", "~/.ssh/id_rsa"),
+        tool_call("call_ls", "ls", json!({ "path": ".." }).to_string()),
+    ]
+}
+
+/// The scripts that vary how (and whether) the artifact is delivered.
+fn artifact_turn(c: &Conversation) -> Option<Turn> {
+    let turn = match c.script.as_str() {
+        "never-writes" => say("I would rather describe the artifact than write it."),
+        "invalid-then-valid" if !c.finished() && !c.repairing() => (
             Some(String::new()),
             vec![tool_call(
                 "call_bad",
                 "write_file",
-                json!({ "path": path, "content": "{\"oops\": true}" }).to_string(),
+                json!({ "path": c.path, "content": "{\"oops\": true}" }).to_string(),
             )],
         ),
-        "malformed-args" if tool_results == 0 => (
-            None,
-            vec![tool_call("call_broken", "write_file", "{\"path\": ".into())],
+        "submit" if !c.finished() => (Some(String::new()), vec![submit_call(&c.valid_artifact())]),
+        // The arguments as a JSON object instead of a string.
+        "submit-object" if !c.finished() => (
+            Some(String::new()),
+            vec![json!({ "id": "call_submit", "type": "function",
+                "function": { "name": "submit_artifact", "arguments": c.valid_artifact() } })],
         ),
-        "malformed-args" if tool_results == 1 => (None, vec![write_valid(&path, &schema)]),
-        "escape" if tool_results == 0 => (
-            None,
-            vec![tool_call(
-                "call_escape",
+        "fenced" => say(&format!(
+            "Here is the artifact:\n```json\n{}\n```",
+            serde_json::to_string_pretty(&c.valid_artifact()).unwrap_or_default()
+        )),
+        "enum-wrong" if c.repairing() && !c.finished() => {
+            call(vec![submit_call(&c.valid_artifact())])
+        }
+        "enum-wrong" | "wrong-then-slow" if !c.finished() => {
+            call(vec![submit_call(&c.wrong_artifact())])
+        }
+        "enum-wrong" => say("I am done."),
+        "read-cite" => read_cite(&c.envelope, &c.messages, &c.schema),
+        "notes" if !c.finished() => {
+            let phase = c.phase();
+            call(vec![tool_call(
+                "call_notes",
                 "write_file",
-                json!({ "path": "../../etc/passwd", "content": "x" }).to_string(),
-            )],
-        ),
-        "escape" if tool_results == 1 => (None, vec![write_valid(&path, &schema)]),
-        "glob-bomb" if tool_results == 0 => (
-            None,
-            vec![tool_call(
-                "call_long",
-                "write_file",
-                json!({ "path": "a".repeat(200), "content": "x" }).to_string(),
-            )],
-        ),
-        "glob-bomb" if tool_results == 1 => (
-            None,
-            vec![
-                tool_call(
-                    "call_glob",
-                    "glob",
-                    json!({ "pattern": format!("{}b", "*a".repeat(30)) }).to_string(),
-                ),
-                tool_call(
-                    "call_grep",
-                    "grep",
-                    json!({ "pattern": format!("{}b", "(a*)*".repeat(10)) }).to_string(),
-                ),
-            ],
-        ),
-        "glob-bomb" if tool_results == 3 => (None, vec![write_valid(&path, &schema)]),
-        "nul-args" if tool_results == 0 => (
-            None,
-            vec![
-                tool_call(
-                    "call_nul",
-                    "write_file",
-                    json!({ "path": path, "content": "{\"a\u{0}\": 1}\u{0}" }).to_string(),
-                ),
-                tool_call("call_bell", "write\u{7}file\u{0}", "{}".into()),
-            ],
-        ),
-        "nul-args" if tool_results == 2 => (None, vec![write_valid(&path, &schema)]),
-        "exfiltrate" if tool_results == 0 => (
-            None,
-            vec![
-                tool_call(
-                    "call_environ",
-                    "read_file",
-                    json!({ "path": "/proc/self/environ" }).to_string(),
-                ),
-                tool_call(
-                    "call_dotenv",
-                    "read_file",
-                    json!({ "path": "../../.env" }).to_string(),
-                ),
-                tool_call(
-                    "call_ssh",
-                    "read_file",
-                    json!({ "path": "~/.ssh/id_rsa" }).to_string(),
-                ),
-                tool_call("call_ls", "ls", json!({ "path": ".." }).to_string()),
-            ],
-        ),
-        "exfiltrate" if tool_results == 4 => (None, vec![write_valid(&path, &schema)]),
-        "submit" | "submit-object" if !finished => {
-            let artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
-            let arguments = if script == "submit" {
-                Value::String(artifact.to_string())
-            } else {
-                artifact
-            };
-            (
-                Some(String::new()),
-                vec![json!({ "id": "call_submit", "type": "function",
-                    "function": { "name": "submit_artifact", "arguments": arguments } })],
-            )
+                json!({ "path": format!("notes/{phase}.md"), "content": format!("# {phase}\nnotes\n") })
+                    .to_string(),
+            )])
         }
-        "fenced" => {
-            let artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
-            (
-                Some(format!(
-                    "Here is the artifact:\n```json\n{}\n```",
-                    serde_json::to_string_pretty(&artifact).unwrap_or_default()
-                )),
-                vec![],
-            )
-        }
-        "enum-wrong" if envelope.contains("[REPAIR ATTEMPT]") && !finished => (
-            None,
-            vec![submit_call(&phasefleet::agent::synthetic::instance(
-                &schema, &schema, 0,
-            ))],
-        ),
-        "enum-wrong" if !finished => {
-            let mut artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
-            break_first_enum(&mut artifact, &schema);
-            (None, vec![submit_call(&artifact)])
-        }
-        "enum-wrong" => (Some("I am done.".into()), vec![]),
-        "wrong-then-slow" if !finished => {
-            let mut artifact = phasefleet::agent::synthetic::instance(&schema, &schema, 0);
-            break_first_enum(&mut artifact, &schema);
-            (None, vec![submit_call(&artifact)])
-        }
-        "wrong-then-slow" => {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            (Some("done".into()), vec![])
-        }
-        "read-cite" => read_cite(&envelope, &messages, &path, &schema),
-        "notes" if !finished => {
-            let phase = envelope
-                .lines()
-                .find_map(|l| l.strip_prefix("Phase: "))
-                .unwrap_or("phase")
-                .trim();
-            (
-                None,
-                vec![tool_call(
-                    "call_notes",
-                    "write_file",
-                    json!({ "path": format!("notes/{phase}.md"), "content": format!("# {phase}\nnotes\n") })
-                        .to_string(),
-                )],
-            )
-        }
-        "multi-tool" if !finished => (
-            None,
-            vec![
-                tool_call("call_ls", "ls", "{}".into()),
-                write_valid(&path, &schema),
-            ],
-        ),
-        s if s.starts_with("steps-") => {
-            let mut parts = s.trim_start_matches("steps-").split('-');
-            let turns: usize = parts.next().and_then(|v| v.parse().ok()).unwrap_or(3);
-            let ms: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            match (tool_results + 1).cmp(&turns) {
-                std::cmp::Ordering::Less => (
-                    None,
-                    vec![tool_call(
-                        &format!("call_ls_{tool_results}"),
-                        "ls",
-                        "{}".into(),
-                    )],
-                ),
-                std::cmp::Ordering::Equal => (None, vec![write_valid(&path, &schema)]),
-                std::cmp::Ordering::Greater => (Some("done".into()), vec![]),
-            }
-        }
-        s if s.starts_with("slow-") || s == "slow" => {
-            let ms = s
-                .strip_prefix("slow-")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            if finished {
-                (Some("done".into()), vec![])
-            } else {
-                (None, vec![write_valid(&path, &schema)])
-            }
-        }
-        _ if finished => (Some("done".into()), vec![]),
-        _ => (None, vec![write_valid(&path, &schema)]),
+        "multi-tool" if !c.finished() => call(vec![
+            tool_call("call_ls", "ls", "{}".into()),
+            c.write_valid(),
+        ]),
+        _ => return None,
     };
-    let (content, calls) = reply;
+    Some(turn)
+}
+
+/// The scripts that take their time: `slow-<ms>`, `steps-<n>-<ms>`, `wrong-then-slow`.
+async fn timed_turn(c: &Conversation) -> Option<Turn> {
+    let script = c.script.as_str();
+    if script == "wrong-then-slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        return Some(say("done"));
+    }
+    if let Some(steps) = script.strip_prefix("steps-") {
+        let mut parts = steps.split('-');
+        let turns: usize = parts.next().and_then(|v| v.parse().ok()).unwrap_or(3);
+        let ms: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Some(match (c.tool_results + 1).cmp(&turns) {
+            std::cmp::Ordering::Less => call(vec![tool_call(
+                &format!("call_ls_{}", c.tool_results),
+                "ls",
+                "{}".into(),
+            )]),
+            std::cmp::Ordering::Equal => call(vec![c.write_valid()]),
+            std::cmp::Ordering::Greater => say("done"),
+        });
+    }
+    if script == "slow" || script.starts_with("slow-") {
+        let ms = script
+            .strip_prefix("slow-")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // Then as the default script.
+    None
+}
+
+/// The Chat Completions response carrying `turn`, with usage (and a cost unless the
+/// model ends in `-nocost`).
+fn completion(c: &Conversation, turn: Turn) -> Response {
+    let (content, calls) = turn;
     let finish = if calls.is_empty() {
         "stop"
     } else {
@@ -612,21 +682,21 @@ async fn chat(
         "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
         "prompt_tokens_details": { "cached_tokens": 10 }, "completion_tokens_details": { "reasoning_tokens": 5 }
     });
-    if !model.ends_with("-nocost") {
-        usage["cost"] = match script.as_str() {
+    if !c.model.ends_with("-nocost") {
+        usage["cost"] = match c.script.as_str() {
             "negative-cost" => json!(-5.0),
             "absurd-cost" => json!(1e12),
             _ => json!(0.0005),
         };
     }
     let mut headers = HeaderMap::new();
-    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("mock-req-{n}")) {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("mock-req-{}", c.n)) {
         headers.insert("x-request-id", v);
     }
     (
         headers,
         Json(
-            json!({ "id": format!("mock-{n}"), "object": "chat.completion", "model": model,
+            json!({ "id": format!("mock-{}", c.n), "object": "chat.completion", "model": c.model,
         "choices": [{ "index": 0, "message": message, "finish_reason": finish }], "usage": usage }),
         ),
     )

@@ -78,72 +78,111 @@ enum AfterReply {
     Stop,
 }
 
+/// A conversation in progress: what it was opened with and what was said.
+struct Conversation {
+    provider: Arc<Provider>,
+    /// The tool definitions offered on every call.
+    tools: Box<RawValue>,
+    messages: Vec<Message>,
+    /// The model was reminded to hand in the artifact (once at most).
+    reminded: bool,
+}
+
 impl Agent for LlmAgent {
     async fn run(
         &self,
         mut req: AgentRequest,
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
+        // 1. Open the conversation: the tools, the persona's prompt, the envelope.
         let provider = self.provider(&req)?;
-        let via_tool = req.persona.artifact_via == ArtifactVia::Tool;
-        let submit = req
-            .artifact
-            .as_ref()
-            .filter(|_| via_tool)
-            .map(|a| (a, provider.config.strict_tools));
-        let tools = tools::definitions(submit)
-            .map_err(|e| AgentError::Fatal(format!("tool definitions: {e}")))?;
-        let mut messages = vec![
-            Message::text("system", req.persona.system_prompt.clone()),
-            // Moved, not copied: the conversation is the only reader from here on.
-            Message::text("user", std::mem::take(&mut req.envelope)),
-        ];
-        let mut reminded = false;
+        let mut conversation = open(&mut req, provider)?;
+        // 2. Take turns until the artifact is accepted, the model stops, or the turns
+        //    run out.
         for turn in 1..=req.persona.max_turns {
             if cancel.is_cancelled() {
                 return Err(AgentError::Cancelled);
             }
-            // Database steps are boxed: a turn waiting on the model holds only the
-            // HTTP call's state.
-            Box::pin(req.ledger.check_budget()).await?;
-            let outcome = |accepted| AgentOutcome {
-                turns: turn,
-                accepted,
-            };
-            let turn = i32::try_from(turn).unwrap_or(i32::MAX);
-            let reply = self
-                .call_model(&req, &provider, &messages, &tools, turn, &cancel)
-                .await?;
-            let calls = reply.tool_calls.clone();
-            let text = reply.content.clone().unwrap_or_default();
-            messages.push(reply);
-            if calls.is_empty() {
-                match Box::pin(after_reply(&req, &text, turn, &mut reminded, &cancel)).await? {
-                    AfterReply::Accepted => return Ok(outcome(true)),
-                    AfterReply::Say(next) => messages.push(Message::text("user", next)),
-                    AfterReply::Stop => return Ok(outcome(false)),
-                }
-                continue;
-            }
-            for call in calls {
-                let out = Box::pin(run_tool(
-                    &req,
-                    &call.function.name,
-                    &call.function.arguments,
-                    turn,
-                    &cancel,
-                ))
-                .await?;
-                messages.push(Message::tool_result(&call.id, out.text));
-                if out.accepted {
-                    return Ok(outcome(true));
-                }
+            let numbered = i32::try_from(turn).unwrap_or(i32::MAX);
+            let turn_ended = self.take_turn(&req, &mut conversation, numbered, &cancel);
+            if let Some(accepted) = turn_ended.await? {
+                return Ok(AgentOutcome {
+                    turns: turn,
+                    accepted,
+                });
             }
         }
         Ok(AgentOutcome {
             turns: req.persona.max_turns,
             accepted: false,
         })
+    }
+}
+
+/// The conversation's opening: the tools (`submit_artifact` among them when the persona
+/// hands in its artifact by tool), the system prompt and the envelope.
+fn open(req: &mut AgentRequest, provider: Arc<Provider>) -> Result<Conversation, AgentError> {
+    let via_tool = req.persona.artifact_via == ArtifactVia::Tool;
+    let submit = req
+        .artifact
+        .as_ref()
+        .filter(|_| via_tool)
+        .map(|a| (a, provider.config.strict_tools));
+    let tools = tools::definitions(submit)
+        .map_err(|e| AgentError::Fatal(format!("tool definitions: {e}")))?;
+    let messages = vec![
+        Message::text("system", req.persona.system_prompt.clone()),
+        // Moved, not copied: the conversation is the only reader from here on.
+        Message::text("user", std::mem::take(&mut req.envelope)),
+    ];
+    Ok(Conversation {
+        provider,
+        tools,
+        messages,
+        reminded: false,
+    })
+}
+
+impl LlmAgent {
+    /// One turn: call the model, then run its tool calls or answer its reply.
+    /// `Some(accepted)` when the conversation is over.
+    async fn take_turn(
+        &self,
+        req: &AgentRequest,
+        conversation: &mut Conversation,
+        turn: i32,
+        cancel: &CancellationToken,
+    ) -> Result<Option<bool>, AgentError> {
+        // Database steps are boxed: a turn waiting on the model holds only the HTTP
+        // call's state.
+        Box::pin(req.ledger.check_budget()).await?;
+        let c = &mut *conversation;
+        let reply = self
+            .call_model(req, &c.provider, &c.messages, &c.tools, turn, cancel)
+            .await?;
+        let calls = reply.tool_calls.clone();
+        let text = reply.content.clone().unwrap_or_default();
+        c.messages.push(reply);
+        if calls.is_empty() {
+            let after = Box::pin(after_reply(req, &text, turn, &mut c.reminded, cancel));
+            return Ok(match after.await? {
+                AfterReply::Accepted => Some(true),
+                AfterReply::Say(next) => {
+                    c.messages.push(Message::text("user", next));
+                    None
+                }
+                AfterReply::Stop => Some(false),
+            });
+        }
+        for call in calls {
+            let name = &call.function.name;
+            let out = Box::pin(run_tool(req, name, &call.function.arguments, turn, cancel)).await?;
+            c.messages.push(Message::tool_result(&call.id, out.text));
+            if out.accepted {
+                return Ok(Some(true));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -27,109 +27,153 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyntheticAgent;
 
+/// The run's `extra.synthetic` directives (see the module's documentation); a value of
+/// the wrong type counts as absent.
+struct Directives<'a> {
+    directives: &'a Value,
+    phase_key: &'a str,
+}
+
+impl<'a> Directives<'a> {
+    fn of(req: &'a AgentRequest) -> Self {
+        Self {
+            directives: req.extra.get("synthetic").unwrap_or(&Value::Null),
+            phase_key: &req.phase_key,
+        }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.directives.get(name).and_then(Value::as_bool) == Some(true)
+    }
+
+    fn number(&self, name: &str) -> Option<i64> {
+        self.directives.get(name).and_then(Value::as_i64)
+    }
+
+    fn count(&self, name: &str) -> Option<u64> {
+        self.directives.get(name).and_then(Value::as_u64)
+    }
+
+    /// Whether the phase is in the list `name` (true when there is no such list).
+    fn names_phase(&self, name: &str) -> bool {
+        self.directives
+            .get(name)
+            .and_then(Value::as_array)
+            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(self.phase_key)))
+    }
+
+    fn delay(&self) -> Option<Duration> {
+        let ms = self.count("delay_ms")?;
+        self.names_phase("delay_phases")
+            .then(|| Duration::from_millis(ms))
+    }
+
+    fn writes_invalid(&self, attempt: i32, round: i32) -> bool {
+        let by_attempt = i64::from(attempt) <= self.number("invalid_attempts").unwrap_or(0);
+        let by_round = i64::from(round) <= self.number("invalid_rounds").unwrap_or(0);
+        (by_attempt || by_round) && self.names_phase("invalid_phases")
+    }
+}
+
+/// The synthetic agent's one turn, whatever it wrote.
+const ONE_TURN: AgentOutcome = AgentOutcome {
+    turns: 1,
+    accepted: false,
+};
+
 impl Agent for SyntheticAgent {
     async fn run(
         &self,
         req: AgentRequest,
         cancel: CancellationToken,
     ) -> Result<AgentOutcome, AgentError> {
-        let d = req.extra.get("synthetic").cloned().unwrap_or(Value::Null);
-        let delayed = d
-            .get("delay_phases")
-            .and_then(Value::as_array)
-            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(&req.phase_key)));
-        if let Some(ms) = d
-            .get("delay_ms")
-            .and_then(Value::as_u64)
-            .filter(|_| delayed)
-        {
+        let d = Directives::of(&req);
+        // 1. Take the time asked for, and report the tokens asked for.
+        if let Some(delay) = d.delay() {
             tokio::select! {
                 () = cancel.cancelled() => return Err(AgentError::Cancelled),
-                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                () = tokio::time::sleep(delay) => {}
             }
         }
-        if let Some(tokens) = d.get("tokens").and_then(Value::as_i64) {
-            req.ledger.check_budget().await?;
-            let record = CallRecord {
-                turn: 1,
-                model: "synthetic",
-                backend: "synthetic",
-                status: "ok",
-                tokens_in: tokens,
-                ..CallRecord::default()
-            };
-            req.ledger
-                .record_call(&record)
-                .await
-                .map_err(|e| AgentError::Transient(format!("ledger write failed: {e}")))?;
+        if let Some(tokens) = d.number("tokens") {
+            record_tokens(&req, tokens).await?;
         }
-        if d.get("never_write").and_then(Value::as_bool) == Some(true) {
-            return Ok(AgentOutcome {
-                turns: 1,
-                accepted: false,
-            });
+        // 2. Write the artifact (or nothing, or a listing where none is expected).
+        if d.flag("never_write") {
+            return Ok(ONE_TURN);
         }
         let Some(artifact) = &req.artifact else {
-            let mut ws = req.workspace.lock();
-            let listing: Vec<String> = ws
-                .files()
-                .map(|(p, c)| format!("{p} {}", c.len()))
-                .collect();
-            ws.write(
-                &format!("synthetic/{}.txt", req.phase_key),
-                listing.join("\n"),
-            )
-            .map_err(AgentError::Fatal)?;
-            return Ok(AgentOutcome {
-                turns: 1,
-                accepted: false,
-            });
+            write_listing(&req)?;
+            return Ok(ONE_TURN);
         };
-        let schema: &Value = &artifact.schema;
-        let invalid_attempts = d
-            .get("invalid_attempts")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let phase_selected = d
-            .get("invalid_phases")
-            .and_then(Value::as_array)
-            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == Some(&req.phase_key)));
-        let invalid_rounds = d.get("invalid_rounds").and_then(Value::as_i64).unwrap_or(0);
-        let invalid =
-            i64::from(req.attempt) <= invalid_attempts || i64::from(req.round) <= invalid_rounds;
-        let content = if invalid && phase_selected {
+        let content = if d.writes_invalid(req.attempt, req.round) {
             // Valid JSON that breaks the schema: an object without its required fields.
             json!({ "synthetic_invalid": true }).to_string()
         } else {
-            let mut v = instance(schema, schema, 0);
-            if let Some(n) = d.get("array_items").and_then(Value::as_u64) {
-                widen_arrays(&mut v, schema, n.min(1000));
-            }
-            cite_workspace(&mut v, schema, &req.workspace.lock());
-            if let Value::Object(m) = &mut v {
-                // Give consumers something run-specific to look at, where allowed.
-                if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
-                    m.insert(
-                        "synthetic_phase".into(),
-                        Value::String(req.phase_key.clone()),
-                    );
-                }
-            }
-            serde_json::to_string_pretty(&v).unwrap_or_default()
+            valid_content(&req, &artifact.schema, d.count("array_items"))
         };
         req.workspace
             .lock()
             .write(&artifact.path, content)
             .map_err(AgentError::Fatal)?;
-        if d.get("hang_after_write").and_then(Value::as_bool) == Some(true) {
+        // 3. Hang, if asked, until interrupted.
+        if d.flag("hang_after_write") {
             cancel.cancelled().await;
             return Err(AgentError::Cancelled);
         }
-        Ok(AgentOutcome {
-            turns: 1,
-            accepted: false,
-        })
+        Ok(ONE_TURN)
     }
+}
+
+/// One ledger call of `tokens` input tokens, after the budget check a model call makes.
+async fn record_tokens(req: &AgentRequest, tokens: i64) -> Result<(), AgentError> {
+    req.ledger.check_budget().await?;
+    let record = CallRecord {
+        turn: 1,
+        model: "synthetic",
+        backend: "synthetic",
+        status: "ok",
+        tokens_in: tokens,
+        ..CallRecord::default()
+    };
+    req.ledger
+        .record_call(&record)
+        .await
+        .map_err(|e| AgentError::Transient(format!("ledger write failed: {e}")))
+}
+
+/// `synthetic/<phase>.txt`: the workspace's files with their sizes.
+fn write_listing(req: &AgentRequest) -> Result<(), AgentError> {
+    let mut ws = req.workspace.lock();
+    let listing: Vec<String> = ws
+        .files()
+        .map(|(p, c)| format!("{p} {}", c.len()))
+        .collect();
+    ws.write(
+        &format!("synthetic/{}.txt", req.phase_key),
+        listing.join("\n"),
+    )
+    .map_err(AgentError::Fatal)
+}
+
+/// A valid artifact for `schema`: arrays widened to `array_items` (at most 1000), the
+/// workspace's files cited, the phase named where the schema allows.
+fn valid_content(req: &AgentRequest, schema: &Value, array_items: Option<u64>) -> String {
+    let mut v = instance(schema, schema, 0);
+    if let Some(n) = array_items {
+        widen_arrays(&mut v, schema, n.min(1000));
+    }
+    cite_workspace(&mut v, schema, &req.workspace.lock());
+    if let Value::Object(m) = &mut v {
+        // Give consumers something run-specific to look at, where allowed.
+        if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
+            m.insert(
+                "synthetic_phase".into(),
+                Value::String(req.phase_key.clone()),
+            );
+        }
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 /// Give each top-level array of `artifact` `n` elements, numbering their `id`s.
@@ -212,34 +256,8 @@ pub fn instance(schema: &Value, root: &Value, depth: usize) -> Value {
             return instance(first, root, depth + 1);
         }
     }
-    let ty = match schema.get("type") {
-        Some(Value::String(t)) => t.as_str(),
-        Some(Value::Array(ts)) => ts
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|t| *t != "null")
-            .unwrap_or("null"),
-        _ if schema.get("properties").is_some() => "object",
-        _ => "null",
-    };
-    match ty {
-        "object" => {
-            let mut m = Map::new();
-            let props = schema.get("properties").and_then(Value::as_object);
-            let required: Vec<&str> = schema
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if let Some(props) = props {
-                for (k, s) in props {
-                    if required.contains(&k.as_str()) {
-                        m.insert(k.clone(), instance(s, root, depth + 1));
-                    }
-                }
-            }
-            Value::Object(m)
-        }
+    match schema_type(schema) {
+        "object" => object_instance(schema, root, depth),
         "array" => {
             let n = schema
                 .get("minItems")
@@ -255,6 +273,39 @@ pub fn instance(schema: &Value, root: &Value, depth: usize) -> Value {
         "boolean" => Value::Bool(true),
         _ => Value::Null,
     }
+}
+
+/// The type an instance of `schema` takes: its `type` (the first besides `null` of
+/// several), `object` where it only has `properties`.
+fn schema_type(schema: &Value) -> &str {
+    match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "null",
+    }
+}
+
+/// An object with the required properties of `schema`, each a minimal instance.
+fn object_instance(schema: &Value, root: &Value, depth: usize) -> Value {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut m = Map::new();
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, s) in props {
+            if required.contains(&k.as_str()) {
+                m.insert(k.clone(), instance(s, root, depth + 1));
+            }
+        }
+    }
+    Value::Object(m)
 }
 
 fn string_instance(schema: &Value) -> String {

@@ -129,7 +129,7 @@ fn parse_arguments(
         arguments
     };
     match serde_json::from_str(text) {
-        Ok(v @ Value::Object(_)) if crate::submit::has_nul(&v) => {
+        Ok(v @ Value::Object(_)) if crate::validate::has_nul(&v) => {
             Err("error: arguments contain a NUL character (\\u0000); send text without it".into())
         }
         Ok(v @ Value::Object(_)) => Ok(v),

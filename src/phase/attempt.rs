@@ -64,41 +64,14 @@ pub(super) async fn run_agent<A: Agent>(
     lease: Lease,
     cancel: &CancellationToken,
 ) -> Result<Attempted, PhaseError> {
+    // 1. Seed the workspace and write the envelope.
     let seed = std::mem::take(&mut started.files);
     let started = &*started;
-    let phase = &started.phase;
     let artifact = expected_artifact(schemas, started)?;
-    // Seeding copies up to the inputs' bound: off the async threads when it is large.
-    let seed_bytes = seed
-        .iter()
-        .map(|f| f.content.as_ref().map_or(0, Vec::len))
-        .sum();
-    let (workspace, files) = off_the_async_threads_if_large(seed_bytes, move || {
-        let ws = seed_workspace(seed)?;
-        let files = ws.listing("");
-        Ok::<_, PhaseError>((ws, files))
-    })
-    .await
-    .map_err(|e| PhaseError::Retry(format!("seeding the workspace failed: {e}")))??;
+    let (workspace, files) = seeded_workspace(seed).await?;
     let workspace = SharedWorkspace::new(workspace);
-    let envelope = Envelope {
-        run_id: p.run_id.to_string(),
-        phase,
-        round: p.round,
-        attempt: p.attempt,
-        inputs: &started.inputs,
-        prior: &started.prior,
-        artifact: artifact.as_ref(),
-        artifact_via: started.persona.artifact_via,
-        previous: started.previous.as_ref(),
-        revise_comment: started.revise_comment.as_deref(),
-        files: &files,
-        item: started
-            .item
-            .as_ref()
-            .map(|i| (i.name.as_str(), i.index, i.over.as_str(), &i.element)),
-    }
-    .render();
+    let envelope = envelope(p, started, artifact.as_ref(), &files);
+    // 2. Run the agent under the phase timeout.
     let request = AgentRequest {
         run_id: p.run_id,
         phase_key: p.phase.clone(),
@@ -111,7 +84,7 @@ pub(super) async fn run_agent<A: Agent>(
         ledger: Ledger::new(pool.clone(), p.run_id, &p.phase, p.attempt).under_lease(lease),
         workspace: workspace.clone(),
     };
-    let ended = run_under_timeout(agent, request, phase.timeout, cancel).await;
+    let ended = run_under_timeout(agent, request, started.phase.timeout, cancel).await;
     let ended = match ended {
         AgentExit::Failed { error, retry } => AgentExit::Failed {
             error: format!("phase {} agent failed: {error}", p.phase),
@@ -122,15 +95,64 @@ pub(super) async fn run_agent<A: Agent>(
         AgentExit::RunEnded => Box::pin(ended_or_parked(pool, p)).await,
         other => other,
     };
-    // A tool thread that overran its deadline may still hold the lock: then wait off
-    // the async threads (tools are bounded, so this ends). Nothing uses it after this.
-    let workspace = match workspace.try_take() {
-        Some(taken) => taken,
+    // 3. Take the workspace back.
+    let workspace = taken_back(workspace).await?;
+    Ok(Attempted { ended, workspace })
+}
+
+/// The workspace with the attempt's files in it, and its listing. Seeding copies up to
+/// the inputs' bound: off the async threads when it is large.
+async fn seeded_workspace(seed: Vec<SeedFile>) -> Result<(Workspace, Vec<String>), PhaseError> {
+    let seed_bytes = seed
+        .iter()
+        .map(|f| f.content.as_ref().map_or(0, Vec::len))
+        .sum();
+    off_the_async_threads_if_large(seed_bytes, move || {
+        let ws = seed_workspace(seed)?;
+        let files = ws.listing("");
+        Ok::<_, PhaseError>((ws, files))
+    })
+    .await
+    .map_err(|e| PhaseError::Retry(format!("seeding the workspace failed: {e}")))?
+}
+
+/// The attempt's envelope: what the agent is told about its phase.
+fn envelope(
+    p: &PhaseJob,
+    started: &Started,
+    artifact: Option<&ArtifactCheck>,
+    files: &[String],
+) -> String {
+    Envelope {
+        run_id: p.run_id.to_string(),
+        phase: &started.phase,
+        round: p.round,
+        attempt: p.attempt,
+        inputs: &started.inputs,
+        prior: &started.prior,
+        artifact,
+        artifact_via: started.persona.artifact_via,
+        previous: started.previous.as_ref(),
+        revise_comment: started.revise_comment.as_deref(),
+        files,
+        item: started
+            .item
+            .as_ref()
+            .map(|i| (i.name.as_str(), i.index, i.over.as_str(), &i.element)),
+    }
+    .render()
+}
+
+/// The workspace, back from the agent. A tool thread that overran its deadline may
+/// still hold the lock: then wait off the async threads (tools are bounded, so this
+/// ends). Nothing uses it after this.
+async fn taken_back(workspace: SharedWorkspace) -> Result<Workspace, PhaseError> {
+    match workspace.try_take() {
+        Some(taken) => Ok(taken),
         None => tokio::task::spawn_blocking(move || std::mem::take(&mut *workspace.lock()))
             .await
-            .map_err(|e| PhaseError::Retry(format!("reading the workspace failed: {e}")))?,
-    };
-    Ok(Attempted { ended, workspace })
+            .map_err(|e| PhaseError::Retry(format!("reading the workspace failed: {e}"))),
+    }
 }
 
 /// Why the run refused the agent: it ended, or it waits for budget (a parallel
@@ -273,31 +295,15 @@ fn validate_now(
         .filter(|(p, _)| Some(*p) != artifact_path)
         .map(|(p, c)| (p.to_owned(), Blob::new(c.as_bytes().to_vec())))
         .collect();
-    let timed_out = matches!(attempted.ended, AgentExit::TimedOut);
-    let timeout = phase.timeout;
-    let invalid = |message: String| Validation {
-        valid: false,
-        issues: vec![Issue::whole(message)],
-    };
     let Some(expected) = &phase.expected_artifact else {
-        let validation = match (&attempted.ended, written.is_empty()) {
-            (AgentExit::Finished, false) => Validation {
-                valid: true,
-                issues: vec![],
-            },
-            (AgentExit::Finished, true) => {
-                invalid("the agent finished without writing any file".into())
-            }
-            _ => invalid(format!(
-                "phase timed out after {timeout}s before the agent finished"
-            )),
-        };
         return Ok(Validated {
             content: None,
-            validation,
+            validation: files_only(&attempted.ended, phase.timeout, written.is_empty()),
             written,
         });
     };
+    let timed_out = matches!(attempted.ended, AgentExit::TimedOut);
+    let timeout = phase.timeout;
     // Only what this attempt wrote counts: a seeded file at the path is not its work.
     let content = ws
         .get(&expected.path)
@@ -333,4 +339,28 @@ fn validate_now(
         validation,
         written,
     })
+}
+
+fn invalid(message: String) -> Validation {
+    Validation {
+        valid: false,
+        issues: vec![Issue::whole(message)],
+    }
+}
+
+/// A phase whose output is files, not an artifact: valid when the agent finished having
+/// written at least one.
+fn files_only(ended: &AgentExit, timeout: u64, wrote_nothing: bool) -> Validation {
+    match (ended, wrote_nothing) {
+        (AgentExit::Finished, false) => Validation {
+            valid: true,
+            issues: vec![],
+        },
+        (AgentExit::Finished, true) => {
+            invalid("the agent finished without writing any file".into())
+        }
+        _ => invalid(format!(
+            "phase timed out after {timeout}s before the agent finished"
+        )),
+    }
 }

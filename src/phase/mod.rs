@@ -28,6 +28,7 @@ use crate::store::{StoreError, ledger, runs};
 use crate::validate::SchemaRegistry;
 use attempt::AgentExit;
 use sqlx::PgPool;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -222,24 +223,11 @@ impl<A: Agent> Engine<A> {
         use record::Recorded;
         // 1. Start the attempt (unless it was started when the job was handed over to
         //    it), or find that there is nothing to do.
-        // The database steps are boxed: a phase waiting on the model then holds only
-        // the agent's state, not space for the largest transaction's future too.
         let mut started = match started {
             Some(started) => started,
-            None => match Box::pin(start::start(&self.pool, &self.shared, p)).await? {
-                start::Start::Nothing => {
-                    tracing::info!(
-                        "nothing to do for this delivery (run ended or attempt already recorded)"
-                    );
-                    return Box::pin(self.complete_only(job))
-                        .await
-                        .map(Recorded::Completed);
-                }
-                start::Start::OutOfBudget(reason) => {
-                    let parked = self.park_for_budget(job, p, &reason, Attempted::No);
-                    return Box::pin(parked).await.map(Recorded::Completed);
-                }
-                start::Start::Ready(started) => started,
+            None => match self.start_attempt(job, p).await? {
+                ControlFlow::Continue(started) => started,
+                ControlFlow::Break(completed) => return Ok(Recorded::Completed(completed)),
             },
         };
         // 2. Run the agent under the phase timeout; a cancel interrupts it.
@@ -278,6 +266,32 @@ impl<A: Agent> Engine<A> {
             go_on: go_on.map(<[String]>::to_vec),
         };
         self.shared.recorder.record(attempt).await
+    }
+
+    /// Step 1 of [`Self::run_attempt`]: start the attempt, or complete a job with
+    /// nothing to do (its run ended, its attempt already recorded) or park its run for
+    /// budget. The database steps are boxed: a phase waiting on the model then holds
+    /// only the agent's state, not space for the largest transaction's future too.
+    async fn start_attempt(
+        &self,
+        job: &ClaimedJob,
+        p: &PhaseJob,
+    ) -> Result<ControlFlow<Completed, Box<start::Started>>, PhaseError> {
+        match Box::pin(start::start(&self.pool, &self.shared, p)).await? {
+            start::Start::Ready(started) => Ok(ControlFlow::Continue(started)),
+            start::Start::Nothing => {
+                tracing::info!(
+                    "nothing to do for this delivery (run ended or attempt already recorded)"
+                );
+                Box::pin(self.complete_only(job))
+                    .await
+                    .map(ControlFlow::Break)
+            }
+            start::Start::OutOfBudget(reason) => {
+                let parked = self.park_for_budget(job, p, &reason, Attempted::No);
+                Box::pin(parked).await.map(ControlFlow::Break)
+            }
+        }
     }
 
     /// An attempt without a valid artifact that ended other than by finishing or

@@ -9,7 +9,7 @@
 //!   share two runs lock them in the same order. Other rows two groups may share (the
 //!   file blobs two attempts wrote, kept by content) can still close a cycle, which
 //!   PostgreSQL breaks after `deadlock_timeout`; a member that waits on a lock for
-//!   more than 2 s ([`GROUP_LOCK_TIMEOUT`]: a run row an approval holds) fails the
+//!   more than 2 s ([`GROUP_LOCK_TIMEOUT_SECONDS`]: a run row an approval holds) fails the
 //!   group the same way. Either is then a failure of one attempt, below.
 //! - Failure: when one attempt of a group fails, the group rolls back (nothing of it
 //!   was written) and each of its attempts is recorded again alone, the runs at once,
@@ -35,7 +35,7 @@ const MOST_PER_TRANSACTION: usize = 16;
 /// A shared transaction waits at most 2 s for a lock; then its attempts are recorded
 /// alone instead. The group's other attempts hold their rows meanwhile, and their
 /// leases are not renewed while a renewal finds their rows held.
-const GROUP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+const GROUP_LOCK_TIMEOUT_SECONDS: u32 = 2;
 /// Transactions that record at the same time, per worker process, unless the engine
 /// says otherwise (`Engine::with_recorders`).
 pub(super) const RECORDERS: usize = 4;
@@ -254,7 +254,7 @@ async fn together(pool: &PgPool, definitions: &Definitions, group: &[Request]) -
         Ok(tx) => tx,
         Err(e) => return Together::NotCommitted(e),
     };
-    if let Err(e) = sqlx::query(GROUP_LOCK_TIMEOUT).execute(&mut *tx).await {
+    if let Err(e) = crate::db::set_local_lock_timeout(&mut tx, GROUP_LOCK_TIMEOUT_SECONDS).await {
         return Together::NotCommitted(e);
     }
     let mut recorded = Vec::with_capacity(group.len());

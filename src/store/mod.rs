@@ -10,6 +10,7 @@ pub mod files;
 pub mod fleet;
 pub mod invariants;
 pub mod ledger;
+pub mod model_prices;
 pub mod operator_actions;
 pub mod persona_registry;
 pub mod personas;

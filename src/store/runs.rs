@@ -354,13 +354,49 @@ pub struct NewPhase {
     pub needs: Vec<String>,
 }
 
+/// The template a run is submitted with, stored once per hash.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTemplate<'a> {
+    pub hash: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub body: &'a serde_json::Value,
+}
+
+/// A persona bound by a submitted run, stored once per hash.
+#[derive(Debug, Clone)]
+pub struct NewPersona {
+    pub hash: String,
+    pub name: String,
+    pub version: String,
+    pub body: serde_json::Value,
+}
+
+/// Which persona plays a role in a submitted run.
+#[derive(Debug, Clone)]
+pub struct NewBinding {
+    pub role: String,
+    pub persona_hash: String,
+    /// The hash of role and persona together.
+    pub binding_hash: String,
+    /// The request overrode the template's default persona for the role.
+    pub overridden: bool,
+}
+
+/// A submitted run's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct NewInputs<'a> {
+    pub requirements: &'a str,
+    pub objective: &'a serde_json::Value,
+    pub extra: &'a serde_json::Value,
+}
+
 /// Everything a submitted run starts with, stored by [`runs_insert_submitted`].
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
     pub id: RunId,
-    pub template: (&'a str, &'a str, &'a str, &'a serde_json::Value),
-    /// (hash, name, version, body) of each bound persona.
-    pub personas: Vec<(String, String, String, serde_json::Value)>,
+    pub template: NewTemplate<'a>,
+    pub personas: Vec<NewPersona>,
     pub idempotency_key: Option<&'a str>,
     pub submitted_by: Option<&'a str>,
     pub budget_usd: Option<f64>,
@@ -368,9 +404,8 @@ pub struct NewRun<'a> {
     pub queue: &'a str,
     pub team: &'a str,
     pub request_hash: &'a str,
-    pub inputs: (&'a str, &'a serde_json::Value, &'a serde_json::Value),
-    /// (role, persona hash, binding hash, overridden).
-    pub bindings: Vec<(String, String, String, bool)>,
+    pub inputs: NewInputs<'a>,
+    pub bindings: Vec<NewBinding>,
     pub phases: Vec<NewPhase>,
     pub event: NewEvent,
     /// The first attempts of the phases that need nothing.
@@ -378,6 +413,43 @@ pub struct NewRun<'a> {
     /// The trace the run's spans continue.
     pub traceparent: Option<&'a str>,
 }
+
+/// [`runs_insert_submitted`]'s statement; each group of parameters is bound by one
+/// helper, in this order.
+const INSERT_SUBMITTED: &str = "WITH template AS (
+         INSERT INTO templates (hash, name, version, body) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (hash) DO NOTHING
+     ), persona AS (
+         INSERT INTO personas (hash, name, version, body)
+         SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::jsonb[])
+         ON CONFLICT (hash) DO NOTHING
+     ), run AS (
+         INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd,
+                           budget_tokens, queue, team, request_hash, traceparent, next_event_seq)
+         VALUES ($9, $1, $10, $11, $12, $13, $14, $15, $16, $17, 2)
+         ON CONFLICT (team, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id
+     ), inputs AS (
+         INSERT INTO run_inputs (run_id, requirements, objective, extra)
+         SELECT id, $18, $19, $20 FROM run
+     ), bindings AS (
+         INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden)
+         SELECT run.id, b.* FROM run, unnest($21::text[], $22::text[], $23::text[], $24::bool[]) AS b
+     ), phases AS (
+         INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts, requires, needs)
+         SELECT run.id, p.position, p.key, p.role, p.max_attempts, p.requires,
+                string_to_array(p.needs, ',')
+           FROM run, unnest($25::int[], $26::text[], $27::text[], $28::int[], $29::text[], $30::text[])
+                     AS p(position, key, role, max_attempts, requires, needs)
+     ), event AS (
+         INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
+         SELECT id, 1, $31, NULL, $32, $33 FROM run
+     ), job AS (
+         INSERT INTO jobs (queue, kind, payload, priority, max_attempts, unique_key, run_id, requires)
+         SELECT $14, $34, j.payload, $35, $36, j.unique_key, id, j.requires
+           FROM run, unnest($37::jsonb[], $38::text[], $39::text[]) AS j(payload, unique_key, requires)
+     )
+     SELECT id FROM run WHERE pg_notify($40, id::text || ':1')::text IS NOT NULL";
 
 /// Store a submitted run whole, in ONE statement (so one commit): its template and
 /// personas (once per hash), the run, inputs, bindings, phases, the `run.submitted`
@@ -390,92 +462,119 @@ pub async fn runs_insert_submitted(
     conn: &mut PgConnection,
     new: &NewRun<'_>,
 ) -> Result<Option<RunId>, sqlx::Error> {
-    let (t_hash, t_name, t_version, t_body) = new.template;
-    let col = |f: fn(&(String, String, String, serde_json::Value)) -> String| -> Vec<String> {
-        new.personas.iter().map(f).collect()
-    };
-    let persona_bodies: Vec<&serde_json::Value> = new.personas.iter().map(|p| &p.3).collect();
-    let jobs = &new.first_jobs;
-    let row: Option<(RunId,)> = sqlx::query_as(
-        "WITH template AS (
-             INSERT INTO templates (hash, name, version, body) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (hash) DO NOTHING
-         ), persona AS (
-             INSERT INTO personas (hash, name, version, body)
-             SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::jsonb[])
-             ON CONFLICT (hash) DO NOTHING
-         ), run AS (
-             INSERT INTO runs (id, template_hash, idempotency_key, submitted_by, budget_usd,
-                               budget_tokens, queue, team, request_hash, next_event_seq, traceparent)
-             VALUES ($9, $1, $10, $11, $12, $13, $14, $15, $16, 2, $41)
-             ON CONFLICT (team, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id
-         ), inputs AS (
-             INSERT INTO run_inputs (run_id, requirements, objective, extra)
-             SELECT id, $17, $18, $19 FROM run
-         ), bindings AS (
-             INSERT INTO run_bindings (run_id, role, persona_hash, binding_hash, overridden)
-             SELECT run.id, b.* FROM run, unnest($20::text[], $21::text[], $22::text[], $23::bool[]) AS b
-         ), phases AS (
-             INSERT INTO run_phases (run_id, position, phase_key, role, max_attempts, requires, needs)
-             SELECT run.id, p.position, p.key, p.role, p.max_attempts, p.requires,
-                    string_to_array(p.needs, ',')
-               FROM run, unnest($24::int[], $25::text[], $26::text[], $27::int[], $38::text[], $40::text[])
-                         AS p(position, key, role, max_attempts, requires, needs)
-         ), event AS (
-             INSERT INTO run_events (run_id, seq, kind, phase_key, idempotency_key, data)
-             SELECT id, 1, $28, NULL, $29, $30 FROM run
-         ), job AS (
-             INSERT INTO jobs (queue, kind, payload, priority, max_attempts, unique_key, run_id, requires)
-             SELECT $31, $32, j.payload, $34, $35, j.unique_key, id, j.requires
-               FROM run, unnest($33::jsonb[], $36::text[], $39::text[]) AS j(payload, unique_key, requires)
-         )
-         SELECT id FROM run WHERE pg_notify($37, id::text || ':1')::text IS NOT NULL",
-    )
-    .bind(t_hash)
-    .bind(t_name)
-    .bind(t_version)
-    .bind(t_body)
-    .bind(col(|p| p.0.clone()))
-    .bind(col(|p| p.1.clone()))
-    .bind(col(|p| p.2.clone()))
-    .bind(&persona_bodies)
-    .bind(new.id)
-    .bind(new.idempotency_key)
-    .bind(new.submitted_by)
-    .bind(new.budget_usd)
-    .bind(new.budget_tokens)
-    .bind(new.queue)
-    .bind(new.team)
-    .bind(new.request_hash)
-    .bind(new.inputs.0)
-    .bind(new.inputs.1)
-    .bind(new.inputs.2)
-    .bind(new.bindings.iter().map(|b| b.0.clone()).collect::<Vec<_>>())
-    .bind(new.bindings.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
-    .bind(new.bindings.iter().map(|b| b.2.clone()).collect::<Vec<_>>())
-    .bind(new.bindings.iter().map(|b| b.3).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.position).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.key.clone()).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.role.clone()).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.max_attempts).collect::<Vec<_>>())
-    .bind(new.event.kind)
-    .bind(&new.event.key)
-    .bind(&new.event.data)
-    .bind(new.queue)
-    .bind(crate::phase_job::PHASE_JOB_KIND)
-    .bind(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
-    .bind(jobs.first().map_or(0, |j| j.priority))
-    .bind(crate::phase_job::PHASE_JOB_MAX_DELIVERIES)
-    .bind(jobs.iter().map(|j| j.unique_key.clone()).collect::<Vec<_>>())
-    .bind(crate::events::EVENTS_CHANNEL)
-    .bind(new.phases.iter().map(|p| p.requires.clone()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.requires.clone()).collect::<Vec<_>>())
-    .bind(new.phases.iter().map(|p| p.needs.join(",")).collect::<Vec<_>>())
-    .bind(new.traceparent)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let query = sqlx::query_as::<_, (RunId,)>(INSERT_SUBMITTED);
+    let query = bind_personas(new.template.bind(query), &new.personas);
+    let query = query
+        .bind(new.id)
+        .bind(new.idempotency_key)
+        .bind(new.submitted_by)
+        .bind(new.budget_usd)
+        .bind(new.budget_tokens)
+        .bind(new.queue)
+        .bind(new.team)
+        .bind(new.request_hash)
+        .bind(new.traceparent);
+    let query = bind_phases(
+        bind_bindings(new.inputs.bind(query), &new.bindings),
+        &new.phases,
+    );
+    let query = bind_first_jobs(bind_event(query, &new.event), &new.first_jobs)
+        .bind(crate::events::EVENTS_CHANNEL);
+    let row = query.fetch_optional(&mut *conn).await?;
     Ok(row.map(|(id,)| id))
+}
+
+impl NewTemplate<'_> {
+    /// `$1`-`$4` of [`INSERT_SUBMITTED`].
+    fn bind<'q, O>(self, query: super::PgQueryAs<'q, O>) -> super::PgQueryAs<'q, O>
+    where
+        Self: 'q,
+    {
+        query
+            .bind(self.hash)
+            .bind(self.name)
+            .bind(self.version)
+            .bind(self.body)
+    }
+}
+
+impl NewInputs<'_> {
+    /// `$18`-`$20` of [`INSERT_SUBMITTED`].
+    fn bind<'q, O>(self, query: super::PgQueryAs<'q, O>) -> super::PgQueryAs<'q, O>
+    where
+        Self: 'q,
+    {
+        query
+            .bind(self.requirements)
+            .bind(self.objective)
+            .bind(self.extra)
+    }
+}
+
+/// One column of `rows`, as an array parameter.
+fn column<'r, T, C>(rows: &'r [T], field: impl Fn(&'r T) -> C) -> Vec<C> {
+    rows.iter().map(field).collect()
+}
+
+/// `$5`-`$8` of [`INSERT_SUBMITTED`].
+fn bind_personas<'q, O>(
+    query: super::PgQueryAs<'q, O>,
+    personas: &'q [NewPersona],
+) -> super::PgQueryAs<'q, O> {
+    query
+        .bind(column(personas, |p| p.hash.as_str()))
+        .bind(column(personas, |p| p.name.as_str()))
+        .bind(column(personas, |p| p.version.as_str()))
+        .bind(column(personas, |p| &p.body))
+}
+
+/// `$21`-`$24` of [`INSERT_SUBMITTED`].
+fn bind_bindings<'q, O>(
+    query: super::PgQueryAs<'q, O>,
+    bindings: &'q [NewBinding],
+) -> super::PgQueryAs<'q, O> {
+    query
+        .bind(column(bindings, |b| b.role.as_str()))
+        .bind(column(bindings, |b| b.persona_hash.as_str()))
+        .bind(column(bindings, |b| b.binding_hash.as_str()))
+        .bind(column(bindings, |b| b.overridden))
+}
+
+/// `$25`-`$30` of [`INSERT_SUBMITTED`] (a phase's needs as one comma-joined string:
+/// PostgreSQL arrays of arrays must be rectangular).
+fn bind_phases<'q, O>(
+    query: super::PgQueryAs<'q, O>,
+    phases: &'q [NewPhase],
+) -> super::PgQueryAs<'q, O> {
+    query
+        .bind(column(phases, |p| p.position))
+        .bind(column(phases, |p| p.key.as_str()))
+        .bind(column(phases, |p| p.role.as_str()))
+        .bind(column(phases, |p| p.max_attempts))
+        .bind(column(phases, |p| p.requires.as_deref()))
+        .bind(column(phases, |p| p.needs.join(",")))
+}
+
+/// `$31`-`$33` of [`INSERT_SUBMITTED`].
+fn bind_event<'q, O>(
+    query: super::PgQueryAs<'q, O>,
+    event: &'q NewEvent,
+) -> super::PgQueryAs<'q, O> {
+    query.bind(event.kind).bind(&event.key).bind(&event.data)
+}
+
+/// `$34`-`$39` of [`INSERT_SUBMITTED`]: what the first jobs share, then their arrays.
+fn bind_first_jobs<'q, O>(
+    query: super::PgQueryAs<'q, O>,
+    jobs: &'q [NewJob],
+) -> super::PgQueryAs<'q, O> {
+    query
+        .bind(crate::phase_job::PHASE_JOB_KIND)
+        .bind(jobs.first().map_or(0, |j| j.priority))
+        .bind(crate::phase_job::PHASE_JOB_MAX_DELIVERIES)
+        .bind(column(jobs, |j| &j.payload))
+        .bind(column(jobs, |j| j.unique_key.as_deref()))
+        .bind(column(jobs, |j| j.requires.as_deref()))
 }
 
 /// Active runs whose phase job was dead-lettered and that have no live job (up to 100).

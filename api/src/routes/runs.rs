@@ -193,6 +193,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// The engine's submit request from an HTTP body: its template, personas, inputs and
+/// files parsed, each error naming its field.
 fn build_request(
     body: SubmitBody,
     key: Option<String>,
@@ -202,36 +204,8 @@ fn build_request(
     let (file, text) = text_or_object("template", &body.template)?;
     let template = WorkflowTemplate::from_str_named(&file, &text)
         .map_err(|e| definition_error("template", e))?;
-    if body.personas.is_empty() {
-        return Err(ApiError::invalid(
-            "personas",
-            "at least one persona is needed",
-        ));
-    }
-    let personas = body
-        .personas
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let field = format!("personas[{i}]");
-            let (file, text) = text_or_object(&field, p)?;
-            Persona::from_str_named(&file, &text).map_err(|e| definition_error(&field, e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let inputs: RunInputs = match body.inputs {
-        None | Some(Value::Null) => RunInputs {
-            objective: json!({}),
-            extra: json!({}),
-            ..RunInputs::default()
-        },
-        Some(v) => document::from_value(v).map_err(|e| {
-            let field = e
-                .path
-                .as_ref()
-                .map_or("inputs".to_owned(), |p| format!("inputs.{p}"));
-            ApiError::invalid(field, e.message)
-        })?,
-    };
+    let personas = parse_personas(&body.personas)?;
+    let inputs = parse_inputs(body.inputs)?;
     let budget = body.budget.map_or(Budget::default(), |b| Budget {
         usd: b.usd,
         tokens: b.tokens,
@@ -241,24 +215,11 @@ fn build_request(
     let queue = body
         .queue
         .unwrap_or_else(|| phasefleet::queue::DEFAULT_QUEUE.to_owned());
-    let files = body
-        .files
-        .into_iter()
-        .map(|(path, f)| InputFile {
-            path,
-            content: match f {
-                FileBody::Text(text) | FileBody::Inline { text } => {
-                    FileContent::Bytes(text.into_bytes())
-                }
-                FileBody::Uploaded { sha256 } => FileContent::Uploaded { sha256 },
-            },
-        })
-        .collect();
     Ok(SubmitRequest {
         template,
         personas,
         inputs,
-        files,
+        files: input_files(body.files),
         bindings: body.bindings,
         budget,
         idempotency_key: key,
@@ -269,6 +230,57 @@ fn build_request(
         allow_unserved: body.allow_unserved,
         traceparent: None,
     })
+}
+
+fn parse_personas(bodies: &[Value]) -> Result<Vec<Persona>, ApiError> {
+    if bodies.is_empty() {
+        return Err(ApiError::invalid(
+            "personas",
+            "at least one persona is needed",
+        ));
+    }
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = format!("personas[{i}]");
+            let (file, text) = text_or_object(&field, p)?;
+            Persona::from_str_named(&file, &text).map_err(|e| definition_error(&field, e))
+        })
+        .collect()
+}
+
+/// The run's inputs (`null` or absent: an empty objective and extra).
+fn parse_inputs(inputs: Option<Value>) -> Result<RunInputs, ApiError> {
+    match inputs {
+        None | Some(Value::Null) => Ok(RunInputs {
+            objective: json!({}),
+            extra: json!({}),
+            ..RunInputs::default()
+        }),
+        Some(v) => document::from_value(v).map_err(|e| {
+            let field = e
+                .path
+                .as_ref()
+                .map_or("inputs".to_owned(), |p| format!("inputs.{p}"));
+            ApiError::invalid(field, e.message)
+        }),
+    }
+}
+
+fn input_files(files: BTreeMap<String, FileBody>) -> Vec<InputFile> {
+    files
+        .into_iter()
+        .map(|(path, f)| InputFile {
+            path,
+            content: match f {
+                FileBody::Text(text) | FileBody::Inline { text } => {
+                    FileContent::Bytes(text.into_bytes())
+                }
+                FileBody::Uploaded { sha256 } => FileContent::Uploaded { sha256 },
+            },
+        })
+        .collect()
 }
 
 /// Submit a run. Needs the `submit` role.

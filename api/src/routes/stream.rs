@@ -85,40 +85,17 @@ async fn pump(
 ) {
     let mut wake = state.bus.subscribe();
     loop {
-        let batch = async {
-            let mut conn = state.pool.acquire().await?;
-            // The run's state first: a run's last events commit with its end, so a run
-            // seen ended here has all its events in the read below. Read the other way
-            // round, a run ending in between ended the stream before its last events.
-            let ended = phasefleet::store::runs::runs_get(&mut conn, run)
-                .await?
-                .is_none_or(|r| r.state.is_terminal());
-            let events = phasefleet::store::events::events_list(&mut conn, run, after, 500).await?;
-            Ok::<_, sqlx::Error>((events, ended))
-        }
-        .await;
-        match batch {
+        // 1. Read what is new, and whether the run has ended.
+        match read_news(&state, run, after).await {
             Ok((events, ended)) => {
-                let drained = events.len() < 500;
+                let drained = events.len() < usize::from(PAGE);
                 // End after a read that found nothing more of a run already ended: a
                 // retry can take a failed run back to running between the two reads.
                 let finished = ended && events.is_empty();
-                for e in events {
-                    after = e.seq;
-                    let msg = Event::default().id(e.seq.to_string()).event(&e.kind);
-                    let data = StreamEvent {
-                        seq: e.seq,
-                        kind: e.kind,
-                        phase: e.phase_key,
-                        data: e.data,
-                        at: e.created_at,
-                    };
-                    let msg = msg
-                        .json_data(&data)
-                        .unwrap_or_else(|_| Event::default().comment("unserializable event"));
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
+                // 2. Send it.
+                match send_events(&tx, events).await {
+                    Some(last) => after = last.unwrap_or(after),
+                    None => return,
                 }
                 if finished {
                     let _ = tx.send(Ok(Event::default().event("end").data("{}"))).await;
@@ -133,24 +110,86 @@ async fn pump(
                 tracing::warn!(run_id = %run, error = %e, "event stream: database error; retrying")
             }
         }
-        // Wait for a wake-up for this run, the poll interval, a client gone, or shutdown.
-        let deadline = tokio::time::sleep(POLL);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = state.shutdown.cancelled() => return,
-                () = tx.closed() => return,
-                () = &mut deadline => break,
-                r = wake.recv() => match r {
-                    Ok(r) if r == run => break,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        wake = state.bus.subscribe();
-                        break;
-                    }
-                },
-            }
+        // 3. Wait for a wake-up for this run or the poll interval.
+        if !wait_for_news(&state, run, &tx, &mut wake).await {
+            return;
+        }
+    }
+}
+
+/// Events read per statement.
+const PAGE: u16 = 500;
+
+/// The run's events after `after` (at most [`PAGE`]), and whether the run had ended
+/// before they were read.
+async fn read_news(
+    state: &AppState,
+    run: RunId,
+    after: i64,
+) -> Result<(Vec<phasefleet::events::Event>, bool), sqlx::Error> {
+    let mut conn = state.pool.acquire().await?;
+    // The run's state first: a run's last events commit with its end, so a run seen
+    // ended here has all its events in the read below. Read the other way round, a
+    // run ending in between ended the stream before its last events.
+    let ended = phasefleet::store::runs::runs_get(&mut conn, run)
+        .await?
+        .is_none_or(|r| r.state.is_terminal());
+    let events =
+        phasefleet::store::events::events_list(&mut conn, run, after, i64::from(PAGE)).await?;
+    Ok((events, ended))
+}
+
+/// Send `events` to the client: the seq of the last one sent (`Some(None)` when there
+/// were none), `None` when the client went away.
+async fn send_events(
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+    events: Vec<phasefleet::events::Event>,
+) -> Option<Option<i64>> {
+    let mut last = None;
+    for e in events {
+        last = Some(e.seq);
+        let msg = Event::default().id(e.seq.to_string()).event(&e.kind);
+        let data = StreamEvent {
+            seq: e.seq,
+            kind: e.kind,
+            phase: e.phase_key,
+            data: e.data,
+            at: e.created_at,
+        };
+        let msg = msg
+            .json_data(&data)
+            .unwrap_or_else(|_| Event::default().comment("unserializable event"));
+        if tx.send(Ok(msg)).await.is_err() {
+            return None;
+        }
+    }
+    Some(last)
+}
+
+/// Wait for a wake-up for `run` or the poll interval: `false` when the client went
+/// away or the server shuts down.
+async fn wait_for_news(
+    state: &AppState,
+    run: RunId,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+    wake: &mut tokio::sync::broadcast::Receiver<RunId>,
+) -> bool {
+    let deadline = tokio::time::sleep(POLL);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return false,
+            () = tx.closed() => return false,
+            () = &mut deadline => return true,
+            r = wake.recv() => match r {
+                Ok(r) if r == run => return true,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    *wake = state.bus.subscribe();
+                    return true;
+                }
+            },
         }
     }
 }

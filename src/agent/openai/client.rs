@@ -228,59 +228,9 @@ impl ChatClient {
             }
             r = self.send(call_id, body.clone()) => r,
         };
-        match sent {
-            Ok(Sent::Ok {
-                response,
-                request_id,
-            }) => {
-                let usage = response.usage.clone();
-                outcomes.push(outcome(call_id, "ok", started, request_id, usage, None));
-                Step::Done(Ok(*response))
-            }
-            Ok(Sent::Status {
-                code,
-                described,
-                retry_after,
-                request_id,
-            }) => {
-                let msg = format!("HTTP {code}: {described}{}", id_note(request_id.as_deref()));
-                let status = format!("http_{code}");
-                outcomes.push(outcome(
-                    call_id,
-                    &status,
-                    started,
-                    request_id,
-                    None,
-                    Some(msg.clone()),
-                ));
-                if code == 429 || code == 408 || code >= 500 {
-                    Step::Retry {
-                        retry_after,
-                        last: msg,
-                    }
-                } else {
-                    Step::Done(Err(CallError::Refused { code, message: msg }))
-                }
-            }
-            Err(Failure { status, message }) => {
-                outcomes.push(outcome(
-                    call_id,
-                    status,
-                    started,
-                    None,
-                    None,
-                    Some(message.clone()),
-                ));
-                if matches!(status, "decode_error" | "too_large") {
-                    Step::Done(Err(CallError::BadResponse(message)))
-                } else {
-                    Step::Retry {
-                        retry_after: None,
-                        last: message,
-                    }
-                }
-            }
-        }
+        let (step, recorded) = judge(call_id, started, sent);
+        outcomes.push(recorded);
+        step
     }
 
     async fn send(&self, call_id: uuid::Uuid, body: bytes::Bytes) -> Result<Sent, Failure> {
@@ -463,6 +413,63 @@ fn sanitize_request_id(id: &str) -> Option<String> {
 
 fn id_note(request_id: Option<&str>) -> String {
     request_id.map_or_else(String::new, |id| format!(" (provider request id {id})"))
+}
+
+/// What an HTTP attempt's answer means: done (a response, or a refusal not worth
+/// retrying) or retry (429, 408, 5xx, a transport failure); and its ledger outcome.
+fn judge(
+    call_id: uuid::Uuid,
+    started: Instant,
+    sent: Result<Sent, Failure>,
+) -> (Step, CallOutcome) {
+    match sent {
+        Ok(Sent::Ok {
+            response,
+            request_id,
+        }) => {
+            let usage = response.usage.clone();
+            let recorded = outcome(call_id, "ok", started, request_id, usage, None);
+            (Step::Done(Ok(*response)), recorded)
+        }
+        Ok(Sent::Status {
+            code,
+            described,
+            retry_after,
+            request_id,
+        }) => {
+            let msg = format!("HTTP {code}: {described}{}", id_note(request_id.as_deref()));
+            let status = format!("http_{code}");
+            let recorded = outcome(
+                call_id,
+                &status,
+                started,
+                request_id,
+                None,
+                Some(msg.clone()),
+            );
+            let step = if code == 429 || code == 408 || code >= 500 {
+                Step::Retry {
+                    retry_after,
+                    last: msg,
+                }
+            } else {
+                Step::Done(Err(CallError::Refused { code, message: msg }))
+            };
+            (step, recorded)
+        }
+        Err(Failure { status, message }) => {
+            let recorded = outcome(call_id, status, started, None, None, Some(message.clone()));
+            let step = if matches!(status, "decode_error" | "too_large") {
+                Step::Done(Err(CallError::BadResponse(message)))
+            } else {
+                Step::Retry {
+                    retry_after: None,
+                    last: message,
+                }
+            };
+            (step, recorded)
+        }
+    }
 }
 
 fn outcome(
