@@ -169,7 +169,7 @@ pub struct TeamConfig {
 }
 
 /// A model's token prices (USD per million tokens).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
 pub struct Price {
     pub input: f64,
     pub cached_input: f64,

@@ -542,8 +542,8 @@ async fn check_uploads(
     let size_of = |sha: &str| {
         sizes
             .iter()
-            .find(|(s, ..)| s == sha)
-            .map_or(0, |(_, n, _)| *n)
+            .find(|described| described.sha256 == sha)
+            .map_or(0, |described| described.size)
     };
     let total: i64 = manifest
         .values()

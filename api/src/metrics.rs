@@ -82,28 +82,40 @@ async fn fleet_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     let g = phasefleet::store::fleet::fleet_gauges(&mut *pool.acquire().await?).await?;
     let mut out = String::new();
     out.push_str("# HELP phasefleet_queue_jobs Jobs by queue and state (ready, running, dead).\n# TYPE phasefleet_queue_jobs gauge\n");
-    for (q, s, n) in &g.jobs_by_state {
+    for j in &g.jobs_by_state {
         let _ = writeln!(
             out,
-            "phasefleet_queue_jobs{{queue=\"{}\",state=\"{s}\"}} {n}",
-            escape(q)
+            "phasefleet_queue_jobs{{queue=\"{}\",state=\"{}\"}} {}",
+            escape(&j.queue),
+            j.state,
+            j.jobs
         );
     }
     out.push_str("# HELP phasefleet_queue_depth Jobs ready to run now (autoscale on this).\n# TYPE phasefleet_queue_depth gauge\n");
-    for (q, n, _) in &g.ready_now {
-        let _ = writeln!(out, "phasefleet_queue_depth{{queue=\"{}\"}} {n}", escape(q));
-    }
-    out.push_str("# HELP phasefleet_queue_oldest_ready_seconds Age of the oldest job ready to run.\n# TYPE phasefleet_queue_oldest_ready_seconds gauge\n");
-    for (q, _, age) in &g.ready_now {
+    for r in &g.ready_now {
         let _ = writeln!(
             out,
-            "phasefleet_queue_oldest_ready_seconds{{queue=\"{}\"}} {age:.3}",
-            escape(q)
+            "phasefleet_queue_depth{{queue=\"{}\"}} {}",
+            escape(&r.queue),
+            r.jobs
+        );
+    }
+    out.push_str("# HELP phasefleet_queue_oldest_ready_seconds Age of the oldest job ready to run.\n# TYPE phasefleet_queue_oldest_ready_seconds gauge\n");
+    for r in &g.ready_now {
+        let _ = writeln!(
+            out,
+            "phasefleet_queue_oldest_ready_seconds{{queue=\"{}\"}} {:.3}",
+            escape(&r.queue),
+            r.oldest_secs
         );
     }
     out.push_str("# HELP phasefleet_runs_active Runs not yet ended, by state.\n# TYPE phasefleet_runs_active gauge\n");
-    for (s, n) in &g.active_runs {
-        let _ = writeln!(out, "phasefleet_runs_active{{state=\"{s}\"}} {n}");
+    for r in &g.active_runs {
+        let _ = writeln!(
+            out,
+            "phasefleet_runs_active{{state=\"{}\"}} {}",
+            r.state, r.runs
+        );
     }
     let _ = writeln!(
         out,
@@ -113,14 +125,19 @@ async fn fleet_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     out.push_str(
         "# HELP phasefleet_workers Live workers by state.\n# TYPE phasefleet_workers gauge\n",
     );
-    for (s, n, _) in &g.workers {
-        let _ = writeln!(out, "phasefleet_workers{{state=\"{}\"}} {n}", escape(s));
+    for w in &g.workers {
+        let _ = writeln!(
+            out,
+            "phasefleet_workers{{state=\"{}\"}} {}",
+            escape(&w.state),
+            w.workers
+        );
     }
     out.push_str("# HELP phasefleet_jobs_in_flight Jobs held by live workers.\n# TYPE phasefleet_jobs_in_flight gauge\n");
     let _ = writeln!(
         out,
         "phasefleet_jobs_in_flight {}",
-        g.workers.iter().map(|w| w.2).sum::<i64>()
+        g.workers.iter().map(|w| w.in_flight).sum::<i64>()
     );
     Ok(out)
 }

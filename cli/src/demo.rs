@@ -145,7 +145,7 @@ fn submit_args(args: &DemoArgs) -> Result<SubmitArgs, CliError> {
 fn example_personas() -> Result<Vec<PathBuf>, CliError> {
     let dir = std::fs::read_dir("examples/personas").map_err(|e| {
         CliError::new(
-            2,
+            crate::exit::USAGE,
             format!("examples/personas: {e} (run from the repository root or pass --persona)"),
         )
     })?;

@@ -23,21 +23,24 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
         workers,
         &signals.graceful,
     );
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| CliError::new(1, format!("cannot listen on {listen}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        CliError::new(
+            crate::exit::FAILURE,
+            format!("cannot listen on {listen}: {e}"),
+        )
+    })?;
     let addr = listener.local_addr()?;
     // Tokens from the environment when set; otherwise a fresh admin token for this session.
     let (tokens, ui_token) = match std::env::var("PHASEFLEET_API_TOKENS") {
         Ok(spec) => (
             phasefleet_api::auth::Tokens::parse(&spec)
-                .map_err(|e| CliError::new(2, e.to_string()))?,
+                .map_err(|e| CliError::new(crate::exit::USAGE, e.to_string()))?,
             None,
         ),
         Err(_) => {
             let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
             let tokens = phasefleet_api::auth::Tokens::parse(&format!("admin:{token}"))
-                .map_err(|e| CliError::new(1, e.to_string()))?;
+                .map_err(|e| CliError::new(crate::exit::FAILURE, e.to_string()))?;
             (tokens, Some(token))
         }
     };
@@ -62,7 +65,8 @@ pub async fn run(database_url: Option<&str>, listen: &str, workers: usize) -> Re
         std::env::var("REDIS_URL").ok(),
         signals.graceful.clone(),
     );
-    let limits = phasefleet_api::server::Limits::from_env().map_err(|e| CliError::new(2, e))?;
+    let limits = phasefleet_api::server::Limits::from_env()
+        .map_err(|e| CliError::new(crate::exit::USAGE, e))?;
     phasefleet_api::serve(listener, state, limits, signals.graceful.clone()).await?;
     while set.join_next().await.is_some() {}
     Ok(())

@@ -108,7 +108,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 async fn connect(url: Option<&str>) -> Result<sqlx::PgPool, CliError> {
     let url = url.ok_or_else(|| {
         CliError::new(
-            2,
+            crate::exit::USAGE,
             format!(
                 "no database: pass --database-url or set DATABASE_URL\n\n{}",
                 Cli::command().render_usage()

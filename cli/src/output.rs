@@ -39,7 +39,10 @@ pub fn emit_bytes(bytes: &[u8]) -> Result<(), crate::exit::CliError> {
         .ok()
         .filter(|t| !t.contains('\0'))
         .ok_or_else(|| {
-            crate::exit::CliError::new(2, "a binary file: write it with --out FILE, or pipe it")
+            crate::exit::CliError::new(
+                crate::exit::USAGE,
+                "a binary file: write it with --out FILE, or pipe it",
+            )
         })?;
     out.write_all(terminal_text(text).as_bytes())?;
     Ok(out.flush()?)

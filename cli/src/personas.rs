@@ -38,7 +38,9 @@ pub async fn run(pool: &PgPool, cmd: Personas, output: Output) -> Result<(), Cli
                             persona.provider.as_deref().unwrap_or_default(),
                             &persona.model,
                         )
-                        .map_err(|m| CliError::new(2, format!("{}: {m}", file.display())))?;
+                        .map_err(|m| {
+                            CliError::new(crate::exit::USAGE, format!("{}: {m}", file.display()))
+                        })?;
                 }
                 let who = crate::submit::whoami();
                 let hash =

@@ -39,7 +39,7 @@ impl Parts {
         let config = phasefleet::config::Config::from_env()?;
         let agent = BackendRouter::from_config(&config)
             .await
-            .map_err(|e| crate::exit::CliError::new(2, e))?;
+            .map_err(|e| crate::exit::CliError::new(crate::exit::USAGE, e))?;
         let webhooks = webhooks(&config)?;
         Ok(Self {
             schemas,

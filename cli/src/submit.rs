@@ -68,7 +68,7 @@ pub fn parse_binding(s: &str) -> Result<(String, String), String> {
 }
 
 fn usage(msg: impl Into<String>) -> CliError {
-    CliError::new(2, msg)
+    CliError::new(crate::exit::USAGE, msg)
 }
 
 /// The input files `--input-dir` or `--repo` name; what was left out goes to stderr.

@@ -83,6 +83,14 @@ pub struct HeartbeatReport {
     pub busy: Vec<JobId>,
 }
 
+/// A lease [`heartbeat`] renewed, or found held by another transaction.
+#[derive(sqlx::FromRow)]
+struct LeaseRenewal {
+    id: JobId,
+    renewed: bool,
+    cancel_requested: bool,
+}
+
 /// Extend every lease in `leases` by `lease` from now, in one statement. A job whose
 /// row another transaction holds (its own completion or hand-over, most likely) is
 /// skipped, not waited for: waiting, the renewal would hold the rows it extended
@@ -101,7 +109,7 @@ pub async fn heartbeat(
     }
     let (ids, keys) = super::lease_keys(leases);
     let found: std::collections::HashMap<JobId, (bool, bool)> =
-        sqlx::query_as::<_, (JobId, bool, bool)>(concat!(
+        sqlx::query_as::<_, LeaseRenewal>(concat!(
             "WITH free AS (
                  SELECT j.id FROM jobs j WHERE ",
             super::held_leases!(),
@@ -111,7 +119,7 @@ pub async fn heartbeat(
                    FROM free WHERE j.id = free.id
                  RETURNING j.id, j.cancel_requested
              )
-             SELECT id, true, cancel_requested FROM renewed
+             SELECT id, true AS renewed, cancel_requested FROM renewed
              UNION ALL
              SELECT j.id, false, false FROM jobs j WHERE ",
             super::held_leases!(),
@@ -123,7 +131,7 @@ pub async fn heartbeat(
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .map(|(id, renewed, cancel)| (id, (renewed, cancel)))
+        .map(|r| (r.id, (r.renewed, r.cancel_requested)))
         .collect();
     let mut report = HeartbeatReport::default();
     for l in leases {

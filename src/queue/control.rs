@@ -323,22 +323,34 @@ pub async fn stats(conn: &mut PgConnection) -> Result<QueueStats, QueueError> {
     ))
     .fetch_all(&mut *conn)
     .await?;
-    let (ready_now, oldest, completed_last_minute, expired): (i64, Option<f64>, i64, i64) = sqlx::query_as(
+    let health = sqlx::query_as::<_, QueueHealth>(
         "SELECT
-           (SELECT count(*) FROM jobs WHERE state = 'ready' AND run_at <= now()),
-           (SELECT EXTRACT(EPOCH FROM now() - min(run_at))::float8 FROM jobs WHERE state = 'ready' AND run_at <= now()),
-           (SELECT COALESCE(sum(completed), 0)::int8 FROM job_completions WHERE at > now() - interval '1 minute'),
-           (SELECT count(*) FROM jobs WHERE state = 'running' AND lease_expires_at < now())",
+           (SELECT count(*) FROM jobs WHERE state = 'ready' AND run_at <= now()) AS ready_now,
+           (SELECT EXTRACT(EPOCH FROM now() - min(run_at))::float8 FROM jobs
+             WHERE state = 'ready' AND run_at <= now()) AS oldest_ready_age_secs,
+           (SELECT COALESCE(sum(completed), 0)::int8 FROM job_completions
+             WHERE at > now() - interval '1 minute') AS completed_last_minute,
+           (SELECT count(*) FROM jobs
+             WHERE state = 'running' AND lease_expires_at < now()) AS running_with_expired_lease",
     )
     .fetch_one(&mut *conn)
     .await?;
     Ok(QueueStats {
         by_state,
-        ready_now,
-        oldest_ready_age_secs: oldest,
-        completed_last_minute,
-        running_with_expired_lease: expired,
+        ready_now: health.ready_now,
+        oldest_ready_age_secs: health.oldest_ready_age_secs,
+        completed_last_minute: health.completed_last_minute,
+        running_with_expired_lease: health.running_with_expired_lease,
     })
+}
+
+/// The counts of [`QueueStats`] besides those by state, read in one statement.
+#[derive(sqlx::FromRow)]
+struct QueueHealth {
+    ready_now: i64,
+    oldest_ready_age_secs: Option<f64>,
+    completed_last_minute: i64,
+    running_with_expired_lease: i64,
 }
 
 /// One queue as the fleet page shows it.

@@ -245,6 +245,14 @@ pub async fn team_uploads_missing(
     .await
 }
 
+/// An uploaded blob's size and kind.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BlobDescription {
+    pub sha256: String,
+    pub size: i64,
+    pub is_binary: bool,
+}
+
 /// Sizes and kinds of uploaded blobs, by sha256.
 ///
 /// # Errors
@@ -252,7 +260,7 @@ pub async fn team_uploads_missing(
 pub async fn file_blobs_describe(
     conn: &mut PgConnection,
     shas: &[&str],
-) -> Result<Vec<(String, i64, bool)>, sqlx::Error> {
+) -> Result<Vec<BlobDescription>, sqlx::Error> {
     sqlx::query_as("SELECT sha256, size, is_binary FROM file_blobs WHERE sha256 = ANY($1)")
         .bind(shas)
         .fetch_all(&mut *conn)

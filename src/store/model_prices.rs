@@ -14,19 +14,15 @@ pub async fn model_prices_get(
     provider: &str,
     model: &str,
 ) -> Result<Option<Price>, sqlx::Error> {
-    let row: Option<(f64, f64, f64)> = sqlx::query_as(
-        "SELECT input_usd_per_mtok, cached_input_usd_per_mtok, output_usd_per_mtok
+    sqlx::query_as::<_, Price>(
+        "SELECT input_usd_per_mtok AS input, cached_input_usd_per_mtok AS cached_input,
+                output_usd_per_mtok AS output
            FROM model_prices WHERE provider = $1 AND model = $2",
     )
     .bind(provider)
     .bind(model)
     .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.map(|(input, cached_input, output)| Price {
-        input,
-        cached_input,
-        output,
-    }))
+    .await
 }
 
 /// How long ago `provider`'s list was last fetched (`None`: never).
