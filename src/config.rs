@@ -375,75 +375,10 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         self.check_webhooks()?;
         for (name, p) in &self.providers {
-            let at = |f: &str| format!("providers.{name}.{f}");
-            if !is_name(name) {
-                return Err(invalid(
-                    format!("providers.{name}"),
-                    "provider names use letters, digits, '_', '-', '.'",
-                ));
-            }
-            check_base_url(&p.base_url, p.allow_insecure_loopback)
-                .map_err(|m| invalid(at("base_url"), m))?;
-            if let Some(url) = &p.price_list_url {
-                check_base_url(url, p.allow_insecure_loopback)
-                    .map_err(|m| invalid(at("price_list_url"), m))?;
-            }
-            if let Some(env) = &p.api_key_env {
-                if !is_env_name(env) {
-                    return Err(invalid(
-                        at("api_key_env"),
-                        "must be the NAME of an environment variable, not a key",
-                    ));
-                }
-                if RESERVED_ENV.contains(&env.as_str()) {
-                    return Err(invalid(
-                        at("api_key_env"),
-                        format!(
-                            "{env} holds the fleet's own secret and is never sent to a provider"
-                        ),
-                    ));
-                }
-            }
-            if p.models.is_empty() {
-                return Err(invalid(
-                    at("models"),
-                    "declare the models personas may use (the key \"*\" allows any)",
-                ));
-            }
-            for (model, m) in &p.models {
-                let prices = [
-                    m.input_usd_per_mtok,
-                    m.cached_input_usd_per_mtok,
-                    m.output_usd_per_mtok,
-                ];
-                if prices
-                    .iter()
-                    .flatten()
-                    .any(|v| !v.is_finite() || *v < 0.0 || *v > 100_000.0)
-                {
-                    return Err(invalid(
-                        at(&format!("models.{model}")),
-                        "prices are USD per million tokens, 0 to 100000",
-                    ));
-                }
-            }
+            check_provider(name, p)?;
         }
         for (name, t) in &self.teams {
-            let at = |f: &str| format!("teams.{name}.{f}");
-            if !is_name(name) {
-                return Err(invalid(
-                    format!("teams.{name}"),
-                    "team names use letters, digits, '_', '-', '.'",
-                ));
-            }
-            if t.max_budget_usd
-                .is_some_and(|b| !(b > 0.0 && b.is_finite()))
-            {
-                return Err(invalid(at("max_budget_usd"), "must be a positive number"));
-            }
-            if t.max_budget_tokens.is_some_and(|b| b <= 0) {
-                return Err(invalid(at("max_budget_tokens"), "must be positive"));
-            }
+            check_team(name, t)?;
         }
         Ok(())
     }
@@ -473,6 +408,81 @@ impl Config {
     pub fn team(&self, name: &str) -> TeamConfig {
         self.teams.get(name).cloned().unwrap_or_default()
     }
+}
+
+/// A provider's name, URLs, key variable, models and prices.
+fn check_provider(name: &str, p: &ProviderConfig) -> Result<(), ConfigError> {
+    let at = |f: &str| format!("providers.{name}.{f}");
+    if !is_name(name) {
+        return Err(invalid(
+            format!("providers.{name}"),
+            "provider names use letters, digits, '_', '-', '.'",
+        ));
+    }
+    check_base_url(&p.base_url, p.allow_insecure_loopback)
+        .map_err(|m| invalid(at("base_url"), m))?;
+    if let Some(url) = &p.price_list_url {
+        check_base_url(url, p.allow_insecure_loopback)
+            .map_err(|m| invalid(at("price_list_url"), m))?;
+    }
+    if let Some(env) = &p.api_key_env {
+        if !is_env_name(env) {
+            return Err(invalid(
+                at("api_key_env"),
+                "must be the NAME of an environment variable, not a key",
+            ));
+        }
+        if RESERVED_ENV.contains(&env.as_str()) {
+            return Err(invalid(
+                at("api_key_env"),
+                format!("{env} holds the fleet's own secret and is never sent to a provider"),
+            ));
+        }
+    }
+    if p.models.is_empty() {
+        return Err(invalid(
+            at("models"),
+            "declare the models personas may use (the key \"*\" allows any)",
+        ));
+    }
+    for (model, m) in &p.models {
+        let prices = [
+            m.input_usd_per_mtok,
+            m.cached_input_usd_per_mtok,
+            m.output_usd_per_mtok,
+        ];
+        if prices
+            .iter()
+            .flatten()
+            .any(|v| !v.is_finite() || *v < 0.0 || *v > 100_000.0)
+        {
+            return Err(invalid(
+                at(&format!("models.{model}")),
+                "prices are USD per million tokens, 0 to 100000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A team's name and budget caps.
+fn check_team(name: &str, t: &TeamConfig) -> Result<(), ConfigError> {
+    let at = |f: &str| format!("teams.{name}.{f}");
+    if !is_name(name) {
+        return Err(invalid(
+            format!("teams.{name}"),
+            "team names use letters, digits, '_', '-', '.'",
+        ));
+    }
+    if t.max_budget_usd
+        .is_some_and(|b| !(b > 0.0 && b.is_finite()))
+    {
+        return Err(invalid(at("max_budget_usd"), "must be a positive number"));
+    }
+    if t.max_budget_tokens.is_some_and(|b| b <= 0) {
+        return Err(invalid(at("max_budget_tokens"), "must be positive"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

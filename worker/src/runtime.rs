@@ -133,18 +133,7 @@ impl<H: JobHandler> Worker<H> {
     /// # Errors
     /// [`WorkerError::Config`] for an unusable configuration.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        if self.cfg.concurrency == 0 {
-            return Err(WorkerError::Config("concurrency must be at least 1".into()));
-        }
-        if !(1..=MAX_COMPLETION_BATCH).contains(&self.cfg.completion_batch) {
-            return Err(WorkerError::Config(format!(
-                "completion_batch must be between 1 and {MAX_COMPLETION_BATCH}, got {}",
-                self.cfg.completion_batch
-            )));
-        }
-        if self.cfg.lease < Duration::from_millis(300) {
-            return Err(WorkerError::Config("lease must be at least 300ms".into()));
-        }
+        self.check_config()?;
         let (completer, flush_task) = Completer::new(
             self.pool.clone(),
             self.cfg.completion_batch,
@@ -165,33 +154,19 @@ impl<H: JobHandler> Worker<H> {
         let worker_span =
             tracing::info_span!("worker", worker_id = %self.id, queue = %self.cfg.queue);
         async {
+            // 1. Register, then start the services: notices, heartbeats, lease
+            //    renewals, rescue and the completion batches.
             if !register_with_retry(&shared, &shutdown).await {
                 return;
             }
             tracing::info!(name = %shared.cfg.name, concurrency = shared.cfg.concurrency, "worker started");
             let services_stop = CancellationToken::new();
-            let mut services = JoinSet::new();
-            let heard = shared.clone();
-            services.spawn(notify::forward(
-                shared.pool.clone(),
-                shared.cfg.queue.clone(),
-                move |notice| heard.hear(notice),
-                services_stop.clone(),
-            ));
-            services.spawn(heartbeat_loop(shared.clone(), services_stop.clone()));
-            services.spawn(lease_loop(shared.clone(), services_stop.clone()));
-            services.spawn(rescue_loop(shared.clone(), self.handler.clone(), services_stop.clone()));
-            // Stopped with the other services, after the last job has ended.
-            let flush_stop = services_stop.clone();
-            services.spawn(async move {
-                let batches = flush_task.run(flush_stop).await;
-                tracing::debug!(batches, "completion batches written");
-            });
-
+            let mut services = self.start_services(&shared, flush_task, &services_stop);
+            // 2. Claim and run jobs until shutdown, then wind down.
             let mut jobs = JoinSet::new();
             self.claim_loop(&shared, &mut jobs, &shutdown).await;
             self.wind_down(&shared, &mut jobs).await;
-
+            // 3. Stop the services after the last job, and say so.
             services_stop.cancel();
             while services.join_next().await.is_some() {}
             // The last heartbeat counts the last completions.
@@ -204,6 +179,54 @@ impl<H: JobHandler> Worker<H> {
         .instrument(worker_span)
         .await;
         Ok(())
+    }
+
+    fn check_config(&self) -> Result<(), WorkerError> {
+        if self.cfg.concurrency == 0 {
+            return Err(WorkerError::Config("concurrency must be at least 1".into()));
+        }
+        if !(1..=MAX_COMPLETION_BATCH).contains(&self.cfg.completion_batch) {
+            return Err(WorkerError::Config(format!(
+                "completion_batch must be between 1 and {MAX_COMPLETION_BATCH}, got {}",
+                self.cfg.completion_batch
+            )));
+        }
+        if self.cfg.lease < Duration::from_millis(300) {
+            return Err(WorkerError::Config("lease must be at least 300ms".into()));
+        }
+        Ok(())
+    }
+
+    /// The tasks beside the jobs, until `stop`: notices forwarded, heartbeats, lease
+    /// renewals, rescue, and the completion batches (stopped with the others, after the
+    /// last job has ended).
+    fn start_services(
+        &self,
+        shared: &Arc<Shared>,
+        flush_task: crate::completer::FlushTask,
+        stop: &CancellationToken,
+    ) -> JoinSet<()> {
+        let mut services = JoinSet::new();
+        let heard = shared.clone();
+        services.spawn(notify::forward(
+            shared.pool.clone(),
+            shared.cfg.queue.clone(),
+            move |notice| heard.hear(notice),
+            stop.clone(),
+        ));
+        services.spawn(heartbeat_loop(shared.clone(), stop.clone()));
+        services.spawn(lease_loop(shared.clone(), stop.clone()));
+        services.spawn(rescue_loop(
+            shared.clone(),
+            self.handler.clone(),
+            stop.clone(),
+        ));
+        let flush_stop = stop.clone();
+        services.spawn(async move {
+            let batches = flush_task.run(flush_stop).await;
+            tracing::debug!(batches, "completion batches written");
+        });
+        services
     }
 
     async fn claim_loop(
