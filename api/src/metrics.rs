@@ -81,63 +81,81 @@ fn escape(v: &str) -> String {
 async fn fleet_gauges(pool: &PgPool) -> Result<String, sqlx::Error> {
     let g = phasefleet::store::fleet::fleet_gauges(&mut *pool.acquire().await?).await?;
     let mut out = String::new();
-    out.push_str("# HELP phasefleet_queue_jobs Jobs by queue and state (ready, running, dead).\n# TYPE phasefleet_queue_jobs gauge\n");
-    for j in &g.jobs_by_state {
-        let _ = writeln!(
-            out,
-            "phasefleet_queue_jobs{{queue=\"{}\",state=\"{}\"}} {}",
-            escape(&j.queue),
-            j.state,
-            j.jobs
-        );
-    }
-    out.push_str("# HELP phasefleet_queue_depth Jobs ready to run now (autoscale on this).\n# TYPE phasefleet_queue_depth gauge\n");
-    for r in &g.ready_now {
-        let _ = writeln!(
-            out,
-            "phasefleet_queue_depth{{queue=\"{}\"}} {}",
-            escape(&r.queue),
-            r.jobs
-        );
-    }
-    out.push_str("# HELP phasefleet_queue_oldest_ready_seconds Age of the oldest job ready to run.\n# TYPE phasefleet_queue_oldest_ready_seconds gauge\n");
-    for r in &g.ready_now {
-        let _ = writeln!(
-            out,
-            "phasefleet_queue_oldest_ready_seconds{{queue=\"{}\"}} {:.3}",
-            escape(&r.queue),
-            r.oldest_secs
-        );
-    }
-    out.push_str("# HELP phasefleet_runs_active Runs not yet ended, by state.\n# TYPE phasefleet_runs_active gauge\n");
-    for r in &g.active_runs {
-        let _ = writeln!(
-            out,
-            "phasefleet_runs_active{{state=\"{}\"}} {}",
-            r.state, r.runs
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP phasefleet_approvals_pending Approval requests waiting on a human.\n# TYPE phasefleet_approvals_pending gauge\nphasefleet_approvals_pending {}",
-        g.pending_approvals
+    gauge(
+        &mut out,
+        "phasefleet_queue_jobs",
+        "Jobs by queue and state (ready, running, dead).",
+        g.jobs_by_state.iter().map(|j| {
+            let labels = format!("{{queue=\"{}\",state=\"{}\"}}", escape(&j.queue), j.state);
+            (labels, j.jobs.to_string())
+        }),
     );
-    out.push_str(
-        "# HELP phasefleet_workers Live workers by state.\n# TYPE phasefleet_workers gauge\n",
+    gauge(
+        &mut out,
+        "phasefleet_queue_depth",
+        "Jobs ready to run now (autoscale on this).",
+        g.ready_now
+            .iter()
+            .map(|r| (queue_label(&r.queue), r.jobs.to_string())),
     );
-    for w in &g.workers {
-        let _ = writeln!(
-            out,
-            "phasefleet_workers{{state=\"{}\"}} {}",
-            escape(&w.state),
-            w.workers
-        );
-    }
-    out.push_str("# HELP phasefleet_jobs_in_flight Jobs held by live workers.\n# TYPE phasefleet_jobs_in_flight gauge\n");
-    let _ = writeln!(
-        out,
-        "phasefleet_jobs_in_flight {}",
-        g.workers.iter().map(|w| w.in_flight).sum::<i64>()
+    gauge(
+        &mut out,
+        "phasefleet_queue_oldest_ready_seconds",
+        "Age of the oldest job ready to run.",
+        g.ready_now
+            .iter()
+            .map(|r| (queue_label(&r.queue), format!("{:.3}", r.oldest_secs))),
+    );
+    gauge(
+        &mut out,
+        "phasefleet_runs_active",
+        "Runs not yet ended, by state.",
+        g.active_runs
+            .iter()
+            .map(|r| (state_label(&r.state), r.runs.to_string())),
+    );
+    gauge(
+        &mut out,
+        "phasefleet_approvals_pending",
+        "Approval requests waiting on a human.",
+        [(String::new(), g.pending_approvals.to_string())],
+    );
+    gauge(
+        &mut out,
+        "phasefleet_workers",
+        "Live workers by state.",
+        g.workers
+            .iter()
+            .map(|w| (state_label(&w.state), w.workers.to_string())),
+    );
+    let in_flight: i64 = g.workers.iter().map(|w| w.in_flight).sum();
+    gauge(
+        &mut out,
+        "phasefleet_jobs_in_flight",
+        "Jobs held by live workers.",
+        [(String::new(), in_flight.to_string())],
     );
     Ok(out)
+}
+
+/// One gauge in the text format: its HELP and TYPE lines, then a sample per
+/// (labels, value).
+fn gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, String)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+fn queue_label(queue: &str) -> String {
+    format!("{{queue=\"{}\"}}", escape(queue))
+}
+
+fn state_label(state: &str) -> String {
+    format!("{{state=\"{}\"}}", escape(state))
 }
