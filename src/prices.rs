@@ -5,7 +5,7 @@
 //! use; a model with neither is unpriced, and a run with a USD budget may not use it.
 
 use crate::config::{Config, Price, ProviderConfig};
-use crate::store::model_prices::{self, model_prices_age, model_prices_replace};
+use crate::store::model_prices::{model_prices_age, model_prices_get, model_prices_replace};
 use serde::Deserialize;
 use sqlx::PgConnection;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub async fn cached_price(
     provider: &str,
     model: &str,
 ) -> Result<Option<Price>, PriceError> {
-    Ok(model_prices::model_prices_get(conn, provider, model).await?)
+    Ok(model_prices_get(conn, provider, model).await?)
 }
 
 #[derive(Deserialize)]

@@ -602,6 +602,7 @@ fn new_run<'a>(
     }
     let run_id = RunId::new();
     let (personas, bindings) = persona_rows(bound);
+    let phases = new_phases(req, bound);
     Ok(NewRun {
         id: run_id,
         template: NewTemplate {
@@ -624,14 +625,14 @@ fn new_run<'a>(
             extra: &req.inputs.extra,
         },
         bindings,
-        phases: new_phases(req, bound),
+        first_jobs: first_jobs(req, &phases, run_id),
+        phases,
         event: NewEvent::run_submitted(
             &req.template.name,
             template.0,
             req.template.phases.len(),
             &req.team,
         ),
-        first_jobs: first_jobs(req, bound, run_id),
         traceparent: req.traceparent.as_deref(),
     })
 }
@@ -697,17 +698,14 @@ fn new_phases(req: &SubmitRequest, bound: &BTreeMap<String, Bound<'_>>) -> Vec<N
 /// The first attempts of the phases that need nothing: they start at once, in parallel.
 fn first_jobs(
     req: &SubmitRequest,
-    bound: &BTreeMap<String, Bound<'_>>,
+    phases: &[NewPhase],
     run_id: RunId,
 ) -> Vec<crate::queue::NewJob> {
-    req.template
-        .phases
+    phases
         .iter()
-        .enumerate()
-        .filter(|(i, _)| req.template.needs_of(*i).is_empty())
-        .map(|(_, p)| {
-            let requires = required_capability(bound, &p.role);
-            PhaseJob::first_attempt(run_id, &p.key, 1, requires.as_deref())
+        .filter(|p| p.needs.is_empty())
+        .map(|p| {
+            PhaseJob::first_attempt(run_id, &p.key, 1, p.requires.as_deref())
                 .traced(req.traceparent.clone())
                 .to_job(&req.queue)
         })

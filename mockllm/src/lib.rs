@@ -214,13 +214,14 @@ fn listed_files(envelope: &str) -> Vec<String> {
 
 /// `read-cite`: turn 1 reads every listed file; turn 2 writes a note and submits the
 /// artifact citing what was read; then it is done.
-fn read_cite(envelope: &str, messages: &[Value], schema: &Value) -> Turn {
-    let results: Vec<&Value> = messages
+fn read_cite(c: &Conversation) -> Turn {
+    let results: Vec<&Value> = c
+        .messages
         .iter()
         .filter(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
         .collect();
     if results.is_empty() {
-        let reads: Vec<Value> = listed_files(envelope)
+        let reads: Vec<Value> = listed_files(&c.envelope)
             .iter()
             .enumerate()
             .map(|(i, p)| {
@@ -237,7 +238,7 @@ fn read_cite(envelope: &str, messages: &[Value], schema: &Value) -> Turn {
     }
     // What each read returned, by the path its call asked for.
     let mut read = Vec::new();
-    for m in messages {
+    for m in &c.messages {
         for call in m
             .get("tool_calls")
             .and_then(Value::as_array)
@@ -263,15 +264,11 @@ fn read_cite(envelope: &str, messages: &[Value], schema: &Value) -> Turn {
             }
         }
     }
-    let mut artifact = phasefleet::agent::synthetic::instance(schema, schema, 0);
-    if schema.pointer("/properties/files").is_some() {
+    let mut artifact = c.valid_artifact();
+    if c.schema.pointer("/properties/files").is_some() {
         artifact["files"] = Value::Array(read.clone());
     }
-    let phase = envelope
-        .lines()
-        .find_map(|l| l.strip_prefix("Phase: "))
-        .unwrap_or("phase")
-        .trim();
+    let phase = c.phase();
     let note = format!("# {phase}\nread {} file(s)\n", read.len());
     (
         None,
@@ -283,15 +280,6 @@ fn read_cite(envelope: &str, messages: &[Value], schema: &Value) -> Turn {
             ),
             submit_call(&artifact),
         ],
-    )
-}
-
-fn write_valid(path: &str, schema: &Value) -> Value {
-    let content = phasefleet::agent::synthetic::instance(schema, schema, 0).to_string();
-    tool_call(
-        "call_write",
-        "write_file",
-        json!({ "path": path, "content": content }).to_string(),
     )
 }
 
@@ -343,8 +331,14 @@ impl Conversation {
             .trim()
     }
 
+    /// A `write_file` of a valid artifact to its path.
     fn write_valid(&self) -> Value {
-        write_valid(&self.path, &self.schema)
+        let content = self.valid_artifact().to_string();
+        tool_call(
+            "call_write",
+            "write_file",
+            json!({ "path": self.path, "content": content }).to_string(),
+        )
     }
 
     fn valid_artifact(&self) -> Value {
@@ -613,7 +607,7 @@ fn artifact_turn(c: &Conversation) -> Option<Turn> {
             call(vec![submit_call(&c.wrong_artifact())])
         }
         "enum-wrong" => say("I am done."),
-        "read-cite" => read_cite(&c.envelope, &c.messages, &c.schema),
+        "read-cite" => read_cite(c),
         "notes" if !c.finished() => {
             let phase = c.phase();
             call(vec![tool_call(

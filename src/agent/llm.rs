@@ -156,19 +156,31 @@ impl LlmAgent {
         // Database steps are boxed: a turn waiting on the model holds only the HTTP
         // call's state.
         Box::pin(req.ledger.check_budget()).await?;
-        let c = &mut *conversation;
         let reply = self
-            .call_model(req, &c.provider, &c.messages, &c.tools, turn, cancel)
+            .call_model(
+                req,
+                &conversation.provider,
+                &conversation.messages,
+                &conversation.tools,
+                turn,
+                cancel,
+            )
             .await?;
         let calls = reply.tool_calls.clone();
         let text = reply.content.clone().unwrap_or_default();
-        c.messages.push(reply);
+        conversation.messages.push(reply);
         if calls.is_empty() {
-            let after = Box::pin(after_reply(req, &text, turn, &mut c.reminded, cancel));
+            let after = Box::pin(after_reply(
+                req,
+                &text,
+                turn,
+                &mut conversation.reminded,
+                cancel,
+            ));
             return Ok(match after.await? {
                 AfterReply::Accepted => Some(true),
                 AfterReply::Say(next) => {
-                    c.messages.push(Message::text("user", next));
+                    conversation.messages.push(Message::text("user", next));
                     None
                 }
                 AfterReply::Stop => Some(false),
@@ -177,7 +189,9 @@ impl LlmAgent {
         for call in calls {
             let name = &call.function.name;
             let out = Box::pin(run_tool(req, name, &call.function.arguments, turn, cancel)).await?;
-            c.messages.push(Message::tool_result(&call.id, out.text));
+            conversation
+                .messages
+                .push(Message::tool_result(&call.id, out.text));
             if out.accepted {
                 return Ok(Some(true));
             }

@@ -93,9 +93,8 @@ async fn pump(
                 // retry can take a failed run back to running between the two reads.
                 let finished = ended && events.is_empty();
                 // 2. Send it.
-                match send_events(&tx, events).await {
-                    Some(last) => after = last.unwrap_or(after),
-                    None => return,
+                if !send_events(&tx, events, &mut after).await {
+                    return;
                 }
                 if finished {
                     let _ = tx.send(Ok(Event::default().event("end").data("{}"))).await;
@@ -139,15 +138,15 @@ async fn read_news(
     Ok((events, ended))
 }
 
-/// Send `events` to the client: the seq of the last one sent (`Some(None)` when there
-/// were none), `None` when the client went away.
+/// Send `events` to the client, `after` moving to each one sent: `false` when the
+/// client went away.
 async fn send_events(
     tx: &mpsc::Sender<Result<Event, Infallible>>,
     events: Vec<phasefleet::events::Event>,
-) -> Option<Option<i64>> {
-    let mut last = None;
+    after: &mut i64,
+) -> bool {
     for e in events {
-        last = Some(e.seq);
+        *after = e.seq;
         let msg = Event::default().id(e.seq.to_string()).event(&e.kind);
         let data = StreamEvent {
             seq: e.seq,
@@ -160,10 +159,10 @@ async fn send_events(
             .json_data(&data)
             .unwrap_or_else(|_| Event::default().comment("unserializable event"));
         if tx.send(Ok(msg)).await.is_err() {
-            return None;
+            return false;
         }
     }
-    Some(last)
+    true
 }
 
 /// Wait for a wake-up for `run` or the poll interval: `false` when the client went
