@@ -605,7 +605,7 @@ async fn a_gate_with_a_deadline_shows_its_time_left_and_rejects_the_run_without_
         .iter_mut()
         .find(|p| !p.gates.is_empty())
         .unwrap();
-    gated.deadline = Some("8s".into());
+    gated.deadline = Some("15s".into());
     gated.on_timeout = Some(phasefleet::workflow::OnTimeout::Reject);
     // The browser first: the deadline's clock starts when the gate is reached.
     let browser = Browser::start().await;
